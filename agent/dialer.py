@@ -1,0 +1,70 @@
+"""Opening a target for a stream: resolve, check egress policy, dial.
+
+The policy is checked against the resolved addresses, and the agent dials
+exactly an address that passed the check (never the name again), so DNS
+cannot swap in a forbidden address between check and connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections import Counter
+from dataclasses import dataclass
+
+import aiofastnet
+
+from agent.policy import EgressPolicy
+from fastrelay.io.tunnel import StreamSocket, TunnelStream
+
+DIAL_RESULTS = ("ok", "denied", "refused", "unreachable", "dns", "timeout", "error")
+
+
+@dataclass(frozen=True)
+class DialFailure(Exception):
+    status: int  # 403 or 502
+    reason: str  # one of DIAL_RESULTS
+    message: str
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise DialFailure(502, "dns", f"DNS lookup of {host} failed: {exc.strerror}") from None
+    addresses: list[str] = []
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        if sockaddr[0] not in addresses:
+            addresses.append(sockaddr[0])
+    return addresses
+
+
+async def dial(
+    stream: TunnelStream, host: str, port: int, policy: EgressPolicy, counts: Counter[str]
+) -> asyncio.Transport:
+    """Connect the stream's target; raise DialFailure with the status to answer."""
+    addresses = await resolve(host, port)
+    allowed = [ip for ip in addresses if policy.check(host, ip, port).allowed]
+    if not allowed:
+        decision = policy.check(host, addresses[0], port)
+        raise DialFailure(403, "denied", f"egress policy: {decision.reason}")
+    loop = asyncio.get_running_loop()
+    last: DialFailure | None = None
+    for ip in allowed:
+        try:
+            transport, _ = await aiofastnet.create_connection(
+                loop, lambda: StreamSocket(stream), ip, port
+            )
+            return transport
+        except ConnectionRefusedError:
+            last = DialFailure(502, "refused", f"connection to {host}:{port} refused")
+        except OSError as exc:
+            kind = "unreachable" if exc.errno in _UNREACHABLE else "error"
+            last = DialFailure(502, kind, f"cannot connect to {host}:{port}: {exc.strerror or exc}")
+    assert last is not None
+    raise last
+
+
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}

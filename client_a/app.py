@@ -1,0 +1,147 @@
+"""Wires client_a: the HTTP proxy listener, the carrier to the relay, rules
+reloading (SIGHUP and file changes) and the admin endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+import aiofastnet
+from prometheus_client.core import Metric
+
+from client_a.browser import BrowserConnection
+from client_a.config import ClientConfig
+from client_a.proxy import Proxy
+from client_a.rules import RuleError, Rules
+from fastrelay import metrics
+from fastrelay.io.admin import start_admin
+from fastrelay.io.carrier import Carrier, CarrierStats, carrier_metrics
+from fastrelay.lifecycle import announce_ready, format_address
+from fastrelay.tls import client_context
+
+log = logging.getLogger("fastrelay.client")
+
+
+class RulesWatcher:
+    """Reloads the rules on SIGHUP and when the file changes; a bad file keeps
+    the old rules (and open tunnels are never touched by a reload)."""
+
+    def __init__(self, proxy: Proxy, path: Path | None) -> None:
+        self.proxy = proxy
+        self.path = path
+        self.stamp = self._stamp()
+        self.reloads = 0
+        self.failures = 0
+
+    def _stamp(self) -> tuple[float, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def reload(self) -> None:
+        if self.path is None:
+            return
+        self.stamp = self._stamp()
+        try:
+            rules = Rules.load(self.path)
+        except (RuleError, OSError) as exc:
+            self.failures += 1
+            log.error("rules not reloaded, keeping %d old rules: %s", len(self.proxy.rules), exc)
+            return
+        self.proxy.rules = rules
+        self.reloads += 1
+        log.info("rules reloaded from %s: %d patterns", self.path, len(rules))
+
+    async def watch(self, stop: asyncio.Event, interval: float) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if self._stamp() != self.stamp:
+                self.reload()
+
+
+def load_rules(path: Path | None) -> Rules:
+    if path is None:
+        log.warning("no --rules file: every host goes direct")
+        return Rules()
+    return Rules.load(path)
+
+
+async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
+    loop = asyncio.get_running_loop()
+    stats = CarrierStats()
+    proxy = Proxy(config, load_rules(config.rules), stats)
+    carrier = Carrier(
+        config.relay,
+        "client",
+        config.token,
+        proxy,
+        ssl_context=client_context(config.ca_file) if config.relay.startswith("wss") else None,
+        ping_interval=config.ping_interval,
+        max_frame_size=config.max_frame_size,
+        reconnect_max=config.reconnect_max,
+        stats=stats,
+    )
+    proxy.carrier = carrier
+    watcher = RulesWatcher(proxy, config.rules)
+    loop.add_signal_handler(signal.SIGHUP, watcher.reload)
+
+    def collect() -> Iterable[Metric]:
+        yield metrics.counter(
+            metrics.CLIENT_REQUESTS,
+            "Browser requests by route and result",
+            ["route", "result"],
+            {k: n for k, n in proxy.requests.items() if k[0] != "none" or n},
+        )
+        yield metrics.gauge(
+            metrics.STREAMS_ACTIVE,
+            "Relay streams open at this client_a",
+            [],
+            {(): len(carrier.streams)},
+        )
+        yield metrics.gauge(
+            metrics.PREFIX + "rules", "Patterns in the filter list", [], {(): len(proxy.rules)}
+        )
+        yield metrics.counter(
+            metrics.PREFIX + "rules_reloads",
+            "Rules reloads by result",
+            ["result"],
+            {("ok",): watcher.reloads, ("error",): watcher.failures},
+        )
+        yield from carrier_metrics(stats, "client", [carrier])
+
+    registry = metrics.make_registry("client", collect)
+
+    def ready() -> tuple[bool, str]:
+        return (True, "connected") if carrier.ready else (False, "not connected to a relay")
+
+    host, port = config.listen
+    server = await aiofastnet.create_server(loop, lambda: BrowserConnection(proxy), host, port)
+    admin = await start_admin(*config.admin, registry, ready)
+    listen = format_address(server.sockets[0].getsockname())
+    admin_at = format_address(admin.sockets[0].getsockname())
+    log.info(
+        "client_a proxy on http://%s (relay %s, %d rules), admin on %s",
+        listen,
+        config.relay,
+        len(proxy.rules),
+        admin_at,
+    )
+    announce_ready("client", listen=listen, admin=admin_at)
+    watch = loop.create_task(watcher.watch(stop, config.rules_poll))
+    await carrier.run(stop)
+    server.close()
+    admin.close()
+    watch.cancel()
+    for task in list(proxy.tasks):
+        task.cancel()
+    log.info("client_a stopped")
+    return 0

@@ -1,0 +1,130 @@
+"""One browser connection to client_a: parse the request head, then hand the
+socket to a route (the relay or a direct connection).
+
+Until a route is chosen the socket is read only for the head; after that every
+event goes to the route's `sink`, which has the same five methods whichever
+route it is (TunnelStream for the relay, DirectPipe for direct).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+from fastrelay.protocol.errors import HttpError
+from fastrelay.protocol.http import (
+    REASON_PHRASES,
+    ProxyRequest,
+    RequestBodyTracker,
+    RequestHeadParser,
+    render_response,
+)
+
+if TYPE_CHECKING:
+    from client_a.proxy import Proxy
+
+
+class Sink(Protocol):
+    def tcp_data(self, data: bytes) -> None: ...
+    def tcp_eof(self) -> None: ...
+    def tcp_lost(self, exc: BaseException | None) -> None: ...
+    def tcp_paused_writing(self) -> None: ...
+    def tcp_resumed_writing(self) -> None: ...
+
+
+class BrowserConnection(asyncio.Protocol):
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.parser: RequestHeadParser | None = RequestHeadParser(proxy.config.max_header_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.sink: Sink | None = None
+        self.request: ProxyRequest | None = None
+        self.tracker: RequestBodyTracker | None = None  # plain-HTTP requests only
+        self.early = b""  # bytes after the head, held until the route is open
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # aiofastnet's own Transport class
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.forward(data)
+        elif self.parser is None:
+            self.early += data  # a read that raced our pause_reading()
+        else:
+            self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        assert self.parser is not None and self.transport is not None
+        try:
+            request = self.parser.feed(data)
+        except HttpError as exc:
+            self.proxy.count(None, _result_for_status(exc.status))
+            self.reply(exc.status, exc.reason)
+            return
+        if request is None:
+            return
+        self.transport.pause_reading()
+        self.request = request
+        self.early = self.parser.rest
+        if not request.is_connect:
+            self.tracker = self.parser.body_tracker()
+        self.parser = None
+        self.proxy.route(self, request)
+
+    def start(self, sink: Sink) -> None:
+        """The route is open: pass the held bytes on, then everything else."""
+        self.sink = sink
+        early, self.early = self.early, b""
+        if early:
+            self.forward(early)
+
+    def forward(self, data: bytes) -> None:
+        tracker = self.tracker
+        if tracker is not None:
+            if tracker.complete:
+                return  # nothing after the one request may reach this target
+            used = tracker.feed(data)
+            if used < len(data):
+                data = data[:used]
+        if data and self.sink is not None:
+            self.sink.tcp_data(data)
+
+    def eof_received(self) -> bool:
+        if self.sink is not None:
+            self.sink.tcp_eof()
+            return True
+        return self.request is not None  # EOF before a complete head: just close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.sink is not None:
+            self.sink.tcp_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.tcp_paused_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.tcp_resumed_writing()
+
+    def reply(self, status: int, reason: str) -> None:
+        """Answer the browser ourselves and end the connection."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        phrase = REASON_PHRASES.get(status, "Error")
+        transport.write(render_response(status, phrase, reason + "\n"))
+        transport.close()
+
+
+def _result_for_status(status: int) -> str:
+    return {
+        400: "bad_request",
+        431: "bad_request",
+        403: "denied",
+        502: "dial_failed",
+        503: "no_agent",
+        504: "timeout",
+    }.get(status, "error")

@@ -1,0 +1,148 @@
+"""client_a's routing decision and the opening of each route.
+
+A listed host (see `rules.py`) goes through the relay, anything else
+direct. The browser hears the true outcome: `200 Connection Established` only
+after the agent's CONNECT_RESPONSE 200, and the relay's or agent's failure
+status (403, 502, 503, 504) otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import Counter
+
+import aiofastnet
+
+from client_a.browser import BrowserConnection
+from client_a.config import ClientConfig
+from client_a.routes import ESTABLISHED, DirectPipe, DirectUpstream, RelayRoute
+from client_a.rules import Rules
+from fastrelay.io.carrier import Carrier, CarrierStats
+from fastrelay.io.tunnel import TunnelStream
+from fastrelay.protocol.frames import FrameType
+from fastrelay.protocol.http import ProxyRequest
+from fastrelay.protocol.messages import ConnectResponse, Hello, OpenStream, new_session_id
+
+log = logging.getLogger("fastrelay.client")
+
+ROUTES = ("relay", "direct")
+_PRIVATE_HEADERS = frozenset({"proxy-authorization", "proxy-authenticate"})
+RESULTS = ("ok", "denied", "dial_failed", "no_agent", "timeout", "bad_request", "error")
+
+
+class Proxy:
+    def __init__(self, config: ClientConfig, rules: Rules, carrier_stats: CarrierStats) -> None:
+        self.config = config
+        self.rules = rules
+        self.requests: Counter[tuple[str, str]] = Counter(
+            {(route, result): 0 for route in ROUTES for result in RESULTS}
+        )
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.carrier: Carrier | None = None
+        self.carrier_stats = carrier_stats
+
+    def count(self, route: str | None, result: str) -> None:
+        self.requests[route or "none", result] += 1
+
+    def route(self, browser: BrowserConnection, request: ProxyRequest) -> None:
+        if self.rules.matches(request.host):
+            self.open_relay(browser, request)
+        else:
+            task = asyncio.get_running_loop().create_task(self.open_direct(browser, request))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    # --- through the relay ---
+
+    def open_relay(self, browser: BrowserConnection, request: ProxyRequest) -> None:
+        carrier = self.carrier
+        sid = carrier.next_stream_id() if carrier is not None and carrier.ready else None
+        if carrier is None or sid is None:
+            self.count("relay", "no_agent")
+            browser.reply(503, "client_a is not connected to the relay")
+            return
+        session_id = new_session_id()
+        kind = FrameType.CONNECT if request.is_connect else FrameType.REQUEST
+        stream = RelayRoute(self, browser, carrier, sid, session_id, request)
+        carrier.streams[sid] = stream
+        # Proxy credentials are for client_a only and must not travel on.
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _PRIVATE_HEADERS}
+        carrier.send(
+            OpenStream(
+                kind,
+                session_id,
+                request.host,
+                request.port,
+                request.method,
+                request.url,
+                headers,
+                self.config.window,
+            ).encode(sid)
+        )
+        assert browser.transport is not None
+        stream.attach_tcp(browser.transport)
+        stream.timer = asyncio.get_running_loop().call_later(
+            self.config.open_timeout, stream.expire
+        )
+
+    # carrier callbacks
+    def on_hello(self, carrier: Carrier, hello: Hello) -> None:
+        pass
+
+    def on_open(self, carrier: Carrier, sid: int, request: OpenStream) -> None:
+        carrier.stats.protocol_errors["unexpected_open"] += 1
+        log.warning("the relay tried to open stream %d at client_a; ignored", sid)
+
+    def on_response(self, carrier: Carrier, stream: TunnelStream, resp: ConnectResponse) -> None:
+        assert isinstance(stream, RelayRoute)
+        stream.answered(resp)
+
+    # --- direct ---
+
+    async def open_direct(self, browser: BrowserConnection, request: ProxyRequest) -> None:
+        loop = asyncio.get_running_loop()
+        pipe = DirectPipe(browser, request)
+        try:
+            transport, _ = await asyncio.wait_for(
+                aiofastnet.create_connection(
+                    loop, lambda: DirectUpstream(pipe), request.host, request.port
+                ),
+                self.config.dial_timeout,
+            )
+        except TimeoutError:
+            self._direct_failed(
+                browser,
+                504,
+                f"no connection to {request.host}:{request.port} "
+                f"within {self.config.dial_timeout:g} s",
+            )
+            return
+        except socket.gaierror as exc:
+            self._direct_failed(
+                browser, 502, f"DNS lookup of {request.host} failed: {exc.strerror}"
+            )
+            return
+        except OSError as exc:
+            self._direct_failed(
+                browser,
+                502,
+                f"cannot connect to {request.host}:{request.port}: {exc.strerror or exc}",
+            )
+            return
+        if browser.closed or browser.transport is None:
+            transport.close()
+            return
+        pipe.upstream = transport
+        if request.is_connect:
+            browser.transport.write(ESTABLISHED)
+        else:
+            transport.write(request.head)
+        self.count("direct", "ok")
+        browser.start(pipe)
+        browser.transport.resume_reading()
+
+    def _direct_failed(self, browser: BrowserConnection, status: int, reason: str) -> None:
+        self.count("direct", "timeout" if status == 504 else "dial_failed")
+        browser.reply(status, reason)

@@ -1,0 +1,209 @@
+"""The two routes a browser connection can take.
+
+* RelayRoute: a TunnelStream on the carrier WebSocket, opened with CONNECT or
+  REQUEST, answered by the agent through the relay.
+* DirectPipe: a plain TCP connection from client_a to the target.
+
+For plain-HTTP requests both rewrite the response head to `Connection: close`
+and end the exchange after one response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from client_a.browser import BrowserConnection, _result_for_status
+from fastrelay.io.tunnel import CLIENT_SIDE, TunnelStream
+from fastrelay.protocol.errors import HttpError
+from fastrelay.protocol.http import ProxyRequest, ResponseHeadRewriter, render_response
+from fastrelay.protocol.messages import ConnectResponse, TunnelError
+from fastrelay.protocol.state import Event, State
+
+if TYPE_CHECKING:
+    from client_a.proxy import Proxy
+    from fastrelay.io.carrier import Carrier
+
+ESTABLISHED = render_response(200, "Connection Established")
+
+
+class RelayRoute(TunnelStream):
+    def __init__(
+        self,
+        proxy: Proxy,
+        browser: BrowserConnection,
+        carrier: Carrier,
+        sid: int,
+        session_id: str,
+        request: ProxyRequest,
+    ) -> None:
+        initial = State.CONNECT_REQUEST if request.is_connect else State.REQUEST
+        super().__init__(carrier, sid, session_id, CLIENT_SIDE, initial, proxy.config.window)
+        self.proxy = proxy
+        self.browser = browser
+        self.request = request
+        self.rewriter = None if request.is_connect else ResponseHeadRewriter()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def answered(self, response: ConnectResponse) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.state.opening:
+            return
+        if not response.ok:
+            self.fail_open(
+                response.status_code, response.error or "refused by the relay", Event.RESPONSE_FAIL
+            )
+            return
+        browser = self.browser
+        if browser.closed or self.tcp is None:
+            self.abort("browser went away")
+            return
+        if self.request.is_connect:
+            self.tcp.write(ESTABLISHED)
+        self.opened(response.window)
+        if not self.request.is_connect:
+            self.tcp_data(self.request.head)
+        self.proxy.count("relay", "ok")
+        browser.start(self)
+
+    def expire(self) -> None:
+        self.timer = None
+        if self.state.opening:
+            self.carrier.send(TunnelError(self.session_id, "open timeout").encode(self.sid))
+            timeout = self.proxy.config.open_timeout
+            self.fail_open(504, f"no answer from the relay within {timeout:g} s", Event.TIMEOUT)
+
+    def fail_open(self, status: int, reason: str, event: Event = Event.ABORT) -> None:
+        self.state.apply(event)
+        self.carrier.forget(self)
+        self.tcp = None
+        self.proxy.count("relay", _result_for_status(status))
+        self.browser.reply(status, reason)
+
+    def remote_error(self, reason: str) -> None:
+        if self.state.opening:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.fail_open(502, reason)
+            return
+        super().remote_error(reason)
+
+    def write_tcp(self, tcp: asyncio.Transport, payload: memoryview) -> None:
+        rewriter = self.rewriter
+        if rewriter is None:
+            tcp.write(payload)
+            return
+        try:
+            data = rewriter.feed(bytes(payload))
+        except HttpError as exc:
+            self.abort(exc.reason)
+            return
+        if rewriter.done:
+            self.rewriter = None
+        if data:
+            tcp.write(data)
+
+    def remote_fin(self) -> None:
+        super().remote_fin()
+        if not self.request.is_connect and not self.state.closed:
+            # One request, one response: the response ended, so the exchange did.
+            self._send_fin()
+
+
+class DirectPipe:
+    """Browser <-> target over plain TCP, with pause/resume and half-close."""
+
+    def __init__(self, browser: BrowserConnection, request: ProxyRequest) -> None:
+        self.browser = browser
+        self.request = request
+        self.upstream: asyncio.Transport | None = None
+        self.rewriter = None if request.is_connect else ResponseHeadRewriter()
+        self.eof_up = self.eof_down = False
+
+    # browser -> target (the Sink interface)
+    def tcp_data(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.write(data)
+
+    def tcp_eof(self) -> None:
+        self.eof_up = True
+        if self.upstream is not None and self.upstream.can_write_eof():
+            self.upstream.write_eof()
+        self._maybe_close()
+
+    def tcp_lost(self, exc: BaseException | None) -> None:
+        if self.upstream is not None:
+            self.upstream.abort()
+
+    def tcp_paused_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def tcp_resumed_writing(self) -> None:
+        if self.upstream is not None and not self.upstream.is_closing():
+            self.upstream.resume_reading()
+
+    # target -> browser (called by DirectUpstream)
+    def upstream_data(self, data: bytes) -> None:
+        browser = self.browser.transport
+        if browser is None or browser.is_closing():
+            return
+        if self.rewriter is not None:
+            try:
+                data = self.rewriter.feed(data)
+            except HttpError as exc:
+                self.browser.reply(exc.status, exc.reason)
+                self._close_all()
+                return
+            if data and self.rewriter.done:
+                self.rewriter = None
+        browser.write(data)
+
+    def upstream_eof(self) -> None:
+        self.eof_down = True
+        browser = self.browser.transport
+        if not self.request.is_connect:
+            self.eof_up = True  # one request, one response
+        elif browser is not None and not browser.is_closing() and browser.can_write_eof():
+            browser.write_eof()
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.eof_up and self.eof_down:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        for transport in (self.upstream, self.browser.transport):
+            if transport is not None and not transport.is_closing():
+                transport.close()
+
+
+class DirectUpstream(asyncio.Protocol):
+    def __init__(self, pipe: DirectPipe) -> None:
+        self.pipe = pipe
+
+    def data_received(self, data: bytes) -> None:
+        self.pipe.upstream_data(data)
+
+    def eof_received(self) -> bool:
+        self.pipe.upstream_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        browser = self.pipe.browser.transport
+        if browser is not None and not browser.is_closing():
+            if exc is None:
+                browser.close()
+            else:
+                browser.abort()
+
+    def pause_writing(self) -> None:
+        browser = self.pipe.browser.transport
+        if browser is not None:
+            browser.pause_reading()
+
+    def resume_writing(self) -> None:
+        browser = self.pipe.browser.transport
+        if browser is not None and not browser.is_closing():
+            browser.resume_reading()

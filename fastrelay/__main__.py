@@ -1,0 +1,5 @@
+import sys
+
+from fastrelay.cli import main
+
+sys.exit(main())

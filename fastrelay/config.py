@@ -1,0 +1,250 @@
+"""One validated config object per program, from CLI flags, FASTRELAY_*
+environment variables and an optional TOML file (in that order of precedence).
+
+Each program declares its options as a list of `Option`s; `load_options`
+returns a plain dict that the program turns into its frozen config dataclass.
+Every bad value or unknown TOML key raises `ConfigError` naming the option, and
+the CLI turns that into exit status 2. Secrets (tokens) are never accepted as
+flags, so they never show up in `ps`; they come from the environment or a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "FASTRELAY_"
+
+
+class ConfigError(Exception):
+    """A config problem, phrased for the operator; exit status 2."""
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # snake_case; --kebab-case flag, FASTRELAY_UPPER env, TOML key either way
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    repeat: bool = False  # flag may repeat; env is comma-separated; TOML takes a list
+    flag: bool = True  # False for secrets: environment or TOML only
+
+    @property
+    def flag_name(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_name(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+# --- value parsers: each raises ValueError with a message that finishes "NAME: ..." ---
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise ValueError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    if not str(text).strip().isdigit() or int(text) <= 0:
+        raise ValueError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3}
+
+
+def size_bytes(text: str) -> int:
+    """'1048576', '64KiB', '1MiB' -> bytes."""
+    raw = str(text).strip().lower()
+    digits = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = raw[len(digits) :]
+    if not digits.isdigit() or unit not in _SIZE_UNITS or int(digits) == 0:
+        raise ValueError(f"expected a size such as 1048576, 64KiB or 1MiB, got {text!r}")
+    value = int(digits) * _SIZE_UNITS[unit]
+    if value > 2**31 - 1:
+        raise ValueError(f"must be below 2 GiB, got {text!r}")
+    return value
+
+
+def ws_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"expected ws://HOST:PORT or wss://HOST:PORT, got {text!r}")
+    return text.rstrip("/")
+
+
+def existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"no such file: {text!r}")
+    return path
+
+
+def optional_file(text: str) -> Path | None:
+    return existing_file(text) if text else None
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def token_list(text: str) -> tuple[str, ...]:
+    tokens = tuple(t.strip() for t in str(text).split(",") if t.strip())
+    if not tokens:
+        raise ValueError("no tokens given")
+    return tokens
+
+
+def text_value(text: str) -> str:
+    return str(text)
+
+
+def ip_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"expected an IP address, got {text!r}") from None
+
+
+COMMON_OPTIONS = [
+    Option("log_level", choice("debug", "info", "warning", "error"), "info", "log verbosity"),
+    Option("log_format", choice("text", "json"), "text", "log line format"),
+    Option("ping_interval", positive_float, 20.0, "WebSocket ping interval, seconds"),
+]
+
+
+def load_options(
+    program: str,
+    options: Sequence[Option],
+    argv: Sequence[str],
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Merge CLI > environment > TOML > defaults, validating every value."""
+    environ = os.environ if environ is None else environ
+    options = [*options, *COMMON_OPTIONS]
+    args = _parse_cli(program, options, argv)
+    config_path = args.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    file_values = _read_toml(config_path, options) if config_path else {}
+    values: dict[str, Any] = {}
+    for opt in options:
+        if opt.name in args:
+            raw, origin = args[opt.name], opt.flag_name
+        elif opt.env_name in environ:
+            raw, origin = environ[opt.env_name], opt.env_name
+            if opt.repeat:
+                raw = [item for item in raw.split(",") if item.strip()]
+        elif opt.name in file_values:
+            raw, origin = file_values[opt.name], f"{config_path}: {opt.name}"
+        else:
+            values[opt.name] = opt.default
+            continue
+        values[opt.name] = _convert(opt, raw, origin)
+    return values
+
+
+def _convert(opt: Option, raw: Any, origin: str) -> Any:
+    try:
+        if opt.repeat:
+            items = raw if isinstance(raw, list) else [raw]
+            return tuple(opt.parse(str(item).strip()) for item in items)
+        if isinstance(raw, list):
+            raise ValueError("expected a single value, not a list")
+        return opt.parse(str(raw))
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+
+
+def _parse_cli(program: str, options: Sequence[Option], argv: Sequence[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog=f"fastrelay {program}", argument_default=argparse.SUPPRESS
+    )
+    parser.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
+    for opt in options:
+        if not opt.flag:
+            continue
+        help_text = f"{opt.help} (env {opt.env_name}; default {opt.default!r})"
+        parser.add_argument(
+            opt.flag_name,
+            dest=opt.name,
+            action="append" if opt.repeat else "store",
+            help=help_text,
+            type=_argparse_type(opt),
+        )
+    return vars(parser.parse_args(list(argv)))
+
+
+def _argparse_type(opt: Option) -> Callable[[str], str]:
+    # Validate at parse time so argparse names the flag and exits 2; the raw
+    # string is kept and converted again in `_convert` with everything else.
+    def check(text: str) -> str:
+        try:
+            opt.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check
+
+
+def _read_toml(path: str, options: Sequence[Option]) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+    known = {opt.name for opt in options}
+    values: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"{path}: unknown key {key!r}")
+        values[name] = value
+    return values
+
+
+def read_secret_file(path: Path | None, option: str) -> tuple[str, ...]:
+    """Tokens from a file: one per line, '#' comments allowed."""
+    if path is None:
+        return ()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot read {path}: {exc.strerror}") from None
+    tokens = tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
+    if not tokens:
+        raise ConfigError(f"{option}: {path} holds no tokens")
+    return tokens
+
+
+def mask(secret: str) -> str:
+    """What a token looks like in logs: never the token itself."""
+    return f"<{len(secret)} chars>"

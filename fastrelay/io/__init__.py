@@ -1,0 +1,1 @@
+"""The only code that touches picows, uvloop and sockets."""

@@ -1,0 +1,83 @@
+"""The admin HTTP endpoint of every program: /healthz, /readyz and /metrics.
+
+A tiny HTTP/1.1 responder on its own port (one request per connection), so
+health checks and scrapes never share a socket with tunnel traffic and need
+no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from fastrelay.metrics import render
+
+MAX_REQUEST_HEAD = 8192
+
+
+class AdminProtocol(asyncio.Protocol):
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]]) -> None:
+        self.registry = registry
+        self.ready = ready
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" not in self.buffer:
+            if len(self.buffer) > MAX_REQUEST_HEAD:
+                self.respond(431, b"request head too large\n")
+            return
+        request_line = bytes(self.buffer.split(b"\r\n", 1)[0])
+        parts = request_line.split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            self.respond(400, b"bad request line\n")
+            return
+        method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            self.respond(405, b"only GET\n", extra=b"Allow: GET, HEAD\r\n")
+        elif target == b"/healthz":
+            self.respond(200, b"ok\n")
+        elif target == b"/readyz":
+            ok, why = self.ready()
+            self.respond(200 if ok else 503, (why + "\n").encode())
+        elif target == b"/metrics":
+            self.respond(200, render(self.registry), content_type=CONTENT_TYPE_LATEST)
+        else:
+            self.respond(404, b"not found: try /healthz, /readyz or /metrics\n")
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        extra: bytes = b"",
+    ) -> None:
+        assert self.transport is not None
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            431: "Request Header Fields Too Large",
+            503: "Service Unavailable",
+        }[status]
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+        ).encode()
+        self.transport.write(head + extra + b"\r\n" + body)
+        self.transport.close()
+
+
+async def start_admin(
+    host: str, port: int, registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]]
+) -> asyncio.AbstractServer:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: AdminProtocol(registry, ready), host, port)

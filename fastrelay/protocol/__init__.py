@@ -1,0 +1,1 @@
+"""fastrelay's wire protocol as pure code: no sockets, no asyncio, no clock reads."""

@@ -1,0 +1,113 @@
+"""The mux frame codec: every byte fastrelay puts inside a WebSocket message.
+
+A WebSocket binary message carries one or more mux frames back to back:
+
+    +--------+--------+------------------+------------------+----------------+
+    | type   | flags  | stream id        | payload length   | payload ...    |
+    | u8     | u8     | u32, big-endian  | u32, big-endian  | length bytes   |
+    +--------+--------+------------------+------------------+----------------+
+
+The header is 10 bytes. Stream id 0 is the connection itself (HELLO, GOAWAY);
+every other frame names a stream. `docs/PROTOCOL.md` has the same layout with
+byte-exact test vectors, which `tests/protocol/test_vectors.py` checks.
+
+Decoding works on memoryviews and never slices a payload into new bytes: the
+relay forwards payload views straight out of picows' read buffer.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from enum import IntEnum
+
+from fastrelay.protocol.errors import FrameError
+
+HEADER = struct.Struct("!BBII")
+HEADER_SIZE = HEADER.size  # 10
+# A payload length above this is malformed whatever the WebSocket limit is.
+MAX_PAYLOAD = 16 * 1024 * 1024
+WINDOW_UPDATE_BODY = struct.Struct("!I")
+
+
+class FrameType(IntEnum):
+    CONNECT = 0x01  # open a tunnel stream (JSON); the seed's CONNECT
+    REQUEST = 0x02  # open a stream for one plain-HTTP request (JSON)
+    CONNECT_RESPONSE = 0x03  # the open result, with statusCode (JSON)
+    TUNNEL_DATA = 0x04  # stream bytes, raw
+    FIN = 0x05  # half-close: the sender sends no more data on this stream
+    TUNNEL_ERROR = 0x06  # abort the stream in both directions (JSON, with error)
+    WINDOW_UPDATE = 0x07  # return u32 bytes of credit for the sender's direction
+    HELLO = 0x08  # session start: version, instance id (JSON), stream id 0
+    GOAWAY = 0x09  # the sender opens and accepts no new streams (JSON), stream id 0
+
+
+# Frames that belong to the connection rather than to a stream.
+CONNECTION_FRAMES = frozenset({FrameType.HELLO, FrameType.GOAWAY})
+OPEN_FRAMES = frozenset({FrameType.CONNECT, FrameType.REQUEST})
+_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+_CONNECTION_TYPES = frozenset(int(t) for t in CONNECTION_FRAMES)
+
+
+def encode_header(frame_type: int, stream_id: int, length: int, flags: int = 0) -> bytes:
+    return HEADER.pack(frame_type, flags, stream_id, length)
+
+
+def encode_frame(frame_type: int, stream_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    return HEADER.pack(frame_type, flags, stream_id, len(payload)) + payload
+
+
+def encode_window_update(stream_id: int, increment: int) -> bytes:
+    return HEADER.pack(FrameType.WINDOW_UPDATE, 0, stream_id, 4) + WINDOW_UPDATE_BODY.pack(
+        increment
+    )
+
+
+def check_header(frame_type: int, stream_id: int, length: int, available: int) -> None:
+    """Raise FrameError unless a decoded header is well formed.
+
+    `available` is how many payload bytes the message still holds.
+    """
+    if frame_type not in _KNOWN_TYPES:
+        raise FrameError(f"unknown frame type 0x{frame_type:02x}")
+    if length > available:
+        raise FrameError(
+            f"truncated frame: header says {length} payload bytes, message holds {available}"
+        )
+    if length > MAX_PAYLOAD:
+        raise FrameError(f"payload length {length} exceeds {MAX_PAYLOAD}")
+    if (frame_type in _CONNECTION_TYPES) != (stream_id == 0):
+        raise FrameError(
+            f"{FrameType(frame_type).name} frame with stream id {stream_id}"
+            " (stream id 0 is for HELLO and GOAWAY only)"
+        )
+    if frame_type == FrameType.WINDOW_UPDATE and length != 4:
+        raise FrameError(f"WINDOW_UPDATE payload must be 4 bytes, got {length}")
+    if frame_type == FrameType.FIN and length != 0:
+        raise FrameError(f"FIN payload must be empty, got {length} bytes")
+
+
+def iter_frames(message: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
+    """Yield (type, flags, stream id, payload offset, payload length) per frame.
+
+    Raises FrameError on the first malformed frame; frames before it were
+    already yielded, which is what a receiver that acts frame by frame sees.
+    """
+    total = len(message)
+    offset = 0
+    unpack = HEADER.unpack_from
+    while offset < total:
+        if total - offset < HEADER_SIZE:
+            raise FrameError(f"truncated header: {total - offset} bytes left, need {HEADER_SIZE}")
+        frame_type, flags, stream_id, length = unpack(message, offset)
+        offset += HEADER_SIZE
+        check_header(frame_type, stream_id, length, total - offset)
+        yield frame_type, flags, stream_id, offset, length
+        offset += length
+
+
+def decode_window_increment(payload: memoryview | bytes) -> int:
+    (increment,) = WINDOW_UPDATE_BODY.unpack_from(payload)
+    if increment == 0:
+        raise FrameError("WINDOW_UPDATE with a zero increment")
+    return int(increment)

@@ -1,0 +1,283 @@
+"""Control messages: the JSON payloads of CONNECT, REQUEST, CONNECT_RESPONSE,
+TUNNEL_ERROR, HELLO and GOAWAY frames.
+
+Field names follow the seed document (`type`, `sessionId`, `method`, `url`,
+`headers`, `statusCode`, `statusDescription`, `error`). `window` is fastrelay's
+addition: the receive window, in bytes, that the sender of an open or of a
+CONNECT_RESPONSE grants for data flowing towards it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from fastrelay.protocol.errors import ControlMessageError
+from fastrelay.protocol.frames import FrameType, encode_frame
+
+PROTOCOL_VERSION = 1
+DEFAULT_WINDOW = 1024 * 1024
+
+STATUS_TEXT = {
+    200: "Connection Established",
+    400: "Bad Request",
+    403: "Forbidden",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def new_session_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _load(payload: bytes | memoryview, frame_type: FrameType) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ControlMessageError(f"{frame_type.name} payload is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ControlMessageError(f"{frame_type.name} payload must be a JSON object")
+    if doc.get("type") != frame_type.name:
+        raise ControlMessageError(
+            f"{frame_type.name} frame carries a message of type {doc.get('type')!r}"
+        )
+    return doc
+
+
+def _field(doc: dict[str, Any], name: str, kind: type, frame_type: FrameType, default: Any = ...):
+    value = doc.get(name, default)
+    if value is ...:
+        raise ControlMessageError(f"{frame_type.name} is missing {name!r}")
+    if value is not None and value is not default and not isinstance(value, kind):
+        raise ControlMessageError(f"{frame_type.name} field {name!r} must be {kind.__name__}")
+    if kind is int and isinstance(value, bool):
+        raise ControlMessageError(f"{frame_type.name} field {name!r} must be int")
+    return value
+
+
+def _window(doc: dict[str, Any], frame_type: FrameType) -> int:
+    window = _field(doc, "window", int, frame_type, DEFAULT_WINDOW)
+    if not 1 <= window <= 2**31 - 1:
+        raise ControlMessageError(f"{frame_type.name} window {window} is out of range")
+    return int(window)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStream:
+    """CONNECT (a tunnel to host:port) or REQUEST (one plain-HTTP request)."""
+
+    kind: FrameType  # FrameType.CONNECT or FrameType.REQUEST
+    session_id: str
+    host: str
+    port: int
+    method: str = "CONNECT"
+    url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    window: int = DEFAULT_WINDOW
+
+    def encode(self, stream_id: int) -> bytes:
+        body = {
+            "type": self.kind.name,
+            "sessionId": self.session_id,
+            "method": self.method,
+            "url": self.url or f"https://{format_authority(self.host, self.port)}",
+            "headers": self.headers,
+            "window": self.window,
+        }
+        return encode_frame(self.kind, stream_id, orjson.dumps(body))
+
+    @classmethod
+    def decode(cls, kind: FrameType, payload: bytes | memoryview) -> OpenStream:
+        doc = _load(payload, kind)
+        url = _field(doc, "url", str, kind)
+        headers = _field(doc, "headers", dict, kind, {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            raise ControlMessageError(f"{kind.name} headers must map strings to strings")
+        host, port = split_url(url, kind)
+        return cls(
+            kind=kind,
+            session_id=_field(doc, "sessionId", str, kind),
+            host=host,
+            port=port,
+            method=_field(doc, "method", str, kind),
+            url=url,
+            headers=headers,
+            window=_window(doc, kind),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectResponse:
+    session_id: str
+    status_code: int
+    error: str | None = None
+    window: int = DEFAULT_WINDOW
+    # Machine-readable cause of a failure (refused, unreachable, dns, timeout,
+    # policy, no_agent), so nobody has to match on the human `error` text.
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code == 200
+
+    def encode(self, stream_id: int) -> bytes:
+        body: dict[str, Any] = {
+            "type": "CONNECT_RESPONSE",
+            "sessionId": self.session_id,
+            "statusCode": self.status_code,
+            "statusDescription": STATUS_TEXT.get(self.status_code, "Error"),
+        }
+        if self.error is not None:
+            body["error"] = self.error
+        if self.reason is not None:
+            body["reason"] = self.reason
+        if self.ok:
+            body["window"] = self.window
+        return encode_frame(FrameType.CONNECT_RESPONSE, stream_id, orjson.dumps(body))
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> ConnectResponse:
+        kind = FrameType.CONNECT_RESPONSE
+        doc = _load(payload, kind)
+        status = _field(doc, "statusCode", int, kind)
+        if not 100 <= status <= 599:
+            raise ControlMessageError(f"CONNECT_RESPONSE statusCode {status} is not an HTTP status")
+        return cls(
+            session_id=_field(doc, "sessionId", str, kind),
+            status_code=status,
+            error=_field(doc, "error", str, kind, None),
+            window=_window(doc, kind),
+            reason=_field(doc, "reason", str, kind, None),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelError:
+    session_id: str
+    error: str
+
+    def encode(self, stream_id: int) -> bytes:
+        body = {"type": "TUNNEL_ERROR", "sessionId": self.session_id, "error": self.error}
+        return encode_frame(FrameType.TUNNEL_ERROR, stream_id, orjson.dumps(body))
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> TunnelError:
+        kind = FrameType.TUNNEL_ERROR
+        doc = _load(payload, kind)
+        return cls(
+            session_id=_field(doc, "sessionId", str, kind, ""),
+            error=_field(doc, "error", str, kind),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The relay's first frame on every WebSocket it accepts.
+
+    client_a allocates its stream ids in [stream_id_base, stream_id_base +
+    stream_id_count), a range unique on this relay, so the relay forwards
+    frames between client_a and agent without rewriting stream ids.
+    """
+
+    instance_id: str
+    version: int = PROTOCOL_VERSION
+    stream_id_base: int = 0
+    stream_id_count: int = 0
+
+    def encode(self) -> bytes:
+        body = {
+            "type": "HELLO",
+            "version": self.version,
+            "instanceId": self.instance_id,
+            "streamIdBase": self.stream_id_base,
+            "streamIdCount": self.stream_id_count,
+        }
+        return encode_frame(FrameType.HELLO, 0, orjson.dumps(body))
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> Hello:
+        kind = FrameType.HELLO
+        doc = _load(payload, kind)
+        hello = cls(
+            instance_id=_field(doc, "instanceId", str, kind),
+            version=_field(doc, "version", int, kind),
+            stream_id_base=_field(doc, "streamIdBase", int, kind, 0),
+            stream_id_count=_field(doc, "streamIdCount", int, kind, 0),
+        )
+        if hello.version != PROTOCOL_VERSION:
+            raise ControlMessageError(
+                f"protocol version {hello.version} is not supported (this side speaks "
+                f"{PROTOCOL_VERSION})"
+            )
+        if hello.stream_id_base < 0 or hello.stream_id_base + hello.stream_id_count > 2**32:
+            raise ControlMessageError("HELLO stream id range is outside u32")
+        return hello
+
+
+@dataclass(frozen=True, slots=True)
+class GoAway:
+    error: str = "shutting down"
+
+    def encode(self) -> bytes:
+        return encode_frame(
+            FrameType.GOAWAY, 0, orjson.dumps({"type": "GOAWAY", "error": self.error})
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> GoAway:
+        doc = _load(payload, FrameType.GOAWAY)
+        return cls(error=_field(doc, "error", str, FrameType.GOAWAY, ""))
+
+
+def format_authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_authority(authority: str, default_port: int | None = None) -> tuple[str, int]:
+    """'host:port', '[v6]:port' or (with a default port) a bare host -> (host, port)."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            raise ValueError(f"unterminated IPv6 literal in {authority!r}")
+        host, rest = authority[1:end], authority[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"junk after IPv6 literal in {authority!r}")
+        port_text = rest[1:] if rest else ""
+    else:
+        host, sep, port_text = authority.rpartition(":")
+        if not sep:
+            host, port_text = authority, ""
+        elif ":" in host:
+            raise ValueError(f"IPv6 address must be in brackets: {authority!r}")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"missing port in {authority!r}")
+        port = default_port
+    elif not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port in {authority!r}")
+    else:
+        port = int(port_text)
+    if not host:
+        raise ValueError(f"empty host in {authority!r}")
+    return host, port
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def split_url(url: str, kind: FrameType = FrameType.CONNECT) -> tuple[str, int]:
+    """The (host, port) of 'scheme://authority[/path]'."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _DEFAULT_PORTS:
+        raise ControlMessageError(f"{kind.name} url {url!r} is not http(s)://host[:port]")
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    try:
+        return split_authority(authority, _DEFAULT_PORTS[scheme.lower()])
+    except ValueError as exc:
+        raise ControlMessageError(f"{kind.name} url: {exc}") from None

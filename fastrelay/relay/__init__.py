@@ -1,0 +1,1 @@
+"""The relay: a WebSocket rendezvous that joins client_a streams to agents."""

@@ -1,0 +1,73 @@
+"""The relay's one validated config object."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastrelay.config import (
+    ConfigError,
+    Option,
+    host_port,
+    load_options,
+    optional_file,
+    positive_float,
+    read_secret_file,
+    size_bytes,
+    token_list,
+)
+
+OPTIONS = [
+    Option("listen", host_port, ("127.0.0.1", 8765), "WebSocket listen address HOST:PORT"),
+    Option("admin", host_port, ("127.0.0.1", 9101), "admin address for /healthz /readyz /metrics"),
+    Option("connect_timeout", positive_float, 10.0, "seconds to wait for an agent's answer"),
+    Option("tls_cert", optional_file, None, "TLS certificate chain (PEM) for wss://"),
+    Option("tls_key", optional_file, None, "TLS private key (PEM) for wss://"),
+    Option("client_tokens", token_list, (), "client_a bearer tokens, comma-separated", flag=False),
+    Option("agent_tokens", token_list, (), "agent bearer tokens, comma-separated", flag=False),
+    Option("client_tokens_file", optional_file, None, "file with client_a tokens, one per line"),
+    Option("agent_tokens_file", optional_file, None, "file with agent tokens, one per line"),
+    Option("max_frame_size", size_bytes, 1024 * 1024, "largest WebSocket frame accepted"),
+    Option("ws_buffer_high", size_bytes, 2 * 1024 * 1024, "pause feeders above this backlog"),
+    Option("drain_timeout", positive_float, 5.0, "seconds open tunnels may finish on shutdown"),
+    Option("instance_id", str, "", "instance id announced in HELLO (default: random)"),
+]
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    listen: tuple[str, int]
+    admin: tuple[str, int]
+    connect_timeout: float
+    tls_cert: Path | None
+    tls_key: Path | None
+    client_tokens: tuple[str, ...]
+    agent_tokens: tuple[str, ...]
+    max_frame_size: int
+    ws_buffer_high: int
+    drain_timeout: float
+    instance_id: str
+    ping_interval: float
+    log_level: str
+    log_format: str
+
+    def __repr__(self) -> str:  # never print tokens
+        return f"RelayConfig(listen={self.listen}, admin={self.admin}, tokens=<hidden>)"
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> RelayConfig:
+    v = load_options("relay", OPTIONS, argv, environ)
+    client = v.pop("client_tokens") + read_secret_file(
+        v.pop("client_tokens_file"), "--client-tokens-file"
+    )
+    agent = v.pop("agent_tokens") + read_secret_file(
+        v.pop("agent_tokens_file"), "--agent-tokens-file"
+    )
+    if not client:
+        raise ConfigError("no client_a tokens: set FASTRELAY_CLIENT_TOKENS or --client-tokens-file")
+    if not agent:
+        raise ConfigError("no agent tokens: set FASTRELAY_AGENT_TOKENS or --agent-tokens-file")
+    if (v["tls_cert"] is None) != (v["tls_key"] is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    return RelayConfig(client_tokens=client, agent_tokens=agent, **v)

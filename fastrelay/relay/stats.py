@@ -1,0 +1,132 @@
+"""The relay's counters: plain ints on the hot path, Prometheus families at scrape time."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import HistogramMetricFamily, Metric
+
+from fastrelay import metrics
+
+if TYPE_CHECKING:
+    from fastrelay.relay.server import Relay
+
+# Open latency buckets, 100 us to 30 s.
+OPEN_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class RelayStats:
+    def __init__(self) -> None:
+        self.results: Counter[str] = Counter({r: 0 for r in metrics.STREAM_RESULTS})
+        self.connections_opened: Counter[str] = Counter({"client": 0, "agent": 0})
+        self.connections_closed: Counter[str] = Counter({"client": 0, "agent": 0})
+        self.auth_failures: Counter[str] = Counter({"client": 0, "agent": 0})
+        self.protocol_errors: Counter[str] = Counter()
+        self.dropped_unknown_stream = 0
+        self.backpressure_pauses = 0
+        self.closed_bytes_up = 0
+        self.closed_bytes_down = 0
+        self.open_buckets = [0] * len(OPEN_BUCKETS)
+        self.open_count = 0
+        self.open_sum = 0.0
+
+    def count_protocol_error(self, kind: str) -> None:
+        self.protocol_errors[kind] += 1
+
+    def observe_open(self, seconds: float) -> None:
+        self.open_count += 1
+        self.open_sum += seconds
+        for i, bound in enumerate(OPEN_BUCKETS):
+            if seconds <= bound:
+                self.open_buckets[i] += 1
+                break
+
+    def collect(self, relay: Relay) -> Iterable[Metric]:
+        live = {"client": len(relay.clients), "agent": len(relay.agents)}
+        yield metrics.gauge(
+            metrics.CONNECTIONS,
+            "Open WebSocket connections by role",
+            ["role"],
+            {(r,): n for r, n in live.items()},
+        )
+        yield metrics.gauge(
+            metrics.STREAMS_ACTIVE,
+            "Streams open through this relay",
+            [],
+            {(): relay.active_streams},
+        )
+        yield metrics.counter(
+            metrics.STREAMS,
+            "Streams opened, by result",
+            ["result"],
+            {(r,): n for r, n in self.results.items()},
+        )
+        up = self.closed_bytes_up + sum(c.data_bytes for c in relay.clients)
+        down = self.closed_bytes_down + sum(a.data_bytes for a in relay.agents.agents)
+        yield metrics.counter(
+            metrics.STREAM_BYTES,
+            "Tunnel payload bytes forwarded",
+            ["direction"],
+            {("upstream",): up, ("downstream",): down},
+        )
+        yield metrics.counter(
+            metrics.AUTH_FAILURES,
+            "Rejected WebSocket upgrades by role",
+            ["role"],
+            {(r,): n for r, n in self.auth_failures.items()},
+        )
+        yield metrics.counter(
+            metrics.PROTOCOL_ERRORS,
+            "Protocol errors by kind",
+            ["kind"],
+            {(k,): n for k, n in self.protocol_errors.items()},
+        )
+        yield metrics.counter(
+            metrics.FRAMES_DROPPED,
+            "Frames dropped, by reason",
+            ["reason"],
+            {("unknown_stream",): self.dropped_unknown_stream},
+        )
+        yield metrics.counter(
+            metrics.BACKPRESSURE_PAUSES,
+            "Times a WebSocket's backlog paused its feeders",
+            [],
+            {(): self.backpressure_pauses},
+        )
+        yield metrics.counter(
+            metrics.PREFIX + "connections_accepted",
+            "WebSocket connections accepted by role",
+            ["role"],
+            {(r,): n for r, n in self.connections_opened.items()},
+        )
+        hist = HistogramMetricFamily(
+            metrics.PREFIX + "relay_open_seconds",
+            "Open received to CONNECT_RESPONSE received, at the relay",
+        )
+        cumulative, buckets = 0, []
+        for bound, n in zip(OPEN_BUCKETS, self.open_buckets, strict=True):
+            cumulative += n
+            buckets.append((repr(bound), cumulative))
+        buckets.append(("+Inf", self.open_count))
+        hist.add_metric([], buckets, self.open_sum)
+        yield hist

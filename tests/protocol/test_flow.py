@@ -1,0 +1,193 @@
+"""Per-stream credit windows: SendWindow and RecvWindow accounting."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastrelay.protocol.errors import FlowControlError, ProtocolError, StreamError
+from fastrelay.protocol.flow import RecvWindow, SendWindow
+from fastrelay.protocol.messages import DEFAULT_WINDOW
+
+MAX_WINDOW = 2**31 - 1
+
+# --------------------------------------------------------------------------- SendWindow
+
+
+def test_send_window_consumes_up_to_its_credit() -> None:
+    window = SendWindow(100)
+    window.consume(60)
+    window.consume(40)
+    assert window.available == 0
+    window.consume(0)
+    assert window.available == 0
+
+
+@pytest.mark.parametrize(("credit", "spent", "attempt"), [(100, 0, 101), (100, 60, 41), (1, 1, 1)])
+def test_send_window_refuses_beyond_credit(credit: int, spent: int, attempt: int) -> None:
+    window = SendWindow(credit)
+    window.consume(spent)
+    with pytest.raises(FlowControlError, match="bytes of credit"):
+        window.consume(attempt)
+    assert window.available == credit - spent  # unchanged by the refused send
+
+
+def test_send_window_grant_adds_credit() -> None:
+    window = SendWindow(10)
+    window.consume(10)
+    window.grant(4)
+    assert window.available == 4
+    window.grant(MAX_WINDOW - 4)
+    assert window.available == MAX_WINDOW
+
+
+@pytest.mark.parametrize(
+    ("initial", "increment"), [(MAX_WINDOW, 1), (1, MAX_WINDOW), (0, 2**32 - 1)]
+)
+def test_send_window_grant_overflow(initial: int, increment: int) -> None:
+    window = SendWindow(initial)
+    with pytest.raises(FlowControlError, match="overflows"):
+        window.grant(increment)
+    assert window.available == initial
+
+
+# --------------------------------------------------------------------------- RecvWindow
+
+
+def test_recv_window_starts_full() -> None:
+    window = RecvWindow(DEFAULT_WINDOW)
+    assert window.outstanding == DEFAULT_WINDOW
+    assert window.unreturned == 0
+    assert window.update_threshold == DEFAULT_WINDOW // 4
+
+
+@pytest.mark.parametrize(("size", "threshold"), [(1, 1), (3, 1), (4, 1), (7, 1), (8, 2), (100, 25)])
+def test_recv_window_threshold_is_a_quarter_at_least_one(size: int, threshold: int) -> None:
+    assert RecvWindow(size).update_threshold == threshold
+
+
+def test_recv_window_counts_received_bytes() -> None:
+    window = RecvWindow(100)
+    window.received(30)
+    window.received(70)
+    assert window.outstanding == 0
+
+
+@pytest.mark.parametrize(("size", "first", "second"), [(100, 0, 101), (100, 90, 11), (1, 1, 1)])
+def test_recv_window_refuses_beyond_outstanding(size: int, first: int, second: int) -> None:
+    window = RecvWindow(size)
+    window.received(first)
+    with pytest.raises(FlowControlError, match="peer sent"):
+        window.received(second)
+    assert window.outstanding == size - first
+
+
+def test_release_batches_until_a_quarter_window() -> None:
+    window = RecvWindow(100)  # threshold 25
+    window.received(100)
+    assert window.release(10) == 0
+    assert window.release(14) == 0
+    assert (window.unreturned, window.outstanding) == (24, 0)
+    assert window.release(1) == 25  # the whole batch at once
+    assert (window.unreturned, window.outstanding) == (0, 25)
+    assert window.release(60) == 60  # one release above the threshold goes at once
+    assert (window.unreturned, window.outstanding) == (0, 85)
+
+
+def test_release_with_threshold_one_returns_every_byte() -> None:
+    window = RecvWindow(3)
+    window.received(3)
+    assert [window.release(1) for _ in range(3)] == [1, 1, 1]
+    assert window.outstanding == 3
+
+
+def test_flush_returns_a_partial_batch() -> None:
+    window = RecvWindow(100)
+    window.received(50)
+    assert window.release(7) == 0
+    assert window.flush() == 7
+    assert (window.unreturned, window.outstanding) == (0, 57)
+    assert window.flush() == 0  # nothing left: a caller must not send a zero WINDOW_UPDATE
+    assert window.outstanding == 57
+
+
+def test_flow_control_error_aborts_one_stream_only() -> None:
+    error = FlowControlError("x")
+    assert isinstance(error, StreamError)
+    assert not isinstance(error, ProtocolError)
+    assert error.kind == "flow_control"
+
+
+def test_a_peer_that_ignores_credit_is_caught() -> None:
+    sender, receiver = SendWindow(10), RecvWindow(10)
+    sender.consume(10)
+    receiver.received(10)
+    # The sender's own window would refuse; a cheating peer skips it and the receiver notices.
+    with pytest.raises(FlowControlError):
+        sender.consume(1)
+    with pytest.raises(FlowControlError):
+        receiver.received(1)
+
+
+# --------------------------------------------------------------------------- property
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["send", "deliver", "drain", "flush", "credit"]),
+        st.integers(min_value=0, max_value=5000),
+    ),
+    max_size=120,
+)
+
+
+@given(st.integers(min_value=1, max_value=4096), OPS)
+def test_bytes_in_flight_never_exceed_the_window(size: int, ops: list[tuple[str, int]]) -> None:
+    """One direction of one stream, end to end: a sender that obeys its SendWindow, the
+    network in between (data one way, WINDOW_UPDATEs the other), and a receiver that drains
+    bytes to its socket in arbitrary amounts and returns credit when RecvWindow says so."""
+    sender, receiver = SendWindow(size), RecvWindow(size)
+    data_on_wire: deque[int] = deque()  # TUNNEL_DATA sizes, in order
+    updates_on_wire: deque[int] = deque()  # WINDOW_UPDATE increments, in order
+    buffered = 0  # received, not yet written to the socket
+
+    for op, amount in ops:
+        if op == "send":
+            n = min(amount, sender.available)
+            if n:
+                sender.consume(n)
+                data_on_wire.append(n)
+        elif op == "deliver" and data_on_wire:
+            n = data_on_wire.popleft()
+            receiver.received(n)  # never raises: the sender obeyed its credit
+            buffered += n
+        elif op == "drain":
+            n = min(amount, buffered)
+            buffered -= n
+            increment = receiver.release(n)
+            assert increment == 0 or increment >= receiver.update_threshold
+            if increment:
+                updates_on_wire.append(increment)
+        elif op == "flush":
+            increment = receiver.flush()
+            if increment:
+                updates_on_wire.append(increment)
+        elif op == "credit" and updates_on_wire:
+            sender.grant(updates_on_wire.popleft())
+
+        in_flight = size - sender.available  # sent and not yet credited back
+        assert 0 <= in_flight <= size
+        # Every byte of credit is in exactly one place.
+        assert (
+            sender.available
+            + sum(data_on_wire)
+            + buffered
+            + receiver.unreturned
+            + sum(updates_on_wire)
+            == size
+        )
+        # The receiver's view of the peer's credit lags by what is still on the wire.
+        assert receiver.outstanding == sender.available + sum(data_on_wire) + sum(updates_on_wire)
+        assert receiver.unreturned < receiver.update_threshold
