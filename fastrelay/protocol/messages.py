@@ -9,6 +9,7 @@ CONNECT_RESPONSE grants for data flowing towards it.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +55,8 @@ def _field(doc: dict[str, Any], name: str, kind: type, frame_type: FrameType, de
     value = doc.get(name, default)
     if value is ...:
         raise ControlMessageError(f"{frame_type.name} is missing {name!r}")
-    if value is not None and value is not default and not isinstance(value, kind):
+    # `null` is a type error like any other, unless None is the field's default.
+    if value is not default and not isinstance(value, kind):
         raise ControlMessageError(f"{frame_type.name} field {name!r} must be {kind.__name__}")
     if kind is int and isinstance(value, bool):
         raise ControlMessageError(f"{frame_type.name} field {name!r} must be int")
@@ -215,8 +217,11 @@ class Hello:
                 f"protocol version {hello.version} is not supported (this side speaks "
                 f"{PROTOCOL_VERSION})"
             )
-        if hello.stream_id_base < 0 or hello.stream_id_base + hello.stream_id_count > 2**32:
+        base, count = hello.stream_id_base, hello.stream_id_count
+        if base < 0 or count < 0 or base + count > 2**32:
             raise ControlMessageError("HELLO stream id range is outside u32")
+        if base == 0 and count > 0:
+            raise ControlMessageError("HELLO stream id range includes 0, the connection's id")
         return hello
 
 
@@ -259,7 +264,7 @@ def split_authority(authority: str, default_port: int | None = None) -> tuple[st
         if default_port is None:
             raise ValueError(f"missing port in {authority!r}")
         port = default_port
-    elif not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    elif not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"bad port in {authority!r}")
     else:
         port = int(port_text)
@@ -276,7 +281,7 @@ def split_url(url: str, kind: FrameType = FrameType.CONNECT) -> tuple[str, int]:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in _DEFAULT_PORTS:
         raise ControlMessageError(f"{kind.name} url {url!r} is not http(s)://host[:port]")
-    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
     try:
         return split_authority(authority, _DEFAULT_PORTS[scheme.lower()])
     except ValueError as exc:

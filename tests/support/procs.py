@@ -1,0 +1,231 @@
+"""Real processes on real loopback sockets, with teardown that always runs.
+
+Every program is started as `python -m fastrelay PROGRAM` on port 0 and
+reports its bound addresses in the JSON ready line it prints on stdout.
+Processes are stopped by their own PID only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENT_TOKEN = "client-token-for-tests"
+AGENT_TOKEN = "agent-token-for-tests"
+READY_TIMEOUT = 20.0
+
+
+class Proc:
+    """One child process whose first stdout line is a JSON ready line."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env={**os.environ, **env},
+            cwd=ROOT,
+        )
+        self.ready = self._read_ready()
+
+    def _read_ready(self) -> dict:
+        assert self.popen.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.popen.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + READY_TIMEOUT
+        line = b""
+        while time.monotonic() < deadline and not line.endswith(b"\n"):
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            chunk = os.read(self.popen.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            line += chunk
+        sel.close()
+        if not line.endswith(b"\n"):
+            self.stop()
+            raise RuntimeError(f"{self.name} did not become ready:\n{self.log_tail()}")
+        return json.loads(line)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 8.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+        if self.alive():
+            os.kill(self.popen.pid, signal.SIGCONT)  # in case a test stopped it
+            os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if stream is not None:
+                stream.close()
+        self._log.close()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.alive():
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def fastrelay(program: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "fastrelay", program, *args]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "") -> None:
+    """Poll `predicate` until true; bounded in time, raises on expiry."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def is_ready(admin: str) -> bool:
+    try:
+        return http_get(f"http://{admin}/readyz", timeout=1)[0] == 200
+    except OSError:
+        return False
+
+
+def scrape(admin: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics as {(name, sorted labels): value}."""
+    status, text = http_get(f"http://{admin}/metrics")
+    assert status == 200, text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def metric(admin: str, name: str, **labels: str) -> float:
+    return scrape(admin).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@dataclass
+class Chain:
+    """A relay, agents and client_a processes started together."""
+
+    log_dir: Path
+    procs: list[Proc] = field(default_factory=list)
+    relay: Proc | None = None
+    agents: list[Proc] = field(default_factory=list)
+    clients: list[Proc] = field(default_factory=list)
+
+    def start_relay(self, *args: str, listen: str = "127.0.0.1:0") -> Proc:
+        env = {"FASTRELAY_CLIENT_TOKENS": CLIENT_TOKEN, "FASTRELAY_AGENT_TOKENS": AGENT_TOKEN}
+        proc = Proc(
+            "relay",
+            fastrelay("relay", "--listen", listen, "--admin", "127.0.0.1:0", *args),
+            env,
+            self.log_dir,
+        )
+        self.procs.append(proc)
+        self.relay = proc
+        return proc
+
+    @property
+    def relay_url(self) -> str:
+        assert self.relay is not None
+        return f"ws://{self.relay.ready['listen']}"
+
+    def start_agent(self, *args: str, token: str = AGENT_TOKEN, wait: bool = True) -> Proc:
+        proc = Proc(
+            "agent",
+            fastrelay(
+                "agent",
+                "--relay",
+                self.relay_url,
+                "--admin",
+                "127.0.0.1:0",
+                "--reconnect-max",
+                "1",
+                *args,
+            ),
+            {"FASTRELAY_TOKEN": token},
+            self.log_dir,
+        )
+        self.procs.append(proc)
+        self.agents.append(proc)
+        if wait:
+            wait_until(lambda: is_ready(proc.ready["admin"]), what="agent connected")
+        return proc
+
+    def start_client(self, rules: Path, *args: str, wait: bool = True) -> Proc:
+        proc = Proc(
+            "client",
+            fastrelay(
+                "client",
+                "--listen",
+                "127.0.0.1:0",
+                "--relay",
+                self.relay_url,
+                "--admin",
+                "127.0.0.1:0",
+                "--rules",
+                str(rules),
+                "--reconnect-max",
+                "1",
+                *args,
+            ),
+            {"FASTRELAY_TOKEN": CLIENT_TOKEN},
+            self.log_dir,
+        )
+        self.procs.append(proc)
+        self.clients.append(proc)
+        if wait:
+            wait_until(lambda: is_ready(proc.ready["admin"]), what="client_a connected")
+        return proc
+
+    @property
+    def proxy(self) -> str:
+        return f"http://{self.clients[0].ready['listen']}"
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
