@@ -20,7 +20,7 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.procs import ROOT, Chain, Proc  # noqa: E402
+from support.procs import ROOT, Chain, Proc
 
 LISTED = "127.0.0.2"
 UNLISTED = "127.0.0.3"

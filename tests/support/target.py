@@ -20,6 +20,7 @@ Echo: reads until the client half-closes, then answers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import socket
@@ -200,10 +201,8 @@ def main() -> int:
         }
     sys.stdout.write(json.dumps({"event": "ready", "servers": servers}) + "\n")
     sys.stdout.flush()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         sys.stdin.read()  # the test closes our stdin (or kills us) to stop
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

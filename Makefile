@@ -1,0 +1,39 @@
+# fastrelay: `make run` starts the demo, `make test` installs everything and runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+.PHONY: run test lint unit e2e system-deps bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "fastrelay needs Python 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+## make run: relay, agent and client_a together on loopback (the embedded demo)
+run: $(STAMP)
+	$(BIN)/python -m fastrelay demo
+
+## make test: install what the tests need (pip and apt), then lint and run every test
+test: $(STAMP) system-deps lint
+	$(BIN)/pytest -q --durations=15
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/protocol tests/unit
+
+e2e: $(STAMP) system-deps
+	$(BIN)/pytest -q tests/e2e
+
+system-deps:
+	@scripts/system-deps.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .benchmarks
