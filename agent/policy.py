@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_BLOCKED", "Decision", "EgressPolicy", "PolicyError"]
 
 _N = ipaddress.ip_network
 
-# Checked in order; the first match names the reason, so more specific ranges come first.
+# The ranges are disjoint; the label of the one that matches becomes the refusal reason.
 # IPv4-mapped IPv6 needs no entry: parse_ip() unmaps it, so ::ffff:127.0.0.1 hits 127.0.0.0/8.
 DEFAULT_BLOCKED: tuple[tuple[Network, str], ...] = (
     (_N("127.0.0.0/8"), "loopback"),

@@ -77,10 +77,13 @@ Pattern = HostPattern | Network
 
 
 def normalize_host(host: str) -> str:
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    """Lowercase, drop one trailing dot, and unbracket ``[v6]`` (Rules.matches inlines this)."""
     host = host.lower()
-    return host[:-1] if host.endswith(".") else host
+    if host[-1:] == ".":
+        return host[:-1]
+    if host[:1] == "[" and host[-1:] == "]":
+        return host[1:-1]
+    return host
 
 
 def parse_ip(host: str) -> tuple[int, int] | None:
@@ -98,7 +101,7 @@ def parse_ip(host: str) -> tuple[int, int] | None:
         if value >> 32 == _MAPPED_PREFIX:
             return 4, value & 0xFFFFFFFF
         return 6, value
-    # A hostname's last label cannot be all digits, so skip the parse for ordinary names.
+    # Hostnames rarely end in a digit (a TLD never does), so most names skip the parse.
     if not host or not host[-1].isdigit():
         return None
     try:
@@ -195,7 +198,6 @@ class Rules:
             else:
                 by_len = v4 if pattern.version == 4 else v6
                 by_len.setdefault(pattern.prefixlen, set()).add(int(pattern.network_address))
-        # Longest prefix first only matters for speed when hits are specific; any order is correct.
         self._v4 = [(_prefix_mask(p, _V4_BITS), frozenset(v4[p])) for p in sorted(v4, reverse=True)]
         self._v6 = [(_prefix_mask(p, _V6_BITS), frozenset(v6[p])) for p in sorted(v6, reverse=True)]
 
@@ -230,14 +232,21 @@ class Rules:
         return f"<Rules: {self._count} patterns>"
 
     def matches(self, host: str) -> bool:
-        host = normalize_host(host)
-        ip = parse_ip(host)
-        if ip is not None:
-            version, value = ip
-            for mask, networks in self._v4 if version == 4 else self._v6:
-                if value & mask in networks:
-                    return True
-            return False
+        # normalize_host() and parse_ip()'s hostname fast path are inlined: at ~1 us per lookup
+        # the two extra calls were a third of the cost.
+        host = host.lower()
+        if host[-1:] == ".":
+            host = host[:-1]
+        elif host[:1] == "[" and host[-1:] == "]":
+            host = host[1:-1]
+        if ":" in host or host[-1:].isdigit():
+            ip = parse_ip(host)
+            if ip is not None:
+                version, value = ip
+                for mask, networks in self._v4 if version == 4 else self._v6:
+                    if value & mask in networks:
+                        return True
+                return False
         if host in self._names:
             return True
         # Only the last max_depth labels can start a matching suffix, so rsplit bounds the work

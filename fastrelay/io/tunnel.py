@@ -119,9 +119,13 @@ class TunnelStream:
         if n:
             self.send_window.consume(n)
             self.bytes_out += n
-            # One concatenation per chunk: picows masks client-side frames
-            # into its own buffer anyway, so this adds one memcpy per chunk.
-            self.carrier.send(_pack(_DATA, 0, self.sid, n) + view)
+            sid, send = self.sid, self.carrier.send
+            # Frames stay below every peer's max frame size. The concatenation
+            # is one memcpy per chunk; picows masks client-side frames into its
+            # own buffer anyway (see docs/PROTOCOL.md, "copies").
+            for start in range(0, n, READ_CHUNK_LIMIT):
+                chunk = view[start : start + READ_CHUNK_LIMIT]
+                send(_pack(_DATA, 0, sid, len(chunk)) + chunk)
 
     def tcp_eof(self) -> None:
         if self.backlog is not None:

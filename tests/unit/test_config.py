@@ -1,0 +1,271 @@
+"""Config loading: CLI > FASTRELAY_* env > TOML > default, parsers, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent import config as agent_config
+from client_a import config as client_config
+from fastrelay import config as cfg
+from fastrelay.config import ConfigError, Option, load_options, read_secret_file
+from fastrelay.relay import config as relay_config
+
+OPTS = [
+    Option("listen", cfg.host_port, ("127.0.0.1", 1), "address"),
+    Option("timeout", cfg.positive_float, 10.0, "seconds"),
+    Option("allow", cfg.text_value, (), "specs", repeat=True),
+    Option("secret", cfg.token_list, (), "tokens", flag=False),
+]
+
+
+def toml(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_include_common_options() -> None:
+    v = load_options("t", OPTS, [], {})
+    assert v["listen"] == ("127.0.0.1", 1)
+    assert v["timeout"] == 10.0
+    assert v["allow"] == ()
+    assert (v["log_level"], v["log_format"], v["ping_interval"]) == ("info", "text", 20.0)
+
+
+def test_precedence_cli_over_env_over_toml_over_default(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'listen = "1.1.1.1:1"\ntimeout = 3\nlog_level = "error"\n')
+    env = {"FASTRELAY_LISTEN": "2.2.2.2:2", "FASTRELAY_TIMEOUT": "4.5"}
+    v = load_options("t", OPTS, ["--config", path, "--listen", "3.3.3.3:3"], env)
+    assert v["listen"] == ("3.3.3.3", 3)  # CLI
+    assert v["timeout"] == 4.5  # env beats TOML
+    assert v["log_level"] == "error"  # TOML beats default
+    assert v["log_format"] == "text"  # default
+    v = load_options("t", OPTS, [], {**env, "FASTRELAY_CONFIG": path})
+    assert v["listen"] == ("2.2.2.2", 2)  # env beats TOML found through FASTRELAY_CONFIG
+    assert v["log_level"] == "error"
+
+
+def test_repeatable_options_from_each_source(tmp_path: Path) -> None:
+    v = load_options("t", OPTS, ["--allow", "a", "--allow", "b"], {})
+    assert v["allow"] == ("a", "b")
+    assert load_options("t", OPTS, [], {"FASTRELAY_ALLOW": "a, b,,c"})["allow"] == ("a", "b", "c")
+    path = toml(tmp_path, 'allow = ["x", "y"]\n')
+    assert load_options("t", OPTS, ["--config", path], {})["allow"] == ("x", "y")
+    path = toml(tmp_path, 'allow = "only"\n')
+    assert load_options("t", OPTS, ["--config", path], {})["allow"] == ("only",)
+
+
+def test_toml_kebab_case_keys(tmp_path: Path) -> None:
+    path = toml(tmp_path, "ping-interval = 2.5\n")
+    assert load_options("t", OPTS, ["--config", path], {})["ping_interval"] == 2.5
+
+
+def test_unknown_toml_key_names_the_key(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'listen = "1.1.1.1:1"\nlisten_adress = "x"\n')
+    with pytest.raises(ConfigError, match="unknown key 'listen_adress'"):
+        load_options("t", OPTS, ["--config", path], {})
+
+
+def test_invalid_or_missing_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_options("t", OPTS, ["--config", toml(tmp_path, "listen = \n")], {})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_options("t", OPTS, ["--config", str(tmp_path / "nope.toml")], {})
+
+
+def test_bad_values_name_their_origin(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="FASTRELAY_TIMEOUT: must be greater than 0"):
+        load_options("t", OPTS, [], {"FASTRELAY_TIMEOUT": "0"})
+    path = toml(tmp_path, 'listen = "nope"\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: listen: expected HOST:PORT"):
+        load_options("t", OPTS, ["--config", path], {})
+    path = toml(tmp_path, "timeout = [1, 2]\n")
+    with pytest.raises(ConfigError, match="timeout: expected a single value"):
+        load_options("t", OPTS, ["--config", path], {})
+
+
+def test_secret_options_come_from_env_or_toml(tmp_path: Path) -> None:
+    assert load_options("t", OPTS, [], {"FASTRELAY_SECRET": "a,b"})["secret"] == ("a", "b")
+    path = toml(tmp_path, 'secret = "s1"\n')
+    assert load_options("t", OPTS, ["--config", path], {})["secret"] == ("s1",)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--listen", "nope"], "--listen"),
+        (["--timeout", "-1"], "--timeout"),
+        (["--log-level", "loud"], "--log-level"),
+        (["--secret", "x"], "--secret"),  # secrets are never flags
+        (["--no-such-flag"], "--no-such-flag"),
+    ],
+)
+def test_argparse_errors_exit_2_naming_the_flag(argv, flag, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        load_options("t", OPTS, argv, {})
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+GOOD = [
+    (cfg.host_port, "127.0.0.1:80", ("127.0.0.1", 80)),
+    (cfg.host_port, "[::1]:443", ("::1", 443)),
+    (cfg.host_port, "localhost:0", ("localhost", 0)),
+    (cfg.positive_float, "1.5", 1.5),
+    (cfg.positive_float, "3", 3.0),
+    (cfg.positive_int, "42", 42),
+    (cfg.size_bytes, "1048576", 1048576),
+    (cfg.size_bytes, "64KiB", 64 * 1024),
+    (cfg.size_bytes, "1MiB", 1024 * 1024),
+    (cfg.size_bytes, "2mib", 2 * 1024 * 1024),
+    (cfg.size_bytes, "16k", 16 * 1024),
+    (cfg.size_bytes, "1GiB", 1024**3),
+    (cfg.ws_url, "ws://relay:8765", "ws://relay:8765"),
+    (cfg.ws_url, "wss://relay.example/", "wss://relay.example"),
+    (cfg.choice("a", "b"), "b", "b"),
+    (cfg.token_list, " t1 , t2,", ("t1", "t2")),
+    (cfg.ip_address, "::1", "::1"),
+]
+BAD = [
+    (cfg.host_port, "127.0.0.1", "HOST:PORT"),
+    (cfg.host_port, ":80", "HOST:PORT"),
+    (cfg.host_port, "h:", "HOST:PORT"),
+    (cfg.host_port, "h:65536", "HOST:PORT"),
+    (cfg.host_port, "h:-1", "HOST:PORT"),
+    (cfg.positive_float, "abc", "number"),
+    (cfg.positive_float, "0", "greater than 0"),
+    (cfg.positive_float, "-2", "greater than 0"),
+    (cfg.positive_float, "nan", "greater than 0"),
+    (cfg.positive_int, "0", "positive"),
+    (cfg.positive_int, "-3", "positive"),
+    (cfg.positive_int, "1.5", "positive"),
+    (cfg.positive_int, "x", "positive"),
+    (cfg.size_bytes, "0", "size"),
+    (cfg.size_bytes, "KiB", "size"),
+    (cfg.size_bytes, "1TiB", "size"),
+    (cfg.size_bytes, "1.5MiB", "size"),
+    (cfg.size_bytes, "-1", "size"),
+    (cfg.size_bytes, "2048MiB", "below 2 GiB"),
+    (cfg.ws_url, "http://relay:80", "ws://"),
+    (cfg.ws_url, "ws://", "ws://"),
+    (cfg.ws_url, "relay:8765", "ws://"),
+    (cfg.choice("a", "b"), "c", "one of a, b"),
+    (cfg.token_list, "", "no tokens"),
+    (cfg.token_list, " , ,", "no tokens"),
+    (cfg.ip_address, "1.2.3", "IP address"),
+]
+
+
+@pytest.mark.parametrize(("parse", "text", "expected"), GOOD)
+def test_parsers_accept(parse, text, expected) -> None:
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(("parse", "text", "message"), BAD)
+def test_parsers_reject(parse, text, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse(text)
+
+
+def test_file_parsers(tmp_path: Path) -> None:
+    f = tmp_path / "f.pem"
+    f.write_text("x")
+    assert cfg.existing_file(str(f)) == f
+    assert cfg.optional_file(str(f)) == f
+    assert cfg.optional_file("") is None
+    for bad in (str(tmp_path / "missing"), str(tmp_path)):  # absent, and a directory
+        with pytest.raises(ValueError, match="no such file"):
+            cfg.existing_file(bad)
+
+
+def test_read_secret_file(tmp_path: Path) -> None:
+    assert read_secret_file(None, "--x") == ()
+    f = tmp_path / "tokens"
+    f.write_text("# comment\n\n  tok-1  \n   # indented comment\ntok-2\n\n")
+    assert read_secret_file(f, "--x") == ("tok-1", "tok-2")
+    f.write_text("# only a comment\n\n")
+    with pytest.raises(ConfigError, match=r"--tokens-file: .* holds no tokens"):
+        read_secret_file(f, "--tokens-file")
+    with pytest.raises(ConfigError, match="--x: cannot read"):
+        read_secret_file(tmp_path / "gone", "--x")
+
+
+RELAY_ENV = {"FASTRELAY_CLIENT_TOKENS": "c-secret-1,c-secret-2", "FASTRELAY_AGENT_TOKENS": "a-sec"}
+
+
+def test_relay_load(tmp_path: Path) -> None:
+    conf = relay_config.load([], RELAY_ENV)
+    assert conf.client_tokens == ("c-secret-1", "c-secret-2")
+    assert conf.agent_tokens == ("a-sec",)
+    assert conf.listen == ("127.0.0.1", 8765)
+    assert conf.max_frame_size == 1024 * 1024
+    for secret in ("c-secret-1", "c-secret-2", "a-sec"):
+        assert secret not in repr(conf)
+    f = tmp_path / "agents"
+    f.write_text("a-file-secret\n")
+    env = {"FASTRELAY_CLIENT_TOKENS": "c"}
+    conf = relay_config.load(["--agent-tokens-file", str(f)], env)
+    assert conf.agent_tokens == ("a-file-secret",)
+    assert "a-file-secret" not in repr(conf)
+
+
+@pytest.mark.parametrize("missing", ["FASTRELAY_CLIENT_TOKENS", "FASTRELAY_AGENT_TOKENS"])
+def test_relay_requires_both_token_sets(missing: str) -> None:
+    env = {k: v for k, v in RELAY_ENV.items() if k != missing}
+    with pytest.raises(ConfigError, match=r"no .* tokens"):
+        relay_config.load([], env)
+
+
+def test_relay_tls_cert_and_key_go_together(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("c")
+    key.write_text("k")
+    with pytest.raises(ConfigError, match="--tls-cert and --tls-key"):
+        relay_config.load(["--tls-cert", str(cert)], RELAY_ENV)
+    with pytest.raises(ConfigError, match="--tls-cert and --tls-key"):
+        relay_config.load(["--tls-key", str(key)], RELAY_ENV)
+    conf = relay_config.load(["--tls-cert", str(cert), "--tls-key", str(key)], RELAY_ENV)
+    assert (conf.tls_cert, conf.tls_key) == (cert, key)
+
+
+@pytest.mark.parametrize("flag", ["--client-tokens", "--agent-tokens"])
+def test_relay_tokens_are_not_flags(flag: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        relay_config.load([flag, "x"], RELAY_ENV)
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("module", [agent_config, client_config], ids=["agent", "client"])
+def test_agent_and_client_token_rules(module, tmp_path: Path, capsys) -> None:
+    conf = module.load([], {"FASTRELAY_TOKEN": "env-secret"})
+    assert conf.token == "env-secret"
+    assert "env-secret" not in repr(conf)
+    f = tmp_path / "token"
+    f.write_text("# the token\nfile-secret\n")
+    conf = module.load(["--token-file", str(f)], {})
+    assert conf.token == "file-secret"
+    assert "file-secret" not in repr(conf)
+    with pytest.raises(ConfigError, match="not both"):
+        module.load(["--token-file", str(f)], {"FASTRELAY_TOKEN": "env-secret"})
+    with pytest.raises(ConfigError, match="no token"):
+        module.load([], {})
+    with pytest.raises(SystemExit) as exc:
+        module.load(["--token", "x"], {"FASTRELAY_TOKEN": "env-secret"})
+    assert exc.value.code == 2
+    assert "--token" in capsys.readouterr().err
+
+
+def test_agent_policy_and_client_defaults() -> None:
+    conf = agent_config.load(
+        ["--allow", "127.0.0.0/8", "--deny", "127.0.0.4/32"], {"FASTRELAY_TOKEN": "t"}
+    )
+    assert conf.policy.check("127.0.0.2", "127.0.0.2", 80).allowed
+    assert not conf.policy.check("127.0.0.4", "127.0.0.4", 80).allowed
+    with pytest.raises(ConfigError, match="--allow/--deny"):
+        agent_config.load(["--allow", "[::1"], {"FASTRELAY_TOKEN": "t"})
+    conf = client_config.load(["--window", "256KiB"], {"FASTRELAY_TOKEN": "t"})
+    assert conf.window == 256 * 1024
+    assert conf.listen == ("127.0.0.1", 8080)
+    assert conf.rules is None

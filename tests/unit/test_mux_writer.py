@@ -1,0 +1,170 @@
+"""MuxWriter + FlushScheduler on a real event loop, with a recording transport."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+from picows import WSMsgType
+
+from fastrelay.io.mux import FLUSH_AT, LARGE_FRAME, FlushScheduler, MuxWriter
+from fastrelay.protocol.frames import FrameType, encode_frame
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []  # copies taken at call time
+        self.objects: list[Any] = []  # what send() was handed, to check later
+
+    def send(self, msg_type: WSMsgType, data: Any) -> None:
+        assert msg_type is WSMsgType.BINARY
+        self.sent.append(bytes(data))
+        self.objects.append(data)
+
+
+def frame(sid: int, size: int, fill: int = 0x61) -> bytes:
+    """A TUNNEL_DATA frame of `size` bytes in all (header included)."""
+    return encode_frame(FrameType.TUNNEL_DATA, sid, bytes([fill]) * (size - 10))
+
+
+Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Runner:
+    factory = None if request.param == "asyncio" else uvloop.new_event_loop
+
+    def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
+
+    return run
+
+
+async def next_iteration() -> None:
+    """Let the loop run the callbacks scheduled so far (the flush among them)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def make() -> tuple[FakeTransport, MuxWriter, FlushScheduler]:
+    transport = FakeTransport()
+    scheduler = FlushScheduler(asyncio.get_running_loop())
+    return transport, MuxWriter(transport, scheduler), scheduler  # type: ignore[arg-type]
+
+
+def test_small_frames_of_one_iteration_leave_in_one_send(run: Runner) -> None:
+    async def main() -> None:
+        transport, writer, _ = make()
+        frames = [frame(sid, 100 + sid, fill=sid) for sid in range(1, 21)]
+        for f in frames:
+            writer.write(f)
+        assert transport.sent == []  # nothing before the loop iteration ends
+        await next_iteration()
+        assert transport.sent == [b"".join(frames)]
+        assert writer.messages == 1
+        writer.write(frames[0])  # a later iteration is a new batch
+        writer.write(frames[1])
+        await next_iteration()
+        assert transport.sent[1:] == [frames[0] + frames[1]]
+
+    run(main)
+
+
+def test_large_frame_goes_alone_after_pending_small_frames(run: Runner) -> None:
+    async def main() -> None:
+        transport, writer, _ = make()
+        small1, small2 = frame(1, 50, 1), frame(2, LARGE_FRAME - 1, 2)
+        large = frame(3, LARGE_FRAME, 3)
+        writer.write(small1)
+        writer.write(small2)  # one byte short of LARGE_FRAME: still coalesced
+        assert transport.sent == []
+        writer.write(large)
+        assert transport.sent == [small1 + small2, large]  # order preserved, at once
+        assert transport.objects[1] is large  # sent straight from the caller's buffer
+        await next_iteration()
+        assert len(transport.sent) == 2  # the scheduled flush finds nothing left
+        writer.write(large)
+        assert transport.sent[2:] == [large]
+        assert writer.messages == 3
+
+    run(main)
+
+
+def test_batch_over_flush_at_is_flushed_immediately(run: Runner) -> None:
+    async def main() -> None:
+        transport, writer, _ = make()
+        f = frame(7, LARGE_FRAME - 1)
+        count = -(-FLUSH_AT // len(f))  # the write that reaches FLUSH_AT
+        for _ in range(count - 1):
+            writer.write(f)
+        assert transport.sent == []
+        writer.write(f)
+        assert transport.sent == [f * count]  # before the loop got a turn
+        writer.write(f)
+        await next_iteration()
+        assert transport.sent == [f * count, f]
+
+    run(main)
+
+
+def test_nothing_is_sent_after_close(run: Runner) -> None:
+    async def main() -> None:
+        transport, writer, _ = make()
+        writer.write(frame(1, 100))
+        writer.close()
+        await next_iteration()
+        writer.write(frame(1, 100))
+        writer.write(frame(1, LARGE_FRAME * 2))
+        writer.flush()
+        await next_iteration()
+        assert transport.sent == []
+        assert writer.messages == 0
+
+    run(main)
+
+
+def test_buffer_handed_to_send_is_never_mutated(run: Runner) -> None:
+    async def main() -> None:
+        transport, writer, _ = make()
+        a, b, c = frame(1, 300, 1), frame(2, 400, 2), frame(3, 500, 3)
+        writer.write(a)
+        await next_iteration()
+        writer.write(b)
+        writer.write(c)
+        await next_iteration()
+        writer.write(a)
+        writer.write(frame(4, LARGE_FRAME, 4))  # flushes the pending `a` first
+        f = frame(5, LARGE_FRAME - 1)
+        for _ in range(FLUSH_AT // len(f) + 1):
+            writer.write(f)
+        writer.write(c)
+        await next_iteration()
+        assert len(transport.objects) == 6
+        assert len({id(obj) for obj in transport.objects}) == 6  # a new buffer each time
+        for copy, obj in zip(transport.sent, transport.objects, strict=True):
+            assert bytes(obj) == copy, "a buffer changed after it was handed to send()"
+
+    run(main)
+
+
+def test_each_dirty_writer_flushes_once_per_iteration(run: Runner) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        scheduler = FlushScheduler(loop)
+        t1, t2 = FakeTransport(), FakeTransport()
+        w1 = MuxWriter(t1, scheduler)  # type: ignore[arg-type]
+        w2 = MuxWriter(t2, scheduler)  # type: ignore[arg-type]
+        for i in range(10):
+            w1.write(frame(1, 20 + i))
+            w2.write(frame(2, 30 + i))
+        assert len(scheduler.dirty) == 2  # marked once each, not once per frame
+        await next_iteration()
+        assert (len(t1.sent), len(t2.sent)) == (1, 1)
+        assert t1.sent[0] == b"".join(frame(1, 20 + i) for i in range(10))
+        assert not scheduler.dirty and not scheduler.scheduled
+
+    run(main)
