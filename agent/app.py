@@ -19,7 +19,7 @@ from fastrelay.io.tunnel import AGENT_SIDE, TunnelStream
 from fastrelay.lifecycle import announce_ready, format_address
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.messages import ConnectResponse, Hello, OpenStream, TunnelError
-from fastrelay.protocol.state import State
+from fastrelay.protocol.state import Event, State
 from fastrelay.tls import client_context
 
 log = logging.getLogger("fastrelay.agent")
@@ -109,8 +109,8 @@ class Agent:
                 stream.session_id, failure.status, failure.message, reason=failure.reason
             ).encode(stream.sid)
         )
+        stream.state.apply(Event.RESPONSE_FAIL)
         stream.carrier.forget(stream)
-        stream.state.state = State.CLOSED
 
     def collect(self) -> Iterable[Metric]:
         yield metrics.counter(

@@ -61,8 +61,8 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise ValueError(f"must be greater than 0, got {text!r}")
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise ValueError(f"must be a finite number greater than 0, got {text!r}")
     return value
 
 

@@ -77,6 +77,10 @@ class TunnelStream:
         self.paused = PAUSED_OPENING
         self.backlog: memoryview | None = None  # read from TCP, waiting for credit
         self.eof_pending = False  # TCP EOF seen while backlog waits
+        # The socket reported EOF: never pause or resume its reading again. A
+        # resume_reading() after EOF reads EOF a second time, and aiofastnet
+        # then closes the transport (a carrier pause/resume did exactly that).
+        self.read_eof = False
         self.undrained = 0  # bytes written to TCP, credit not yet returned
         self.tcp_write_paused = False
         self.bytes_out = 0
@@ -128,6 +132,7 @@ class TunnelStream:
                 send(_pack(_DATA, 0, sid, len(chunk)) + chunk)
 
     def tcp_eof(self) -> None:
+        self.read_eof = True
         if self.backlog is not None:
             self.eof_pending = True
             return
@@ -238,15 +243,17 @@ class TunnelStream:
     # --- pausing the TCP reader ---
 
     def _pause(self, why: int) -> None:
-        if not self.paused and self.tcp is not None:
+        if not self.paused and self.tcp is not None and not self.read_eof:
             self.tcp.pause_reading()
         self.paused |= why
 
     def _unpause(self, why: int) -> None:
         was = self.paused
         self.paused &= ~why
-        if was and not self.paused and self.tcp is not None and not self.tcp.is_closing():
-            self.tcp.resume_reading()
+        if was and not self.paused and not self.read_eof:
+            tcp = self.tcp
+            if tcp is not None and not tcp.is_closing():
+                tcp.resume_reading()
 
     def carrier_paused(self, paused: bool) -> None:
         if paused:

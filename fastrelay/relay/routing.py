@@ -59,17 +59,22 @@ class AgentPool(Generic[A]):
             self.agents.remove(agent)
 
     def pick(self) -> A | None:
-        agents = self.agents
-        n = len(agents)
-        best: A | None = None
-        self.turn += 1
-        for i in range(n):
-            agent = agents[(self.turn + i) % n]
+        # Rotate among the tied agents only: rotating the scan's start over
+        # all agents would favour whichever tied agent follows a busier one.
+        tied: list[A] = []
+        least = 0
+        for agent in self.agents:
             if agent.draining:
                 continue
-            if best is None or len(agent.streams) < len(best.streams):
-                best = agent
-        return best
+            load = len(agent.streams)
+            if not tied or load < least:
+                tied, least = [agent], load
+            elif load == least:
+                tied.append(agent)
+        if not tied:
+            return None
+        self.turn += 1
+        return tied[self.turn % len(tied)]
 
     def __len__(self) -> int:
         return len(self.agents)

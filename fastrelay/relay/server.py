@@ -233,6 +233,12 @@ class Relay:
         except StreamError as exc:
             self.stats.count_protocol_error(exc.kind)
             self._abort(stream, str(exc))
+        except ProtocolError:
+            raise
+        except Exception:  # a bug must cost one stream, not every stream on the connection
+            self.stats.count_protocol_error("internal_error")
+            log.exception("internal error on stream %s; aborting it", stream.session_id)
+            self._abort(stream, "internal error")
 
     def _open(self, src: Peer, kind: FrameType, sid: int, payload: memoryview, raw: memoryview):
         if not src.is_client:

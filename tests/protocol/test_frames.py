@@ -297,9 +297,12 @@ def test_tunnel_error_round_trip(sid: str, error: str, stream_id: int) -> None:
 
 @given(
     texts,
-    st.integers(min_value=0, max_value=U32).flatmap(
+    st.integers(min_value=0, max_value=U32)
+    .flatmap(
         lambda base: st.tuples(st.just(base), st.integers(min_value=0, max_value=2**32 - base))
-    ),
+    )
+    # A range that contains stream id 0 is refused (test_hello_range_with_zero_is_refused).
+    .filter(lambda r: r[0] > 0 or r[1] == 0),
 )
 def test_hello_round_trip(instance_id: str, id_range: tuple[int, int]) -> None:
     base, count = id_range
@@ -307,6 +310,12 @@ def test_hello_round_trip(instance_id: str, id_range: tuple[int, int]) -> None:
     data = message.encode()
     assert data[:6] == bytes.fromhex("080000000000")  # type HELLO, stream id 0
     assert Hello.decode(only_frame(data)) == message
+
+
+def test_hello_range_with_zero_is_refused() -> None:
+    data = Hello("relay-1", PROTOCOL_VERSION, 0, 16).encode()
+    with pytest.raises(ControlMessageError, match="includes 0"):
+        Hello.decode(only_frame(data))
 
 
 @given(texts)

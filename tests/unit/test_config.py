@@ -76,7 +76,7 @@ def test_invalid_or_missing_toml(tmp_path: Path) -> None:
 
 
 def test_bad_values_name_their_origin(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="FASTRELAY_TIMEOUT: must be greater than 0"):
+    with pytest.raises(ConfigError, match="FASTRELAY_TIMEOUT: must be a finite number greater than 0"):
         load_options("t", OPTS, [], {"FASTRELAY_TIMEOUT": "0"})
     path = toml(tmp_path, 'listen = "nope"\n')
     with pytest.raises(ConfigError, match=r"c\.toml: listen: expected HOST:PORT"):
@@ -138,6 +138,7 @@ BAD = [
     (cfg.positive_float, "0", "greater than 0"),
     (cfg.positive_float, "-2", "greater than 0"),
     (cfg.positive_float, "nan", "greater than 0"),
+    (cfg.positive_float, "inf", "finite"),
     (cfg.positive_int, "0", "positive"),
     (cfg.positive_int, "-3", "positive"),
     (cfg.positive_int, "1.5", "positive"),

@@ -1,0 +1,148 @@
+"""Head-of-line isolation: one tunnel whose reader never reads must not slow
+the others down, and per-stream flow control must bound what the relay holds.
+
+    stalled socket --CONNECT--> client_a -> relay -> agent -> target /bytes/200000000
+    9 x curl       --CONNECT--> client_a -> relay -> agent -> target /bytes/20000000
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import LISTED, Chain, Proc, Target, curl_path
+from support.procs import metric, wait_until
+from support.target import pattern_bytes, pattern_sha256
+
+STALLED_SIZE = 200_000_000  # far more than the memory bound below
+SIZE = 20_000_000
+PARALLEL = 9
+WINDOW = 1024 * 1024  # DEFAULT_WINDOW: what one stream may have in flight per direction
+SLACK = 32 * 1024 * 1024
+MiB = 1024 * 1024
+
+
+def memory(pid: int, field: str) -> int:
+    """VmRSS (now) or VmHWM (the peak since start) of a process, in bytes."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def streams_active(proc: Proc) -> float:
+    return metric(proc.ready["admin"], "fastrelay_streams_active")
+
+
+def stalls(proc: Proc) -> float:
+    return metric(proc.ready["admin"], "fastrelay_flow_control_stalls_total")
+
+
+def open_stalled(chain: Chain, target: Target) -> socket.socket:
+    """A CONNECT tunnel with a 200 MB response coming that nobody reads."""
+    host, _, port = chain.clients[0].ready["listen"].rpartition(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(30)
+    sock.connect((host, int(port)))
+    http_port = target.port(LISTED, "http")
+    authority = f"{LISTED}:{http_port}"
+    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        chunk = sock.recv(1)  # byte by byte: leave the tunnel's bytes unread
+        assert chunk, head
+        head += chunk
+    assert head.split()[1] == b"200", head
+    sock.sendall(f"GET /bytes/{STALLED_SIZE} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    return sock
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@pytest.mark.timeout(240)
+def test_stalled_reader_does_not_block_other_tunnels(
+    chain: Chain, target: Target, tmp_path: Path
+) -> None:
+    assert chain.relay is not None
+    agent, client = chain.agents[0], chain.clients[0]
+    procs = [chain.relay, agent, client]
+    baseline = {p.name: memory(p.pid, "VmRSS") for p in procs}
+    agent_stalls = stalls(agent)
+
+    stalled = open_stalled(chain, target)
+    try:
+        # The agent ran out of credit for the stalled stream: it is really stalled.
+        wait_until(lambda: stalls(agent) > agent_stalls, timeout=15, what="the stall")
+
+        started = time.monotonic()
+        curls = []
+        for seed in range(1, PARALLEL + 1):
+            out = tmp_path / f"dl-{seed}.bin"
+            url = target.https(LISTED, f"/bytes/{SIZE}?seed={seed}")
+            argv = [curl_path(), "-sS", "--max-time", "90", "--cacert", str(target.ca_pem)]
+            argv += ["-x", chain.proxy, "-o", str(out), url]
+            curls.append((seed, out, subprocess.Popen(argv, stderr=subprocess.PIPE)))
+        try:
+            for seed, _out, proc in curls:
+                _, err = proc.communicate(timeout=120)
+                assert proc.returncode == 0, f"download {seed}: {err.decode()}"
+        finally:
+            for _seed, _out, proc in curls:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(5)
+        elapsed = time.monotonic() - started
+        for seed, out, _proc in curls:
+            assert out.stat().st_size == SIZE, f"download {seed}"
+            assert file_sha256(out) == pattern_sha256(SIZE, seed), f"download {seed}"
+
+        # The stalled tunnel is still open at every hop, and still intact.
+        assert streams_active(chain.relay) >= 1
+        assert streams_active(client) >= 1 and streams_active(agent) >= 1
+        # Per-stream credit bounds what every hop holds, the stalled stream's
+        # 200 MB included. VmHWM is the peak resident size, not a sample.
+        bound = 2 * WINDOW * (PARALLEL + 1) + SLACK
+        print(f"{PARALLEL} x {SIZE} B in {elapsed:.1f} s beside a stalled tunnel")
+        for proc in procs:
+            peak = memory(proc.pid, "VmHWM")
+            growth = peak - baseline[proc.name]
+            print(
+                f"{proc.name}: RSS {baseline[proc.name] / MiB:.1f} MiB -> peak"
+                f" {peak / MiB:.1f} MiB (+{growth / MiB:.1f}, bound {bound / MiB:.0f} MiB)"
+            )
+            assert growth < bound, (
+                f"{proc.name} RSS grew by {growth / MiB:.1f} MiB, more than flow control"
+                f" allows ({bound / MiB:.0f} MiB)"
+            )
+        first = b""
+        while b"\r\n\r\n" not in first:
+            chunk = stalled.recv(65536)
+            assert chunk, "the stalled tunnel was closed"
+            first += chunk
+        head, _, body = first.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0]
+        while len(body) < 4 * MiB:
+            chunk = stalled.recv(65536)
+            assert chunk, "the stalled tunnel was closed"
+            body += chunk
+        assert body == pattern_bytes(len(body)), "the stalled stream's bytes are not intact"
+    finally:
+        stalled.close()
+
+    wait_until(
+        lambda: all(streams_active(p) == 0 for p in procs),
+        timeout=15,
+        what="streams_active back to 0 at relay, agent and client_a",
+    )
