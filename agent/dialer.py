@@ -57,6 +57,14 @@ async def dial(
             transport, _ = await aiofastnet.create_connection(
                 loop, lambda: StreamSocket(stream), ip, port
             )
+            # StreamSocket pauses reading in connection_made, but aiofastnet adds
+            # its reader only after connection_made returns: the transport then
+            # believes it is paused while its reader is registered, and closing it
+            # unopened (an open the relay gave up on) leaves that reader on the fd
+            # number, so the next socket to reuse the fd is never read and epoll
+            # spins. Pausing again now really removes the reader.
+            transport.resume_reading()
+            transport.pause_reading()
             return transport
         except ConnectionRefusedError:
             last = DialFailure(502, "refused", f"connection to {host}:{port} refused")

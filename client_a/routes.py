@@ -136,12 +136,14 @@ class DirectPipe:
         if self.upstream is not None:
             self.upstream.abort()
 
+    # After a side's EOF its reading must stay untouched: resuming a socket
+    # that already reported EOF makes aiofastnet report it again and close it.
     def tcp_paused_writing(self) -> None:
-        if self.upstream is not None:
+        if self.upstream is not None and not self.eof_down:
             self.upstream.pause_reading()
 
     def tcp_resumed_writing(self) -> None:
-        if self.upstream is not None and not self.upstream.is_closing():
+        if self.upstream is not None and not self.eof_down and not self.upstream.is_closing():
             self.upstream.resume_reading()
 
     # target -> browser (called by DirectUpstream)
@@ -200,10 +202,10 @@ class DirectUpstream(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         browser = self.pipe.browser.transport
-        if browser is not None:
+        if browser is not None and not self.pipe.eof_up:
             browser.pause_reading()
 
     def resume_writing(self) -> None:
         browser = self.pipe.browser.transport
-        if browser is not None and not browser.is_closing():
+        if browser is not None and not self.pipe.eof_up and not browser.is_closing():
             browser.resume_reading()

@@ -2,34 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-
-from conftest import LISTED, UNLISTED, Chain, Target, curl_path
+from conftest import LISTED, UNLISTED, Chain, Target
+from helpers import curl, relay_bytes
 from support.procs import metric
-
-
-def curl(chain: Chain, target: Target, url: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            curl_path(),
-            "-sS",
-            "--max-time",
-            "30",
-            "--cacert",
-            str(target.ca_pem),
-            "-x",
-            chain.proxy,
-            *args,
-            url,
-        ],
-        capture_output=True,
-        timeout=60,
-    )
-
-
-def relay_bytes(chain: Chain) -> float:
-    admin = chain.relay.ready["admin"]
-    return metric(admin, "fastrelay_stream_bytes_total", direction="downstream")
 
 
 def test_listed_host_goes_through_the_relay(chain: Chain, target: Target) -> None:

@@ -156,6 +156,7 @@ class Chain:
     relay: Proc | None = None
     agents: list[Proc] = field(default_factory=list)
     clients: list[Proc] = field(default_factory=list)
+    scheme: str = "ws"  # "wss" for a relay started with --tls-cert/--tls-key
 
     def start_relay(self, *args: str, listen: str = "127.0.0.1:0") -> Proc:
         env = {"FASTRELAY_CLIENT_TOKENS": CLIENT_TOKEN, "FASTRELAY_AGENT_TOKENS": AGENT_TOKEN}
@@ -172,7 +173,7 @@ class Chain:
     @property
     def relay_url(self) -> str:
         assert self.relay is not None
-        return f"ws://{self.relay.ready['listen']}"
+        return f"{self.scheme}://{self.relay.ready['listen']}"
 
     def start_agent(self, *args: str, token: str = AGENT_TOKEN, wait: bool = True) -> Proc:
         proc = Proc(

@@ -76,7 +76,9 @@ def test_invalid_or_missing_toml(tmp_path: Path) -> None:
 
 
 def test_bad_values_name_their_origin(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="FASTRELAY_TIMEOUT: must be a finite number greater than 0"):
+    with pytest.raises(
+        ConfigError, match="FASTRELAY_TIMEOUT: must be a finite number greater than 0"
+    ):
         load_options("t", OPTS, [], {"FASTRELAY_TIMEOUT": "0"})
     path = toml(tmp_path, 'listen = "nope"\n')
     with pytest.raises(ConfigError, match=r"c\.toml: listen: expected HOST:PORT"):

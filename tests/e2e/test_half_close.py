@@ -1,0 +1,84 @@
+"""Half-close through CONNECT tunnels: the client's EOF reaches the target, and
+the target's answer still comes back afterwards, followed by EOF.
+
+The echo port reads until EOF, then replies `got <n> bytes sha256=<hex>` and
+closes, so an answer proves both the half-close and the open other direction.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import LISTED, UNLISTED, Chain, Target
+from helpers import (
+    all_streams_idle,
+    echo_reply,
+    fd_count,
+    half_close_exchange,
+    open_connect,
+    relay_bytes,
+)
+from support.procs import wait_until
+
+ROUTES = [pytest.param(LISTED, id="relay"), pytest.param(UNLISTED, id="direct")]
+CHURN_TUNNELS = 1500
+CHURN_PARALLEL = 20
+FD_SLACK = 20
+
+
+@pytest.mark.parametrize("host", ROUTES)
+def test_half_close_then_reply(chain: Chain, target: Target, host: str) -> None:
+    before = relay_bytes(chain, "upstream")
+    payload = os.urandom(10**6)
+    with open_connect(chain, host, target.port(host, "echo")) as sock:
+        assert half_close_exchange(sock, payload) == echo_reply(payload)
+        assert sock.recv(1) == b"", "more bytes after the echo's EOF"
+    moved = relay_bytes(chain, "upstream") - before
+    if host == LISTED:
+        assert moved >= len(payload)
+    else:
+        assert moved == 0
+    wait_until(lambda: all_streams_idle(chain), timeout=10, what="streams_active back to 0")
+
+
+@pytest.mark.parametrize("host", ROUTES)
+def test_empty_half_close(chain: Chain, target: Target, host: str) -> None:
+    """EOF straight after the 200: the target sees 0 bytes and still answers."""
+    with open_connect(chain, host, target.port(host, "echo")) as sock:
+        assert half_close_exchange(sock, b"") == echo_reply(b"")
+
+
+def one_tunnel(chain: Chain, port: int, i: int) -> bytes | None:
+    """One half-closed tunnel; returns None when the answer was right."""
+    payload = os.urandom(1000 + i % 4000)
+    with open_connect(chain, LISTED, port) as sock:
+        reply = half_close_exchange(sock, payload)
+    return None if reply == echo_reply(payload) else reply
+
+
+def test_churn_leaks_no_fds(chain: Chain, target: Target) -> None:
+    """1,500 half-closed tunnels through the relay, 20 at a time (uvloop in
+    every program): all answered, nobody died, no fd or stream left over."""
+    assert chain.relay is not None
+    procs = [chain.relay, chain.clients[0], chain.agents[0]]
+    wait_until(lambda: all_streams_idle(chain), timeout=10, what="idle before the churn")
+    fds_before = {proc.name: fd_count(proc.pid) for proc in procs}
+    port = target.port(LISTED, "echo")
+    with ThreadPoolExecutor(CHURN_PARALLEL) as pool:
+        results = list(pool.map(lambda i: one_tunnel(chain, port, i), range(CHURN_TUNNELS)))
+    wrong = [(i, r) for i, r in enumerate(results) if r is not None]
+    assert not wrong, f"{len(wrong)} tunnels answered wrongly, e.g. {wrong[:3]}"
+    for proc in procs:
+        assert proc.alive(), f"{proc.name} died:\n{proc.log_tail()}"
+    wait_until(lambda: all_streams_idle(chain), timeout=15, what="streams_active back to 0")
+
+    def fds_settled() -> bool:
+        return all(fd_count(p.pid) <= fds_before[p.name] + FD_SLACK for p in procs)
+
+    try:
+        wait_until(fds_settled, timeout=10, what="fd counts back near their start")
+    except AssertionError:
+        now = {proc.name: fd_count(proc.pid) for proc in procs}
+        raise AssertionError(f"open fds grew: before {fds_before}, after {now}") from None
