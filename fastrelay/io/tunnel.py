@@ -126,7 +126,7 @@ class TunnelStream:
             sid, send = self.sid, self.carrier.send
             # Frames stay below every peer's max frame size. The concatenation
             # is one memcpy per chunk; picows masks client-side frames into its
-            # own buffer anyway (see docs/PROTOCOL.md, "copies").
+            # own buffer anyway (docs/PROTOCOL.md, 5.3).
             for start in range(0, n, READ_CHUNK_LIMIT):
                 chunk = view[start : start + READ_CHUNK_LIMIT]
                 send(_pack(_DATA, 0, sid, len(chunk)) + chunk)

@@ -190,6 +190,7 @@ class Relay:
                     dest.writer.write(message[offset:end])  # type: ignore[union-attr]
                 else:
                     event = Event.DATA_UP if is_client else Event.DATA_DOWN
+                    self.stats.count_protocol_error("illegal_transition")
                     self._abort(stream, f"{event.value} not allowed in {stream.state.value}")
             else:
                 check_header(frame_type, sid, length, total - offset - HEADER_SIZE)
