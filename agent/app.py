@@ -20,7 +20,6 @@ from fastrelay.lifecycle import announce_ready, format_address
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.messages import ConnectResponse, Hello, OpenStream, TunnelError
 from fastrelay.protocol.state import Event, State
-from fastrelay.tls import client_context
 
 log = logging.getLogger("fastrelay.agent")
 
@@ -31,17 +30,7 @@ class Agent:
         self.stats = CarrierStats()
         self.dials: Counter[str] = Counter({r: 0 for r in DIAL_RESULTS})
         self.tasks: set[asyncio.Task[None]] = set()
-        self.carrier = Carrier(
-            config.relay,
-            "agent",
-            config.token,
-            self,
-            ssl_context=client_context(config.ca_file) if config.relay.startswith("wss") else None,
-            ping_interval=config.ping_interval,
-            max_frame_size=config.max_frame_size,
-            reconnect_max=config.reconnect_max,
-            stats=self.stats,
-        )
+        self.carrier = Carrier.from_config(config, "agent", self, self.stats)
 
     def on_hello(self, carrier: Carrier, hello: Hello) -> None:
         pass

@@ -10,29 +10,20 @@ from agent.policy import EgressPolicy, PolicyError
 from fastrelay.config import (
     ConfigError,
     Option,
+    carrier_options,
     host_port,
     load_options,
-    optional_file,
+    load_token,
     positive_float,
-    read_secret_file,
-    size_bytes,
     text_value,
-    ws_url,
 )
-from fastrelay.protocol.messages import DEFAULT_WINDOW
 
 OPTIONS = [
-    Option("relay", ws_url, "ws://127.0.0.1:8765", "relay URL, ws:// or wss://"),
     Option("admin", host_port, ("127.0.0.1", 9102), "admin address for /healthz /readyz /metrics"),
     Option("allow", text_value, (), "egress allowed: CIDR, host pattern or host:port", repeat=True),
     Option("deny", text_value, (), "egress denied: CIDR, host pattern or host:port", repeat=True),
-    Option("ca_file", optional_file, None, "CA bundle to verify a wss:// relay"),
-    Option("token", text_value, "", "bearer token for the relay", flag=False),
-    Option("token_file", optional_file, None, "file holding the bearer token"),
     Option("dial_timeout", positive_float, 10.0, "seconds for DNS plus TCP connect"),
-    Option("window", size_bytes, DEFAULT_WINDOW, "per-stream receive window"),
-    Option("max_frame_size", size_bytes, 1024 * 1024, "largest WebSocket frame accepted"),
-    Option("reconnect_max", positive_float, 10.0, "longest pause between relay redials"),
+    *carrier_options(),
 ]
 
 
@@ -53,18 +44,6 @@ class AgentConfig:
 
     def __repr__(self) -> str:  # never print the token
         return f"AgentConfig(relay={self.relay!r}, admin={self.admin}, token=<hidden>)"
-
-
-def load_token(values: dict) -> str:
-    """FASTRELAY_TOKEN or --token-file: the same rule for client_a and the agent."""
-    token = values.pop("token")
-    from_file = read_secret_file(values.pop("token_file"), "--token-file")
-    if token and from_file:
-        raise ConfigError("give the token once: FASTRELAY_TOKEN or --token-file, not both")
-    token = token or (from_file[0] if from_file else "")
-    if not token:
-        raise ConfigError("no token: set FASTRELAY_TOKEN or --token-file")
-    return token
 
 
 def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> AgentConfig:

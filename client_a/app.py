@@ -21,7 +21,6 @@ from fastrelay import metrics
 from fastrelay.io.admin import start_admin
 from fastrelay.io.carrier import Carrier, CarrierStats, carrier_metrics
 from fastrelay.lifecycle import announce_ready, format_address
-from fastrelay.tls import client_context
 
 log = logging.getLogger("fastrelay.client")
 
@@ -79,17 +78,7 @@ async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
     loop = asyncio.get_running_loop()
     stats = CarrierStats()
     proxy = Proxy(config, load_rules(config.rules), stats)
-    carrier = Carrier(
-        config.relay,
-        "client",
-        config.token,
-        proxy,
-        ssl_context=client_context(config.ca_file) if config.relay.startswith("wss") else None,
-        ping_interval=config.ping_interval,
-        max_frame_size=config.max_frame_size,
-        reconnect_max=config.reconnect_max,
-        stats=stats,
-    )
+    carrier = Carrier.from_config(config, "client", proxy, stats)
     proxy.carrier = carrier
     watcher = RulesWatcher(proxy, config.rules)
     loop.add_signal_handler(signal.SIGHUP, watcher.reload)

@@ -6,34 +6,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import load_token
 from fastrelay.config import (
     Option,
+    carrier_options,
     host_port,
     load_options,
+    load_token,
     optional_file,
     positive_float,
     size_bytes,
-    text_value,
-    ws_url,
 )
-from fastrelay.protocol.messages import DEFAULT_WINDOW
 
 OPTIONS = [
     Option("listen", host_port, ("127.0.0.1", 8080), "HTTP proxy listen address"),
-    Option("relay", ws_url, "ws://127.0.0.1:8765", "relay URL, ws:// or wss://"),
     Option("rules", optional_file, None, "filter list: hosts that go through the relay"),
     Option("admin", host_port, ("127.0.0.1", 9103), "admin address for /healthz /readyz /metrics"),
-    Option("ca_file", optional_file, None, "CA bundle to verify a wss:// relay"),
-    Option("token", text_value, "", "bearer token for the relay", flag=False),
-    Option("token_file", optional_file, None, "file holding the bearer token"),
     Option("open_timeout", positive_float, 15.0, "seconds to wait for a tunnel to open"),
     Option("dial_timeout", positive_float, 10.0, "seconds to connect a direct target"),
-    Option("window", size_bytes, DEFAULT_WINDOW, "per-stream receive window"),
     Option("max_header_bytes", size_bytes, 64 * 1024, "largest request head accepted (431)"),
-    Option("max_frame_size", size_bytes, 1024 * 1024, "largest WebSocket frame accepted"),
-    Option("reconnect_max", positive_float, 10.0, "longest pause between relay redials"),
     Option("rules_poll", positive_float, 1.0, "seconds between checks of the rules file"),
+    *carrier_options(),
 ]
 
 

@@ -141,6 +141,33 @@ def ip_address(text: str) -> str:
         raise ValueError(f"expected an IP address, got {text!r}") from None
 
 
+def carrier_options() -> list[Option]:
+    """The options of every program that dials the relay (client_a and the agent)."""
+    from fastrelay.protocol.messages import DEFAULT_WINDOW
+
+    return [
+        Option("relay", ws_url, "ws://127.0.0.1:8765", "relay URL, ws:// or wss://"),
+        Option("ca_file", optional_file, None, "CA bundle to verify a wss:// relay"),
+        Option("token", text_value, "", "bearer token for the relay", flag=False),
+        Option("token_file", optional_file, None, "file holding the bearer token"),
+        Option("window", size_bytes, DEFAULT_WINDOW, "per-stream receive window"),
+        Option("max_frame_size", size_bytes, 1024 * 1024, "largest WebSocket frame accepted"),
+        Option("reconnect_max", positive_float, 10.0, "longest pause between relay redials"),
+    ]
+
+
+def load_token(values: dict[str, Any]) -> str:
+    """FASTRELAY_TOKEN or --token-file, popped from the loaded values."""
+    token = values.pop("token")
+    from_file = read_secret_file(values.pop("token_file"), "--token-file")
+    if token and from_file:
+        raise ConfigError("give the token once: FASTRELAY_TOKEN or --token-file, not both")
+    token = token or (from_file[0] if from_file else "")
+    if not token:
+        raise ConfigError("no token: set FASTRELAY_TOKEN or --token-file")
+    return token
+
+
 COMMON_OPTIONS = [
     Option("log_level", choice("debug", "info", "warning", "error"), "info", "log verbosity"),
     Option("log_format", choice("text", "json"), "text", "log line format"),

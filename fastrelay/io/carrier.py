@@ -16,6 +16,7 @@ import random
 import ssl
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from picows import (
@@ -34,6 +35,7 @@ from fastrelay.io.mux import FlushScheduler, MuxWriter
 from fastrelay.protocol.errors import ProtocolError, StreamError
 from fastrelay.protocol.frames import FrameType, decode_window_increment, iter_frames
 from fastrelay.protocol.messages import ConnectResponse, GoAway, Hello, OpenStream, TunnelError
+from fastrelay.tls import client_context
 
 if TYPE_CHECKING:
     from fastrelay.io.tunnel import TunnelStream
@@ -63,7 +65,33 @@ class CarrierHandler(Protocol):
     ) -> None: ...
 
 
+class CarrierSettings(Protocol):
+    relay: str
+    token: str
+    ca_file: Path | None
+    ping_interval: float
+    max_frame_size: int
+    reconnect_max: float
+
+
 class Carrier:
+    @classmethod
+    def from_config(
+        cls, config: CarrierSettings, role: str, handler: CarrierHandler, stats: CarrierStats
+    ) -> Carrier:
+        tls = client_context(config.ca_file) if config.relay.startswith("wss://") else None
+        return cls(
+            config.relay,
+            role,
+            config.token,
+            handler,
+            ssl_context=tls,
+            ping_interval=config.ping_interval,
+            max_frame_size=config.max_frame_size,
+            reconnect_max=config.reconnect_max,
+            stats=stats,
+        )
+
     def __init__(
         self,
         url: str,

@@ -16,19 +16,12 @@ from dataclasses import dataclass
 import httptools
 
 from fastrelay.protocol.errors import HttpError
-from fastrelay.protocol.messages import format_authority, split_authority
+from fastrelay.protocol.messages import STATUS_TEXT, format_authority, split_authority
 
 MAX_HEADER_BYTES = 64 * 1024
 
-REASON_PHRASES = {
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    431: "Request Header Fields Too Large",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
+# Status lines client_a writes itself; 200 is the plain phrase here.
+REASON_PHRASES = {**STATUS_TEXT, 200: "OK"}
 
 _RESPONSE_HOP_BY_HOP = frozenset({"connection", "proxy-connection", "keep-alive"})
 _REQUEST_HOP_BY_HOP = _RESPONSE_HOP_BY_HOP | {"proxy-authorization", "te", "trailer", "upgrade"}
