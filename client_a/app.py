@@ -126,8 +126,10 @@ async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
     )
     announce_ready("client", listen=listen, admin=admin_at)
     watch = loop.create_task(watcher.watch(stop, config.rules_poll))
-    await carrier.run(stop)
-    server.close()
+    carrier_task = loop.create_task(carrier.run(stop))
+    await stop.wait()
+    server.close()  # no new browser connections while the carrier winds down
+    await carrier_task
     admin.close()
     watch.cancel()
     for task in list(proxy.tasks):
