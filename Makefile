@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test lint unit e2e system-deps bench bench-quick clean
+.PHONY: run test lint unit e2e system-deps bench bench-quick clean loadtest loadtest-smoke
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "fastrelay needs Python 3.11"'
@@ -34,6 +34,16 @@ e2e: $(STAMP) system-deps
 
 system-deps:
 	@scripts/system-deps.sh
+
+## make loadtest: Locust against a fresh loopback chain (50 users, 60 s); reports in loadtest/results/
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtest.run --users 50 --spawn-rate 50 --run-time 60s \
+		--out loadtest/results/$$(date +%Y%m%d-%H%M%S)
+
+## make loadtest-smoke: the same, 20 users for 15 s
+loadtest-smoke: $(STAMP)
+	$(BIN)/python -m loadtest.run --users 20 --spawn-rate 20 --run-time 15s \
+		--out loadtest/results/$$(date +%Y%m%d-%H%M%S)-smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .benchmarks

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -21,6 +20,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from fastrelay.lifecycle import spawn_ready
 
 DEMO_PAGE_HOST = "127.0.0.2"
 EXAMPLE_RULES = """\
@@ -53,16 +54,10 @@ class DemoPage(http.server.BaseHTTPRequestHandler):
 
 
 def start(program: str, args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastrelay", program, *args],
-        stdout=subprocess.PIPE,
-        env={**os.environ, **env},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        raise SystemExit(f"fastrelay demo: {program} failed to start (see its log above)")
-    return proc, json.loads(line)
+    try:
+        return spawn_ready([sys.executable, "-m", "fastrelay", program, *args], env)
+    except RuntimeError:
+        raise SystemExit(f"fastrelay demo: {program} failed to start (see its log above)") from None
 
 
 def wait_ready(admin: str, timeout: float = 15.0) -> bool:

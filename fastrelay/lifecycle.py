@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -48,3 +51,37 @@ def run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
         return (await main(stop)) or 0
 
     return uvloop.run(runner())
+
+
+def spawn_ready(
+    argv: list[str], env: dict[str, str] | None = None, stderr=None, timeout: float = 20.0
+) -> tuple[subprocess.Popen, dict]:
+    """Start a program and wait for its JSON ready line (used by the demo,
+    the benchmarks and the tests). Raises RuntimeError if none comes in time."""
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    line = b""
+    try:
+        while not line.endswith(b"\n") and time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            line += chunk
+    finally:
+        selector.close()
+    if not line.endswith(b"\n"):
+        proc.kill()
+        proc.wait(5)
+        raise RuntimeError(f"{' '.join(argv[:4])} did not report ready")
+    return proc, orjson.loads(line)

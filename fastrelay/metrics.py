@@ -25,6 +25,7 @@ CONNECTIONS = PREFIX + "connections"
 STREAMS_ACTIVE = PREFIX + "streams_active"
 STREAMS = PREFIX + "streams"  # exported as fastrelay_streams_total
 STREAM_BYTES = PREFIX + "stream_bytes"
+STREAM_FRAMES = PREFIX + "stream_frames"
 FRAMES_DROPPED = PREFIX + "frames_dropped"
 PROTOCOL_ERRORS = PREFIX + "protocol_errors"
 AUTH_FAILURES = PREFIX + "auth_failures"

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastrelay.carrier")
 
 BACKOFF_INITIAL = 0.1
+WS_BUFFER_HIGH = 2 * 1024 * 1024
 STABLE_AFTER = 10.0
 _DATA = int(FrameType.TUNNEL_DATA)
 _BINARY = WSMsgType.BINARY
@@ -198,6 +199,11 @@ class Carrier:
 
     def connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        # The 64 KiB default would pause every local socket after each 256 KiB
+        # frame; per-stream credit already bounds what can queue here.
+        transport.underlying_transport.set_write_buffer_limits(
+            high=WS_BUFFER_HIGH, low=WS_BUFFER_HIGH // 4
+        )
         self.writer = MuxWriter(transport, self.scheduler)
         self.connections += 1
 

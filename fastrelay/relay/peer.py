@@ -37,6 +37,7 @@ class Peer(WSListener):
         self.transport: WSTransport | None = None
         self.writer: MuxWriter | None = None
         self.data_bytes = 0  # TUNNEL_DATA payload bytes received from this peer
+        self.data_frames = 0  # and frames
         self.draining = False  # an agent that sent GOAWAY takes no new streams
         self.closed = False
         self.write_paused = False

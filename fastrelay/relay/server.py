@@ -138,14 +138,16 @@ class Relay:
                 self.slots.release(peer.stream_id_base)
                 self.stats.connections_closed["client"] += 1
             self.stats.closed_bytes_up += peer.data_bytes
+            self.stats.closed_frames_up += peer.data_frames
             reason = "client_a disconnected"
         else:
             if peer in self.agents.agents:
                 self.agents.remove(peer)
                 self.stats.connections_closed["agent"] += 1
             self.stats.closed_bytes_down += peer.data_bytes
+            self.stats.closed_frames_down += peer.data_frames
             reason = "agent disconnected"
-        peer.data_bytes = 0
+        peer.data_bytes = peer.data_frames = 0
         for stream in list(peer.streams.values()):
             other = stream.agent if peer.is_client else stream.client
             self._send(other, TunnelError(stream.session_id, reason).encode(stream.sid))
@@ -186,6 +188,7 @@ class Relay:
                     self.stats.dropped_unknown_stream += 1
                 elif stream.state in accepts:
                     src.data_bytes += length
+                    src.data_frames += 1
                     dest = stream.agent if is_client else stream.client
                     dest.writer.write(message[offset:end])  # type: ignore[union-attr]
                 else:

@@ -46,6 +46,8 @@ class RelayStats:
         self.backpressure_pauses = 0
         self.closed_bytes_up = 0
         self.closed_bytes_down = 0
+        self.closed_frames_up = 0
+        self.closed_frames_down = 0
         self.open_buckets = [0] * len(OPEN_BUCKETS)
         self.open_count = 0
         self.open_sum = 0.0
@@ -88,6 +90,14 @@ class RelayStats:
             "Tunnel payload bytes forwarded",
             ["direction"],
             {("upstream",): up, ("downstream",): down},
+        )
+        frames_up = self.closed_frames_up + sum(c.data_frames for c in relay.clients)
+        frames_down = self.closed_frames_down + sum(a.data_frames for a in relay.agents.agents)
+        yield metrics.counter(
+            metrics.STREAM_FRAMES,
+            "TUNNEL_DATA frames forwarded",
+            ["direction"],
+            {("upstream",): frames_up, ("downstream",): frames_down},
         )
         yield metrics.counter(
             metrics.AUTH_FAILURES,

@@ -7,9 +7,7 @@ Processes are stopped by their own PID only.
 
 from __future__ import annotations
 
-import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -20,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from fastrelay.lifecycle import spawn_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_TOKEN = "client-token-for-tests"
@@ -35,34 +35,11 @@ class Proc:
         self.argv = argv
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env={**os.environ, **env},
-            cwd=ROOT,
-        )
-        self.ready = self._read_ready()
-
-    def _read_ready(self) -> dict:
-        assert self.popen.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(self.popen.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + READY_TIMEOUT
-        line = b""
-        while time.monotonic() < deadline and not line.endswith(b"\n"):
-            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                break
-            chunk = os.read(self.popen.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            line += chunk
-        sel.close()
-        if not line.endswith(b"\n"):
-            self.stop()
-            raise RuntimeError(f"{self.name} did not become ready:\n{self.log_tail()}")
-        return json.loads(line)
+        try:
+            self.popen, self.ready = spawn_ready(argv, env, stderr=self._log, timeout=READY_TIMEOUT)
+        except RuntimeError:
+            self._log.close()
+            raise RuntimeError(f"{name} did not become ready:\n{self.log_tail()}") from None
 
     @property
     def pid(self) -> int:

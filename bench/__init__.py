@@ -1,0 +1,1 @@
+"""fastrelay's measuring instruments: micro-benchmarks and the end-to-end runner."""

@@ -1,0 +1,234 @@
+"""Shared fixtures for the micro-benchmarks: a socket-free relay with fake picows transports.
+
+Run (pyproject's `testpaths` is `tests`, so bench/ is only collected when named):
+
+    .venv/bin/pytest bench/micro --benchmark-only -q      # timings
+    .venv/bin/pytest bench/micro --benchmark-disable -q   # one call each: correctness only (CI)
+
+Every benchmark asserts its result, so a broken implementation fails; none asserts on timing.
+
+The relay is the real `Relay`, its peers are real `Peer` listeners connected through
+`Peer.on_ws_connected`, and streams are opened through `Relay.route` with real CONNECT and
+CONNECT_RESPONSE frames. Only the picows `WSTransport` below it is replaced by a recorder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvloop
+from picows import WSMsgType
+
+from fastrelay.protocol.frames import FrameType, encode_frame, iter_frames
+from fastrelay.protocol.messages import ConnectResponse, OpenStream
+from fastrelay.protocol.state import State
+from fastrelay.relay import config as relay_config
+from fastrelay.relay.peer import Peer
+from fastrelay.relay.server import Relay
+
+BENCH_ENV = {"FASTRELAY_CLIENT_TOKENS": "bench-client", "FASTRELAY_AGENT_TOKENS": "bench-agent"}
+
+
+class FakeUnderlyingTransport:
+    """The aiofastnet socket transport under a WSTransport: only what the relay calls."""
+
+    __slots__ = ("high", "low", "reading")
+
+    def __init__(self) -> None:
+        self.high = self.low = 0
+        self.reading = True
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        self.high, self.low = high, low
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+
+class FakeWSTransport:
+    """Records every `send(msg_type, data)`: a count, the byte total and the last object.
+
+    The object itself is kept (not a copy) so a test can check it is a view of the
+    original buffer. With `record=True` it also keeps a copy of every message taken at
+    call time; that is for the setup checks only, never inside a timed loop.
+    """
+
+    __slots__ = (
+        "closed",
+        "copies",
+        "last",
+        "last_type",
+        "nbytes",
+        "record",
+        "sends",
+        "underlying_transport",
+    )
+
+    def __init__(self) -> None:
+        self.underlying_transport = FakeUnderlyingTransport()
+        self.closed = False
+        self.reset()
+
+    def reset(self, record: bool = False) -> None:
+        self.sends = 0
+        self.nbytes = 0
+        self.last: Any = None
+        self.last_type: WSMsgType | None = None
+        self.record = record
+        self.copies: list[bytes] = []
+
+    def send(self, msg_type: WSMsgType, data: Any) -> None:
+        self.sends += 1
+        self.nbytes += len(data)
+        self.last_type = msg_type
+        self.last = data
+        if self.record:
+            self.copies.append(bytes(data))
+
+    def send_close(self, code: Any = None, msg: bytes | None = None) -> None:
+        self.closed = True
+
+    def disconnect(self, graceful: bool = True) -> None:
+        self.closed = True
+
+
+class Rig:
+    """A `Relay` with fake peers; streams are opened through `Relay.route`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        config = relay_config.load([], environ=BENCH_ENV)
+
+        async def build() -> Relay:  # Relay() needs a running loop
+            return Relay(config, "bench-relay")
+
+        self.relay = loop.run_until_complete(build())
+        self.next_session = 0
+
+    @staticmethod
+    def frames_of(message: bytes) -> list[tuple[int, int, bytes]]:
+        """(type, stream id, payload) of every mux frame in one WebSocket message."""
+        view = memoryview(message)
+        return [
+            (frame_type, sid, bytes(view[start : start + length]))
+            for frame_type, _flags, sid, start, length in iter_frames(view)
+        ]
+
+    @staticmethod
+    def data_message(sid: int, frames: int, payload_size: int) -> bytes:
+        """One WebSocket message: `frames` TUNNEL_DATA frames of `payload_size` bytes each.
+
+        `bytes`, so views of it are read-only like picows' `get_payload_as_memoryview()`.
+        """
+        return b"".join(
+            encode_frame(FrameType.TUNNEL_DATA, sid, bytes([0x41 + i % 26]) * payload_size)
+            for i in range(frames)
+        )
+
+    def connect(self, role: str) -> tuple[Peer, FakeWSTransport]:
+        """A peer through the real `on_ws_connected` (MuxWriter, buffer limits, attach)."""
+        transport = FakeWSTransport()
+        peer = Peer(self.relay, role)
+        peer.on_ws_connected(transport)  # type: ignore[arg-type]
+        assert peer.writer is not None
+        assert transport.underlying_transport.high == self.relay.config.ws_buffer_high
+        self.flush()
+        assert transport.sends == 1  # HELLO
+        transport.reset()
+        return peer, transport
+
+    @staticmethod
+    def transport_of(peer: Peer) -> FakeWSTransport:
+        assert isinstance(peer.transport, FakeWSTransport)
+        return peer.transport
+
+    def flush(self) -> None:
+        """Run the loop once, so the FlushScheduler's pending call runs."""
+        self.loop.run_until_complete(asyncio.sleep(0))
+
+    def open_stream(self, client: Peer) -> tuple[int, Peer]:
+        """CONNECT from `client`, 200 from the agent the relay picked, both through
+        `Relay.route`; (stream id, agent)."""
+        sid = client.stream_id_base + 1 + len(client.streams)
+        assert sid not in client.streams
+        session_id = f"bench-{self.next_session}"
+        self.next_session += 1
+        self.flush()  # whatever earlier routing left pending goes out before the recording
+        transports = [self.transport_of(client)]
+        transports += [self.transport_of(a) for a in self.relay.agents.agents]
+        for transport in transports:
+            transport.reset(record=True)
+
+        connect = OpenStream(FrameType.CONNECT, session_id, "target.example", 443).encode(sid)
+        self.relay.route(client, memoryview(connect))
+        self.flush()
+        stream = client.streams[sid]
+        agent = stream.agent
+        assert stream.client is client and stream.state is State.CONNECT_REQUEST
+        assert self.transport_of(agent).copies == [connect], "the CONNECT must reach the agent"
+        assert sum(len(t.copies) for t in transports) == 1
+
+        response = ConnectResponse(session_id, 200).encode(sid)
+        self.relay.route(agent, memoryview(response))
+        self.flush()
+        assert self.transport_of(client).copies == [response], "the answer must reach client_a"
+        assert sum(len(t.copies) for t in transports) == 2
+        assert stream.state is State.TUNNELING and stream.timer is None
+
+        for transport in transports:
+            transport.reset()
+        return sid, agent
+
+
+@pytest.fixture(scope="session")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One uvloop loop for the whole run; not running while a benchmark is timed."""
+    loop = uvloop.new_event_loop()
+    yield loop
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+
+
+@pytest.fixture
+def rig(loop: asyncio.AbstractEventLoop) -> Iterator[Rig]:
+    built = Rig(loop)
+    yield built
+    # Timed loops that call FlushScheduler.flush_all() directly leave its call_soon
+    # handles queued on the idle loop; run them (each is a no-op by now).
+    built.flush()
+
+
+class Tunnel:
+    """One client_a peer and one agent peer on a rig, with one stream open between them."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.relay = rig.relay
+        self.client, self.client_t = rig.connect("client")
+        self.agent, self.agent_t = rig.connect("agent")
+        self.sid, agent = rig.open_stream(self.client)
+        assert agent is self.agent
+
+    def ends(self, direction: str) -> tuple[Peer, FakeWSTransport]:
+        """(source peer, destination transport) for "upstream" or "downstream"."""
+        if direction == "upstream":
+            return self.client, self.agent_t
+        assert direction == "downstream"
+        return self.agent, self.client_t
+
+
+@pytest.fixture
+def tunnel(rig: Rig) -> Tunnel:
+    return Tunnel(rig)

@@ -1,0 +1,147 @@
+"""The relay's per-message forward path, `Relay.route`, with in-memory picows transports.
+
+A real `Relay` with a client_a peer and an agent peer (see conftest.py); one stream is
+opened through `Relay.route` with CONNECT / CONNECT_RESPONSE 200, then TUNNEL_DATA
+messages are routed upstream (client_a -> agent) and downstream (agent -> client_a).
+
+* one 64 KiB frame per message: forwarded alone, as a view of the source message (no copy);
+* 100 frames of 100 B per message: coalesced by MuxWriter into ONE send per message; the
+  timed call includes the FlushScheduler flush that the event loop would run;
+* one 100 B frame per message, and one WINDOW_UPDATE per message: the per-message floor,
+  timed 100 messages per round (see `extra_info["per_message_us"]`).
+
+Run: .venv/bin/pytest bench/micro/test_forward_bench.py --benchmark-only -q
+Results are asserted for correctness only; timing is reported, never asserted.
+`extra_info["per_frame_us"]` is the median divided by the frames per round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from picows import WSMsgType
+
+from fastrelay.protocol.frames import FrameType, encode_window_update
+from fastrelay.protocol.state import State
+
+Benchmark = Callable[..., Any]
+
+pytestmark = [
+    pytest.mark.benchmark(min_time=0.0002, warmup=True),
+    pytest.mark.parametrize("direction", ["upstream", "downstream"]),
+]
+
+TUNNEL_DATA = int(FrameType.TUNNEL_DATA)
+ROUNDS = 1000  # for the pedantic runs below; 64 KiB frames use the auto-calibrated runner
+
+
+def _set_per_frame(benchmark: Any, frames: int) -> None:
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        median = benchmark.stats.stats.median
+        benchmark.extra_info["per_frame_us"] = round(median / frames * 1e6, 4)
+        benchmark.extra_info["frames_per_s"] = round(frames / median)
+
+
+def _check_stream_untouched(tunnel: Any) -> None:
+    stats = tunnel.relay.stats
+    assert stats.dropped_unknown_stream == 0
+    assert not stats.protocol_errors
+    assert tunnel.client.streams[tunnel.sid].state is State.TUNNELING
+
+
+def test_forward_one_64k_frame(benchmark: Benchmark, tunnel: Any, direction: str) -> None:
+    src, dest_t = tunnel.ends(direction)
+    payload = 64 * 1024
+    buf = tunnel.rig.data_message(tunnel.sid, 1, payload)
+    message = memoryview(buf)
+    before = src.data_bytes
+
+    benchmark(tunnel.relay.route, src, message)
+
+    calls = (src.data_bytes - before) // payload
+    assert calls >= 1 and src.data_bytes - before == calls * payload
+    assert dest_t.sends == calls, "each 64 KiB frame must leave in its own send"
+    assert dest_t.nbytes == calls * len(buf)
+    assert dest_t.last_type is WSMsgType.BINARY
+    sent = dest_t.last
+    assert isinstance(sent, memoryview), f"expected a view, got {type(sent).__name__}"
+    assert sent.obj is buf, "the frame was copied instead of forwarded as a view"
+    assert sent == message
+    assert not tunnel.relay.scheduler.dirty, "a large frame must not wait for the flush"
+    _check_stream_untouched(tunnel)
+    _set_per_frame(benchmark, 1)
+
+
+def _bench_flushed(
+    benchmark: Any, tunnel: Any, src: Any, message: memoryview, messages: int, frames: int
+) -> None:
+    """Time `messages` x (route one message + flush), as one event-loop iteration would.
+
+    Each flush re-arms FlushScheduler's `call_soon`; the loop runs those (no-op) handles
+    between rounds, outside the timing, so they never pile up on the idle loop (a pile of a
+    million handles costs ~200 MB and makes every `call_soon` several times slower).
+    """
+    route, flush_all = tunnel.relay.route, tunnel.relay.scheduler.flush_all
+
+    def forward() -> None:
+        for _ in range(messages):
+            route(src, message)
+            flush_all()  # what the loop runs after the iteration that read the message
+
+    benchmark.pedantic(forward, setup=tunnel.rig.flush, rounds=ROUNDS, warmup_rounds=ROUNDS // 10)
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        median = benchmark.stats.stats.median
+        benchmark.extra_info["messages_per_round"] = messages
+        benchmark.extra_info["per_message_us"] = round(median / messages * 1e6, 4)
+        benchmark.extra_info["per_frame_us"] = round(median / (messages * frames) * 1e6, 4)
+        benchmark.extra_info["frames_per_s"] = round(messages * frames / median)
+
+
+def _bench_coalesced(
+    benchmark: Benchmark, tunnel: Any, direction: str, frames: int, payload: int, messages: int
+) -> None:
+    src, dest_t = tunnel.ends(direction)
+    buf = tunnel.rig.data_message(tunnel.sid, frames, payload)
+    before = src.data_bytes
+
+    _bench_flushed(benchmark, tunnel, src, memoryview(buf), messages, frames)
+
+    calls = (src.data_bytes - before) // (frames * payload)
+    assert calls >= messages and src.data_bytes - before == calls * frames * payload
+    assert dest_t.sends == calls, f"{dest_t.sends} sends for {calls} messages: not coalesced"
+    assert dest_t.nbytes == calls * len(buf)
+    assert dest_t.last_type is WSMsgType.BINARY
+    assert bytes(dest_t.last) == buf, "the coalesced message must carry every frame, in order"
+    sent = tunnel.rig.frames_of(bytes(dest_t.last))
+    assert len(sent) == frames
+    assert all(t == TUNNEL_DATA and sid == tunnel.sid for t, sid, _ in sent)
+    assert [p[:1] for _, _, p in sent] == [bytes([0x41 + i % 26]) for i in range(frames)]
+    _check_stream_untouched(tunnel)
+
+
+def test_forward_100_frames_of_100b(benchmark: Benchmark, tunnel: Any, direction: str) -> None:
+    """One message of 100 x 100 B frames per round: ONE send out per message."""
+    _bench_coalesced(benchmark, tunnel, direction, frames=100, payload=100, messages=1)
+
+
+def test_forward_100_messages_of_one_100b_frame(
+    benchmark: Benchmark, tunnel: Any, direction: str
+) -> None:
+    """100 messages of a single 100 B frame per round, each flushed: the per-message floor."""
+    _bench_coalesced(benchmark, tunnel, direction, frames=1, payload=100, messages=100)
+
+
+def test_route_100_window_updates(benchmark: Benchmark, tunnel: Any, direction: str) -> None:
+    """100 messages of one WINDOW_UPDATE per round: the control path (check_header,
+    _control, next_state), each flushed."""
+    src, dest_t = tunnel.ends(direction)
+    buf = encode_window_update(tunnel.sid, 64 * 1024)
+
+    _bench_flushed(benchmark, tunnel, src, memoryview(buf), messages=100, frames=1)
+
+    assert dest_t.sends >= 100 and dest_t.sends % 100 == 0
+    assert dest_t.nbytes == dest_t.sends * len(buf), "one WINDOW_UPDATE per send"
+    assert bytes(dest_t.last) == buf
+    _check_stream_untouched(tunnel)

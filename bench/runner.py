@@ -1,0 +1,137 @@
+"""The end-to-end benchmark runner: `python -m bench [--quick] [--only NAME ...]`.
+
+It starts the target, the baselines and the fastrelay chain as processes on
+loopback, runs every scenario against the topologies it applies to (medians
+over repeats), and writes bench/results/<timestamp>/ with results.json,
+summary.md and PNG charts. Every figure that has a target is reported as a
+ratio against a baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import uvloop
+
+from bench import report
+from bench.scenarios import basic, heavy
+from bench.scenarios.common import FULL_SIZES, QUICK_SIZES, Context
+from bench.topology import (
+    Topology,
+    chain,
+    connect_proxy,
+    direct,
+    forwarder,
+    raise_fd_limit,
+    start_target,
+)
+
+Scenario = Callable[[Context, Topology], Awaitable[dict]]
+
+# name -> (function, topologies it runs against)
+PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
+    "bulk": (basic.bulk, ("direct", "forwarder", "connect_proxy", "fastrelay")),
+    "round_trip": (basic.round_trip, ("direct", "forwarder", "fastrelay")),
+    "setup": (basic.setup, ("connect_proxy", "fastrelay")),
+    "many_active": (heavy.many_active, ("forwarder", "fastrelay")),
+    "many_idle": (heavy.many_idle, ("fastrelay",)),
+    "head_of_line": (heavy.head_of_line, ("fastrelay",)),
+    "small_frames": (heavy.small_frames, ("fastrelay",)),
+}
+
+
+def progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+async def run(names: list[str], quick: bool, out: Path) -> dict:
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    log_dir = out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    target, port = start_target(log_dir)
+    topologies: dict[str, Topology] = {}
+    results: dict[str, dict] = {}
+    try:
+        topologies["direct"] = direct(port)
+        topologies["forwarder"] = forwarder(port, log_dir)
+        topologies["connect_proxy"] = connect_proxy(log_dir)
+        topologies["fastrelay"] = chain(log_dir)
+        ctx = Context(port, sizes, log_dir)
+        for index, name in enumerate(names, 1):
+            scenario, applies_to = PLAN[name]
+            results[name] = {}
+            for topo_name in applies_to:
+                topo = topologies[topo_name]
+                runs = []
+                for rep in range(sizes["repeats"]):
+                    progress(f"{index}/{len(names)} {name}: {topo_name} run {rep + 1}")
+                    runs.append(await scenario(ctx, topo))
+                results[name][topo_name] = {"runs": runs, "median": _median(runs)}
+                progress(f"    {topo_name}: {_headline(results[name][topo_name]['median'])}")
+    finally:
+        for topo in topologies.values():
+            topo.stop()
+        target.stop()
+    return {
+        "results": results,
+        "processes": {n: t.describe() for n, t in topologies.items()} | {"target": target.pid},
+    }
+
+
+def _median(runs: list[dict]) -> dict:
+    merged: dict = {}
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = statistics.median(r[key] for r in runs)
+        else:
+            merged[key] = value  # samples and tables: those of the first run
+    return merged
+
+
+def _headline(median: dict) -> str:
+    shown = [f"{k}={v:.4g}" for k, v in median.items() if isinstance(v, float)]
+    return ", ".join(shown[:6])
+
+
+def environment(argv: list[str]) -> dict:
+    with open("/proc/loadavg") as fh:
+        load = fh.read().split()[:3]
+    return {
+        "command": "python -m bench " + shlex.join(argv),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": load,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "note": "load client, target, baselines and the three fastrelay programs share the cores",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (CI)")
+    parser.add_argument("--only", nargs="+", choices=list(PLAN), help="scenarios to run")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results/<ts>)")
+    args = parser.parse_args(argv)
+    raise_fd_limit()
+    out = args.out or Path("bench/results") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(argv)
+    progress(f"writing {out}; load average {' '.join(env['loadavg_at_start'])}")
+    data = uvloop.run(run(args.only or list(PLAN), args.quick, out))
+    data["environment"] = env
+    (out / "results.json").write_text(json.dumps(data, indent=1))
+    summary = report.write(data, out)
+    print(summary)
+    progress(f"results in {out}")
+    return 0

@@ -1,0 +1,1 @@
+"""The end-to-end scenarios, one async function each: (context, topology) -> figures."""

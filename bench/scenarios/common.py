@@ -1,0 +1,61 @@
+"""What every scenario gets, and the statistics they share."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FULL_SIZES = {
+    "bulk_bytes": 1 << 30,  # 1 GiB each way
+    "rtt_count": 10_000,
+    "setup_count": 3_000,
+    "active_seconds": 4.0,
+    "active_tunnels": [10, 100, 1000],
+    "idle_tunnels": 10_000,
+    "hol_bytes_per_tunnel": 64 << 20,
+    "small_frames_seconds": 5.0,
+    "repeats": 3,
+}
+QUICK_SIZES = {
+    "bulk_bytes": 32 << 20,
+    "rtt_count": 500,
+    "setup_count": 200,
+    "active_seconds": 1.0,
+    "active_tunnels": [10, 100],
+    "idle_tunnels": 300,
+    "hol_bytes_per_tunnel": 4 << 20,
+    "small_frames_seconds": 1.0,
+    "repeats": 1,
+}
+
+
+@dataclass
+class Context:
+    target_port: int
+    sizes: dict
+    log_dir: Path
+    extra: dict = field(default_factory=dict)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p99": float("nan"), "p999": float("nan")}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": at(0.50), "p99": at(0.99), "p999": at(0.999)}
+
+
+def jain(values: list[float]) -> float:
+    """Jain's fairness index: 1.0 when every tunnel got the same share."""
+    total = sum(values)
+    if not values or not total:
+        return float("nan")
+    return total * total / (len(values) * sum(v * v for v in values))
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)

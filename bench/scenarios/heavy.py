@@ -1,0 +1,187 @@
+"""Scenarios 4-7: many active tunnels, many idle tunnels, head-of-line
+isolation, and small frames through the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.load import Tunnel, open_tunnel
+from bench.scenarios.common import Context, jain
+from bench.topology import Process, Topology
+
+MB = 1_000_000
+OPEN_PARALLEL = 200
+
+
+async def open_many(topo: Topology, port: int, n: int) -> list[Tunnel]:
+    gate = asyncio.Semaphore(OPEN_PARALLEL)
+
+    async def one() -> Tunnel:
+        async with gate:
+            return await open_tunnel(topo, port)
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+class RssSampler:
+    """The peak RSS of each process while a scenario runs, sampled every 50 ms."""
+
+    def __init__(self, processes: list[Process]) -> None:
+        self.processes = processes
+        self.peak = {p.name: p.rss_kib() for p in processes}
+        self.task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            for p in self.processes:
+                self.peak[p.name] = max(self.peak[p.name], p.rss_kib())
+            await asyncio.sleep(0.05)
+
+    def __enter__(self) -> RssSampler:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def download_all(tunnels: list[Tunnel], each: int) -> tuple[float, list[float]]:
+    """All tunnels download `each` bytes at once; (wall seconds, per-tunnel MB/s)."""
+    start = time.perf_counter()
+
+    async def one(t: Tunnel) -> float:
+        t.request(b"D", each)
+        await t.until_received(each)
+        return each / (time.perf_counter() - start) / MB
+
+    rates = await asyncio.gather(*(one(t) for t in tunnels))
+    return time.perf_counter() - start, list(rates)
+
+
+async def steady_download(tunnels: list[Tunnel], seconds: float) -> tuple[float, list[int]]:
+    """Every tunnel downloads without end for `seconds`: (elapsed, bytes per tunnel).
+
+    Fairness is judged on bytes moved in the same interval, which is what a
+    user of a busy relay sees, rather than on finishing times.
+    """
+    for t in tunnels:
+        t.request(b"D", 1 << 50)
+    await asyncio.sleep(0.2)  # past the start-up burst
+    start_bytes = [t.received for t in tunnels]
+    start = time.perf_counter()
+    await asyncio.sleep(seconds)
+    elapsed = time.perf_counter() - start
+    return elapsed, [t.received - b for t, b in zip(tunnels, start_bytes, strict=True)]
+
+
+async def many_active(ctx: Context, topo: Topology) -> dict:
+    """4. 10, 100 and 1,000 concurrent tunnels, each moving data."""
+    out: dict = {}
+    for n in ctx.sizes["active_tunnels"]:
+        tunnels = await open_many(topo, ctx.target_port, n)
+        with RssSampler(topo.processes) as rss:
+            elapsed, moved = await steady_download(tunnels, ctx.sizes["active_seconds"])
+        for t in tunnels:
+            t.close()
+        out[f"aggregate_MBps_{n}"] = sum(moved) / elapsed / MB
+        out[f"jain_{n}"] = jain([float(m) for m in moved])
+        for name, kib in rss.peak.items():
+            out[f"peak_rss_MiB_{name}_{n}"] = kib / 1024
+        await asyncio.sleep(1.0)  # let the closes settle before the next size
+    return out
+
+
+async def many_idle(ctx: Context, topo: Topology) -> dict:
+    """5. N open, idle tunnels: RSS growth per tunnel in each process."""
+    n = ctx.sizes["idle_tunnels"]
+    await asyncio.sleep(0.5)
+    before = {p.name: p.rss_kib() for p in topo.processes}
+    tunnels = await open_many(topo, ctx.target_port, n)
+    for t in tunnels:  # one byte through each, so every hop holds its state
+        t.request(b"E")
+        t.transport.write(b"x")  # type: ignore[union-attr]
+    await asyncio.gather(*(t.until_received(1, timeout=60) for t in tunnels))
+    await asyncio.sleep(1.0)
+    after = {p.name: p.rss_kib() for p in topo.processes}
+    for t in tunnels:
+        t.close()
+    await asyncio.sleep(1.0)
+    out: dict = {"tunnels": n}
+    for name in before:
+        out[f"bytes_per_tunnel_{name}"] = (after[name] - before[name]) * 1024 / n
+    return out
+
+
+async def head_of_line(ctx: Context, topo: Topology) -> dict:
+    """6. One tunnel whose reader stops, beside 9 busy tunnels on the same carrier."""
+    each = ctx.sizes["hol_bytes_per_tunnel"]
+    relay = next(p for p in topo.processes if p.name == "relay")
+    busy = await open_many(topo, ctx.target_port, 9)
+    alone_wall, _ = await download_all(busy, each)
+    for t in busy:
+        t.close()
+    stalled = await open_tunnel(topo, ctx.target_port)
+    stalled.transport.pause_reading()  # type: ignore[union-attr]
+    stalled.request(b"D", 1 << 40)  # far more than any window: it fills and stops
+    await asyncio.sleep(1.0)
+    relay_before = relay.rss_kib()
+    busy = await open_many(topo, ctx.target_port, 9)
+    with RssSampler([relay]) as rss:
+        stalled_wall, _ = await download_all(busy, each)
+    for t in [*busy, stalled]:
+        t.close()
+    await asyncio.sleep(0.5)
+    return {
+        "busy_MBps_alone": 9 * each / alone_wall / MB,
+        "busy_MBps_with_stalled": 9 * each / stalled_wall / MB,
+        "busy_throughput_kept": alone_wall / stalled_wall,
+        "relay_rss_growth_MiB": (rss.peak["relay"] - relay_before) / 1024,
+        "bound_MiB": 2 * 1 * 10,  # 2 x window (1 MiB) x streams
+    }
+
+
+def relay_frames(relay: Process) -> float:
+    admin = relay.ready["admin"]
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "fastrelay_stream_frames":
+            total += sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return total
+
+
+async def small_frames(ctx: Context, topo: Topology) -> dict:
+    """7. 100-byte messages, ping-pong on many tunnels: relay frames/s and CPU per frame."""
+    relay = next(p for p in topo.processes if p.name == "relay")
+    tunnels = await open_many(topo, ctx.target_port, 64)
+    for t in tunnels:
+        t.request(b"E")
+    stop = time.perf_counter() + ctx.sizes["small_frames_seconds"]
+
+    async def ping_pong(t: Tunnel) -> None:
+        got = 0
+        while time.perf_counter() < stop:
+            t.transport.write(b"m" * 100)  # type: ignore[union-attr]
+            got += 100
+            await t.until_received(got, timeout=30)
+
+    frames0, cpu0, t0 = relay_frames(relay), relay.cpu_seconds(), time.perf_counter()
+    await asyncio.gather(*(ping_pong(t) for t in tunnels))
+    elapsed = time.perf_counter() - t0
+    frames, cpu = relay_frames(relay) - frames0, relay.cpu_seconds() - cpu0
+    for t in tunnels:
+        with contextlib.suppress(Exception):
+            t.close()
+    return {
+        "relay_frames_per_s": frames / elapsed,
+        "relay_cpu_us_per_frame": cpu / frames * 1e6 if frames else float("nan"),
+        "relay_capacity_frames_per_s": frames / cpu if cpu else float("nan"),
+        "relay_cpu_share": cpu / elapsed,
+    }

@@ -1,0 +1,158 @@
+"""The systems under test, each started as real processes on loopback.
+
+Every topology gives the load client one thing: `entry`, the address to dial,
+and whether a CONNECT handshake is needed there. All of them reach the same
+bench target (bench/target.py) on TARGET_HOST.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastrelay.lifecycle import spawn_ready
+
+TARGET_HOST = "127.0.0.2"
+
+
+def raise_fd_limit() -> int:
+    """Scenarios hold tens of thousands of sockets; children inherit this."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return want
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    ready: dict
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def rss_kib(self) -> int:
+        return _status_kib(self.pid, "VmRSS")
+
+    def peak_rss_kib(self) -> int:
+        return _status_kib(self.pid, "VmHWM")
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+def _status_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def start(name: str, argv: list[str], env: dict[str, str] | None = None, log: Path | None = None):
+    stderr = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - lives with the child
+    popen, ready = spawn_ready(argv, env, stderr=stderr)
+    return Process(name, popen, ready)
+
+
+@dataclass
+class Topology:
+    name: str
+    entry: tuple[str, int]
+    uses_connect: bool
+    processes: list[Process] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+    def describe(self) -> dict:
+        return {p.name: p.pid for p in self.processes}
+
+
+def start_target(log_dir: Path) -> tuple[Process, int]:
+    proc = start("target", [sys.executable, "-m", "bench.target", "--bind", TARGET_HOST],
+                 log=log_dir / "target.log")
+    return proc, int(proc.ready["ports"][TARGET_HOST])
+
+
+def direct(target_port: int) -> Topology:
+    return Topology("direct", (TARGET_HOST, target_port), uses_connect=False)
+
+
+def forwarder(target_port: int, log_dir: Path) -> Topology:
+    proc = start("forwarder", [sys.executable, "-m", "bench.baselines.forwarder", "--target",
+                               f"{TARGET_HOST}:{target_port}"], log=log_dir / "forwarder.log")
+    return Topology("forwarder", _addr(proc.ready["listen"]), False, [proc])
+
+
+def connect_proxy(log_dir: Path) -> Topology:
+    proc = start("connect_proxy", [sys.executable, "-m", "bench.baselines.connect_proxy"],
+                 log=log_dir / "connect_proxy.log")
+    return Topology("connect_proxy", _addr(proc.ready["listen"]), True, [proc])
+
+
+def chain(log_dir: Path, extra_client: tuple[str, ...] = ()) -> Topology:
+    """client_a -> relay -> agent, with the target's address on the filter list."""
+    client_token, agent_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    rules = Path(tempfile.mkdtemp(prefix="fastrelay-bench-")) / "rules.txt"
+    rules.write_text(f"{TARGET_HOST}/32\n")
+    fr = [sys.executable, "-m", "fastrelay"]
+    relay = start("relay", [*fr, "relay", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+                            "--log-level", "warning"],
+                  {"FASTRELAY_CLIENT_TOKENS": client_token,
+                   "FASTRELAY_AGENT_TOKENS": agent_token}, log_dir / "relay.log")
+    url = f"ws://{relay.ready['listen']}"
+    agent = start("agent", [*fr, "agent", "--relay", url, "--admin", "127.0.0.1:0",
+                            "--allow", f"{TARGET_HOST}/32", "--log-level", "warning"],
+                  {"FASTRELAY_TOKEN": agent_token}, log_dir / "agent.log")
+    client = start("client_a", [*fr, "client", "--listen", "127.0.0.1:0", "--relay", url,
+                                "--admin", "127.0.0.1:0", "--rules", str(rules),
+                                "--log-level", "warning", *extra_client],
+                   {"FASTRELAY_TOKEN": client_token}, log_dir / "client_a.log")
+    topo = Topology("fastrelay", _addr(client.ready["listen"]), True, [relay, agent, client])
+    _wait_ready([agent.ready["admin"], client.ready["admin"]])
+    return topo
+
+
+def _wait_ready(admins: list[str], timeout: float = 15.0) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    for admin in admins:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{admin}/readyz", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{admin} never became ready")
+            time.sleep(0.05)
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
