@@ -23,47 +23,115 @@ def rows(data: dict) -> list[Row]:
     g = lambda s, t, k: _get(data, s, t, k)  # noqa: E731
     out: list[Row] = []
 
-    def add(name: str, metric: str, chain: float | None, base: float | None,
-            target: str, ok: Callable[[float], bool], value: float | None = None) -> None:
+    def add(
+        name: str,
+        metric: str,
+        chain: float | None,
+        base: float | None,
+        target: str,
+        ok: Callable[[float], bool],
+        value: float | None = None,
+    ) -> None:
         value = _ratio(chain, base) if value is None else value
-        out.append((name, metric, chain, base, value, target,
-                    None if value is None else ok(value)))
+        out.append((name, metric, chain, base, value, target, None if value is None else ok(value)))
 
     for d in ("down", "up"):
-        add(f"1. bulk {d}", "MB/s, ratio to forwarder", g("bulk", "fastrelay", f"{d}_MBps"),
-            g("bulk", "forwarder", f"{d}_MBps"), ">= 0.45", lambda r: r >= 0.45)
+        add(
+            f"1. bulk {d}",
+            "MB/s, ratio to forwarder",
+            g("bulk", "fastrelay", f"{d}_MBps"),
+            g("bulk", "forwarder", f"{d}_MBps"),
+            ">= 0.45",
+            lambda r: r >= 0.45,
+        )
     for p, limit in (("p50", 2.5), ("p99", 3.0)):
-        add(f"2. round trip {p}", "us, ratio to forwarder", g("round_trip", "fastrelay",
-            f"{p}_us"), g("round_trip", "forwarder", f"{p}_us"), f"<= {limit}",
-            lambda r, lim=limit: r <= lim)
-    add("3. setup rate", "tunnels/s, ratio to CONNECT proxy",
-        g("setup", "fastrelay", "tunnels_per_s"), g("setup", "connect_proxy", "tunnels_per_s"),
-        ">= 0.40", lambda r: r >= 0.40)
-    add("3. setup p99", "ms, ratio to CONNECT proxy", g("setup", "fastrelay", "setup_p99_ms"),
-        g("setup", "connect_proxy", "setup_p99_ms"), "<= 3", lambda r: r <= 3)
+        add(
+            f"2. round trip {p}",
+            "us, ratio to forwarder",
+            g("round_trip", "fastrelay", f"{p}_us"),
+            g("round_trip", "forwarder", f"{p}_us"),
+            f"<= {limit}",
+            lambda r, lim=limit: r <= lim,
+        )
+    add(
+        "3. setup rate",
+        "tunnels/s, ratio to CONNECT proxy",
+        g("setup", "fastrelay", "tunnels_per_s"),
+        g("setup", "connect_proxy", "tunnels_per_s"),
+        ">= 0.40",
+        lambda r: r >= 0.40,
+    )
+    add(
+        "3. setup p99",
+        "ms, ratio to CONNECT proxy",
+        g("setup", "fastrelay", "setup_p99_ms"),
+        g("setup", "connect_proxy", "setup_p99_ms"),
+        "<= 3",
+        lambda r: r <= 3,
+    )
     active = data["results"].get("many_active", {}).get("fastrelay", {}).get("median", {})
     sizes = sorted(int(k.rsplit("_", 1)[1]) for k in active if k.startswith("aggregate_MBps_"))
     if sizes:
         n = sizes[-1]
-        add(f"4. {n} active tunnels", "aggregate MB/s, ratio to scenario 1 down",
+        add(
+            f"4. {n} active tunnels",
+            "aggregate MB/s, ratio to scenario 1 down",
             g("many_active", "fastrelay", f"aggregate_MBps_{n}"),
-            g("bulk", "fastrelay", "down_MBps"), ">= 0.80", lambda r: r >= 0.8)
+            g("bulk", "fastrelay", "down_MBps"),
+            ">= 0.80",
+            lambda r: r >= 0.8,
+        )
         jain = g("many_active", "fastrelay", f"jain_{n}")
-        add(f"4. {n} active tunnels", "Jain's fairness index", jain, None, ">= 0.9",
-            lambda r: r >= 0.9, value=jain)
+        add(
+            f"4. {n} active tunnels",
+            "Jain's fairness index",
+            jain,
+            None,
+            ">= 0.9",
+            lambda r: r >= 0.9,
+            value=jain,
+        )
     for proc, limit in (("relay", 2048), ("client_a", 16384), ("agent", 16384)):
         per = g("many_idle", "fastrelay", f"bytes_per_tunnel_{proc}")
-        add(f"5. idle tunnels, {proc}", "bytes of RSS per tunnel", per, None, f"<= {limit}",
-            lambda r, lim=limit: r <= lim, value=per)
+        add(
+            f"5. idle tunnels, {proc}",
+            "bytes of RSS per tunnel",
+            per,
+            None,
+            f"<= {limit}",
+            lambda r, lim=limit: r <= lim,
+            value=per,
+        )
     kept = g("head_of_line", "fastrelay", "busy_throughput_kept")
-    add("6. head-of-line", "busy throughput kept with a stalled reader", kept, None, ">= 0.90",
-        lambda r: r >= 0.9, value=kept)
+    add(
+        "6. head-of-line",
+        "busy throughput kept with a stalled reader",
+        kept,
+        None,
+        ">= 0.90",
+        lambda r: r >= 0.9,
+        value=kept,
+    )
     growth = g("head_of_line", "fastrelay", "relay_rss_growth_MiB")
-    add("6. head-of-line", "relay RSS growth, MiB", growth, 20.0, "<= 2 x window x streams",
-        lambda r: r <= 20.0, value=growth)
+    add(
+        "6. head-of-line",
+        "relay RSS growth, MiB",
+        growth,
+        20.0,
+        "<= 2 x window x streams",
+        lambda r: r <= 20.0,
+        value=growth,
+    )
     cap = g("small_frames", "fastrelay", "relay_capacity_frames_per_s")
-    add("7. small frames", "relay frames per CPU-second", cap, None, ">= 300,000",
-        lambda r: r >= 300_000, value=cap)
+    add(
+        "7. small frames",
+        "relay frames per CPU-second",
+        cap,
+        None,
+        ">= 300,000",
+        lambda r: r >= 300_000,
+        value=cap,
+    )
     return out
 
 
@@ -81,22 +149,27 @@ def write(data: dict, out: Path) -> str:
         f"Command: `{env['command']}` ({env['cpus']} CPUs, load average at start "
         f"{' '.join(env['loadavg_at_start'])}, Python {env['python']}).",
         "Medians over the repeats; every ratio compares against a baseline measured in the same"
-        " run. Processes sharing the cores: " + ", ".join(
-            f"{topo}: {procs}" for topo, procs in data["processes"].items()) + ".",
+        " run. Processes sharing the cores: "
+        + ", ".join(f"{topo}: {procs}" for topo, procs in data["processes"].items())
+        + ".",
         "",
         "| scenario | metric | fastrelay | baseline | ratio / value | target | met |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, metric, chain, base, value, target, ok in rows(data):
         met = "-" if ok is None else ("yes" if ok else "**no**")
-        lines.append(f"| {name} | {metric} | {_fmt(chain)} | {_fmt(base)} | {_fmt(value)} | "
-                     f"{target} | {met} |")
+        lines.append(
+            f"| {name} | {metric} | {_fmt(chain)} | {_fmt(base)} | {_fmt(value)} | "
+            f"{target} | {met} |"
+        )
     lines += ["", "## All medians", ""]
     for scenario, topos in data["results"].items():
         for topo, result in topos.items():
             figures = {k: v for k, v in result["median"].items() if isinstance(v, (int, float))}
-            lines.append(f"- **{scenario} / {topo}**: " + ", ".join(
-                f"{k} {_fmt(v)}" for k, v in figures.items()))
+            lines.append(
+                f"- **{scenario} / {topo}**: "
+                + ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items())
+            )
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     charts(data, out)
@@ -115,17 +188,23 @@ def charts(data: dict, out: Path) -> None:
     if active:
         fig, ax = plt.subplots(figsize=(6, 4))
         for topo, result in active.items():
-            points = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in result["median"].items()
-                            if k.startswith("aggregate_MBps_"))
+            points = sorted(
+                (int(k.rsplit("_", 1)[1]), v)
+                for k, v in result["median"].items()
+                if k.startswith("aggregate_MBps_")
+            )
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=topo)
-        ax.set(xscale="log", xlabel="concurrent tunnels", ylabel="aggregate MB/s",
-               title="Throughput against concurrent tunnels")
+        ax.set(
+            xscale="log",
+            xlabel="concurrent tunnels",
+            ylabel="aggregate MB/s",
+            title="Throughput against concurrent tunnels",
+        )
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "throughput_vs_tunnels.png", dpi=100)
         plt.close(fig)
-    for scenario, key, unit in (("round_trip", "samples_us", "us"),
-                                ("setup", "samples_ms", "ms")):
+    for scenario, key, unit in (("round_trip", "samples_us", "us"), ("setup", "samples_ms", "ms")):
         topos = data["results"].get(scenario, {})
         if not topos:
             continue
@@ -133,10 +212,13 @@ def charts(data: dict, out: Path) -> None:
         for topo, result in topos.items():
             samples = sorted(result["median"].get(key) or [])
             if samples:
-                ax.plot(samples, [(i + 1) / len(samples) for i in range(len(samples))],
-                        label=topo)
-        ax.set(xscale="log", xlabel=f"latency ({unit})", ylabel="fraction",
-               title=f"{scenario.replace('_', ' ')} latency CDF")
+                ax.plot(samples, [(i + 1) / len(samples) for i in range(len(samples))], label=topo)
+        ax.set(
+            xscale="log",
+            xlabel=f"latency ({unit})",
+            ylabel="fraction",
+            title=f"{scenario.replace('_', ' ')} latency CDF",
+        )
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / f"{scenario}_cdf.png", dpi=100)

@@ -10,7 +10,6 @@ ratio against a baseline measured in the same run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform

@@ -53,7 +53,14 @@ class TargetProtocol(asyncio.Protocol):
 
     def pump(self) -> None:
         transport = self.transport
-        while self.remaining > 0 and not self.paused and transport is not None:
+        # is_closing(): uvloop drops writes to a dead socket without raising, so
+        # an endless download to a vanished client must stop here, not spin.
+        while (
+            self.remaining > 0
+            and not self.paused
+            and transport is not None
+            and not transport.is_closing()
+        ):
             chunk = BLOCK if self.remaining >= len(BLOCK) else BLOCK[: self.remaining]
             self.remaining -= len(chunk)
             transport.write(chunk)

@@ -24,7 +24,7 @@ TARGET_HOST = "127.0.0.2"
 
 def raise_fd_limit() -> int:
     """Scenarios hold tens of thousands of sockets; children inherit this."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else 1 << 20
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return want
@@ -91,8 +91,11 @@ class Topology:
 
 
 def start_target(log_dir: Path) -> tuple[Process, int]:
-    proc = start("target", [sys.executable, "-m", "bench.target", "--bind", TARGET_HOST],
-                 log=log_dir / "target.log")
+    proc = start(
+        "target",
+        [sys.executable, "-m", "bench.target", "--bind", TARGET_HOST],
+        log=log_dir / "target.log",
+    )
     return proc, int(proc.ready["ports"][TARGET_HOST])
 
 
@@ -101,14 +104,26 @@ def direct(target_port: int) -> Topology:
 
 
 def forwarder(target_port: int, log_dir: Path) -> Topology:
-    proc = start("forwarder", [sys.executable, "-m", "bench.baselines.forwarder", "--target",
-                               f"{TARGET_HOST}:{target_port}"], log=log_dir / "forwarder.log")
+    proc = start(
+        "forwarder",
+        [
+            sys.executable,
+            "-m",
+            "bench.baselines.forwarder",
+            "--target",
+            f"{TARGET_HOST}:{target_port}",
+        ],
+        log=log_dir / "forwarder.log",
+    )
     return Topology("forwarder", _addr(proc.ready["listen"]), False, [proc])
 
 
 def connect_proxy(log_dir: Path) -> Topology:
-    proc = start("connect_proxy", [sys.executable, "-m", "bench.baselines.connect_proxy"],
-                 log=log_dir / "connect_proxy.log")
+    proc = start(
+        "connect_proxy",
+        [sys.executable, "-m", "bench.baselines.connect_proxy"],
+        log=log_dir / "connect_proxy.log",
+    )
     return Topology("connect_proxy", _addr(proc.ready["listen"]), True, [proc])
 
 
@@ -118,18 +133,59 @@ def chain(log_dir: Path, extra_client: tuple[str, ...] = ()) -> Topology:
     rules = Path(tempfile.mkdtemp(prefix="fastrelay-bench-")) / "rules.txt"
     rules.write_text(f"{TARGET_HOST}/32\n")
     fr = [sys.executable, "-m", "fastrelay"]
-    relay = start("relay", [*fr, "relay", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                            "--log-level", "warning"],
-                  {"FASTRELAY_CLIENT_TOKENS": client_token,
-                   "FASTRELAY_AGENT_TOKENS": agent_token}, log_dir / "relay.log")
+    relay = start(
+        "relay",
+        [
+            *fr,
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--log-level",
+            "warning",
+        ],
+        {"FASTRELAY_CLIENT_TOKENS": client_token, "FASTRELAY_AGENT_TOKENS": agent_token},
+        log_dir / "relay.log",
+    )
     url = f"ws://{relay.ready['listen']}"
-    agent = start("agent", [*fr, "agent", "--relay", url, "--admin", "127.0.0.1:0",
-                            "--allow", f"{TARGET_HOST}/32", "--log-level", "warning"],
-                  {"FASTRELAY_TOKEN": agent_token}, log_dir / "agent.log")
-    client = start("client_a", [*fr, "client", "--listen", "127.0.0.1:0", "--relay", url,
-                                "--admin", "127.0.0.1:0", "--rules", str(rules),
-                                "--log-level", "warning", *extra_client],
-                   {"FASTRELAY_TOKEN": client_token}, log_dir / "client_a.log")
+    agent = start(
+        "agent",
+        [
+            *fr,
+            "agent",
+            "--relay",
+            url,
+            "--admin",
+            "127.0.0.1:0",
+            "--allow",
+            f"{TARGET_HOST}/32",
+            "--log-level",
+            "warning",
+        ],
+        {"FASTRELAY_TOKEN": agent_token},
+        log_dir / "agent.log",
+    )
+    client = start(
+        "client_a",
+        [
+            *fr,
+            "client",
+            "--listen",
+            "127.0.0.1:0",
+            "--relay",
+            url,
+            "--admin",
+            "127.0.0.1:0",
+            "--rules",
+            str(rules),
+            "--log-level",
+            "warning",
+            *extra_client,
+        ],
+        {"FASTRELAY_TOKEN": client_token},
+        log_dir / "client_a.log",
+    )
     topo = Topology("fastrelay", _addr(client.ready["listen"]), True, [relay, agent, client])
     _wait_ready([agent.ready["admin"], client.ready["admin"]])
     return topo

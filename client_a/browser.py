@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Protocol
 
+from fastrelay.io.tunnel import TunnelStream
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import (
     REASON_PHRASES,
@@ -23,6 +24,8 @@ from fastrelay.protocol.http import (
 if TYPE_CHECKING:
     from client_a.proxy import Proxy
 
+OWN_READ_SIZE = 64 * 1024
+
 
 class Sink(Protocol):
     def tcp_data(self, data: bytes) -> None: ...
@@ -32,7 +35,7 @@ class Sink(Protocol):
     def tcp_resumed_writing(self) -> None: ...
 
 
-class BrowserConnection(asyncio.Protocol):
+class BrowserConnection(asyncio.BufferedProtocol):
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.parser: RequestHeadParser | None = RequestHeadParser(proxy.config.max_header_bytes)
@@ -42,9 +45,25 @@ class BrowserConnection(asyncio.Protocol):
         self.tracker: RequestBodyTracker | None = None  # plain-HTTP requests only
         self.early = b""  # bytes after the head, held until the route is open
         self.closed = False
+        # A CONNECT tunnel through the relay reads straight into its stream's
+        # buffer (zero-copy frames); everything else reads into this one.
+        self.tunnel: TunnelStream | None = None
+        self.own_buffer = memoryview(bytearray(OWN_READ_SIZE))
+        self.reading_into_tunnel = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # aiofastnet's own Transport class
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        tunnel = self.tunnel
+        self.reading_into_tunnel = tunnel is not None and self.sink is tunnel
+        return tunnel.read_buffer() if self.reading_into_tunnel else self.own_buffer  # type: ignore[union-attr]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.reading_into_tunnel:
+            self.tunnel.tcp_filled(nbytes)  # type: ignore[union-attr]
+        else:
+            self.data_received(bytes(self.own_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self.sink is not None:
@@ -75,6 +94,8 @@ class BrowserConnection(asyncio.Protocol):
     def start(self, sink: Sink) -> None:
         """The route is open: pass the held bytes on, then everything else."""
         self.sink = sink
+        if isinstance(sink, TunnelStream) and self.tracker is None:
+            self.tunnel = sink
         early, self.early = self.early, b""
         if early:
             self.forward(early)

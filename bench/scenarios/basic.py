@@ -66,7 +66,7 @@ async def setup(ctx: Context, topo: Topology) -> dict:
                 await tunnel.until_received(64, timeout=30)
                 tunnel.close()
                 latencies.append(opened_s)
-            except (OSError, asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, OSError, ConnectionError):
                 failures += 1
 
     start = time.perf_counter()

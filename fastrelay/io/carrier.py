@@ -123,6 +123,7 @@ class Carrier:
         self.paused = False
         self.connections = 0
         self.sid_cursor = 0
+        self.closing = False  # we are closing on purpose (shutdown)
 
     @property
     def ready(self) -> bool:
@@ -131,6 +132,10 @@ class Carrier:
     def send(self, frames: bytes | bytearray | memoryview) -> None:
         if self.writer is not None:
             self.writer.write(frames)
+
+    def send_external(self, buf: bytearray, offset: int) -> None:
+        if self.writer is not None:
+            self.writer.write_external(buf, offset)
 
     def forget(self, stream: TunnelStream) -> None:
         self.streams.pop(stream.sid, None)
@@ -188,6 +193,7 @@ class Carrier:
         finally:
             stopping.cancel()
             if not disconnected.done():
+                self.closing = True
                 transport.send_close(WSCloseCode.OK, b"shutting down")
                 transport.disconnect()
                 with contextlib.suppress(Exception):
@@ -218,7 +224,7 @@ class Carrier:
         for stream in list(self.streams.values()):
             stream.remote_error("relay connection lost")
         self.streams.clear()
-        if was_ready:
+        if was_ready and not self.closing:
             log.warning("lost the relay connection %s", self.url)
 
     def set_paused(self, paused: bool) -> None:

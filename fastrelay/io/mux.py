@@ -74,6 +74,16 @@ class MuxWriter:
         elif was_empty:
             self.scheduler.mark(self)
 
+    def write_external(self, buf: bytearray, offset: int) -> None:
+        """Send `buf[offset:]`, one complete mux frame, as its own message with
+        picows writing the WebSocket header into `buf[:offset]` (no copy)."""
+        if self.closed:
+            return
+        if self.pending:
+            self.flush()
+        self.messages += 1
+        self.transport.send_reuse_external_bytearray(_BINARY, buf, offset)
+
     def flush(self) -> None:
         pending = self.pending
         if not pending or self.closed:

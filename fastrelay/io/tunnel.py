@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING
 
 from fastrelay.protocol.errors import StreamError
 from fastrelay.protocol.flow import RecvWindow, SendWindow
-from fastrelay.protocol.frames import HEADER, FrameType, encode_frame, encode_window_update
+from fastrelay.protocol.frames import (
+    HEADER,
+    HEADER_SIZE,
+    FrameType,
+    encode_frame,
+    encode_window_update,
+)
 from fastrelay.protocol.messages import TunnelError
 from fastrelay.protocol.state import ACCEPTS_DATA_DOWN, ACCEPTS_DATA_UP, Event, State, StreamState
 
@@ -30,6 +36,9 @@ if TYPE_CHECKING:
 
 TCP_LOW_WATER = 64 * 1024
 READ_CHUNK_LIMIT = 256 * 1024  # largest TUNNEL_DATA payload sent in one frame
+READ_SIZE = READ_CHUNK_LIMIT  # one TCP read, one frame
+WS_HEADROOM = 14  # the longest WebSocket frame header picows writes in front
+READ_HEADROOM = WS_HEADROOM + HEADER_SIZE
 _DATA = int(FrameType.TUNNEL_DATA)
 _pack = HEADER.pack
 
@@ -85,6 +94,8 @@ class TunnelStream:
         self.tcp_write_paused = False
         self.bytes_out = 0
         self.bytes_in = 0
+        self.read_buf: bytearray | None = None
+        self.read_view: memoryview | None = None
         self.stats = carrier.stats
 
     # --- becoming a tunnel ---
@@ -103,6 +114,32 @@ class TunnelStream:
         self._unpause(PAUSED_OPENING)
 
     # --- TCP -> mux ---
+
+    def read_buffer(self) -> memoryview:
+        """Where the next TCP read lands (BufferedProtocol): behind room for
+        picows' WebSocket header and our mux header, so a full read goes out
+        as one frame from this very buffer, with no copy (`tcp_filled`)."""
+        view = self.read_view
+        if view is None:
+            self.read_buf = bytearray(READ_HEADROOM + READ_SIZE)
+            view = self.read_view = memoryview(self.read_buf)[READ_HEADROOM:]
+        return view
+
+    def tcp_filled(self, n: int) -> None:
+        """`n` bytes arrived in `read_buffer()`."""
+        if self.state.state not in self.side.accepts_out:
+            return  # the stream ended while this read was in flight
+        if n == READ_SIZE and self.backlog is None and self.send_window.available >= n:
+            buf = self.read_buf
+            HEADER.pack_into(buf, WS_HEADROOM, _DATA, 0, self.sid, n)
+            self.send_window.consume(n)
+            self.bytes_out += n
+            # picows masks the frame in place and aiofastnet copies whatever the
+            # socket does not take at once, so the buffer is free again on return.
+            self.carrier.send_external(buf, WS_HEADROOM)
+            return
+        assert self.read_view is not None
+        self.tcp_data(bytes(self.read_view[:n]))  # a short read: one small copy
 
     def tcp_data(self, data: bytes) -> None:
         if self.backlog is not None:  # only while paused; a read already in flight
@@ -262,7 +299,7 @@ class TunnelStream:
             self._unpause(PAUSED_CARRIER)
 
 
-class StreamSocket(asyncio.Protocol):
+class StreamSocket(asyncio.BufferedProtocol):
     """The TCP socket of a stream: hands every event to the stream.
 
     Reading starts paused; `TunnelStream.attach_tcp` resumes it when the
@@ -275,9 +312,13 @@ class StreamSocket(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.pause_reading()  # type: ignore[attr-defined]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        assert self.stream is not None
+        return self.stream.read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self.stream is not None:
-            self.stream.tcp_data(data)
+            self.stream.tcp_filled(nbytes)
 
     def eof_received(self) -> bool:
         if self.stream is not None:
