@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test lint unit e2e system-deps bench bench-quick clean loadtest loadtest-smoke
+.PHONY: run test lint unit e2e system-deps bench bench-quick ci clean loadtest loadtest-smoke
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "fastrelay needs Python 3.11"'
@@ -34,6 +34,19 @@ e2e: $(STAMP) system-deps
 
 system-deps:
 	@scripts/system-deps.sh
+
+## make bench: micro-benchmarks, then every end-to-end scenario at full size (results in bench/results/)
+bench: $(STAMP)
+	$(BIN)/pytest -q bench/micro --benchmark-only --benchmark-columns=median,iqr,ops
+	$(BIN)/python -m bench
+
+## make bench-quick: the same instruments at small sizes, so CI knows they keep working
+bench-quick: $(STAMP)
+	$(BIN)/pytest -q bench/micro --benchmark-disable
+	$(BIN)/python -m bench --quick
+
+## make ci: what .ci/run runs
+ci: bench-quick loadtest-smoke test
 
 ## make loadtest: Locust against a fresh loopback chain (50 users, 60 s); reports in loadtest/results/
 loadtest: $(STAMP)

@@ -53,7 +53,7 @@ def progress(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-async def run(names: list[str], quick: bool, out: Path) -> dict:
+async def run(names: list[str], quick: bool, out: Path, endpoint_args: list[str]) -> dict:
     sizes = QUICK_SIZES if quick else FULL_SIZES
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ async def run(names: list[str], quick: bool, out: Path) -> dict:
         topologies["direct"] = direct(port)
         topologies["forwarder"] = forwarder(port, log_dir)
         topologies["connect_proxy"] = connect_proxy(log_dir)
-        topologies["fastrelay"] = chain(log_dir)
+        topologies["fastrelay"] = chain(log_dir, tuple(endpoint_args))
         ctx = Context(port, sizes, log_dir)
         for index, name in enumerate(names, 1):
             scenario, applies_to = PLAN[name]
@@ -121,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (CI)")
     parser.add_argument("--only", nargs="+", choices=list(PLAN), help="scenarios to run")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/<ts>)")
+    parser.add_argument("--window", help="per-stream window for client_a and the agent")
     args = parser.parse_args(argv)
     raise_fd_limit()
     out = args.out or Path("bench/results") / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     env = environment(argv)
     progress(f"writing {out}; load average {' '.join(env['loadavg_at_start'])}")
-    data = uvloop.run(run(args.only or list(PLAN), args.quick, out))
+    endpoint_args = ["--window", args.window] if args.window else []
+    data = uvloop.run(run(args.only or list(PLAN), args.quick, out, endpoint_args))
     data["environment"] = env
     (out / "results.json").write_text(json.dumps(data, indent=1))
     summary = report.write(data, out)

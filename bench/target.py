@@ -32,6 +32,7 @@ class TargetProtocol(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
         self.transport = transport
+        transport.set_write_buffer_limits(high=1 << 20, low=1 << 18)  # uvloop's low is 16 B
 
     def data_received(self, data: bytes) -> None:
         if not self.mode:

@@ -127,8 +127,10 @@ def connect_proxy(log_dir: Path) -> Topology:
     return Topology("connect_proxy", _addr(proc.ready["listen"]), True, [proc])
 
 
-def chain(log_dir: Path, extra_client: tuple[str, ...] = ()) -> Topology:
-    """client_a -> relay -> agent, with the target's address on the filter list."""
+def chain(log_dir: Path, extra: tuple[str, ...] = ()) -> Topology:
+    """client_a -> relay -> agent, with the target's address on the filter list.
+
+    `extra` options go to both client_a and the agent (say, --window 4MiB)."""
     client_token, agent_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     rules = Path(tempfile.mkdtemp(prefix="fastrelay-bench-")) / "rules.txt"
     rules.write_text(f"{TARGET_HOST}/32\n")
@@ -162,6 +164,7 @@ def chain(log_dir: Path, extra_client: tuple[str, ...] = ()) -> Topology:
             f"{TARGET_HOST}/32",
             "--log-level",
             "warning",
+            *extra,
         ],
         {"FASTRELAY_TOKEN": agent_token},
         log_dir / "agent.log",
@@ -181,7 +184,7 @@ def chain(log_dir: Path, extra_client: tuple[str, ...] = ()) -> Topology:
             str(rules),
             "--log-level",
             "warning",
-            *extra_client,
+            *extra,
         ],
         {"FASTRELAY_TOKEN": client_token},
         log_dir / "client_a.log",

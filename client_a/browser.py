@@ -24,7 +24,9 @@ from fastrelay.protocol.http import (
 if TYPE_CHECKING:
     from client_a.proxy import Proxy
 
-OWN_READ_SIZE = 64 * 1024
+# Reads that are not zero-copy tunnel data land here and are copied out at
+# once, so one buffer serves every browser connection.
+_OWN_VIEW = memoryview(bytearray(64 * 1024))
 
 
 class Sink(Protocol):
@@ -45,10 +47,9 @@ class BrowserConnection(asyncio.BufferedProtocol):
         self.tracker: RequestBodyTracker | None = None  # plain-HTTP requests only
         self.early = b""  # bytes after the head, held until the route is open
         self.closed = False
-        # A CONNECT tunnel through the relay reads straight into its stream's
-        # buffer (zero-copy frames); everything else reads into this one.
+        # A CONNECT tunnel through the relay reads into the zero-copy buffer of
+        # fastrelay.io.tunnel; everything else into _OWN_VIEW.
         self.tunnel: TunnelStream | None = None
-        self.own_buffer = memoryview(bytearray(OWN_READ_SIZE))
         self.reading_into_tunnel = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -57,13 +58,13 @@ class BrowserConnection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         tunnel = self.tunnel
         self.reading_into_tunnel = tunnel is not None and self.sink is tunnel
-        return tunnel.read_buffer() if self.reading_into_tunnel else self.own_buffer  # type: ignore[union-attr]
+        return tunnel.read_buffer() if self.reading_into_tunnel else _OWN_VIEW  # type: ignore[union-attr]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.reading_into_tunnel:
             self.tunnel.tcp_filled(nbytes)  # type: ignore[union-attr]
         else:
-            self.data_received(bytes(self.own_buffer[:nbytes]))
+            self.data_received(bytes(_OWN_VIEW[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self.sink is not None:

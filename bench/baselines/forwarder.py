@@ -20,14 +20,19 @@ class Pipe(asyncio.Protocol):
         self.peer = peer
         self.transport: asyncio.Transport | None = None
         self.eof = False
-        self.early = b""  # bytes that arrived before the other side existed
+        self.early = bytearray()  # bytes that arrived before the other side existed
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
         self.transport = transport
+        # uvloop's default low-water mark is 16 bytes, which resumes a paused
+        # reader only after a full drain; give the baseline a fair pipeline.
+        transport.set_write_buffer_limits(high=1 << 20, low=1 << 18)
 
     def data_received(self, data: bytes) -> None:
         if self.peer is None:
+            # uvloop may deliver a read despite pause_reading() in connection_made.
             self.early += data
+            self.transport.pause_reading()  # type: ignore[union-attr]
             return
         self.peer.transport.write(data)  # type: ignore[union-attr]
 
@@ -72,8 +77,8 @@ class Inbound(Pipe):
             return
         self.peer = outbound
         if self.early:
-            outbound.transport.write(self.early)  # type: ignore[union-attr]
-            self.early = b""
+            outbound.transport.write(bytes(self.early))  # type: ignore[union-attr]
+            self.early = bytearray()
         self.transport.resume_reading()  # type: ignore[union-attr]
 
 

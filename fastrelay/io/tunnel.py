@@ -39,6 +39,11 @@ READ_CHUNK_LIMIT = 256 * 1024  # largest TUNNEL_DATA payload sent in one frame
 READ_SIZE = READ_CHUNK_LIMIT  # one TCP read, one frame
 WS_HEADROOM = 14  # the longest WebSocket frame header picows writes in front
 READ_HEADROOM = WS_HEADROOM + HEADER_SIZE
+# The process-wide read buffer (see TunnelStream.read_buffer). picows masks a
+# frame sent from it in place, and aiofastnet copies any part the socket does
+# not take at once, so it is free again when a send returns.
+_READ_BUF = bytearray(READ_HEADROOM + READ_SIZE)
+_READ_VIEW = memoryview(_READ_BUF)[READ_HEADROOM:]
 _DATA = int(FrameType.TUNNEL_DATA)
 _pack = HEADER.pack
 
@@ -94,8 +99,6 @@ class TunnelStream:
         self.tcp_write_paused = False
         self.bytes_out = 0
         self.bytes_in = 0
-        self.read_buf: bytearray | None = None
-        self.read_view: memoryview | None = None
         self.stats = carrier.stats
 
     # --- becoming a tunnel ---
@@ -118,19 +121,18 @@ class TunnelStream:
     def read_buffer(self) -> memoryview:
         """Where the next TCP read lands (BufferedProtocol): behind room for
         picows' WebSocket header and our mux header, so a full read goes out
-        as one frame from this very buffer, with no copy (`tcp_filled`)."""
-        view = self.read_view
-        if view is None:
-            self.read_buf = bytearray(READ_HEADROOM + READ_SIZE)
-            view = self.read_view = memoryview(self.read_buf)[READ_HEADROOM:]
-        return view
+        as one frame from this very buffer, with no copy (`tcp_filled`).
+
+        One buffer serves every stream of the process: a read is handled
+        completely before the next one starts, so idle tunnels hold none."""
+        return _READ_VIEW
 
     def tcp_filled(self, n: int) -> None:
         """`n` bytes arrived in `read_buffer()`."""
         if self.state.state not in self.side.accepts_out:
             return  # the stream ended while this read was in flight
         if n == READ_SIZE and self.backlog is None and self.send_window.available >= n:
-            buf = self.read_buf
+            buf = _READ_BUF
             HEADER.pack_into(buf, WS_HEADROOM, _DATA, 0, self.sid, n)
             self.send_window.consume(n)
             self.bytes_out += n
@@ -138,8 +140,7 @@ class TunnelStream:
             # socket does not take at once, so the buffer is free again on return.
             self.carrier.send_external(buf, WS_HEADROOM)
             return
-        assert self.read_view is not None
-        self.tcp_data(bytes(self.read_view[:n]))  # a short read: one small copy
+        self.tcp_data(bytes(_READ_VIEW[:n]))  # a short read: one copy
 
     def tcp_data(self, data: bytes) -> None:
         if self.backlog is not None:  # only while paused; a read already in flight

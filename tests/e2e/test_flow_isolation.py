@@ -18,10 +18,12 @@ from conftest import LISTED, Chain, Proc, Target, curl_path
 from support.procs import metric, wait_until
 from support.target import pattern_bytes, pattern_sha256
 
+from fastrelay.config import ENDPOINT_WINDOW
+
 STALLED_SIZE = 200_000_000  # far more than the memory bound below
 SIZE = 20_000_000
 PARALLEL = 9
-WINDOW = 1024 * 1024  # DEFAULT_WINDOW: what one stream may have in flight per direction
+WINDOW = ENDPOINT_WINDOW  # what one stream may have in flight per direction
 SLACK = 32 * 1024 * 1024
 MiB = 1024 * 1024
 
