@@ -81,6 +81,7 @@ class Topology:
     entry: tuple[str, int]
     uses_connect: bool
     processes: list[Process] = field(default_factory=list)
+    client_token: str = ""  # for scenarios that speak the mux protocol to the relay themselves
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
@@ -189,7 +190,9 @@ def chain(log_dir: Path, extra: tuple[str, ...] = ()) -> Topology:
         {"FASTRELAY_TOKEN": client_token},
         log_dir / "client_a.log",
     )
-    topo = Topology("fastrelay", _addr(client.ready["listen"]), True, [relay, agent, client])
+    topo = Topology(
+        "fastrelay", _addr(client.ready["listen"]), True, [relay, agent, client], client_token
+    )
     _wait_ready([agent.ready["admin"], client.ready["admin"]])
     return topo
 

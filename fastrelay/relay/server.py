@@ -39,6 +39,7 @@ log = logging.getLogger("fastrelay.relay")
 
 ROLE_PATHS = {b"/v1/client": "client", b"/v1/agent": "agent"}
 _TUNNEL_DATA = int(FrameType.TUNNEL_DATA)
+_TUNNELING = State.TUNNELING  # the common case, tested by identity before the set
 _unpack = HEADER.unpack_from
 
 
@@ -169,38 +170,70 @@ class Relay:
     # --- the hot path ---
 
     def route(self, src: Peer, message: memoryview) -> None:
-        """Handle every mux frame of one WebSocket message from `src`."""
+        """Handle every mux frame of one WebSocket message from `src`.
+
+        Consecutive TUNNEL_DATA frames bound for the same peer are forwarded as
+        one slice of the message (one write, and no copy once the run reaches
+        8 KiB): a message of 100 small frames costs about a third as much as
+        100 separate writes (bench/micro/test_forward_bench.py).
+        """
         total = len(message)
         offset = 0
         streams = src.streams
         accepts = src.accepts_data
         is_client = src.is_client
-        while offset < total:
-            if total - offset < HEADER_SIZE:
-                raise FrameError(f"truncated header: {total - offset} bytes left")
-            frame_type, _flags, sid, length = _unpack(message, offset)
-            end = offset + HEADER_SIZE + length
-            if frame_type == _TUNNEL_DATA:
-                if end > total:
-                    raise FrameError(f"truncated frame: header says {length} payload bytes")
-                stream = streams.get(sid)
-                if stream is None:
-                    self.stats.dropped_unknown_stream += 1
-                elif stream.state in accepts:
-                    src.data_bytes += length
-                    src.data_frames += 1
-                    dest = stream.agent if is_client else stream.client
-                    dest.writer.write(message[offset:end])  # type: ignore[union-attr]
+        run_dest: Peer | None = None  # the open run: message[run_start:offset] goes to run_dest
+        run_start = 0
+        data_bytes = data_frames = 0
+        try:
+            while offset < total:
+                if total - offset < HEADER_SIZE:
+                    raise FrameError(f"truncated header: {total - offset} bytes left")
+                frame_type, _flags, sid, length = _unpack(message, offset)
+                end = offset + HEADER_SIZE + length
+                if frame_type == _TUNNEL_DATA:
+                    if end > total:
+                        raise FrameError(f"truncated frame: header says {length} payload bytes")
+                    stream = streams.get(sid)
+                    state = None if stream is None else stream.state
+                    if state is _TUNNELING or state in accepts:
+                        dest = stream.agent if is_client else stream.client  # type: ignore[union-attr]
+                        if dest is not run_dest:
+                            if run_dest is not None:
+                                run_dest.writer.write(message[run_start:offset])  # type: ignore[union-attr]
+                            run_dest, run_start = dest, offset
+                        data_bytes += length
+                        data_frames += 1
+                        offset = end
+                        continue
+                    if stream is None:
+                        self.stats.dropped_unknown_stream += 1
+                    else:
+                        event = Event.DATA_UP if is_client else Event.DATA_DOWN
+                        self.stats.count_protocol_error("illegal_transition")
+                        self._abort(stream, f"{event.value} not allowed in {state.value}")  # type: ignore[union-attr]
                 else:
-                    event = Event.DATA_UP if is_client else Event.DATA_DOWN
-                    self.stats.count_protocol_error("illegal_transition")
-                    self._abort(stream, f"{event.value} not allowed in {stream.state.value}")
-            else:
-                check_header(frame_type, sid, length, total - offset - HEADER_SIZE)
-                self._control(
-                    src, frame_type, sid, message[offset + HEADER_SIZE : end], message[offset:end]
-                )
-            offset = end
+                    check_header(frame_type, sid, length, total - offset - HEADER_SIZE)
+                    if run_dest is not None:  # keep the order: data before this control frame
+                        run_dest.writer.write(message[run_start:offset])  # type: ignore[union-attr]
+                        run_dest = None
+                    self._control(
+                        src,
+                        frame_type,
+                        sid,
+                        message[offset + HEADER_SIZE : end],
+                        message[offset:end],
+                    )
+                if run_dest is not None:  # a dropped frame ends the run
+                    run_dest.writer.write(message[run_start:offset])  # type: ignore[union-attr]
+                    run_dest = None
+                offset = end
+        finally:
+            # Frames before a malformed one were valid and are passed on.
+            if run_dest is not None:
+                run_dest.writer.write(message[run_start:offset])  # type: ignore[union-attr]
+            src.data_bytes += data_bytes
+            src.data_frames += data_frames
 
     # --- control frames ---
 
