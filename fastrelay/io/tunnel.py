@@ -139,6 +139,8 @@ class TunnelStream:
             # picows masks the frame in place and aiofastnet copies whatever the
             # socket does not take at once, so the buffer is free again on return.
             self.carrier.send_external(buf, WS_HEADROOM)
+            if self.carrier.paused:
+                self.carrier.wait_for_room(self)
             return
         self.tcp_data(bytes(_READ_VIEW[:n]))  # a short read: one copy
 
@@ -168,6 +170,8 @@ class TunnelStream:
             for start in range(0, n, READ_CHUNK_LIMIT):
                 chunk = view[start : start + READ_CHUNK_LIMIT]
                 send(_pack(_DATA, 0, sid, len(chunk)) + chunk)
+            if self.carrier.paused and not self.paused & PAUSED_CARRIER:
+                self.carrier.wait_for_room(self)
 
     def tcp_eof(self) -> None:
         self.read_eof = True

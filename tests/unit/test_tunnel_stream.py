@@ -27,6 +27,18 @@ class FakeCarrier:
         self.sent: list[bytes] = []
         self.stats = CarrierStats()
         self.forgotten: list[TunnelStream] = []
+        self.paused = False  # the WebSocket's backlog is over its high-water mark
+        self.waiting: list[TunnelStream] = []
+
+    def wait_for_room(self, stream: TunnelStream) -> None:  # as Carrier does
+        stream.carrier_paused(True)
+        self.waiting.append(stream)
+
+    def resume(self) -> None:  # Carrier.set_paused(False)
+        self.paused = False
+        waiting, self.waiting = self.waiting, []
+        for stream in waiting:
+            stream.carrier_paused(False)
 
     def send(self, frames: bytes | bytearray | memoryview) -> None:
         self.sent.append(bytes(frames))
@@ -130,6 +142,21 @@ def test_data_beyond_credit_is_held_back_until_a_grant() -> None:
     assert tcp.calls == ["pause_reading", "resume_reading"]
     assert stream.send_window.available == 1
     assert stream.bytes_out == len(payload)
+
+
+def test_a_full_websocket_pauses_a_stream_after_its_read_and_resumes_it() -> None:
+    stream, carrier, tcp = make(send_window=1 << 20)
+    stream.tcp_data(b"a" * 100)
+    assert tcp.calls == [] and carrier.waiting == []  # a free carrier pauses nobody
+    carrier.paused = True
+    stream.tcp_data(b"b" * 100)  # this read still goes out: it is within credit
+    assert data_sent(carrier.frames()) == b"a" * 100 + b"b" * 100
+    assert tcp.calls == ["pause_reading"] and carrier.waiting == [stream]
+    stream.tcp_data(b"c" * 100)  # a read that was in flight: sent, no second pause
+    assert tcp.calls == ["pause_reading"] and carrier.waiting == [stream]
+    carrier.resume()
+    assert tcp.calls == ["pause_reading", "resume_reading"]
+    assert data_sent(carrier.frames()).endswith(b"c" * 100)
 
 
 def test_tcp_eof_while_held_back_sends_fin_after_the_data() -> None:
