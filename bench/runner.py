@@ -49,8 +49,8 @@ PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
 }
 
 
-# Memory growth per tunnel is only visible in processes that have not yet grown
-# (and kept) heaps during earlier scenarios.
+# Memory growth per tunnel shows only in processes that have not grown (and
+# kept) their heaps before: a fresh chain for every repeat.
 FRESH_CHAIN = {"many_idle"}
 
 
@@ -73,14 +73,14 @@ async def run(names: list[str], quick: bool, out: Path, endpoint_args: list[str]
         ctx = Context(port, sizes, log_dir)
         for index, name in enumerate(names, 1):
             scenario, applies_to = PLAN[name]
-            if name in FRESH_CHAIN and index > 1:
-                topologies["fastrelay"].stop()
-                topologies["fastrelay"] = chain(log_dir, tuple(endpoint_args))
             results[name] = {}
             for topo_name in applies_to:
                 topo = topologies[topo_name]
                 runs = []
                 for rep in range(sizes["repeats"]):
+                    if name in FRESH_CHAIN and topo_name == "fastrelay":
+                        topo.stop()
+                        topo = topologies["fastrelay"] = chain(log_dir, tuple(endpoint_args))
                     progress(f"{index}/{len(names)} {name}: {topo_name} run {rep + 1}")
                     runs.append(await scenario(ctx, topo))
                 results[name][topo_name] = {"runs": runs, "median": _median(runs)}
