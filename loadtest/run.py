@@ -17,19 +17,15 @@ import csv
 import json
 import os
 import re
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from fastrelay.demo import wait_ready
-from fastrelay.lifecycle import spawn_ready
+from bench import topology
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_HOST = "127.0.0.2"
 STOP_TIMEOUT = 10  # seconds Locust lets running tasks finish after --run-time
 
 
@@ -42,58 +38,6 @@ def parse_timespan(text: str) -> int:
     return h * 3600 + m * 60 + s
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a live process, from /proc (Linux only)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Chain:
-    """The target, relay, agent and client_a processes, each logging to OUT/logs/NAME.log."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.logs: dict[str, Path] = {}
-        self._files: list = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> dict:
-        path = self.log_dir / f"{name}.log"
-        log = open(path, "wb")  # noqa: SIM115 - closed in stop()
-        self._files.append(log)
-        self.logs[name] = path
-        try:
-            proc, ready = spawn_ready(argv, env, stderr=log, timeout=20.0)
-        except RuntimeError:
-            raise SystemExit(f"loadtest: {name} did not start; its log:\n{tail(path)}") from None
-        self.procs[name] = proc
-        return ready
-
-    def dead(self) -> list[str]:
-        return [name for name, proc in self.procs.items() if proc.poll() is not None]
-
-    def stop(self) -> None:
-        """Newest first, each gone before the next one is told (client_a and the agent
-        leave before the relay, so their logs show no lost-relay warnings)."""
-        for name, proc in reversed(self.procs.items()):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    print(f"loadtest: {name} ignored SIGTERM for 10 s, killing it", file=sys.stderr)
-                    proc.kill()
-                    proc.wait(5)
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
-        for log in self._files:
-            log.close()
-
-
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -101,69 +45,19 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def start_chain(chain: Chain, out: Path) -> tuple[str, str]:
-    """Start everything; returns (proxy address, target address)."""
-    fastrelay = [sys.executable, "-m", "fastrelay"]
-    client_token, agent_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    rules = out / "rules.txt"
-    rules.write_text(f"# the bench target goes through the relay\n{TARGET_HOST}/32\n")
-
-    ready = chain.start(
-        "target",
-        [sys.executable, "-m", "bench.target", "--bind", TARGET_HOST],
-        {"PYTHONPATH": str(ROOT)},
-    )
-    target = f"{TARGET_HOST}:{ready['ports'][TARGET_HOST]}"
-    r = chain.start(
-        "relay",
-        [*fastrelay, "relay", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
-        {"FASTRELAY_CLIENT_TOKENS": client_token, "FASTRELAY_AGENT_TOKENS": agent_token},
-    )
-    relay_url = f"ws://{r['listen']}"
-    a = chain.start(
-        "agent",
-        [
-            *fastrelay,
-            "agent",
-            "--relay",
-            relay_url,
-            "--admin",
-            "127.0.0.1:0",
-            "--allow",
-            f"{TARGET_HOST}/32",
-            "--reconnect-max",
-            "1",
-        ],
-        {"FASTRELAY_TOKEN": agent_token},
-    )
-    c = chain.start(
-        "client",
-        [
-            *fastrelay,
-            "client",
-            "--listen",
-            "127.0.0.1:0",
-            "--relay",
-            relay_url,
-            "--admin",
-            "127.0.0.1:0",
-            "--rules",
-            str(rules),
-            "--reconnect-max",
-            "1",
-        ],
-        {"FASTRELAY_TOKEN": client_token},
-    )
-    for name, admin in (("agent", a["admin"]), ("client", c["admin"])):
-        if not wait_ready(admin):
-            raise SystemExit(
-                f"loadtest: {name} did not connect to the relay; its log:\n{tail(chain.logs[name])}"
-            )
-    print(
-        f"loadtest: chain up: relay {r['listen']}, client_a {c['listen']}, target {target}",
-        flush=True,
-    )
-    return c["listen"], target
+def start_chain(log_dir: Path) -> tuple[list[topology.Process], str, str]:
+    """The bench target and a fastrelay chain (bench/topology.py) on loopback;
+    returns (processes, proxy address, target address)."""
+    target, port = topology.start_target(log_dir)
+    try:
+        chain = topology.chain(log_dir)
+    except RuntimeError as exc:
+        target.stop()
+        raise SystemExit(f"loadtest: the chain did not start ({exc}); logs in {log_dir}") from None
+    host, listen = chain.entry
+    target_addr = f"{topology.TARGET_HOST}:{port}"
+    print(f"loadtest: chain up: client_a {host}:{listen}, target {target_addr}", flush=True)
+    return [target, *chain.processes], f"{host}:{listen}", target_addr
 
 
 def run_locust(args: argparse.Namespace, out: Path, proxy: str, target: str) -> int:
@@ -288,28 +182,32 @@ def main(argv: list[str] | None = None) -> int:
     for key in [k for k in os.environ if k.startswith("FASTRELAY_")]:
         del os.environ[key]
 
-    chain = Chain(out / "logs")
+    os.environ["PYTHONPATH"] = str(ROOT)  # `python -m bench.target` from anywhere
+    log_dir = out / "logs"
+    procs: list[topology.Process] = []
     started = time.monotonic()
     cpu: dict[str, float | None] = {}
     try:
-        proxy, target = start_chain(chain, out)
-        cpu_before = {name: cpu_seconds(p.pid) for name, p in chain.procs.items()}
+        procs, proxy, target = start_chain(log_dir)
+        cpu_before = {p.name: p.cpu_seconds() for p in procs}
         locust_rc = run_locust(args, out, proxy, target)
-        for name, p in chain.procs.items():
-            now, before = cpu_seconds(p.pid), cpu_before.get(name)
-            cpu[name] = round(now - before, 2) if now is not None and before is not None else None
-        dead = chain.dead()
+        for p in procs:
+            cpu[p.name] = (
+                round(p.cpu_seconds() - cpu_before[p.name], 2) if p.popen.poll() is None else None
+            )
+        dead = [p for p in procs if p.popen.poll() is not None]
     finally:
-        chain.stop()
+        for p in reversed(procs):  # client_a and the agent leave before the relay
+            p.stop()
     wall = time.monotonic() - started
 
     problems = []
     if locust_rc:
         problems.append(f"locust exited with {locust_rc}")
-    for name in dead:
+    for p in dead:
         problems.append(
-            f"{name} died during the run (exit {chain.procs[name].returncode}); "
-            f"log tail:\n{tail(chain.logs[name])}"
+            f"{p.name} died during the run (exit {p.popen.returncode}); "
+            f"log tail:\n{tail(log_dir / f'{p.name}.log')}"
         )
     final = out / "locust_final.json"  # written by the locustfile when the run stops
     stats_csv = out / "locust_stats.csv"
