@@ -136,65 +136,74 @@ def chain(log_dir: Path, extra: tuple[str, ...] = ()) -> Topology:
     rules = Path(tempfile.mkdtemp(prefix="fastrelay-bench-")) / "rules.txt"
     rules.write_text(f"{TARGET_HOST}/32\n")
     fr = [sys.executable, "-m", "fastrelay"]
-    relay = start(
-        "relay",
-        [
-            *fr,
+    started: list[Process] = []
+    try:
+        relay = start(
             "relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--log-level",
-            "warning",
-        ],
-        {"FASTRELAY_CLIENT_TOKENS": client_token, "FASTRELAY_AGENT_TOKENS": agent_token},
-        log_dir / "relay.log",
-    )
-    url = f"ws://{relay.ready['listen']}"
-    agent = start(
-        "agent",
-        [
-            *fr,
+            [
+                *fr,
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--log-level",
+                "warning",
+            ],
+            {"FASTRELAY_CLIENT_TOKENS": client_token, "FASTRELAY_AGENT_TOKENS": agent_token},
+            log_dir / "relay.log",
+        )
+        started.append(relay)
+        url = f"ws://{relay.ready['listen']}"
+        agent = start(
             "agent",
-            "--relay",
-            url,
-            "--admin",
-            "127.0.0.1:0",
-            "--allow",
-            f"{TARGET_HOST}/32",
-            "--log-level",
-            "warning",
-            *extra,
-        ],
-        {"FASTRELAY_TOKEN": agent_token},
-        log_dir / "agent.log",
-    )
-    client = start(
-        "client_a",
-        [
-            *fr,
-            "client",
-            "--listen",
-            "127.0.0.1:0",
-            "--relay",
-            url,
-            "--admin",
-            "127.0.0.1:0",
-            "--rules",
-            str(rules),
-            "--log-level",
-            "warning",
-            *extra,
-        ],
-        {"FASTRELAY_TOKEN": client_token},
-        log_dir / "client_a.log",
-    )
-    topo = Topology(
-        "fastrelay", _addr(client.ready["listen"]), True, [relay, agent, client], client_token
-    )
-    _wait_ready([agent.ready["admin"], client.ready["admin"]])
-    return topo
+            [
+                *fr,
+                "agent",
+                "--relay",
+                url,
+                "--admin",
+                "127.0.0.1:0",
+                "--allow",
+                f"{TARGET_HOST}/32",
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            {"FASTRELAY_TOKEN": agent_token},
+            log_dir / "agent.log",
+        )
+        started.append(agent)
+        client = start(
+            "client_a",
+            [
+                *fr,
+                "client",
+                "--listen",
+                "127.0.0.1:0",
+                "--relay",
+                url,
+                "--admin",
+                "127.0.0.1:0",
+                "--rules",
+                str(rules),
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            {"FASTRELAY_TOKEN": client_token},
+            log_dir / "client_a.log",
+        )
+        started.append(client)
+        topo = Topology(
+            "fastrelay", _addr(client.ready["listen"]), True, [relay, agent, client], client_token
+        )
+        _wait_ready([agent.ready["admin"], client.ready["admin"]])
+        return topo
+    except BaseException:
+        for proc in reversed(started):  # never leave half a chain running
+            proc.stop()
+        raise
 
 
 def _wait_ready(admins: list[str], timeout: float = 15.0) -> None:
