@@ -8,6 +8,7 @@ no thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
@@ -16,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from fastrelay.metrics import render
 
 MAX_REQUEST_HEAD = 8192
+log = logging.getLogger("fastrelay.admin")
 
 
 class AdminProtocol(asyncio.Protocol):
@@ -48,7 +50,13 @@ class AdminProtocol(asyncio.Protocol):
             ok, why = self.ready()
             self.respond(200 if ok else 503, (why + "\n").encode())
         elif target == b"/metrics":
-            self.respond(200, render(self.registry), content_type=CONTENT_TYPE_LATEST)
+            try:
+                body = render(self.registry)
+            except Exception:  # a broken collector must not take the endpoint down silently
+                log.exception("rendering /metrics failed")
+                self.respond(500, b"metrics collection failed; see the log\n")
+                return
+            self.respond(200, body, content_type=CONTENT_TYPE_LATEST)
         else:
             self.respond(404, b"not found: try /healthz, /readyz or /metrics\n")
 
@@ -66,6 +74,7 @@ class AdminProtocol(asyncio.Protocol):
             404: "Not Found",
             405: "Method Not Allowed",
             431: "Request Header Fields Too Large",
+            500: "Internal Server Error",
             503: "Service Unavailable",
         }[status]
         head = (

@@ -134,6 +134,12 @@ class Carrier:
         if self.writer is not None:
             self.writer.write(frames)
 
+    def write_buffer_size(self) -> int:
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return 0
+        return int(transport.underlying_transport.get_write_buffer_size())
+
     def send_external(self, buf: bytearray, offset: int) -> None:
         if self.writer is not None:
             self.writer.write_external(buf, offset)
@@ -363,6 +369,12 @@ def carrier_metrics(stats: CarrierStats, role: str, carriers: list[Carrier]) -> 
         "1 while the relay connection is up",
         [],
         {(): sum(1 for c in carriers if c.ready)},
+    )
+    yield metrics.gauge(
+        metrics.WS_WRITE_BUFFER,
+        "Bytes queued on the relay connections, not yet taken by the kernel",
+        [],
+        {(): sum(c.write_buffer_size() for c in carriers)},
     )
     yield metrics.counter(
         metrics.RECONNECTS, "Relay redials by role", ["role"], {(role,): stats.reconnects}

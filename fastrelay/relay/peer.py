@@ -88,6 +88,11 @@ class Peer(WSListener):
         self.write_paused = False
         self.relay.backpressure.resume_feeders(self)
 
+    def write_buffer_size(self) -> int:
+        if self.transport is None or self.closed:
+            return 0
+        return int(self.transport.underlying_transport.get_write_buffer_size())
+
     def pause_reading(self) -> None:
         if self.blocked_by == 0 and self.transport is not None and not self.closed:
             self.transport.underlying_transport.pause_reading()

@@ -65,6 +65,16 @@ class RelayStats:
 
     def collect(self, relay: Relay) -> Iterable[Metric]:
         live = {"client": len(relay.clients), "agent": len(relay.agents)}
+        queued = {
+            "client": sum(p.write_buffer_size() for p in relay.clients),
+            "agent": sum(p.write_buffer_size() for p in relay.agents.agents),
+        }
+        yield metrics.gauge(
+            metrics.WS_WRITE_BUFFER,
+            "Bytes queued on WebSockets, not yet taken by the kernel, by the peer's role",
+            ["role"],
+            {(r,): n for r, n in queued.items()},
+        )
         yield metrics.gauge(
             metrics.CONNECTIONS,
             "Open WebSocket connections by role",
