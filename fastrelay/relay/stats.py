@@ -93,22 +93,28 @@ class RelayStats:
             ["result"],
             {(r,): n for r, n in self.results.items()},
         )
-        up = self.closed_bytes_up + sum(c.data_bytes for c in relay.clients)
-        down = self.closed_bytes_down + sum(a.data_bytes for a in relay.agents.agents)
-        yield metrics.counter(
-            metrics.STREAM_BYTES,
-            "Tunnel payload bytes forwarded",
-            ["direction"],
-            {("upstream",): up, ("downstream",): down},
-        )
-        frames_up = self.closed_frames_up + sum(c.data_frames for c in relay.clients)
-        frames_down = self.closed_frames_down + sum(a.data_frames for a in relay.agents.agents)
-        yield metrics.counter(
-            metrics.STREAM_FRAMES,
-            "TUNNEL_DATA frames forwarded",
-            ["direction"],
-            {("upstream",): frames_up, ("downstream",): frames_down},
-        )
+        # Live peers hold their own counts; closed peers' counts were folded in here.
+        for name, doc, attr, closed_up, closed_down in (
+            (
+                metrics.STREAM_BYTES,
+                "Tunnel payload bytes forwarded",
+                "data_bytes",
+                self.closed_bytes_up,
+                self.closed_bytes_down,
+            ),
+            (
+                metrics.STREAM_FRAMES,
+                "TUNNEL_DATA frames forwarded",
+                "data_frames",
+                self.closed_frames_up,
+                self.closed_frames_down,
+            ),
+        ):
+            up = closed_up + sum(getattr(c, attr) for c in relay.clients)
+            down = closed_down + sum(getattr(a, attr) for a in relay.agents.agents)
+            yield metrics.counter(
+                name, doc, ["direction"], {("upstream",): up, ("downstream",): down}
+            )
         yield metrics.counter(
             metrics.AUTH_FAILURES,
             "Rejected WebSocket upgrades by role",
