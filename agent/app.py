@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -13,10 +14,11 @@ from prometheus_client.core import Metric
 from agent.config import AgentConfig
 from agent.dialer import DIAL_RESULTS, DialFailure, dial
 from fastrelay import metrics
-from fastrelay.io.admin import start_admin
-from fastrelay.io.carrier import Carrier, CarrierStats, carrier_metrics
+from fastrelay.accesslog import AccessLog
+from fastrelay.io.admin import Readiness, start_admin
+from fastrelay.io.carrier import Carrier, CarrierStats, carrier_metrics, carrier_stream_bytes
 from fastrelay.io.tunnel import AGENT_SIDE, TunnelStream
-from fastrelay.lifecycle import announce_ready, format_address
+from fastrelay.lifecycle import announce_ready, authority, format_address
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.messages import ConnectResponse, Hello, OpenStream, TunnelError
 from fastrelay.protocol.state import Event, State
@@ -24,11 +26,19 @@ from fastrelay.protocol.state import Event, State
 log = logging.getLogger("fastrelay.agent")
 
 
+class AgentStream(TunnelStream):
+    # For the access log: the host:port asked for, and why a dial failed.
+    target = ""
+    result = ""
+
+
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, access_log: AccessLog | None = None) -> None:
         self.config = config
         self.stats = CarrierStats()
         self.dials: Counter[str] = Counter({r: 0 for r in DIAL_RESULTS})
+        self.dial_latency = metrics.Histogram()
+        self.access_log = access_log
         self.tasks: set[asyncio.Task[None]] = set()
         self.carrier = Carrier.from_config(config, "agent", self, self.stats)
 
@@ -43,13 +53,29 @@ class Agent:
             carrier.send(TunnelError(request.session_id, "stream id in use").encode(sid))
             return
         initial = State.CONNECT_REQUEST if request.kind == FrameType.CONNECT else State.REQUEST
-        stream = TunnelStream(
+        stream = AgentStream(
             carrier, sid, request.session_id, AGENT_SIDE, initial, self.config.window
         )
+        stream.target = authority(request.host, request.port)
         carrier.streams[sid] = stream
         task = asyncio.get_running_loop().create_task(self._open(stream, request))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def on_stream_end(self, carrier: Carrier, stream: TunnelStream) -> None:
+        if self.access_log is None or not isinstance(stream, AgentStream):
+            return
+        result = stream.result or ("aborted" if stream.aborted or not stream.opened_at else "ok")
+        self.access_log.write(
+            session=stream.session_id,
+            client=carrier.relay_address,
+            target=stream.target,
+            route="relay",
+            result=result,
+            bytes_up=stream.bytes_up,
+            bytes_down=stream.bytes_down,
+            duration=time.monotonic() - stream.started_at,
+        )
 
     async def _open(self, stream: TunnelStream, request: OpenStream) -> None:
         started = time.monotonic()
@@ -76,6 +102,7 @@ class Agent:
             transport.abort()
             return
         self.dials["ok"] += 1
+        self.dial_latency.observe(time.monotonic() - started)
         stream.carrier.send(
             ConnectResponse(stream.session_id, 200, window=self.config.window).encode(stream.sid)
         )
@@ -93,6 +120,8 @@ class Agent:
         self.dials[failure.reason] += 1
         if stream.state.closed:
             return
+        if isinstance(stream, AgentStream):
+            stream.result = failure.reason
         stream.carrier.send(
             ConnectResponse(
                 stream.session_id, failure.status, failure.message, reason=failure.reason
@@ -114,23 +143,49 @@ class Agent:
             [],
             {(): len(self.carrier.streams)},
         )
+        yield metrics.histogram(
+            metrics.AGENT_DIAL,
+            "DNS lookup plus TCP connect to the target, successful dials",
+            [],
+            {(): self.dial_latency},
+        )
+        up, down = carrier_stream_bytes(self.stats, [self.carrier])
+        yield metrics.counter(
+            metrics.STREAM_BYTES,
+            "Tunnel payload bytes",
+            ["direction"],
+            {("upstream",): up, ("downstream",): down},
+        )
+        yield metrics.histogram(
+            metrics.STREAM_DURATION,
+            "Lifetime of tunnels that opened, from open to close",
+            [],
+            {(): self.stats.stream_duration},
+        )
         yield from carrier_metrics(self.stats, "agent", [self.carrier])
 
 
 async def serve(config: AgentConfig, stop: asyncio.Event) -> int:
-    agent = Agent(config)
-    registry = metrics.make_registry("agent", agent.collect)
-
-    def ready() -> tuple[bool, str]:
-        return (True, "connected") if agent.carrier.ready else (False, "not connected to a relay")
-
-    admin = await start_admin(*config.admin, registry, ready)
+    access_log = None
+    if config.access_log is not None:
+        access_log = AccessLog(config.access_log, config.log_format, "agent")
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, access_log.reopen)
+    agent = Agent(config, access_log)
+    readiness = Readiness(connected=lambda: agent.carrier.ready)
+    registry = metrics.make_registry("agent", agent.collect, readiness.check)
+    admin = await start_admin(*config.admin, registry, readiness.check)
+    readiness.set("ready")
     admin_at = format_address(admin.sockets[0].getsockname())
     log.info("agent dialing %s, admin on %s", config.relay, admin_at)
     announce_ready("agent", admin=admin_at)
-    await agent.carrier.run(stop)
+    carrier = asyncio.get_running_loop().create_task(agent.carrier.run(stop))
+    await stop.wait()
+    readiness.set("draining")
+    await carrier
     for task in list(agent.tasks):
         task.cancel()
     admin.close()
+    if access_log is not None:
+        access_log.close()
     log.info("agent stopped")
     return 0

@@ -41,6 +41,7 @@ class AgentConfig:
     ping_interval: float
     log_level: str
     log_format: str
+    access_log: Path | None
 
     def __repr__(self) -> str:  # never print the token
         return f"AgentConfig(relay={self.relay!r}, admin={self.admin}, token=<hidden>)"

@@ -7,19 +7,18 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterable
 from pathlib import Path
 
 import aiofastnet
-from prometheus_client.core import Metric
 
 from client_a.browser import BrowserConnection
 from client_a.config import ClientConfig
 from client_a.proxy import Proxy
 from client_a.rules import RuleError, Rules
 from fastrelay import metrics
-from fastrelay.io.admin import start_admin
-from fastrelay.io.carrier import Carrier, CarrierStats, carrier_metrics
+from fastrelay.accesslog import AccessLog
+from fastrelay.io.admin import Readiness, start_admin
+from fastrelay.io.carrier import Carrier
 from fastrelay.lifecycle import announce_ready, format_address
 
 log = logging.getLogger("fastrelay.client")
@@ -33,8 +32,6 @@ class RulesWatcher:
         self.proxy = proxy
         self.path = path
         self.stamp = self._stamp()
-        self.reloads = 0
-        self.failures = 0
 
     def _stamp(self) -> tuple[float, int] | None:
         if self.path is None:
@@ -52,11 +49,11 @@ class RulesWatcher:
         try:
             rules = Rules.load(self.path)
         except (RuleError, OSError) as exc:
-            self.failures += 1
+            self.proxy.stats.rules_failures += 1
             log.error("rules not reloaded, keeping %d old rules: %s", len(self.proxy.rules), exc)
             return
         self.proxy.rules = rules
-        self.reloads += 1
+        self.proxy.stats.rules_reloads += 1
         log.info("rules reloaded from %s: %d patterns", self.path, len(rules))
 
     async def watch(self, stop: asyncio.Event, interval: float) -> None:
@@ -76,45 +73,28 @@ def load_rules(path: Path | None) -> Rules:
 
 async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
     loop = asyncio.get_running_loop()
-    stats = CarrierStats()
-    proxy = Proxy(config, load_rules(config.rules), stats)
-    carrier = Carrier.from_config(config, "client", proxy, stats)
+    access_log = None
+    if config.access_log is not None:
+        access_log = AccessLog(config.access_log, config.log_format, "client")
+    proxy = Proxy(config, load_rules(config.rules), access_log)
+    carrier = Carrier.from_config(config, "client", proxy, proxy.stats.carrier)
     proxy.carrier = carrier
     watcher = RulesWatcher(proxy, config.rules)
-    loop.add_signal_handler(signal.SIGHUP, watcher.reload)
 
-    def collect() -> Iterable[Metric]:
-        yield metrics.counter(
-            metrics.CLIENT_REQUESTS,
-            "Browser requests by route and result",
-            ["route", "result"],
-            {k: n for k, n in proxy.requests.items() if k[0] != "none" or n},
-        )
-        yield metrics.gauge(
-            metrics.STREAMS_ACTIVE,
-            "Relay streams open at this client_a",
-            [],
-            {(): len(carrier.streams)},
-        )
-        yield metrics.gauge(
-            metrics.PREFIX + "rules", "Patterns in the filter list", [], {(): len(proxy.rules)}
-        )
-        yield metrics.counter(
-            metrics.PREFIX + "rules_reloads",
-            "Rules reloads by result",
-            ["result"],
-            {("ok",): watcher.reloads, ("error",): watcher.failures},
-        )
-        yield from carrier_metrics(stats, "client", [carrier])
+    def on_sighup() -> None:
+        watcher.reload()
+        if access_log is not None:
+            access_log.reopen()
 
-    registry = metrics.make_registry("client", collect)
-
-    def ready() -> tuple[bool, str]:
-        return (True, "connected") if carrier.ready else (False, "not connected to a relay")
-
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    readiness = Readiness(connected=lambda: carrier.ready)
+    registry = metrics.make_registry(
+        "client", lambda: proxy.stats.collect([carrier], len(proxy.rules)), readiness.check
+    )
+    admin = await start_admin(*config.admin, registry, readiness.check)
     host, port = config.listen
     server = await aiofastnet.create_server(loop, lambda: BrowserConnection(proxy), host, port)
-    admin = await start_admin(*config.admin, registry, ready)
+    readiness.set("ready")
     listen = format_address(server.sockets[0].getsockname())
     admin_at = format_address(admin.sockets[0].getsockname())
     log.info(
@@ -128,11 +108,14 @@ async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
     watch = loop.create_task(watcher.watch(stop, config.rules_poll))
     carrier_task = loop.create_task(carrier.run(stop))
     await stop.wait()
+    readiness.set("draining")
     server.close()  # no new browser connections while the carrier winds down
     await carrier_task
     admin.close()
     watch.cancel()
     for task in list(proxy.tasks):
         task.cancel()
+    if access_log is not None:
+        access_log.close()
     log.info("client_a stopped")
     return 0

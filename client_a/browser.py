@@ -9,9 +9,11 @@ route it is (TunnelStream for the relay, DirectPipe for direct).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from fastrelay.io.tunnel import TunnelStream
+from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import (
     REASON_PHRASES,
@@ -51,6 +53,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
         # fastrelay.io.tunnel; everything else into _OWN_VIEW.
         self.tunnel: TunnelStream | None = None
         self.reading_into_tunnel = False
+        self.received_at = 0.0  # the request head was complete (for the latency histograms)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # aiofastnet's own Transport class
@@ -85,6 +88,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
         if request is None:
             return
         self.transport.pause_reading()
+        self.received_at = time.monotonic()
         self.request = request
         self.early = self.parser.rest
         if not request.is_connect:
@@ -130,6 +134,12 @@ class BrowserConnection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         if self.sink is not None:
             self.sink.tcp_resumed_writing()
+
+    def peer(self) -> str:
+        """The browser's address, for the access log."""
+        transport = self.transport
+        peer = None if transport is None else transport.get_extra_info("peername")
+        return format_address(peer) if peer else "unknown"
 
     def reply(self, status: int, reason: str) -> None:
         """Answer the browser ourselves and end the connection."""

@@ -47,6 +47,7 @@ class ClientConfig:
     ping_interval: float
     log_level: str
     log_format: str
+    access_log: Path | None
 
     def __repr__(self) -> str:  # never print the token
         return f"ClientConfig(listen={self.listen}, relay={self.relay!r}, token=<hidden>)"

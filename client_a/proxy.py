@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections import Counter
+import time
 
 import aiofastnet
 
@@ -19,32 +19,57 @@ from client_a.browser import BrowserConnection
 from client_a.config import ClientConfig
 from client_a.routes import ESTABLISHED, DirectPipe, DirectUpstream, RelayRoute
 from client_a.rules import Rules
-from fastrelay.io.carrier import Carrier, CarrierStats
+from client_a.stats import ClientStats
+from fastrelay.accesslog import AccessLog
+from fastrelay.io.carrier import Carrier
 from fastrelay.io.tunnel import TunnelStream
+from fastrelay.lifecycle import authority
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.http import ProxyRequest
 from fastrelay.protocol.messages import ConnectResponse, Hello, OpenStream, new_session_id
 
 log = logging.getLogger("fastrelay.client")
 
-ROUTES = ("relay", "direct")
 _PRIVATE_HEADERS = frozenset({"proxy-authorization", "proxy-authenticate"})
-RESULTS = ("ok", "denied", "dial_failed", "no_agent", "timeout", "bad_request", "error")
 
 
 class Proxy:
-    def __init__(self, config: ClientConfig, rules: Rules, carrier_stats: CarrierStats) -> None:
+    def __init__(
+        self, config: ClientConfig, rules: Rules, access_log: AccessLog | None = None
+    ) -> None:
         self.config = config
         self.rules = rules
-        self.requests: Counter[tuple[str, str]] = Counter(
-            {(route, result): 0 for route in ROUTES for result in RESULTS}
-        )
+        self.stats = ClientStats()
+        self.access_log = access_log
         self.tasks: set[asyncio.Task[None]] = set()
         self.carrier: Carrier | None = None
-        self.carrier_stats = carrier_stats
 
     def count(self, route: str | None, result: str) -> None:
-        self.requests[route or "none", result] += 1
+        self.stats.requests[route or "none", result] += 1
+
+    def log_access(
+        self,
+        browser: BrowserConnection,
+        route: str,
+        result: str,
+        session: str = "-",
+        bytes_up: int = 0,
+        bytes_down: int = 0,
+    ) -> None:
+        """One access-log line for a finished (or refused) browser request."""
+        if self.access_log is None or browser.request is None:
+            return
+        request = browser.request
+        self.access_log.write(
+            session=session,
+            client=browser.peer(),
+            target=authority(request.host, request.port),
+            route=route,
+            result=result,
+            bytes_up=bytes_up,
+            bytes_down=bytes_down,
+            duration=time.monotonic() - browser.received_at,
+        )
 
     def route(self, browser: BrowserConnection, request: ProxyRequest) -> None:
         if self.rules.matches(request.host):
@@ -61,6 +86,7 @@ class Proxy:
         sid = carrier.next_stream_id() if carrier is not None and carrier.ready else None
         if carrier is None or sid is None:
             self.count("relay", "no_agent")
+            self.log_access(browser, "relay", "no_agent")
             browser.reply(503, "client_a is not connected to the relay")
             return
         session_id = new_session_id()
@@ -91,6 +117,18 @@ class Proxy:
     def on_hello(self, carrier: Carrier, hello: Hello) -> None:
         pass
 
+    def on_stream_end(self, carrier: Carrier, stream: TunnelStream) -> None:
+        assert isinstance(stream, RelayRoute)
+        result = stream.result or ("aborted" if stream.aborted else "ok")
+        self.log_access(
+            stream.browser,
+            "relay",
+            result,
+            stream.session_id,
+            stream.bytes_up,
+            stream.bytes_down,
+        )
+
     def on_open(self, carrier: Carrier, sid: int, request: OpenStream) -> None:
         carrier.stats.protocol_errors["unexpected_open"] += 1
         log.warning("the relay tried to open stream %d at client_a; ignored", sid)
@@ -103,7 +141,7 @@ class Proxy:
 
     async def open_direct(self, browser: BrowserConnection, request: ProxyRequest) -> None:
         loop = asyncio.get_running_loop()
-        pipe = DirectPipe(browser, request)
+        pipe = DirectPipe(self, browser, request)
         try:
             transport, _ = await asyncio.wait_for(
                 aiofastnet.create_connection(
@@ -140,9 +178,12 @@ class Proxy:
         else:
             transport.write(request.head)
         self.count("direct", "ok")
+        pipe.opened()
         browser.start(pipe)
         browser.transport.resume_reading()
 
     def _direct_failed(self, browser: BrowserConnection, status: int, reason: str) -> None:
-        self.count("direct", "timeout" if status == 504 else "dial_failed")
+        result = "timeout" if status == 504 else "dial_failed"
+        self.count("direct", result)
+        self.log_access(browser, "direct", result)
         browser.reply(status, reason)

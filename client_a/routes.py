@@ -11,6 +11,7 @@ and end the exchange after one response.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from client_a.browser import BrowserConnection, _result_for_status
@@ -44,6 +45,8 @@ class RelayRoute(TunnelStream):
         self.request = request
         self.rewriter = None if request.is_connect else ResponseHeadRewriter()
         self.timer: asyncio.TimerHandle | None = None
+        self.result = ""  # why the open failed, for the access log
+        self.waiting_first_byte = False
 
     def answered(self, response: ConnectResponse) -> None:
         if self.timer is not None:
@@ -65,6 +68,8 @@ class RelayRoute(TunnelStream):
         if not self.request.is_connect:
             self.tcp_data(self.request.head)
         self.proxy.count("relay", "ok")
+        self.proxy.stats.connect_latency["relay"].observe(time.monotonic() - browser.received_at)
+        self.waiting_first_byte = True
         browser.start(self)
 
     def expire(self) -> None:
@@ -76,9 +81,10 @@ class RelayRoute(TunnelStream):
 
     def fail_open(self, status: int, reason: str, event: Event = Event.ABORT) -> None:
         self.state.apply(event)
+        self.result = _result_for_status(status)
         self.carrier.forget(self)
         self.tcp = None
-        self.proxy.count("relay", _result_for_status(status))
+        self.proxy.count("relay", self.result)
         self.browser.reply(status, reason)
 
     def remote_error(self, reason: str) -> None:
@@ -90,6 +96,9 @@ class RelayRoute(TunnelStream):
         super().remote_error(reason)
 
     def write_tcp(self, tcp: asyncio.Transport, payload: memoryview) -> None:
+        if self.waiting_first_byte:
+            self.waiting_first_byte = False
+            self.proxy.stats.first_byte["relay"].observe(time.monotonic() - self.opened_at)
         rewriter = self.rewriter
         if rewriter is None:
             tcp.write(payload)
@@ -114,16 +123,37 @@ class RelayRoute(TunnelStream):
 class DirectPipe:
     """Browser <-> target over plain TCP, with pause/resume and half-close."""
 
-    def __init__(self, browser: BrowserConnection, request: ProxyRequest) -> None:
+    def __init__(self, proxy: Proxy, browser: BrowserConnection, request: ProxyRequest) -> None:
+        self.proxy = proxy
+        self.stats = proxy.stats
         self.browser = browser
         self.request = request
         self.upstream: asyncio.Transport | None = None
         self.rewriter = None if request.is_connect else ResponseHeadRewriter()
         self.eof_up = self.eof_down = False
+        self.opened_at = 0.0
+        self.bytes_up = self.bytes_down = 0
+        self.aborted = False
+
+    def opened(self) -> None:
+        self.opened_at = time.monotonic()
+        self.stats.direct_open += 1
+        self.stats.connect_latency["direct"].observe(self.opened_at - self.browser.received_at)
+
+    def ended(self, exc: BaseException | None) -> None:
+        """The target socket closed: the pipe is over (every end closes it)."""
+        stats = self.stats
+        stats.direct_open -= 1
+        stats.direct_duration.observe(time.monotonic() - self.opened_at)
+        result = "aborted" if exc is not None or self.aborted else "ok"
+        self.proxy.log_access(self.browser, "direct", result, "-", self.bytes_up, self.bytes_down)
 
     # browser -> target (the Sink interface)
     def tcp_data(self, data: bytes) -> None:
         if self.upstream is not None:
+            n = len(data)
+            self.bytes_up += n
+            self.stats.direct_bytes_up += n
             self.upstream.write(data)
 
     def tcp_eof(self) -> None:
@@ -133,7 +163,8 @@ class DirectPipe:
         self._maybe_close()
 
     def tcp_lost(self, exc: BaseException | None) -> None:
-        if self.upstream is not None:
+        if self.upstream is not None and not self.upstream.is_closing():
+            self.aborted = exc is not None or not (self.eof_up and self.eof_down)
             self.upstream.abort()
 
     # After a side's EOF its reading must stay untouched: resuming a socket
@@ -148,6 +179,11 @@ class DirectPipe:
 
     # target -> browser (called by DirectUpstream)
     def upstream_data(self, data: bytes) -> None:
+        n = len(data)
+        if not self.bytes_down:
+            self.stats.first_byte["direct"].observe(time.monotonic() - self.opened_at)
+        self.bytes_down += n
+        self.stats.direct_bytes_down += n
         browser = self.browser.transport
         if browser is None or browser.is_closing():
             return
@@ -193,6 +229,8 @@ class DirectUpstream(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.pipe.opened_at:
+            self.pipe.ended(exc)
         browser = self.pipe.browser.transport
         if browser is not None and not browser.is_closing():
             if exc is None:

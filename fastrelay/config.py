@@ -114,6 +114,18 @@ def optional_file(text: str) -> Path | None:
     return existing_file(text) if text else None
 
 
+def optional_output(text: str) -> Path | None:
+    """A file to append to ('-' is stderr); its directory must exist."""
+    if not text:
+        return None
+    path = Path(text)
+    if text != "-" and not path.parent.is_dir():
+        raise ValueError(f"directory {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{text!r} is a directory")
+    return path
+
+
 def choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in allowed:
@@ -176,6 +188,9 @@ COMMON_OPTIONS = [
     Option("log_level", choice("debug", "info", "warning", "error"), "info", "log verbosity"),
     Option("log_format", choice("text", "json"), "text", "log line format"),
     Option("ping_interval", positive_float, 20.0, "WebSocket ping interval, seconds"),
+    Option(
+        "access_log", optional_output, None, "append one line per finished tunnel ('-': stderr)"
+    ),
 ]
 
 

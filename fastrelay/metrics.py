@@ -7,10 +7,16 @@ so no prometheus-client call ever runs per frame.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Info, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -37,6 +43,23 @@ RELAY_CONNECTED = PREFIX + "relay_connected"
 CLIENT_REQUESTS = PREFIX + "client_requests"
 AGENT_DIALS = PREFIX + "agent_dials"
 
+READY = PREFIX + "ready"
+STREAM_DURATION = PREFIX + "stream_duration_seconds"
+PING_RTT = PREFIX + "ws_ping_rtt_seconds"
+RELAY_OPEN = PREFIX + "relay_open_seconds"
+CLIENT_CONNECT = PREFIX + "client_connect_seconds"
+CLIENT_FIRST_BYTE = PREFIX + "client_first_byte_seconds"
+AGENT_DIAL = PREFIX + "agent_dial_seconds"
+
+# Latency buckets, 100 us to 30 s: loopback hops land in the first few,
+# a transatlantic agent or a slow DNS server in the middle, timeouts at the top.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+# Tunnel lifetimes: a one-shot HTTP request up to an hour-long download.
+DURATION_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
 STREAM_RESULTS = ("ok", "refused", "denied", "dial_failed", "no_agent", "timeout", "error")
 
 
@@ -54,6 +77,42 @@ def gauge(name: str, doc: str, labels: Iterable[str], values: Mapping[tuple, flo
     return family
 
 
+class Histogram:
+    """A histogram in plain ints: `observe` is a bisect and two adds, and the
+    Prometheus family is built only at scrape time. Observed once per stream
+    or per ping, never per frame."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, cumulative = [], 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            cumulative += n
+            out.append((repr(bound), cumulative))
+        out.append(("+Inf", self.count))
+        return out
+
+
+def histogram(
+    name: str, doc: str, labels: Iterable[str], values: Mapping[tuple, Histogram]
+) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=list(labels))
+    for label_values, hist in values.items():
+        family.add_metric(list(label_values), hist.buckets(), hist.total)
+    return family
+
+
 class ScrapeCollector(Collector):
     """Calls `collect_fn` at scrape time; it reads the program's plain ints."""
 
@@ -64,7 +123,11 @@ class ScrapeCollector(Collector):
         return self.collect_fn()
 
 
-def make_registry(program: str, collect_fn: Callable[[], Iterable[Metric]]) -> CollectorRegistry:
+def make_registry(
+    program: str,
+    collect_fn: Callable[[], Iterable[Metric]],
+    ready: Callable[[], tuple[bool, str]],
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
@@ -72,7 +135,12 @@ def make_registry(program: str, collect_fn: Callable[[], Iterable[Metric]]) -> C
     Info(PREFIX + "build", "fastrelay build", registry=registry).info(
         {"version": __version__, "program": program}
     )
-    registry.register(ScrapeCollector(collect_fn))
+
+    def collect() -> Iterable[Metric]:
+        yield gauge(READY, "1 when /readyz answers 200", [], {(): float(ready()[0])})
+        yield from collect_fn()
+
+    registry.register(ScrapeCollector(collect))
     return registry
 
 

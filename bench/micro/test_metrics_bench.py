@@ -110,7 +110,9 @@ def test_scrape_relay_registry(benchmark: Benchmark, rig: Any) -> None:
     open_streams = len(clients) * STREAMS_PER_CLIENT
     assert relay.active_streams == open_streams
 
-    registry = metrics.make_registry("relay", lambda: relay.stats.collect(relay))
+    registry = metrics.make_registry(
+        "relay", lambda: relay.stats.collect(relay), lambda: (True, "ready")
+    )
     body = benchmark(metrics.render, registry)
 
     assert isinstance(body, bytes)

@@ -20,6 +20,25 @@ MAX_REQUEST_HEAD = 8192
 log = logging.getLogger("fastrelay.admin")
 
 
+class Readiness:
+    """What /readyz answers: 503 while starting or draining, and (for the
+    programs that dial the relay) while no relay connection is up."""
+
+    def __init__(self, connected: Callable[[], bool] | None = None) -> None:
+        self.phase = "starting"
+        self.connected = connected
+
+    def set(self, phase: str) -> None:
+        self.phase = phase
+
+    def check(self) -> tuple[bool, str]:
+        if self.phase != "ready":
+            return False, self.phase
+        if self.connected is not None and not self.connected():
+            return False, "not connected to a relay"
+        return True, "ready"
+
+
 class AdminProtocol(asyncio.Protocol):
     def __init__(self, registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]]) -> None:
         self.registry = registry

@@ -14,12 +14,14 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from picows import (
+    WSAutoPingStrategy,
     WSCloseCode,
     WSError,
     WSFrame,
@@ -32,6 +34,7 @@ from prometheus_client.core import Metric
 
 from fastrelay import metrics
 from fastrelay.io.mux import FlushScheduler, MuxWriter
+from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import ProtocolError, StreamError
 from fastrelay.protocol.frames import FrameType, decode_window_increment, iter_frames
 from fastrelay.protocol.messages import ConnectResponse, GoAway, Hello, OpenStream, TunnelError
@@ -56,10 +59,22 @@ class CarrierStats:
         self.backpressure_pauses = 0
         self.reconnects = 0
         self.protocol_errors: Counter[str] = Counter()
+        self.ping_rtt = metrics.Histogram()
+        self.stream_duration = metrics.Histogram(metrics.DURATION_BUCKETS)
+        # Bytes of streams that ended; live streams are summed at scrape time.
+        self.ended_bytes_up = 0
+        self.ended_bytes_down = 0
+
+    def stream_ended(self, stream: TunnelStream) -> None:
+        self.ended_bytes_up += stream.bytes_up
+        self.ended_bytes_down += stream.bytes_down
+        if stream.opened_at:
+            self.stream_duration.observe(time.monotonic() - stream.opened_at)
 
 
 class CarrierHandler(Protocol):
     def on_hello(self, carrier: Carrier, hello: Hello) -> None: ...
+    def on_stream_end(self, carrier: Carrier, stream: TunnelStream) -> None: ...
     def on_open(self, carrier: Carrier, sid: int, request: OpenStream) -> None: ...
     def on_response(
         self, carrier: Carrier, stream: TunnelStream, resp: ConnectResponse
@@ -125,6 +140,7 @@ class Carrier:
         self.sid_cursor = 0
         self.closing = False  # we are closing on purpose (shutdown)
         self.waiting: list[TunnelStream] = []  # streams paused by a full WebSocket
+        self.relay_address = "unknown"  # the relay's socket address, for logs
 
     @property
     def ready(self) -> bool:
@@ -145,7 +161,11 @@ class Carrier:
             self.writer.write_external(buf, offset)
 
     def forget(self, stream: TunnelStream) -> None:
-        self.streams.pop(stream.sid, None)
+        """The stream ended (opened or not); it is counted here, once."""
+        if self.streams.get(stream.sid) is stream:
+            del self.streams[stream.sid]
+            self.stats.stream_ended(stream)
+            self.handler.on_stream_end(self, stream)
 
     def next_stream_id(self) -> int | None:
         """A free id in the range the relay's HELLO assigned (client_a only)."""
@@ -186,9 +206,12 @@ class Carrier:
             lambda: CarrierListener(self),
             self.url,
             ssl_context=self.ssl_context,
+            # Periodic (not idle-only) pings, so the round trip is measured
+            # under load too.
             enable_auto_ping=True,
             auto_ping_idle_timeout=self.ping_interval,
             auto_ping_reply_timeout=self.ping_interval,
+            auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY,
             max_frame_size=self.max_frame_size,
             extra_headers={"Authorization": f"Bearer {self.token}"},
             websocket_handshake_timeout=5,
@@ -219,6 +242,8 @@ class Carrier:
         )
         self.writer = MuxWriter(transport, self.scheduler)
         self.connections += 1
+        peer = transport.underlying_transport.get_extra_info("peername")
+        self.relay_address = format_address(peer) if peer else "unknown"
 
     def disconnected(self) -> None:
         was_ready = self.hello is not None
@@ -322,6 +347,19 @@ class CarrierListener(WSListener):
     def __init__(self, carrier: Carrier) -> None:
         super().__init__()
         self.carrier = carrier
+        self.ping_sent_at = 0.0
+
+    # picows' auto-ping calls these two; timing them gives the round trip.
+    # is_user_specific_pong runs for each frame only while a pong is due.
+    def send_user_specific_ping(self, transport: WSTransport) -> None:
+        self.ping_sent_at = time.monotonic()
+        transport.send_ping()
+
+    def is_user_specific_pong(self, frame: WSFrame) -> bool:
+        if frame.msg_type is not WSMsgType.PONG:
+            return False
+        self.carrier.stats.ping_rtt.observe(time.monotonic() - self.ping_sent_at)
+        return True
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.carrier.connected(transport)
@@ -373,11 +411,17 @@ def carrier_metrics(stats: CarrierStats, role: str, carriers: list[Carrier]) -> 
     yield metrics.gauge(
         metrics.WS_WRITE_BUFFER,
         "Bytes queued on the relay connections, not yet taken by the kernel",
-        [],
-        {(): sum(c.write_buffer_size() for c in carriers)},
+        ["role"],
+        {(role,): sum(c.write_buffer_size() for c in carriers)},
     )
     yield metrics.counter(
         metrics.RECONNECTS, "Relay redials by role", ["role"], {(role,): stats.reconnects}
+    )
+    yield metrics.histogram(
+        metrics.PING_RTT,
+        "WebSocket ping round-trip time to the relay",
+        ["role"],
+        {(role,): stats.ping_rtt},
     )
     yield metrics.counter(
         metrics.FRAMES_DROPPED,
@@ -403,3 +447,13 @@ def carrier_metrics(stats: CarrierStats, role: str, carriers: list[Carrier]) -> 
         ["kind"],
         {(k,): n for k, n in stats.protocol_errors.items()},
     )
+
+
+def carrier_stream_bytes(stats: CarrierStats, carriers: list[Carrier]) -> tuple[int, int]:
+    """Tunnel payload bytes (upstream, downstream), ended streams and live ones."""
+    up, down = stats.ended_bytes_up, stats.ended_bytes_down
+    for carrier in carriers:
+        for stream in carrier.streams.values():
+            up += stream.bytes_up
+            down += stream.bytes_down
+    return up, down

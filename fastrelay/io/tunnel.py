@@ -17,6 +17,7 @@ closed explicitly once both directions have ended (a transport left open after
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from fastrelay.protocol.errors import StreamError
@@ -57,7 +58,7 @@ class Side:
     """The events an endpoint sends and receives, by its place in the tunnel."""
 
     def __init__(self, upstream_sender: bool) -> None:
-        up = upstream_sender
+        up = self.upstream_sender = upstream_sender
         self.data_out = Event.DATA_UP if up else Event.DATA_DOWN
         self.fin_out = Event.FIN_UP if up else Event.FIN_DOWN
         self.fin_in = Event.FIN_DOWN if up else Event.FIN_UP
@@ -101,6 +102,17 @@ class TunnelStream:
         self.bytes_out = 0
         self.bytes_in = 0
         self.stats = carrier.stats
+        self.started_at = time.monotonic()  # the open was sent or received
+        self.opened_at = 0.0  # the open succeeded; 0 while opening or if it failed
+        self.aborted = False  # ended by TUNNEL_ERROR or a lost socket, not by FINs
+
+    @property
+    def bytes_up(self) -> int:
+        return self.bytes_out if self.side.upstream_sender else self.bytes_in
+
+    @property
+    def bytes_down(self) -> int:
+        return self.bytes_in if self.side.upstream_sender else self.bytes_out
 
     # --- becoming a tunnel ---
 
@@ -114,6 +126,7 @@ class TunnelStream:
     def opened(self, send_window: int) -> None:
         """The open succeeded: data may flow both ways."""
         self.state.apply(Event.RESPONSE_OK)
+        self.opened_at = time.monotonic()
         self.send_window.grant(send_window)
         self._unpause(PAUSED_OPENING)
 
@@ -250,6 +263,7 @@ class TunnelStream:
     def remote_error(self, reason: str) -> None:
         """TUNNEL_ERROR from the peer: drop the socket now."""
         self.state.apply(Event.ABORT)
+        self.aborted = True
         self._teardown(abort_tcp=True)
         self.on_aborted(reason)
 
@@ -259,6 +273,7 @@ class TunnelStream:
             return
         self.carrier.send(TunnelError(self.session_id, reason).encode(self.sid))
         self.state.apply(Event.ABORT)
+        self.aborted = True
         self._teardown(abort_tcp=True)
         self.on_aborted(reason)
 

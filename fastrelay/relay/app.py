@@ -1,14 +1,17 @@
-"""Wires the relay: WebSocket server, admin endpoint, shutdown with drain."""
+"""Wires the relay: admin endpoint, WebSocket server, shutdown with drain."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import uuid
 
-from picows import WSCloseCode, ws_create_server
+from picows import WSCloseCode
 
-from fastrelay.io.admin import start_admin
+from fastrelay.accesslog import AccessLog
+from fastrelay.io.admin import Readiness, start_admin
+from fastrelay.io.wsserver import create_ws_server
 from fastrelay.lifecycle import announce_ready, format_address
 from fastrelay.metrics import make_registry
 from fastrelay.relay.config import RelayConfig
@@ -20,27 +23,28 @@ DRAIN_POLL = 0.05
 
 
 async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
+    loop = asyncio.get_running_loop()
     instance_id = config.instance_id or f"relay-{uuid.uuid4().hex[:12]}"
-    relay = Relay(config, instance_id)
+    access_log = None
+    if config.access_log is not None:
+        access_log = AccessLog(config.access_log, config.log_format, "relay")
+        loop.add_signal_handler(signal.SIGHUP, access_log.reopen)
+    relay = Relay(config, instance_id, access_log)
+    readiness = Readiness()
+    registry = make_registry("relay", lambda: relay.stats.collect(relay), readiness.check)
+    # The admin port answers first, so a load balancer sees "starting", not a refused port.
+    admin = await start_admin(*config.admin, registry, readiness.check)
     tls = server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
     host, port = config.listen
-    server = await ws_create_server(
+    server = await create_ws_server(
         relay.listener_factory,
         host,
         port,
-        ssl=tls,
-        enable_auto_ping=True,
-        auto_ping_idle_timeout=config.ping_interval,
-        auto_ping_reply_timeout=config.ping_interval,
+        ssl_context=tls,
+        ping_interval=config.ping_interval,
         max_frame_size=config.max_frame_size,
-        websocket_handshake_timeout=5,
     )
-    registry = make_registry("relay", lambda: relay.stats.collect(relay))
-
-    def ready() -> tuple[bool, str]:
-        return (False, "draining") if relay.draining else (True, "ready")
-
-    admin = await start_admin(*config.admin, registry, ready)
+    readiness.set("ready")
     listen = format_address(server.sockets[0].getsockname())
     admin_at = format_address(admin.sockets[0].getsockname())
     log.info(
@@ -53,11 +57,12 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
     announce_ready("relay", listen=listen, admin=admin_at, instance=instance_id)
 
     await stop.wait()
+    readiness.set("draining")
     log.info("shutting down: no new connections, draining %d streams", relay.active_streams)
     server.close()
     relay.start_draining()
-    deadline = asyncio.get_running_loop().time() + config.drain_timeout
-    while relay.active_streams and asyncio.get_running_loop().time() < deadline:
+    deadline = loop.time() + config.drain_timeout
+    while relay.active_streams and loop.time() < deadline:
         await asyncio.sleep(DRAIN_POLL)
     for peer in [*relay.clients, *relay.agents.agents]:
         if peer.transport is not None:
@@ -65,5 +70,7 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
             peer.transport.disconnect()
     admin.close()
     await asyncio.sleep(0.05)  # let the CLOSE frames leave
+    if access_log is not None:
+        access_log.close()
     log.info("relay stopped")
     return 0

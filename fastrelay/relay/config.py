@@ -51,6 +51,7 @@ class RelayConfig:
     ping_interval: float
     log_level: str
     log_format: str
+    access_log: Path | None
 
     def __repr__(self) -> str:  # never print tokens
         return f"RelayConfig(listen={self.listen}, admin={self.admin}, tokens=<hidden>)"

@@ -7,6 +7,7 @@ send (text, fragments) closes the connection with a protocol error.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
@@ -25,10 +26,12 @@ _PING = WSMsgType.PING
 
 
 class Peer(WSListener):
-    def __init__(self, relay: Relay, role: str) -> None:
+    def __init__(self, relay: Relay, role: str, remote: str = "unknown") -> None:
         super().__init__()
         self.relay = relay
         self.role = role
+        self.remote = remote  # the socket's peer address, for logs
+        self.ping_sent_at = 0.0
         self.is_client = role == "client"
         # The data a peer may send: upstream from client_a, downstream from agents.
         self.accepts_data = ACCEPTS_DATA_UP if self.is_client else ACCEPTS_DATA_DOWN
@@ -75,6 +78,18 @@ class Peer(WSListener):
             reason = str(exc).encode()[:120]  # a close reason must fit a control frame
             self.transport.send_close(WSCloseCode(exc.close_code), reason)
             self.transport.disconnect()
+
+    # picows' auto-ping calls these two; timing them gives the round trip.
+    # is_user_specific_pong runs for each frame only while a pong is due.
+    def send_user_specific_ping(self, transport: WSTransport) -> None:
+        self.ping_sent_at = time.monotonic()
+        transport.send_ping()
+
+    def is_user_specific_pong(self, frame: WSFrame) -> bool:
+        if frame.msg_type is not _PONG:
+            return False
+        self.relay.stats.ping_rtt[self.role].observe(time.monotonic() - self.ping_sent_at)
+        return True
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closed = True

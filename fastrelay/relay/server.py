@@ -16,7 +16,9 @@ import time
 
 from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
+from fastrelay.accesslog import AccessLog
 from fastrelay.io.mux import FlushScheduler
+from fastrelay.lifecycle import authority
 from fastrelay.logs import RateLimitedLog
 from fastrelay.protocol.errors import FrameError, ProtocolError, StreamError
 from fastrelay.protocol.frames import (
@@ -44,20 +46,37 @@ _unpack = HEADER.unpack_from
 
 
 class RelayStream:
-    __slots__ = ("agent", "client", "opened_at", "session_id", "sid", "state", "timer")
+    __slots__ = (
+        "agent",
+        "bytes_down",
+        "bytes_up",
+        "client",
+        "opened_at",
+        "session_id",
+        "sid",
+        "state",
+        "target",
+        "timer",
+    )
 
-    def __init__(self, sid: int, session_id: str, client: Peer, agent: Peer, state: State) -> None:
+    def __init__(
+        self, sid: int, session_id: str, client: Peer, agent: Peer, state: State, target: str
+    ) -> None:
         self.sid = sid
         self.session_id = session_id
         self.client = client
         self.agent = agent
         self.state = state
+        self.target = target
         self.timer: asyncio.TimerHandle | None = None
         self.opened_at = time.monotonic()
+        self.bytes_up = self.bytes_down = 0  # for the access log
 
 
 class Relay:
-    def __init__(self, config: RelayConfig, instance_id: str) -> None:
+    def __init__(
+        self, config: RelayConfig, instance_id: str, access_log: AccessLog | None = None
+    ) -> None:
         self.config = config
         self.instance_id = instance_id
         self.loop = asyncio.get_running_loop()
@@ -69,6 +88,7 @@ class Relay:
         self.slots = StreamIdSlots()
         self.draining = False
         self.auth_log = RateLimitedLog(log)
+        self.access_log = access_log
         self._tokens = {
             "client": [t.encode() for t in config.client_tokens],
             "agent": [t.encode() for t in config.agent_tokens],
@@ -76,13 +96,19 @@ class Relay:
 
     # --- the WebSocket upgrade: authentication before any state exists ---
 
-    def listener_factory(self, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener | None:
+    def listener_factory(
+        self, request: WSUpgradeRequest, peer: str
+    ) -> WSUpgradeResponseWithListener | None:
         role = ROLE_PATHS.get(request.path.split(b"?", 1)[0])
         if role is None:
             return None  # picows answers 404
         if not self._authorized(role, request.headers.get("authorization")):
             self.stats.auth_failures[role] += 1
-            self.auth_log.warning("rejected WebSocket upgrade: bad or missing token", role=role)
+            fields = {"role": role, "peer": peer}
+            forwarded = request.headers.get("x-forwarded-for")
+            if forwarded:  # behind a load balancer the socket peer is the balancer
+                fields["forwarded_for"] = forwarded[:200]
+            self.auth_log.warning("rejected WebSocket upgrade: bad or missing token", **fields)
             return WSUpgradeResponseWithListener(
                 WSUpgradeResponse.create_error_response(
                     401,
@@ -99,7 +125,7 @@ class Relay:
             WSUpgradeResponse.create_101_response(
                 extra_headers={"X-Fastrelay-Instance": self.instance_id}
             ),
-            Peer(self, role),
+            Peer(self, role, peer),
         )
 
     def _authorized(self, role: str, header: str | None) -> bool:
@@ -152,7 +178,7 @@ class Relay:
         for stream in list(peer.streams.values()):
             other = stream.agent if peer.is_client else stream.client
             self._send(other, TunnelError(stream.session_id, reason).encode(stream.sid))
-            self._close(stream, "error" if stream.state in _OPENING else None)
+            self._close(stream, "error" if stream.state in _OPENING else None, aborted=True)
         self.backpressure.forget(peer)
         if peer.writer is not None:
             peer.writer.close()
@@ -202,6 +228,10 @@ class Relay:
                             if run_dest is not None:
                                 run_dest.writer.write(message[run_start:offset])  # type: ignore[union-attr]
                             run_dest, run_start = dest, offset
+                        if is_client:
+                            stream.bytes_up += length  # type: ignore[union-attr]
+                        else:
+                            stream.bytes_down += length  # type: ignore[union-attr]
                         data_bytes += length
                         data_frames += 1
                         offset = end
@@ -260,7 +290,7 @@ class Relay:
             elif frame_type == FrameType.TUNNEL_ERROR:
                 TunnelError.decode(payload)
                 self._send(stream.agent if src.is_client else stream.client, raw)
-                self._close(stream, "error" if stream.state in _OPENING else None)
+                self._close(stream, "error" if stream.state in _OPENING else None, aborted=True)
             elif frame_type == FrameType.FIN:
                 self._advance(stream, Event.FIN_UP if src.is_client else Event.FIN_DOWN, src, raw)
             elif frame_type == FrameType.WINDOW_UPDATE:
@@ -290,9 +320,19 @@ class Relay:
             why = "relay is shutting down" if self.draining else "no agent connected"
             self._send(src, ConnectResponse(request.session_id, 503, why).encode(sid))
             self.stats.results["no_agent"] += 1
+            if self.access_log is not None:
+                self.access_log.write(
+                    session=request.session_id,
+                    client=src.remote,
+                    target=authority(request.host, request.port),
+                    route="relay",
+                    result="no_agent",
+                )
             return
         state = State.CONNECT_REQUEST if kind == FrameType.CONNECT else State.REQUEST
-        stream = RelayStream(sid, request.session_id, src, agent, state)
+        stream = RelayStream(
+            sid, request.session_id, src, agent, state, authority(request.host, request.port)
+        )
         src.streams[sid] = agent.streams[sid] = stream
         stream.timer = self.loop.call_later(self.config.connect_timeout, self._expire, stream)
         self._send(agent, raw)
@@ -306,7 +346,7 @@ class Relay:
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None
-        self.stats.observe_open(time.monotonic() - stream.opened_at)
+        self.stats.open_latency.observe(time.monotonic() - stream.opened_at)
         self._send(stream.client, raw)
         if response.ok:
             self.stats.results["ok"] += 1
@@ -340,9 +380,13 @@ class Relay:
         frame = TunnelError(stream.session_id, reason).encode(stream.sid)
         self._send(stream.client, frame)
         self._send(stream.agent, frame)
-        self._close(stream, "error" if stream.state in _OPENING else None)
+        self._close(stream, "error" if stream.state in _OPENING else None, aborted=True)
 
-    def _close(self, stream: RelayStream, result: str | None) -> None:
+    def _close(self, stream: RelayStream, result: str | None, aborted: bool = False) -> None:
+        """`result` is the open's outcome if it never opened; None for a
+        tunnel that opened (its "ok" was counted then). `aborted`: it ended
+        with TUNNEL_ERROR or a lost connection, not with FINs."""
+        opened = result is None
         stream.state = State.CLOSED
         stream.client.streams.pop(stream.sid, None)
         stream.agent.streams.pop(stream.sid, None)
@@ -351,6 +395,21 @@ class Relay:
             stream.timer = None
         if result is not None:
             self.stats.results[result] += 1
+        duration = time.monotonic() - stream.opened_at
+        if opened:
+            self.stats.stream_duration.observe(duration)
+        if self.access_log is not None:
+            self.access_log.write(
+                session=stream.session_id,
+                client=stream.client.remote,
+                target=stream.target,
+                route="relay",
+                result=result or ("aborted" if aborted else "ok"),
+                bytes_up=stream.bytes_up,
+                bytes_down=stream.bytes_down,
+                duration=duration,
+                agent=stream.agent.remote,
+            )
 
     def _send(self, peer: Peer, frames: bytes | memoryview) -> None:
         if peer.writer is not None and not peer.closed:

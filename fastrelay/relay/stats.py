@@ -6,33 +6,12 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from fastrelay import metrics
 
 if TYPE_CHECKING:
     from fastrelay.relay.server import Relay
-
-# Open latency buckets, 100 us to 30 s.
-OPEN_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
 
 
 class RelayStats:
@@ -48,20 +27,12 @@ class RelayStats:
         self.closed_bytes_down = 0
         self.closed_frames_up = 0
         self.closed_frames_down = 0
-        self.open_buckets = [0] * len(OPEN_BUCKETS)
-        self.open_count = 0
-        self.open_sum = 0.0
+        self.open_latency = metrics.Histogram()
+        self.stream_duration = metrics.Histogram(metrics.DURATION_BUCKETS)
+        self.ping_rtt = {"client": metrics.Histogram(), "agent": metrics.Histogram()}
 
     def count_protocol_error(self, kind: str) -> None:
         self.protocol_errors[kind] += 1
-
-    def observe_open(self, seconds: float) -> None:
-        self.open_count += 1
-        self.open_sum += seconds
-        for i, bound in enumerate(OPEN_BUCKETS):
-            if seconds <= bound:
-                self.open_buckets[i] += 1
-                break
 
     def collect(self, relay: Relay) -> Iterable[Metric]:
         live = {"client": len(relay.clients), "agent": len(relay.agents)}
@@ -145,14 +116,21 @@ class RelayStats:
             ["role"],
             {(r,): n for r, n in self.connections_opened.items()},
         )
-        hist = HistogramMetricFamily(
-            metrics.PREFIX + "relay_open_seconds",
+        yield metrics.histogram(
+            metrics.RELAY_OPEN,
             "Open received to CONNECT_RESPONSE received, at the relay",
+            [],
+            {(): self.open_latency},
         )
-        cumulative, buckets = 0, []
-        for bound, n in zip(OPEN_BUCKETS, self.open_buckets, strict=True):
-            cumulative += n
-            buckets.append((repr(bound), cumulative))
-        buckets.append(("+Inf", self.open_count))
-        hist.add_metric([], buckets, self.open_sum)
-        yield hist
+        yield metrics.histogram(
+            metrics.STREAM_DURATION,
+            "Lifetime of tunnels that opened, from open to close",
+            [],
+            {(): self.stream_duration},
+        )
+        yield metrics.histogram(
+            metrics.PING_RTT,
+            "WebSocket ping round-trip time, by the role of the non-relay end",
+            ["role"],
+            {(r,): h for r, h in self.ping_rtt.items()},
+        )

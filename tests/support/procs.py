@@ -121,7 +121,14 @@ def scrape(admin: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def metric(admin: str, name: str, **labels: str) -> float:
-    return scrape(admin).get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of every sample of `name` whose labels include `labels`
+    (PromQL's `sum(name{labels})`): 0.0 when there is none."""
+    wanted = set(labels.items())
+    return sum(
+        value
+        for (sample, sample_labels), value in scrape(admin).items()
+        if sample == name and wanted <= set(sample_labels)
+    )
 
 
 @dataclass

@@ -206,11 +206,17 @@ def test_more_than_the_window_is_refused() -> None:
 def test_carrier_aborts_a_stream_that_overruns_its_window() -> None:
     async def main() -> None:
         stats = CarrierStats()
+        ended: list[TunnelStream] = []
+
+        class Handler:  # only the end of a stream reaches the handler here
+            def on_stream_end(self, carrier: Carrier, stream: TunnelStream) -> None:
+                ended.append(stream)
+
         carrier = Carrier(
             "ws://127.0.0.1:1",
             "client",
             "token",
-            None,  # type: ignore[arg-type]
+            Handler(),  # type: ignore[arg-type]
             ssl_context=None,
             ping_interval=20,
             max_frame_size=1 << 20,
@@ -231,6 +237,8 @@ def test_carrier_aborts_a_stream_that_overruns_its_window() -> None:
         assert tcp.calls[-1] == "abort" and tcp.written == b""
         assert stream.state.closed and SID not in carrier.streams
         assert stats.protocol_errors["flow_control"] == 1
+        assert ended == [stream]  # reported once, for the access log
+        assert stats.ended_bytes_down == 0  # the refused 4,001 bytes never counted as delivered
 
     asyncio.run(main())
 
