@@ -6,6 +6,9 @@ set -euo pipefail
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v chromium >/dev/null || need+=(chromium)
+# prometheus and promtool: tests/e2e/test_prometheus.py checks deploy/prometheus
+# and the Grafana dashboard's queries against a real Prometheus
+{ command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "installing Debian packages: ${need[*]}"
