@@ -1,8 +1,9 @@
 """One line per finished tunnel (never per frame), in logfmt or JSON.
 
 Fields: time, program, sessionId, client address, target host:port, route,
-result, bytes up and down, duration, plus program-specific extras (the
-relay adds the agent's address). Tokens and request headers never appear.
+result, bytes up and down (not at the relay, which does not count per
+tunnel), duration, plus program-specific extras (the relay adds the agent's
+address). Tokens and request headers never appear.
 SIGHUP reopens the file, so logrotate can move it away.
 """
 
@@ -56,8 +57,8 @@ class AccessLog:
         target: str,
         route: str,
         result: str,
-        bytes_up: int = 0,
-        bytes_down: int = 0,
+        bytes_up: int | None = 0,
+        bytes_down: int | None = 0,
         duration: float = 0.0,
         **extra: str,
     ) -> None:
@@ -75,6 +76,8 @@ class AccessLog:
             "duration_s": round(duration, 6),
             **extra,
         }
+        if bytes_up is None:  # the relay does not count bytes per tunnel
+            del record["bytes_up"], record["bytes_down"]
         if self.json:
             line = orjson.dumps(record).decode()
         else:
