@@ -18,9 +18,15 @@ from fastrelay.accesslog import AccessLog
 from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.io.carrier import Carrier, CarrierStats, carrier_metrics, carrier_stream_bytes
 from fastrelay.io.tunnel import AGENT_SIDE, TunnelStream
-from fastrelay.lifecycle import announce_ready, authority, format_address
+from fastrelay.lifecycle import announce_ready, format_address
 from fastrelay.protocol.frames import FrameType
-from fastrelay.protocol.messages import ConnectResponse, Hello, OpenStream, TunnelError
+from fastrelay.protocol.messages import (
+    ConnectResponse,
+    Hello,
+    OpenStream,
+    TunnelError,
+    format_authority,
+)
 from fastrelay.protocol.state import Event, State
 
 log = logging.getLogger("fastrelay.agent")
@@ -56,7 +62,7 @@ class Agent:
         stream = AgentStream(
             carrier, sid, request.session_id, AGENT_SIDE, initial, self.config.window
         )
-        stream.target = authority(request.host, request.port)
+        stream.target = format_authority(request.host, request.port)
         carrier.streams[sid] = stream
         task = asyncio.get_running_loop().create_task(self._open(stream, request))
         self.tasks.add(task)

@@ -23,10 +23,15 @@ from client_a.stats import ClientStats
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.carrier import Carrier
 from fastrelay.io.tunnel import TunnelStream
-from fastrelay.lifecycle import authority
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.http import ProxyRequest
-from fastrelay.protocol.messages import ConnectResponse, Hello, OpenStream, new_session_id
+from fastrelay.protocol.messages import (
+    ConnectResponse,
+    Hello,
+    OpenStream,
+    format_authority,
+    new_session_id,
+)
 
 log = logging.getLogger("fastrelay.client")
 
@@ -63,7 +68,7 @@ class Proxy:
         self.access_log.write(
             session=session,
             client=browser.peer(),
-            target=authority(request.host, request.port),
+            target=format_authority(request.host, request.port),
             route=route,
             result=result,
             bytes_up=bytes_up,

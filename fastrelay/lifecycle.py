@@ -33,11 +33,6 @@ def format_address(sockname: tuple) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def authority(host: str, port: int) -> str:
-    """host:port as in a CONNECT line, with IPv6 literals in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
     async def runner() -> int:
         stop = asyncio.Event()

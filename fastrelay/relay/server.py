@@ -18,7 +18,6 @@ from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeRe
 
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.mux import FlushScheduler
-from fastrelay.lifecycle import authority
 from fastrelay.logs import RateLimitedLog
 from fastrelay.protocol.errors import FrameError, ProtocolError, StreamError
 from fastrelay.protocol.frames import (
@@ -29,7 +28,14 @@ from fastrelay.protocol.frames import (
     check_header,
     decode_window_increment,
 )
-from fastrelay.protocol.messages import ConnectResponse, GoAway, Hello, OpenStream, TunnelError
+from fastrelay.protocol.messages import (
+    ConnectResponse,
+    GoAway,
+    Hello,
+    OpenStream,
+    TunnelError,
+    format_authority,
+)
 from fastrelay.protocol.state import Event, State, next_state
 from fastrelay.relay.backpressure import Backpressure
 from fastrelay.relay.config import RelayConfig
@@ -317,7 +323,7 @@ class Relay:
                 self.access_log.write(
                     session=request.session_id,
                     client=src.remote,
-                    target=authority(request.host, request.port),
+                    target=format_authority(request.host, request.port),
                     route="relay",
                     result="no_agent",
                     bytes_up=None,
@@ -326,7 +332,7 @@ class Relay:
             return
         state = State.CONNECT_REQUEST if kind == FrameType.CONNECT else State.REQUEST
         stream = RelayStream(
-            sid, request.session_id, src, agent, state, authority(request.host, request.port)
+            sid, request.session_id, src, agent, state, format_authority(request.host, request.port)
         )
         src.streams[sid] = agent.streams[sid] = stream
         stream.timer = self.loop.call_later(self.config.connect_timeout, self._expire, stream)
