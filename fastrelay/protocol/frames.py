@@ -7,7 +7,8 @@ A WebSocket binary message carries one or more mux frames back to back:
     | u8     | u8     | u32, big-endian  | u32, big-endian  | length bytes   |
     +--------+--------+------------------+------------------+----------------+
 
-The header is 10 bytes. Stream id 0 is the connection itself (HELLO, GOAWAY);
+The header is 10 bytes. Stream id 0 is the connection itself (HELLO, GOAWAY,
+MEMBERS);
 every other frame names a stream. `docs/PROTOCOL.md` has the same layout with
 byte-exact test vectors, which `tests/protocol/test_vectors.py` checks.
 
@@ -40,10 +41,11 @@ class FrameType(IntEnum):
     WINDOW_UPDATE = 0x07  # return u32 bytes of credit for the sender's direction
     HELLO = 0x08  # session start: version, instance id (JSON), stream id 0
     GOAWAY = 0x09  # the sender opens and accepts no new streams (JSON), stream id 0
+    MEMBERS = 0x0A  # the relay's live instance set, for an agent's mesh (JSON), stream id 0
 
 
 # Frames that belong to the connection rather than to a stream.
-CONNECTION_FRAMES = frozenset({FrameType.HELLO, FrameType.GOAWAY})
+CONNECTION_FRAMES = frozenset({FrameType.HELLO, FrameType.GOAWAY, FrameType.MEMBERS})
 OPEN_FRAMES = frozenset({FrameType.CONNECT, FrameType.REQUEST})
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 _CONNECTION_TYPES = frozenset(int(t) for t in CONNECTION_FRAMES)
@@ -79,7 +81,7 @@ def check_header(frame_type: int, stream_id: int, length: int, available: int) -
     if (frame_type in _CONNECTION_TYPES) != (stream_id == 0):
         raise FrameError(
             f"{FrameType(frame_type).name} frame with stream id {stream_id}"
-            " (stream id 0 is for HELLO and GOAWAY only)"
+            " (stream id 0 is for HELLO, GOAWAY and MEMBERS only)"
         )
     if frame_type == FrameType.WINDOW_UPDATE and length != 4:
         raise FrameError(f"WINDOW_UPDATE payload must be 4 bytes, got {length}")

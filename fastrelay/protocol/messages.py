@@ -21,6 +21,7 @@ from fastrelay.protocol.frames import FrameType, encode_frame
 
 PROTOCOL_VERSION = 1
 DEFAULT_WINDOW = 1024 * 1024
+MAX_MEMBERS = 1024  # relay instances in one MEMBERS frame
 
 STATUS_TEXT = {
     200: "Connection Established",
@@ -238,6 +239,33 @@ class GoAway:
     def decode(cls, payload: bytes | memoryview) -> GoAway:
         doc = _load(payload, FrameType.GOAWAY)
         return cls(error=_field(doc, "error", str, FrameType.GOAWAY, ""))
+
+
+@dataclass(frozen=True)
+class Members:
+    """The relay instances alive in a deployment, sent by a relay to its
+    agents after HELLO and again whenever the set changes. An agent keeps one
+    connection to each (the mesh), so a client_a that lands on any relay finds
+    an agent there."""
+
+    instances: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        body = {"type": "MEMBERS", "instances": sorted(self.instances)}
+        return encode_frame(FrameType.MEMBERS, 0, orjson.dumps(body))
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> Members:
+        kind = FrameType.MEMBERS
+        doc = _load(payload, kind)
+        instances = _field(doc, "instances", list, kind)
+        if not instances or not all(isinstance(i, str) and i for i in instances):
+            raise ControlMessageError("MEMBERS instances must be a non-empty list of ids")
+        if len(instances) > MAX_MEMBERS:
+            raise ControlMessageError(
+                f"MEMBERS lists {len(instances)} instances, over {MAX_MEMBERS}"
+            )
+        return cls(tuple(sorted(set(instances))))
 
 
 def format_authority(host: str, port: int) -> str:

@@ -32,6 +32,7 @@ from fastrelay.protocol.messages import (
     ConnectResponse,
     GoAway,
     Hello,
+    Members,
     OpenStream,
     TunnelError,
     format_authority,
@@ -105,8 +106,9 @@ def test_frame_type_codes_are_stable() -> None:
         "WINDOW_UPDATE": 0x07,
         "HELLO": 0x08,
         "GOAWAY": 0x09,
+        "MEMBERS": 0x0A,
     }
-    assert {FrameType.HELLO, FrameType.GOAWAY} == CONNECTION_FRAMES
+    assert {FrameType.HELLO, FrameType.GOAWAY, FrameType.MEMBERS} == CONNECTION_FRAMES
     assert {FrameType.CONNECT, FrameType.REQUEST} == OPEN_FRAMES
 
 
@@ -196,7 +198,7 @@ VALID_HEADERS = [
 ]
 BAD_HEADERS = [
     (0x00, 1, 0, 0, "unknown frame type 0x00"),
-    (0x0A, 1, 0, 0, "unknown frame type 0x0a"),
+    (0x0B, 1, 0, 0, "unknown frame type 0x0b"),
     (0x7F, 1, 0, 0, "unknown frame type 0x7f"),
     (0xFF, 0, 0, 0, "unknown frame type 0xff"),
     (FrameType.TUNNEL_DATA, 1, 3, 2, "truncated frame"),
@@ -325,6 +327,26 @@ def test_goaway_round_trip(error: str) -> None:
     assert GoAway.decode(only_frame(data)) == GoAway(error)
 
 
+@given(st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=50))
+def test_members_round_trip_sorted_and_unique(instances: list[str]) -> None:
+    data = Members(tuple(instances)).encode()
+    assert data[:6] == bytes.fromhex("0a0000000000")
+    assert Members.decode(only_frame(data)).instances == tuple(sorted(set(instances)))
+
+
+@pytest.mark.parametrize(
+    ("instances", "reason"),
+    [
+        ([], "non-empty list"),
+        (["relay-a", ""], "non-empty list"),
+        (["relay-a", 7], "non-empty list"),
+        ([f"r{i}" for i in range(1025)], "over 1024"),
+    ],
+)
+def test_members_refuses_bad_instance_lists(instances: list[Any], reason: str) -> None:
+    rejects(FrameType.MEMBERS, with_field(FrameType.MEMBERS, instances=instances), reason)
+
+
 def test_optional_fields_take_their_defaults() -> None:
     opened = OpenStream.decode(
         FrameType.CONNECT,
@@ -356,6 +378,7 @@ def _decoder(kind: FrameType) -> Any:
         FrameType.TUNNEL_ERROR: TunnelError.decode,
         FrameType.HELLO: Hello.decode,
         FrameType.GOAWAY: GoAway.decode,
+        FrameType.MEMBERS: Members.decode,
     }[kind]
 
 
@@ -365,6 +388,7 @@ CONTROL_TYPES = [
     FrameType.TUNNEL_ERROR,
     FrameType.HELLO,
     FrameType.GOAWAY,
+    FrameType.MEMBERS,
 ]
 GOOD: dict[FrameType, dict[str, Any]] = {
     FrameType.CONNECT: {
@@ -399,6 +423,7 @@ GOOD: dict[FrameType, dict[str, Any]] = {
         "streamIdCount": 10,
     },
     FrameType.GOAWAY: {"type": "GOAWAY", "error": "bye"},
+    FrameType.MEMBERS: {"type": "MEMBERS", "instances": ["relay-a", "relay-b"]},
 }
 REQUIRED = {
     FrameType.CONNECT: ["type", "sessionId", "method", "url"],
@@ -407,6 +432,7 @@ REQUIRED = {
     FrameType.TUNNEL_ERROR: ["type", "error"],
     FrameType.HELLO: ["type", "version", "instanceId"],
     FrameType.GOAWAY: ["type"],
+    FrameType.MEMBERS: ["type", "instances"],
 }
 
 

@@ -30,6 +30,7 @@ from fastrelay.protocol.messages import (
     ConnectResponse,
     GoAway,
     Hello,
+    Members,
     OpenStream,
     TunnelError,
 )
@@ -48,7 +49,7 @@ TABLE_RE = re.compile(
     r"<!-- transitions:begin -->(?P<table>.*?)<!-- transitions:end -->", re.DOTALL
 )
 
-Message = ConnectResponse | GoAway | Hello | OpenStream | TunnelError
+Message = ConnectResponse | GoAway | Hello | Members | OpenStream | TunnelError
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ def decode_payload(frame_type: FrameType, payload: memoryview) -> Message | byte
         return Hello.decode(payload)
     if frame_type is FrameType.GOAWAY:
         return GoAway.decode(payload)
+    if frame_type is FrameType.MEMBERS:
+        return Members.decode(payload)
     if frame_type is FrameType.WINDOW_UPDATE:
         return decode_window_increment(payload)
     if frame_type is FrameType.TUNNEL_DATA:
@@ -118,7 +121,7 @@ def decode_message(data: bytes, out: list[Decoded]) -> None:
 
 def encode(frame: Decoded) -> bytes:
     value = frame.value
-    if isinstance(value, Hello | GoAway):
+    if isinstance(value, Hello | GoAway | Members):
         return value.encode()
     if isinstance(value, OpenStream | ConnectResponse | TunnelError):
         return value.encode(frame.stream_id)
@@ -164,6 +167,8 @@ def expected_message(doc: dict[str, Any]) -> Message:
             stream_id_base=p["streamIdBase"],
             stream_id_count=p["streamIdCount"],
         )
+    if kind is FrameType.MEMBERS:
+        return Members(instances=tuple(p["instances"]))
     assert kind is FrameType.GOAWAY
     return GoAway(error=p["error"])
 
