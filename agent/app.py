@@ -1,4 +1,4 @@
-"""Wires the agent ("Client B"): one carrier to the relay, a dial per stream."""
+"""Wires the agent ("Client B"): a carrier to every relay (the mesh), a dial per stream."""
 
 from __future__ import annotations
 
@@ -13,16 +13,22 @@ from prometheus_client.core import Metric
 
 from agent.config import AgentConfig
 from agent.dialer import DIAL_RESULTS, DialFailure, dial
+from agent.mesh import AgentMesh
 from fastrelay import metrics
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.admin import Readiness, start_admin
-from fastrelay.io.carrier import Carrier, CarrierStats, carrier_metrics, carrier_stream_bytes
+from fastrelay.io.carrier import (
+    Carrier,
+    CarrierStats,
+    RelayLink,
+    carrier_metrics,
+    carrier_stream_bytes,
+)
 from fastrelay.io.tunnel import AGENT_SIDE, TunnelStream
 from fastrelay.lifecycle import announce_ready, format_address
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.messages import (
     ConnectResponse,
-    Hello,
     OpenStream,
     TunnelError,
     format_authority,
@@ -46,10 +52,7 @@ class Agent:
         self.dial_latency = metrics.Histogram()
         self.access_log = access_log
         self.tasks: set[asyncio.Task[None]] = set()
-        self.carrier = Carrier.from_config(config, "agent", self, self.stats)
-
-    def on_hello(self, carrier: Carrier, hello: Hello) -> None:
-        pass
+        self.mesh = AgentMesh(RelayLink.from_config(config, "agent"), self, self.stats)
 
     def on_response(self, carrier: Carrier, stream: TunnelStream, resp: ConnectResponse) -> None:
         stream.abort("agents do not accept CONNECT_RESPONSE")
@@ -147,7 +150,7 @@ class Agent:
             metrics.STREAMS_ACTIVE,
             "Streams open at this agent",
             [],
-            {(): len(self.carrier.streams)},
+            {(): sum(len(c.streams) for c in self.mesh.carriers)},
         )
         yield metrics.histogram(
             metrics.AGENT_DIAL,
@@ -155,7 +158,7 @@ class Agent:
             [],
             {(): self.dial_latency},
         )
-        up, down = carrier_stream_bytes(self.stats, [self.carrier])
+        up, down = carrier_stream_bytes(self.stats, self.mesh.carriers)
         yield metrics.counter(
             metrics.STREAM_BYTES,
             "Tunnel payload bytes",
@@ -168,7 +171,20 @@ class Agent:
             [],
             {(): self.stats.stream_duration},
         )
-        yield from carrier_metrics(self.stats, "agent", [self.carrier])
+        yield metrics.counter(
+            metrics.RELAY_DIALS,
+            "Dials of the relay URL by result (duplicate: an instance already held)",
+            ["role", "result"],
+            {("agent", r): n for r, n in self.mesh.dials.items()},
+        )
+        wanted = self.mesh.wanted()
+        yield metrics.gauge(
+            metrics.CLUSTER_MEMBERS,
+            "Relay instances the mesh wants (the live set the relays announce)",
+            [],
+            {(): len(wanted) if wanted is not None else len(self.mesh.held)},
+        )
+        yield from carrier_metrics(self.stats, "agent", self.mesh.carriers)
 
 
 async def serve(config: AgentConfig, stop: asyncio.Event) -> int:
@@ -177,17 +193,17 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> int:
         access_log = AccessLog(config.access_log, config.log_format, "agent")
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, access_log.reopen)
     agent = Agent(config, access_log)
-    readiness = Readiness(connected=lambda: agent.carrier.ready)
+    readiness = Readiness(connected=lambda: agent.mesh.ready)
     registry = metrics.make_registry("agent", agent.collect, readiness.check)
     admin = await start_admin(*config.admin, registry, readiness.check)
     readiness.set("ready")
     admin_at = format_address(admin.sockets[0].getsockname())
     log.info("agent dialing %s, admin on %s", config.relay, admin_at)
     announce_ready("agent", admin=admin_at)
-    carrier = asyncio.get_running_loop().create_task(agent.carrier.run(stop))
+    mesh = asyncio.get_running_loop().create_task(agent.mesh.run(stop))
     await stop.wait()
     readiness.set("draining")
-    await carrier
+    await mesh
     for task in list(agent.tasks):
         task.cancel()
     admin.close()

@@ -18,7 +18,8 @@ from client_a.rules import RuleError, Rules
 from fastrelay import metrics
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.admin import Readiness, start_admin
-from fastrelay.io.carrier import Carrier
+from fastrelay.io.carrier import RelayLink
+from fastrelay.io.pool import CarrierPool
 from fastrelay.lifecycle import announce_ready, format_address
 
 log = logging.getLogger("fastrelay.client")
@@ -77,8 +78,10 @@ async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
     if config.access_log is not None:
         access_log = AccessLog(config.access_log, config.log_format, "client")
     proxy = Proxy(config, load_rules(config.rules), access_log)
-    carrier = Carrier.from_config(config, "client", proxy, proxy.stats.carrier)
-    proxy.carrier = carrier
+    pool = CarrierPool(
+        RelayLink.from_config(config, "client"), proxy, proxy.stats.carrier, config.carriers
+    )
+    proxy.pool = pool
     watcher = RulesWatcher(proxy, config.rules)
 
     def on_sighup() -> None:
@@ -87,9 +90,9 @@ async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
             access_log.reopen()
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    readiness = Readiness(connected=lambda: carrier.ready)
+    readiness = Readiness(connected=lambda: bool(pool.ready))
     registry = metrics.make_registry(
-        "client", lambda: proxy.stats.collect([carrier], len(proxy.rules)), readiness.check
+        "client", lambda: proxy.stats.collect(pool, len(proxy.rules)), readiness.check
     )
     admin = await start_admin(*config.admin, registry, readiness.check)
     host, port = config.listen
@@ -106,11 +109,11 @@ async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
     )
     announce_ready("client", listen=listen, admin=admin_at)
     watch = loop.create_task(watcher.watch(stop, config.rules_poll))
-    carrier_task = loop.create_task(carrier.run(stop))
+    pool_task = loop.create_task(pool.run(stop))
     await stop.wait()
     readiness.set("draining")
     server.close()  # no new browser connections while the carrier winds down
-    await carrier_task
+    await pool_task
     admin.close()
     watch.cancel()
     for task in list(proxy.tasks):

@@ -9,6 +9,7 @@ from pathlib import Path
 from fastrelay.config import (
     Option,
     carrier_options,
+    count_in,
     host_port,
     load_options,
     load_token,
@@ -25,6 +26,7 @@ OPTIONS = [
     Option("dial_timeout", positive_float, 10.0, "seconds to connect a direct target"),
     Option("max_header_bytes", size_bytes, 64 * 1024, "largest request head accepted (431)"),
     Option("rules_poll", positive_float, 1.0, "seconds between checks of the rules file"),
+    Option("carriers", count_in(1, 64), 2, "WebSockets kept to the relay (through the balancer)"),
     *carrier_options(),
 ]
 
@@ -44,6 +46,7 @@ class ClientConfig:
     max_frame_size: int
     reconnect_max: float
     rules_poll: float
+    carriers: int
     ping_interval: float
     log_level: str
     log_format: str

@@ -22,12 +22,12 @@ from client_a.rules import Rules
 from client_a.stats import ClientStats
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.carrier import Carrier
+from fastrelay.io.pool import CarrierPool
 from fastrelay.io.tunnel import TunnelStream
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.http import ProxyRequest
 from fastrelay.protocol.messages import (
     ConnectResponse,
-    Hello,
     OpenStream,
     format_authority,
     new_session_id,
@@ -47,7 +47,7 @@ class Proxy:
         self.stats = ClientStats()
         self.access_log = access_log
         self.tasks: set[asyncio.Task[None]] = set()
-        self.carrier: Carrier | None = None
+        self.pool: CarrierPool | None = None
 
     def count(self, route: str | None, result: str) -> None:
         self.stats.requests[route or "none", result] += 1
@@ -86,17 +86,50 @@ class Proxy:
 
     # --- through the relay ---
 
-    def open_relay(self, browser: BrowserConnection, request: ProxyRequest) -> None:
-        carrier = self.carrier
-        sid = carrier.next_stream_id() if carrier is not None and carrier.ready else None
-        if carrier is None or sid is None:
+    def open_relay(
+        self, browser: BrowserConnection, request: ProxyRequest, retry_of: RelayRoute | None = None
+    ) -> None:
+        """Open on the least-busy ready carrier (another relay than `retry_of`'s
+        if there is one); with none ready, wait for one up to --open-timeout."""
+        pool = self.pool
+        carrier = None if pool is None else pool.pick(avoid=retry_of and retry_of.carrier)
+        if carrier is not None and self._open_on(carrier, browser, request, retry_of):
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._open_when_ready(browser, request, retry_of)
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _open_when_ready(
+        self, browser: BrowserConnection, request: ProxyRequest, retry_of: RelayRoute | None
+    ) -> None:
+        pool = self.pool
+        avoid = retry_of.carrier if retry_of is not None else None
+        carrier = None
+        if pool is not None:
+            carrier = await pool.wait_pick(self.config.open_timeout, avoid)
+        if browser.closed:
+            return
+        if carrier is None or not self._open_on(carrier, browser, request, retry_of):
             self.count("relay", "no_agent")
             self.log_access(browser, "relay", "no_agent")
             browser.reply(503, "client_a is not connected to the relay")
-            return
-        session_id = new_session_id()
+
+    def _open_on(
+        self,
+        carrier: Carrier,
+        browser: BrowserConnection,
+        request: ProxyRequest,
+        retry_of: RelayRoute | None,
+    ) -> bool:
+        sid = carrier.next_stream_id()
+        if sid is None or browser.transport is None:
+            return False
+        session_id = retry_of.session_id if retry_of is not None else new_session_id()
         kind = FrameType.CONNECT if request.is_connect else FrameType.REQUEST
         stream = RelayRoute(self, browser, carrier, sid, session_id, request)
+        stream.retried = retry_of is not None
         carrier.streams[sid] = stream
         # Proxy credentials are for client_a only and must not travel on.
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _PRIVATE_HEADERS}
@@ -112,18 +145,17 @@ class Proxy:
                 self.config.window,
             ).encode(sid)
         )
-        assert browser.transport is not None
         stream.attach_tcp(browser.transport)
         stream.timer = asyncio.get_running_loop().call_later(
             self.config.open_timeout, stream.expire
         )
+        return True
 
     # carrier callbacks
-    def on_hello(self, carrier: Carrier, hello: Hello) -> None:
-        pass
-
     def on_stream_end(self, carrier: Carrier, stream: TunnelStream) -> None:
         assert isinstance(stream, RelayRoute)
+        if stream.result == "retried":  # the retry's own line follows
+            return
         result = stream.result or ("aborted" if stream.aborted else "ok")
         self.log_access(
             stream.browser,

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from fastrelay.io.carrier import Carrier
 
 ESTABLISHED = render_response(200, "Connection Established")
+# CONNECT_RESPONSE 503 reasons that another relay may not share.
+RETRYABLE = frozenset({"no_agent", "draining"})
 
 
 class RelayRoute(TunnelStream):
@@ -46,6 +48,7 @@ class RelayRoute(TunnelStream):
         self.rewriter = None if request.is_connect else ResponseHeadRewriter()
         self.timer: asyncio.TimerHandle | None = None
         self.result = ""  # why the open failed, for the access log
+        self.retried = False  # this is the one retry after a retryable 503
         self.waiting_first_byte = False
 
     def answered(self, response: ConnectResponse) -> None:
@@ -54,6 +57,9 @@ class RelayRoute(TunnelStream):
         if not self.state.opening:
             return
         if not response.ok:
+            if response.status_code == 503 and response.reason in RETRYABLE and not self.retried:
+                self.retry_elsewhere()
+                return
             self.fail_open(
                 response.status_code, response.error or "refused by the relay", Event.RESPONSE_FAIL
             )
@@ -71,6 +77,16 @@ class RelayRoute(TunnelStream):
         self.proxy.stats.connect_latency["relay"].observe(time.monotonic() - browser.received_at)
         self.waiting_first_byte = True
         browser.start(self)
+
+    def retry_elsewhere(self) -> None:
+        """A relay without an agent (still joining) or a draining one said 503:
+        try once more, on another relay if the pool has one."""
+        self.state.apply(Event.RESPONSE_FAIL)
+        self.result = "retried"
+        self.tcp = None  # the browser's socket moves to the new stream
+        self.carrier.forget(self)
+        self.proxy.stats.retries += 1
+        self.proxy.open_relay(self.browser, self.request, retry_of=self)
 
     def expire(self) -> None:
         self.timer = None

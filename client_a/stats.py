@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from prometheus_client.core import Metric
 
 from fastrelay import metrics
-from fastrelay.io.carrier import Carrier, CarrierStats, carrier_metrics, carrier_stream_bytes
+from fastrelay.io.carrier import CarrierStats, carrier_metrics, carrier_stream_bytes
+from fastrelay.io.pool import CarrierPool
 
 ROUTES = ("relay", "direct")
 RESULTS = ("ok", "denied", "dial_failed", "no_agent", "timeout", "bad_request", "error")
@@ -23,13 +24,15 @@ class ClientStats:
         self.connect_latency = {route: metrics.Histogram() for route in ROUTES}
         self.first_byte = {route: metrics.Histogram() for route in ROUTES}
         self.direct_duration = metrics.Histogram(metrics.DURATION_BUCKETS)
+        self.retries = 0  # opens retried on another carrier after a retryable 503
         self.direct_open = 0
         self.direct_bytes_up = 0
         self.direct_bytes_down = 0
         self.rules_reloads = 0
         self.rules_failures = 0
 
-    def collect(self, carriers: list[Carrier], rules: int) -> Iterable[Metric]:
+    def collect(self, pool: CarrierPool, rules: int) -> Iterable[Metric]:
+        carriers = pool.carriers
         yield metrics.counter(
             metrics.CLIENT_REQUESTS,
             "Browser requests by route and result",
@@ -80,5 +83,17 @@ class ClientStats:
             "Rules reloads by result",
             ["result"],
             {("ok",): self.rules_reloads, ("error",): self.rules_failures},
+        )
+        yield metrics.counter(
+            metrics.PREFIX + "client_retries",
+            "Relay opens retried on another carrier after a retryable 503",
+            [],
+            {(): self.retries},
+        )
+        yield metrics.counter(
+            metrics.RELAY_DIALS,
+            "Dials of the relay URL by result",
+            ["role", "result"],
+            {("client", r): n for r, n in pool.dials.items()},
         )
         yield from carrier_metrics(self.carrier, "client", carriers)

@@ -72,6 +72,16 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def count_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
 _SIZE_UNITS = {
     "": 1,
     "k": 1024,
@@ -101,6 +111,22 @@ def ws_url(text: str) -> str:
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"expected ws://HOST:PORT or wss://HOST:PORT, got {text!r}")
     return text.rstrip("/")
+
+
+def redis_url(text: str) -> str:
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected redis://HOST:PORT[/DB], rediss://... or unix:///PATH")
+    return text
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    if not names:
+        raise ValueError("no names given")
+    return names
 
 
 def existing_file(text: str) -> Path:

@@ -1,10 +1,11 @@
-"""The WebSocket that client_a and the agent keep to the relay.
+"""One WebSocket from client_a or the agent to a relay: a `Carrier`.
 
-A `Carrier` dials the relay, authenticates with a bearer token, and redials
-with exponential backoff and full jitter when the connection drops (the
-backoff resets once a connection has stayed up for `STABLE_AFTER` seconds).
-Incoming mux frames are dispatched to the program's streams; every stream on
-a lost carrier is ended at once.
+A Carrier lives exactly as long as its connection: `open()` dials the relay,
+authenticates with a bearer token and waits for HELLO; when the connection
+ends, every stream on it is ended at once and `done` resolves. Who dials
+again, when and how many lives at once is the owner's business: client_a's
+`CarrierPool` (fastrelay/io/pool.py) and the agent's mesh (agent/mesh.py),
+both pacing their dials with `Backoff` (exponential, full jitter).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from picows import (
     WSAutoPingStrategy,
     WSCloseCode,
-    WSError,
     WSFrame,
     WSListener,
     WSMsgType,
@@ -37,7 +38,14 @@ from fastrelay.io.mux import FlushScheduler, MuxWriter
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import ProtocolError, StreamError
 from fastrelay.protocol.frames import FrameType, decode_window_increment, iter_frames
-from fastrelay.protocol.messages import ConnectResponse, GoAway, Hello, OpenStream, TunnelError
+from fastrelay.protocol.messages import (
+    ConnectResponse,
+    GoAway,
+    Hello,
+    Members,
+    OpenStream,
+    TunnelError,
+)
 from fastrelay.tls import client_context
 
 if TYPE_CHECKING:
@@ -45,9 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastrelay.carrier")
 
-BACKOFF_INITIAL = 0.1
 WS_BUFFER_HIGH = 2 * 1024 * 1024
-STABLE_AFTER = 10.0
+HELLO_TIMEOUT = 5.0  # after the upgrade, the relay's HELLO must come this soon
 _DATA = int(FrameType.TUNNEL_DATA)
 _BINARY = WSMsgType.BINARY
 
@@ -73,12 +80,21 @@ class CarrierStats:
 
 
 class CarrierHandler(Protocol):
-    def on_hello(self, carrier: Carrier, hello: Hello) -> None: ...
+    """The program's side of the streams (client_a's Proxy, the Agent)."""
+
     def on_stream_end(self, carrier: Carrier, stream: TunnelStream) -> None: ...
     def on_open(self, carrier: Carrier, sid: int, request: OpenStream) -> None: ...
     def on_response(
         self, carrier: Carrier, stream: TunnelStream, resp: ConnectResponse
     ) -> None: ...
+
+
+class CarrierOwner(Protocol):
+    """Whoever keeps the carriers (the pool or the mesh): connection events."""
+
+    def carrier_goaway(self, carrier: Carrier) -> None: ...
+    def carrier_members(self, carrier: Carrier, members: Members) -> None: ...
+    def carrier_lost(self, carrier: Carrier) -> None: ...
 
 
 class CarrierSettings(Protocol):
@@ -90,61 +106,124 @@ class CarrierSettings(Protocol):
     reconnect_max: float
 
 
-class Carrier:
+@dataclass(frozen=True)
+class RelayLink:
+    """How to reach the relay: the same for every carrier of a program."""
+
+    url: str  # ws(s)://host:port/v1/<role>
+    role: str
+    token: str
+    ssl_context: ssl.SSLContext | None
+    ping_interval: float
+    max_frame_size: int
+    reconnect_max: float
+
     @classmethod
-    def from_config(
-        cls, config: CarrierSettings, role: str, handler: CarrierHandler, stats: CarrierStats
-    ) -> Carrier:
+    def from_config(cls, config: CarrierSettings, role: str) -> RelayLink:
         tls = client_context(config.ca_file) if config.relay.startswith("wss://") else None
         return cls(
-            config.relay,
+            f"{config.relay}/v1/{role}",
             role,
             config.token,
-            handler,
-            ssl_context=tls,
-            ping_interval=config.ping_interval,
-            max_frame_size=config.max_frame_size,
-            reconnect_max=config.reconnect_max,
-            stats=stats,
+            tls,
+            config.ping_interval,
+            config.max_frame_size,
+            config.reconnect_max,
         )
 
+    def __repr__(self) -> str:  # never print the token
+        return f"RelayLink({self.url!r})"
+
+
+class Backoff:
+    """Exponential backoff with full jitter: the n-th delay is uniform in
+    [0, min(cap, initial * 2**n)], so a fleet redialling a restarted relay
+    spreads out instead of arriving in waves."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        delay = random.uniform(0, min(self.cap, self.initial * 2**self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Carrier:
     def __init__(
-        self,
-        url: str,
-        role: str,
-        token: str,
-        handler: CarrierHandler,
-        *,
-        ssl_context: ssl.SSLContext | None,
-        ping_interval: float,
-        max_frame_size: int,
-        reconnect_max: float,
-        stats: CarrierStats,
+        self, link: RelayLink, handler: CarrierHandler, owner: CarrierOwner, stats: CarrierStats
     ) -> None:
-        self.url = f"{url}/v1/{role}"
-        self.token = token
+        loop = asyncio.get_running_loop()
+        self.link = link
         self.handler = handler
-        self.ssl_context = ssl_context
-        self.ping_interval = ping_interval
-        self.max_frame_size = max_frame_size
-        self.reconnect_max = reconnect_max
+        self.owner = owner
         self.stats = stats
         self.streams: dict[int, TunnelStream] = {}
-        self.scheduler = FlushScheduler(asyncio.get_running_loop())
+        self.scheduler = FlushScheduler(loop)
         self.transport: WSTransport | None = None
         self.writer: MuxWriter | None = None
         self.hello: Hello | None = None
         self.goaway = False
+        self.leaving = False  # the owner no longer wants it: close once idle
+        self.lost = False  # the connection has ended
         self.paused = False
-        self.connections = 0
         self.sid_cursor = 0
-        self.closing = False  # we are closing on purpose (shutdown)
+        self.closing = False  # we are closing on purpose
         self.waiting: list[TunnelStream] = []  # streams paused by a full WebSocket
         self.relay_address = "unknown"  # the relay's socket address, for logs
+        self.got_hello: asyncio.Future[Hello] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
 
     @property
     def ready(self) -> bool:
-        return self.hello is not None and not self.goaway
+        """Open for new streams."""
+        return self.hello is not None and not (self.goaway or self.leaving or self.lost)
+
+    @property
+    def instance_id(self) -> str:
+        return self.hello.instance_id if self.hello is not None else ""
+
+    async def open(self) -> Hello:
+        """Dial, upgrade, and wait for HELLO. Raises OSError, WSError,
+        TimeoutError or ConnectionError (closed before HELLO)."""
+        link = self.link
+        await ws_connect(
+            lambda: CarrierListener(self),
+            link.url,
+            ssl_context=link.ssl_context,
+            # Periodic (not idle-only) pings, so the round trip is measured
+            # under load too.
+            enable_auto_ping=True,
+            auto_ping_idle_timeout=link.ping_interval,
+            auto_ping_reply_timeout=link.ping_interval,
+            auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY,
+            max_frame_size=link.max_frame_size,
+            extra_headers={"Authorization": f"Bearer {link.token}"},
+            websocket_handshake_timeout=5,
+        )
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.got_hello), HELLO_TIMEOUT)
+        except TimeoutError:
+            self.close(WSCloseCode.PROTOCOL_ERROR, b"no HELLO")
+            raise
+
+    def close(self, code: WSCloseCode = WSCloseCode.OK, reason: bytes = b"shutting down") -> None:
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        self.closing = True
+        transport.send_close(code, reason)
+        transport.disconnect()
+
+    async def aclose(self, timeout: float = 2.0) -> None:
+        self.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.done), timeout)
 
     def send(self, frames: bytes | bytearray | memoryview) -> None:
         if self.writer is not None:
@@ -166,6 +245,8 @@ class Carrier:
             del self.streams[stream.sid]
             self.stats.stream_ended(stream)
             self.handler.on_stream_end(self, stream)
+            if not self.streams and (self.goaway or self.leaving):
+                self.close(WSCloseCode.GOING_AWAY, b"drained")
 
     def next_stream_id(self) -> int | None:
         """A free id in the range the relay's HELLO assigned (client_a only)."""
@@ -180,57 +261,6 @@ class Carrier:
                 return sid
         return None
 
-    # --- the dial loop ---
-
-    async def run(self, stop: asyncio.Event) -> None:
-        attempt = 0
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            started = loop.time()
-            try:
-                await self._connect_once(stop)
-            except (TimeoutError, OSError, WSError) as exc:
-                log.warning("cannot reach relay %s: %s", self.url, _describe(exc))
-            if stop.is_set():
-                break
-            if loop.time() - started >= STABLE_AFTER:
-                attempt = 0
-            delay = random.uniform(0, min(self.reconnect_max, BACKOFF_INITIAL * 2**attempt))
-            attempt = min(attempt + 1, 30)
-            self.stats.reconnects += 1
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-
-    async def _connect_once(self, stop: asyncio.Event) -> None:
-        transport, _listener = await ws_connect(
-            lambda: CarrierListener(self),
-            self.url,
-            ssl_context=self.ssl_context,
-            # Periodic (not idle-only) pings, so the round trip is measured
-            # under load too.
-            enable_auto_ping=True,
-            auto_ping_idle_timeout=self.ping_interval,
-            auto_ping_reply_timeout=self.ping_interval,
-            auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY,
-            max_frame_size=self.max_frame_size,
-            extra_headers={"Authorization": f"Bearer {self.token}"},
-            websocket_handshake_timeout=5,
-        )
-        disconnected = asyncio.ensure_future(transport.wait_disconnected())
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not disconnected.done():
-                self.closing = True
-                transport.send_close(WSCloseCode.OK, b"shutting down")
-                transport.disconnect()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(disconnected, 2)
-            elif not disconnected.cancelled() and disconnected.exception() is not None:
-                log.warning("relay connection failed: %s", disconnected.exception())
-
     # --- events from the listener ---
 
     def connected(self, transport: WSTransport) -> None:
@@ -241,25 +271,29 @@ class Carrier:
             high=WS_BUFFER_HIGH, low=WS_BUFFER_HIGH // 4
         )
         self.writer = MuxWriter(transport, self.scheduler)
-        self.connections += 1
         peer = transport.underlying_transport.get_extra_info("peername")
         self.relay_address = format_address(peer) if peer else "unknown"
 
     def disconnected(self) -> None:
         was_ready = self.hello is not None
-        self.hello = None
-        self.goaway = False
         if self.writer is not None:
             self.writer.close()
         self.writer = None
         self.transport = None
         self.paused = False
         self.waiting = []
+        self.lost = True
         for stream in list(self.streams.values()):
             stream.remote_error("relay connection lost")
         self.streams.clear()
         if was_ready and not self.closing:
-            log.warning("lost the relay connection %s", self.url)
+            log.warning("lost the connection to relay %s (%s)", self.instance_id, self.link.url)
+        if not self.got_hello.done():
+            self.got_hello.set_exception(ConnectionError("the relay closed before HELLO"))
+            self.got_hello.exception()  # retrieved here: open() may not be waiting
+        if not self.done.done():
+            self.done.set_result(None)
+        self.owner.carrier_lost(self)
 
     def set_paused(self, paused: bool) -> None:
         """The WebSocket's backlog crossed its high (or low) water mark.
@@ -305,12 +339,19 @@ class Carrier:
     def _control(self, frame_type: int, sid: int, payload: memoryview) -> None:
         if frame_type == FrameType.HELLO:
             self.hello = Hello.decode(payload)
-            log.info("connected to relay %s (instance %s)", self.url, self.hello.instance_id)
-            self.handler.on_hello(self, self.hello)
+            log.info("connected to relay %s (%s)", self.hello.instance_id, self.link.url)
+            if not self.got_hello.done():
+                self.got_hello.set_result(self.hello)
             return
         if frame_type == FrameType.GOAWAY:
             self.goaway = True
-            log.info("relay sent GOAWAY: %s", GoAway.decode(payload).error)
+            log.info("relay %s sent GOAWAY: %s", self.instance_id, GoAway.decode(payload).error)
+            self.owner.carrier_goaway(self)
+            if not self.streams:
+                self.close(WSCloseCode.GOING_AWAY, b"drained")
+            return
+        if frame_type == FrameType.MEMBERS:
+            self.owner.carrier_members(self, Members.decode(payload))
             return
         if frame_type in (FrameType.CONNECT, FrameType.REQUEST):
             self.handler.on_open(self, sid, OpenStream.decode(FrameType(frame_type), payload))
@@ -390,7 +431,7 @@ class CarrierListener(WSListener):
         self.carrier.set_paused(False)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_dial_error(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     if response is not None and getattr(response, "status", None) is not None:
         status = int(response.status)

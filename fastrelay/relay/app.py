@@ -14,6 +14,7 @@ from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.io.wsserver import create_ws_server
 from fastrelay.lifecycle import announce_ready, format_address
 from fastrelay.metrics import make_registry
+from fastrelay.relay.cluster import RedisMembership, StaticMembership
 from fastrelay.relay.config import RelayConfig
 from fastrelay.relay.server import Relay
 from fastrelay.tls import server_context
@@ -30,6 +31,13 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
         access_log = AccessLog(config.access_log, config.log_format, "relay")
         loop.add_signal_handler(signal.SIGHUP, access_log.reopen)
     relay = Relay(config, instance_id, access_log)
+    if config.cluster:
+        relay.membership = RedisMembership(
+            config.cluster, config.cluster_name, instance_id, config.cluster_ttl, relay.set_members
+        )
+    else:
+        relay.membership = StaticMembership(instance_id, config.peers)
+        relay.set_members(relay.membership.members)
     readiness = Readiness()
     registry = make_registry("relay", lambda: relay.stats.collect(relay), readiness.check)
     # The admin port answers first, so a load balancer sees "starting", not a refused port.
@@ -44,6 +52,7 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
         ping_interval=config.ping_interval,
         max_frame_size=config.max_frame_size,
     )
+    membership = loop.create_task(relay.membership.run(stop))
     readiness.set("ready")
     listen = format_address(server.sockets[0].getsockname())
     admin_at = format_address(admin.sockets[0].getsockname())
@@ -61,6 +70,8 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
     log.info("shutting down: no new connections, draining %d streams", relay.active_streams)
     server.close()
     relay.start_draining()
+    await relay.membership.leave()
+    await membership
     deadline = loop.time() + config.drain_timeout
     while relay.active_streams and loop.time() < deadline:
         await asyncio.sleep(DRAIN_POLL)

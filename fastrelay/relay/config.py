@@ -11,9 +11,11 @@ from fastrelay.config import (
     Option,
     host_port,
     load_options,
+    name_list,
     optional_file,
     positive_float,
     read_secret_file,
+    redis_url,
     size_bytes,
     token_list,
 )
@@ -30,8 +32,12 @@ OPTIONS = [
     Option("agent_tokens_file", optional_file, None, "file with agent tokens, one per line"),
     Option("max_frame_size", size_bytes, 1024 * 1024, "largest WebSocket frame accepted"),
     Option("ws_buffer_high", size_bytes, 2 * 1024 * 1024, "pause feeders above this backlog"),
-    Option("drain_timeout", positive_float, 5.0, "seconds open tunnels may finish on shutdown"),
+    Option("drain_timeout", positive_float, 30.0, "seconds open tunnels may finish on shutdown"),
     Option("instance_id", str, "", "instance id announced in HELLO (default: random)"),
+    Option("cluster", redis_url, "", "Redis URL holding the live relay set (scale-out)"),
+    Option("cluster_name", str, "fastrelay", "Redis key prefix: one per deployment"),
+    Option("cluster_ttl", positive_float, 5.0, "seconds a dead relay stays in the set"),
+    Option("peers", name_list, (), "static relay instance ids, comma-separated (no Redis)"),
 ]
 
 
@@ -48,6 +54,10 @@ class RelayConfig:
     ws_buffer_high: int
     drain_timeout: float
     instance_id: str
+    cluster: str
+    cluster_name: str
+    cluster_ttl: float
+    peers: tuple[str, ...]
     ping_interval: float
     log_level: str
     log_format: str
@@ -71,4 +81,8 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Relay
         raise ConfigError("no agent tokens: set FASTRELAY_AGENT_TOKENS or --agent-tokens-file")
     if (v["tls_cert"] is None) != (v["tls_key"] is None):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if v["peers"] and v["cluster"]:
+        raise ConfigError("--peers and --cluster are two ways to list relays: give one")
+    if v["peers"] and not v["instance_id"]:
+        raise ConfigError("--peers needs --instance-id: the other relays list this one by it")
     return RelayConfig(client_tokens=client, agent_tokens=agent, **v)

@@ -32,12 +32,14 @@ from fastrelay.protocol.messages import (
     ConnectResponse,
     GoAway,
     Hello,
+    Members,
     OpenStream,
     TunnelError,
     format_authority,
 )
 from fastrelay.protocol.state import Event, State, next_state
 from fastrelay.relay.backpressure import Backpressure
+from fastrelay.relay.cluster import RedisMembership, StaticMembership
 from fastrelay.relay.config import RelayConfig
 from fastrelay.relay.peer import Peer
 from fastrelay.relay.routing import SLOT_SIZE, AgentPool, StreamIdSlots
@@ -90,6 +92,8 @@ class Relay:
         self.clients: set[Peer] = set()
         self.slots = StreamIdSlots()
         self.draining = False
+        self.members: tuple[str, ...] = (instance_id,)
+        self.membership: StaticMembership | RedisMembership | None = None  # set by the app
         self.auth_log = RateLimitedLog(log)
         self.access_log = access_log
         self._tokens = {
@@ -158,6 +162,8 @@ class Relay:
             hello = Hello(self.instance_id)
         self.stats.connections_opened[peer.role] += 1
         peer.writer.write(hello.encode())
+        if not peer.is_client:
+            peer.writer.write(Members(self.members).encode())
         if self.draining:
             peer.writer.write(GoAway("relay is shutting down").encode())
 
@@ -185,6 +191,18 @@ class Relay:
         self.backpressure.forget(peer)
         if peer.writer is not None:
             peer.writer.close()
+
+    def membership_errors(self) -> int:
+        return 0 if self.membership is None else self.membership.errors
+
+    def set_members(self, members: tuple[str, ...]) -> None:
+        """The live relay set changed: every agent hears it (its mesh follows)."""
+        if members == self.members:
+            return
+        self.members = members
+        frame = Members(members).encode()
+        for agent in self.agents.agents:
+            self._send(agent, frame)
 
     def start_draining(self) -> None:
         self.draining = True
@@ -316,8 +334,12 @@ class Relay:
             raise ProtocolError(f"stream id {sid} is already open")
         agent = None if self.draining else self.agents.pick()
         if agent is None:
+            # Both are worth one retry on another relay (client_a does that).
+            reason = "draining" if self.draining else "no_agent"
             why = "relay is shutting down" if self.draining else "no agent connected"
-            self._send(src, ConnectResponse(request.session_id, 503, why).encode(sid))
+            self._send(
+                src, ConnectResponse(request.session_id, 503, why, reason=reason).encode(sid)
+            )
             self.stats.results["no_agent"] += 1
             if self.access_log is not None:
                 self.access_log.write(

@@ -53,6 +53,18 @@ class RelayStats:
             {(r,): n for r, n in live.items()},
         )
         yield metrics.gauge(
+            metrics.CLUSTER_MEMBERS,
+            "Relay instances in the live set this relay announces to agents",
+            [],
+            {(): len(relay.members)},
+        )
+        yield metrics.counter(
+            metrics.CLUSTER_ERRORS,
+            "Failed membership heartbeats (Redis unreachable)",
+            [],
+            {(): relay.membership_errors()},
+        )
+        yield metrics.gauge(
             metrics.STREAMS_ACTIVE,
             "Streams open through this relay",
             [],

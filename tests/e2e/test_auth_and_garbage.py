@@ -24,7 +24,7 @@ from helpers import (
     ws_upgrade_status,
 )
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
-from support.procs import AGENT_TOKEN, CLIENT_TOKEN, is_ready, metric, wait_until
+from support.procs import AGENT_TOKEN, CLIENT_CARRIERS, CLIENT_TOKEN, is_ready, metric, wait_until
 
 WRONG_TOKEN = "wrong-token-that-must-stay-secret"
 GARBAGE = [
@@ -111,8 +111,8 @@ def test_garbage_closes_only_that_connection(chain: Chain, target: Target) -> No
     assert family_total(admin, "fastrelay_protocol_errors_total") == errors_before + len(GARBAGE)
     assert chain.relay.alive() and is_ready(admin)
     wait_until(
-        lambda: metric(admin, "fastrelay_connections", role="client") == 1,
-        what="only the real client_a left connected",
+        lambda: metric(admin, "fastrelay_connections", role="client") == CLIENT_CARRIERS,
+        what="only the real client_a's carriers left connected",
     )
     assert is_ready(chain.clients[0].ready["admin"])
     result = curl(chain, target, target.https(LISTED, "/hello"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import LISTED, Chain, Target, curl_path
 from helpers import curl, open_connect, wait_exit
-from support.procs import is_ready, metric, wait_until
+from support.procs import CLIENT_CARRIERS, is_ready, metric, wait_until
 
 AGENT_ARGS = ("--allow", "127.0.0.0/8")
 FAIL_WITHIN = 2.0  # spec: a lost agent fails the client's transfer within 2 s
@@ -25,7 +25,8 @@ def relay_connections(chain: Chain, role: str) -> float:
 
 def full_chain(make_chain, rules_file: Path) -> Chain:
     chain = make_chain()
-    chain.start_relay("--connect-timeout", "5")
+    # A drain shorter than the default 30 s, so shutdown tests stay short.
+    chain.start_relay("--connect-timeout", "5", "--drain-timeout", "3")
     chain.start_agent(*AGENT_ARGS)
     chain.start_client(rules_file)
     return chain
@@ -114,7 +115,10 @@ def test_client_and_agent_reconnect_to_a_restarted_relay(
     assert new.ready["listen"] == listen and new.ready["instance"] != old.ready["instance"]
     for proc in peers:
         wait_until(lambda p=proc: is_ready(p.ready["admin"]), what=f"{proc.name} reconnects")
-    assert relay_connections(chain, "client") == 1
+    wait_until(
+        lambda: relay_connections(chain, "client") == CLIENT_CARRIERS,
+        what="both of client_a's carriers back",
+    )
     assert relay_connections(chain, "agent") == 1
     assert_tunnel_works(chain, target)
     assert metric(new.ready["admin"], "fastrelay_streams_total", result="ok") == 1
@@ -127,7 +131,8 @@ def test_sigterm_exits_0_quickly_with_an_open_tunnel(
     chain = full_chain(make_chain, rules_file)
     proc = {"relay": chain.relay, "agent": chain.agents[0], "client": chain.clients[0]}[program]
     assert proc is not None
-    # An idle tunnel the echo target keeps open until we half-close: shutdown must not wait on it.
+    # An idle tunnel the echo target keeps open until we half-close: shutdown
+    # must not wait on it (the relay waits out its --drain-timeout, 3 s here).
     tunnel = open_connect(chain, LISTED, target.port(LISTED, "echo"))
     try:
         tunnel.sendall(b"in flight")

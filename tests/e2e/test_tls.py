@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import LISTED, Chain, Target
 from helpers import curl
-from support.procs import is_ready, metric, wait_until
+from support.procs import CLIENT_CARRIERS, is_ready, metric, wait_until
 from support.target import pattern_sha256
 
 SIZE = 2 * 1024 * 1024 + 11
@@ -35,7 +35,10 @@ def test_tunnel_over_wss(
     ca = ("--ca-file", str(certs["ca"]))
     chain.start_agent("--allow", "127.0.0.0/8", *ca)
     chain.start_client(rules_file, *ca)
-    assert relay_connections(chain, "client") == 1
+    wait_until(
+        lambda: relay_connections(chain, "client") == CLIENT_CARRIERS,
+        what="client_a's carriers over wss",
+    )
     assert relay_connections(chain, "agent") == 1
 
     hello = curl(chain, target, target.https(LISTED, "/hello"))

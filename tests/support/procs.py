@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT_TOKEN = "client-token-for-tests"
 AGENT_TOKEN = "agent-token-for-tests"
 READY_TIMEOUT = 20.0
+CLIENT_CARRIERS = 2  # client_a's default --carriers: its WebSockets to the relay
 
 
 class Proc:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from fastrelay.io.carrier import Carrier, CarrierStats
+from fastrelay.io.carrier import Carrier, CarrierStats, RelayLink
 from fastrelay.io.tunnel import AGENT_SIDE, CLIENT_SIDE, TCP_LOW_WATER, TunnelStream
 from fastrelay.protocol.errors import FlowControlError, StreamError
 from fastrelay.protocol.frames import FrameType, decode_window_increment, encode_frame, iter_frames
@@ -212,17 +212,11 @@ def test_carrier_aborts_a_stream_that_overruns_its_window() -> None:
             def on_stream_end(self, carrier: Carrier, stream: TunnelStream) -> None:
                 ended.append(stream)
 
-        carrier = Carrier(
-            "ws://127.0.0.1:1",
-            "client",
-            "token",
-            Handler(),  # type: ignore[arg-type]
-            ssl_context=None,
-            ping_interval=20,
-            max_frame_size=1 << 20,
-            reconnect_max=1,
-            stats=stats,
-        )
+        class Owner:  # no connection events in this test
+            pass
+
+        link = RelayLink("ws://127.0.0.1:1/v1/client", "client", "token", None, 20, 1 << 20, 1)
+        carrier = Carrier(link, Handler(), Owner(), stats)  # type: ignore[arg-type]
         recorder = FakeCarrier()
         carrier.writer = recorder  # type: ignore[assignment]  # records every frame
         tcp = FakeTransport()

@@ -1,0 +1,158 @@
+"""The agent's mesh: one carrier to every live relay instance.
+
+Every relay of a deployment sits behind the same load-balanced URL, and a
+client_a may land on any of them, so the agent must be on all of them
+(Teleport's reverse-tunnel agent mesh). The relays tell the agent who is
+alive (MEMBERS); the agent dials the URL again and again until it holds one
+connection per instance. A dial that lands on an instance already held is
+closed, and the next one waits a full-jitter backoff. An instance that leaves
+the set is dropped once its open tunnels have finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+
+from picows import WSCloseCode, WSError
+
+from fastrelay.io.carrier import (
+    Backoff,
+    Carrier,
+    CarrierHandler,
+    CarrierStats,
+    RelayLink,
+    describe_dial_error,
+)
+from fastrelay.logs import RateLimitedLog
+from fastrelay.protocol.messages import Members
+
+log = logging.getLogger("fastrelay.mesh")
+DUPLICATE_BACKOFF = 0.05  # first pause after landing on an instance already held
+DIAL_RESULTS = ("ok", "duplicate", "error")
+
+
+class AgentMesh:
+    def __init__(self, link: RelayLink, handler: CarrierHandler, stats: CarrierStats) -> None:
+        self.link = link
+        self.handler = handler
+        self.stats = stats
+        self.held: dict[str, Carrier] = {}  # instance id -> its carrier
+        self.leaving: list[Carrier] = []  # dropped from the set, finishing their tunnels
+        # Each held relay's last MEMBERS. An instance is wanted while any held
+        # relay lists it: a new relay lists itself at once, and a dead one
+        # drops out when the others' heartbeat TTL expires.
+        self.views: dict[Carrier, tuple[str, ...]] = {}
+        self.dials: Counter[str] = Counter({r: 0 for r in DIAL_RESULTS})
+        self.changed = asyncio.Event()
+        self.dial_log = RateLimitedLog(log, period=10.0, burst=3)
+
+    @property
+    def carriers(self) -> list[Carrier]:
+        return [*self.held.values(), *self.leaving]
+
+    @property
+    def ready(self) -> bool:
+        return any(c.ready for c in self.held.values())
+
+    def wanted(self) -> set[str] | None:
+        views = [self.views[c] for c in self.held.values() if c in self.views]
+        return set().union(*views) if views else None
+
+    def missing(self) -> list[str]:
+        wanted = self.wanted()
+        if wanted is None:  # before the first MEMBERS: one relay, any relay
+            return [] if self.held else ["any"]
+        return sorted(i for i in wanted if i not in self.held)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._dial_loop(stop)
+        finally:
+            await asyncio.gather(*(c.aclose() for c in self.carriers))
+
+    async def _dial_loop(self, stop: asyncio.Event) -> None:
+        error_backoff = Backoff(0.1, self.link.reconnect_max)
+        duplicate_backoff = Backoff(DUPLICATE_BACKOFF, min(2.0, self.link.reconnect_max))
+        while not stop.is_set():
+            if not self.missing():
+                self.changed.clear()
+                await _wait_either(stop, self.changed)
+                continue
+            carrier = Carrier(self.link, self.handler, self, self.stats)
+            try:
+                hello = await carrier.open()
+            except (TimeoutError, OSError, WSError, ConnectionError) as exc:
+                self.dials["error"] += 1
+                self.stats.reconnects += 1  # the next dial is a redial
+                self.dial_log.warning(
+                    "cannot reach relay", url=self.link.url, error=describe_dial_error(exc)
+                )
+                carrier.close()
+                await _sleep(stop, error_backoff.next_delay())
+                continue
+            error_backoff.reset()
+            instance = hello.instance_id
+            if instance in self.held:
+                self.dials["duplicate"] += 1
+                carrier.close(WSCloseCode.OK, b"duplicate: the agent holds this instance")
+                await _sleep(stop, duplicate_backoff.next_delay())
+                continue
+            self.dials["ok"] += 1
+            duplicate_backoff.reset()
+            self.held[instance] = carrier
+            log.info("mesh: joined relay %s (%d held)", instance, len(self.held))
+
+    # --- CarrierOwner ---
+
+    def carrier_members(self, carrier: Carrier, members: Members) -> None:
+        self.views[carrier] = members.instances
+        wanted = self.wanted()
+        for instance, held in list(self.held.items()):
+            if wanted is not None and instance not in wanted:
+                self._drop(instance, held)
+        self.changed.set()
+
+    def carrier_goaway(self, carrier: Carrier) -> None:
+        # The relay is draining: it is leaving the set. Keep serving its open
+        # tunnels; a fresh dial will not land on it (it stopped listening).
+        instance = carrier.instance_id
+        if self.held.get(instance) is carrier:
+            self._drop(instance, carrier)
+        self.changed.set()
+
+    def carrier_lost(self, carrier: Carrier) -> None:
+        instance = carrier.instance_id
+        if self.held.get(instance) is carrier:
+            del self.held[instance]
+            self.stats.reconnects += 1  # it is dialled again while still wanted
+            log.info("mesh: lost relay %s", instance)
+        if carrier in self.leaving:
+            self.leaving.remove(carrier)
+        self.views.pop(carrier, None)
+        self.changed.set()
+
+    def _drop(self, instance: str, carrier: Carrier) -> None:
+        del self.held[instance]
+        self.views.pop(carrier, None)
+        log.info("mesh: relay %s left the set", instance)
+        carrier.leaving = True
+        self.leaving.append(carrier)
+        if not carrier.streams:
+            carrier.close(WSCloseCode.GOING_AWAY, b"instance left the set")
+
+
+async def _sleep(stop: asyncio.Event, delay: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)
+
+
+async def _wait_either(stop: asyncio.Event, changed: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,148 @@
+"""client_a's carriers: a small pool of WebSockets through the load balancer.
+
+`size` slots each keep one carrier open, redialling with backoff when theirs
+is lost. New streams go to the ready carrier with the fewest streams, so a
+lost carrier costs only its own streams and the next open simply lands on
+another one. A carrier that gets GOAWAY (its relay is draining) keeps its open
+tunnels, and its slot dials a replacement at once; the old one closes itself
+when its last stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from picows import WSError
+
+from fastrelay.io.carrier import (
+    Backoff,
+    Carrier,
+    CarrierHandler,
+    CarrierStats,
+    RelayLink,
+    describe_dial_error,
+)
+from fastrelay.logs import RateLimitedLog
+from fastrelay.protocol.messages import Members
+
+log = logging.getLogger("fastrelay.pool")
+BACKOFF_INITIAL = 0.1
+STABLE_AFTER = 10.0  # a connection that lived this long resets its slot's backoff
+
+
+class CarrierPool:
+    def __init__(
+        self, link: RelayLink, handler: CarrierHandler, stats: CarrierStats, size: int
+    ) -> None:
+        self.link = link
+        self.handler = handler
+        self.stats = stats
+        self.size = size
+        self.carriers: list[Carrier] = []  # every live one, draining ones included
+        self.dials = {"ok": 0, "error": 0}
+        self.changed = asyncio.Event()  # a carrier became ready, was lost or got GOAWAY
+        self.dial_log = RateLimitedLog(log, period=10.0, burst=3)
+
+    # --- choosing ---
+
+    @property
+    def ready(self) -> list[Carrier]:
+        return [c for c in self.carriers if c.ready]
+
+    def pick(self, avoid: Carrier | None = None) -> Carrier | None:
+        """The ready carrier with the fewest streams; with `avoid`, one on a
+        different relay instance if there is one, else any other carrier."""
+        ready = self.ready
+        if avoid is not None:
+            elsewhere = [c for c in ready if c.instance_id != avoid.instance_id]
+            ready = elsewhere or [c for c in ready if c is not avoid]
+        return min(ready, key=lambda c: len(c.streams), default=None)
+
+    async def wait_pick(self, timeout: float, avoid: Carrier | None = None) -> Carrier | None:
+        """pick(), waiting up to `timeout` for a carrier (after a restart or a
+        GOAWAY a replacement is usually moments away)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (carrier := self.pick(avoid)) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), remaining)
+        return carrier
+
+    # --- keeping `size` carriers ---
+
+    async def run(self, stop: asyncio.Event) -> None:
+        slots = [asyncio.ensure_future(self._slot(stop)) for _ in range(self.size)]
+        try:
+            await stop.wait()
+        finally:
+            for slot in slots:
+                slot.cancel()
+            await asyncio.gather(*slots, return_exceptions=True)
+            await asyncio.gather(*(c.aclose() for c in list(self.carriers)))
+
+    async def _slot(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(BACKOFF_INITIAL, self.link.reconnect_max)
+        first = True
+        while not stop.is_set():
+            if not first:
+                self.stats.reconnects += 1
+            first = False
+            carrier = Carrier(self.link, self.handler, self, self.stats)
+            started = loop.time()
+            try:
+                await carrier.open()
+            except (TimeoutError, OSError, WSError, ConnectionError) as exc:
+                self.dials["error"] += 1
+                self.dial_log.warning(
+                    "cannot reach relay", url=self.link.url, error=describe_dial_error(exc)
+                )
+                carrier.close()
+                await _sleep(stop, backoff.next_delay())
+                continue
+            self.dials["ok"] += 1
+            self.carriers.append(carrier)
+            self.changed.set()
+            # Until the connection is lost, or GOAWAY frees the slot for a replacement.
+            while not carrier.lost and not carrier.goaway and not stop.is_set():
+                self.changed.clear()
+                await _wait_any(stop, carrier.done, self.changed)
+            if stop.is_set():
+                return
+            if carrier.goaway or loop.time() - started >= STABLE_AFTER:
+                backoff.reset()
+            if carrier.lost:  # not GOAWAY: wait a little, as any redial should
+                await _sleep(stop, backoff.next_delay())
+
+    # --- CarrierOwner ---
+
+    def carrier_goaway(self, carrier: Carrier) -> None:
+        self.changed.set()
+
+    def carrier_members(self, carrier: Carrier, members: Members) -> None:
+        pass  # the mesh is the agent's concern
+
+    def carrier_lost(self, carrier: Carrier) -> None:
+        if carrier in self.carriers:
+            self.carriers.remove(carrier)
+        self.changed.set()
+
+
+async def _sleep(stop: asyncio.Event, delay: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)
+
+
+async def _wait_any(stop: asyncio.Event, done: asyncio.Future[None], changed: asyncio.Event):
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())]
+    try:
+        await asyncio.wait([*waiters, done], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
