@@ -127,8 +127,9 @@ class AgentMesh:
         instance = carrier.instance_id
         if self.held.get(instance) is carrier:
             del self.held[instance]
-            self.stats.reconnects += 1  # it is dialled again while still wanted
-            log.info("mesh: lost relay %s", instance)
+            if not carrier.closing:  # not our own shutdown
+                self.stats.reconnects += 1  # it is dialled again while still wanted
+                log.info("mesh: lost relay %s", instance)
         if carrier in self.leaving:
             self.leaving.remove(carrier)
         self.views.pop(carrier, None)

@@ -72,6 +72,15 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def boolean(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 def count_in(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = positive_int(text)

@@ -10,6 +10,7 @@ that asked for port 0 learn the real ports.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import selectors
 import signal
@@ -21,6 +22,8 @@ from collections.abc import Awaitable, Callable
 import orjson
 import uvloop
 
+PR_SET_PDEATHSIG = 1
+
 
 def announce_ready(program: str, **addresses: str) -> None:
     line = orjson.dumps({"event": "ready", "program": program, "pid": os.getpid(), **addresses})
@@ -31,6 +34,17 @@ def announce_ready(program: str, **addresses: str) -> None:
 def format_address(sockname: tuple) -> str:
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def follow_parent(expected_ppid: int) -> None:
+    """SIGTERM this process when its parent dies, even by SIGKILL, so a
+    supervised worker never outlives its supervisor holding the port (Linux
+    PR_SET_PDEATHSIG, set by the child itself: uvloop may spawn without
+    running a preexec hook). If the parent is already gone, stop now."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != expected_ppid:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:

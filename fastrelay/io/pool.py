@@ -41,6 +41,7 @@ class CarrierPool:
         self.stats = stats
         self.size = size
         self.carriers: list[Carrier] = []  # every live one, draining ones included
+        self.turn = 0
         self.dials = {"ok": 0, "error": 0}
         self.changed = asyncio.Event()  # a carrier became ready, was lost or got GOAWAY
         self.dial_log = RateLimitedLog(log, period=10.0, burst=3)
@@ -58,7 +59,12 @@ class CarrierPool:
         if avoid is not None:
             elsewhere = [c for c in ready if c.instance_id != avoid.instance_id]
             ready = elsewhere or [c for c in ready if c is not avoid]
-        return min(ready, key=lambda c: len(c.streams), default=None)
+        if not ready:
+            return None
+        # Ties rotate, so short sequential requests spread over every relay too.
+        self.turn += 1
+        start = self.turn % len(ready)
+        return min(ready[start:] + ready[:start], key=lambda c: len(c.streams))
 
     async def wait_pick(self, timeout: float, avoid: Carrier | None = None) -> Carrier | None:
         """pick(), waiting up to `timeout` for a carrier (after a restart or a

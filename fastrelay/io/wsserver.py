@@ -41,6 +41,7 @@ async def create_ws_server(
     ping_interval: float,
     max_frame_size: int,
     handshake_timeout: float = 5.0,
+    reuse_port: bool = False,
 ) -> asyncio.AbstractServer:
     """Like picows.ws_create_server, but `on_upgrade(request, peer)` also gets
     the peer's address. Pings go out every `ping_interval` (not only when idle)
@@ -73,4 +74,6 @@ async def create_ws_server(
         return protocol
 
     loop = asyncio.get_running_loop()
-    return await aiofastnet.create_server(loop, protocol_factory, host, port, ssl=ssl_context)
+    return await aiofastnet.create_server(
+        loop, protocol_factory, host, port, ssl=ssl_context, reuse_port=reuse_port or None
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import uuid
 
@@ -12,11 +13,12 @@ from picows import WSCloseCode
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.io.wsserver import create_ws_server
-from fastrelay.lifecycle import announce_ready, format_address
+from fastrelay.lifecycle import announce_ready, follow_parent, format_address
 from fastrelay.metrics import make_registry
 from fastrelay.relay.cluster import RedisMembership, StaticMembership
 from fastrelay.relay.config import RelayConfig
 from fastrelay.relay.server import Relay
+from fastrelay.relay.supervisor import SUPERVISOR_ENV, serve_workers
 from fastrelay.tls import server_context
 
 log = logging.getLogger("fastrelay.relay")
@@ -24,6 +26,11 @@ DRAIN_POLL = 0.05
 
 
 async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
+    if config.workers > 1:
+        return await serve_workers(config, stop)
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor:
+        follow_parent(int(supervisor))
     loop = asyncio.get_running_loop()
     instance_id = config.instance_id or f"relay-{uuid.uuid4().hex[:12]}"
     access_log = None
@@ -51,6 +58,7 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
         ssl_context=tls,
         ping_interval=config.ping_interval,
         max_frame_size=config.max_frame_size,
+        reuse_port=config.reuse_port,
     )
     membership = loop.create_task(relay.membership.run(stop))
     readiness.set("ready")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 from fastrelay.config import (
     ConfigError,
     Option,
+    boolean,
+    count_in,
     host_port,
     load_options,
     name_list,
@@ -19,6 +22,13 @@ from fastrelay.config import (
     size_bytes,
     token_list,
 )
+
+
+def worker_count(text: str) -> int:
+    if str(text).strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    return count_in(1, 256)(text)
+
 
 OPTIONS = [
     Option("listen", host_port, ("127.0.0.1", 8765), "WebSocket listen address HOST:PORT"),
@@ -38,6 +48,10 @@ OPTIONS = [
     Option("cluster_name", str, "fastrelay", "Redis key prefix: one per deployment"),
     Option("cluster_ttl", positive_float, 5.0, "seconds a dead relay stays in the set"),
     Option("peers", name_list, (), "static relay instance ids, comma-separated (no Redis)"),
+    Option(
+        "workers", worker_count, 1, "relay processes sharing --listen (N or auto: one per core)"
+    ),
+    Option("reuse_port", boolean, False, "SO_REUSEPORT on --listen (set for --workers' children)"),
 ]
 
 
@@ -58,10 +72,13 @@ class RelayConfig:
     cluster_name: str
     cluster_ttl: float
     peers: tuple[str, ...]
+    workers: int
+    reuse_port: bool
     ping_interval: float
     log_level: str
     log_format: str
     access_log: Path | None
+    argv: tuple[str, ...]  # as given: --workers passes it on to each worker
 
     def __repr__(self) -> str:  # never print tokens
         return f"RelayConfig(listen={self.listen}, admin={self.admin}, tokens=<hidden>)"
@@ -85,4 +102,4 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Relay
         raise ConfigError("--peers and --cluster are two ways to list relays: give one")
     if v["peers"] and not v["instance_id"]:
         raise ConfigError("--peers needs --instance-id: the other relays list this one by it")
-    return RelayConfig(client_tokens=client, agent_tokens=agent, **v)
+    return RelayConfig(client_tokens=client, agent_tokens=agent, argv=tuple(argv), **v)
