@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -25,7 +24,7 @@ from fastrelay.io.carrier import (
     carrier_stream_bytes,
 )
 from fastrelay.io.tunnel import AGENT_SIDE, TunnelStream
-from fastrelay.lifecycle import announce_ready, format_address
+from fastrelay.lifecycle import announce_ready, format_address, on_sighup
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.messages import (
     ConnectResponse,
@@ -191,7 +190,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> int:
     access_log = None
     if config.access_log is not None:
         access_log = AccessLog(config.access_log, config.log_format, "agent")
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, access_log.reopen)
+    on_sighup(access_log.reopen if access_log is not None else None)
     agent = Agent(config, access_log)
     readiness = Readiness(connected=lambda: agent.mesh.ready)
     registry = metrics.make_registry("agent", agent.collect, readiness.check)

@@ -132,7 +132,61 @@ def rows(data: dict) -> list[Row]:
         lambda r: r >= 300_000,
         value=cap,
     )
+    ratio = g("scrape", "fastrelay", "on_off_ratio")
+    noise = g("scrape", "fastrelay", "noise_spread")
+    add(
+        "8. scraping /metrics every 1 s",
+        "one tunnel MB/s down, scraped / not",
+        g("scrape", "fastrelay", "on_MBps"),
+        g("scrape", "fastrelay", "off_MBps"),
+        "abs(1 - ratio) <= noise" + ("" if noise is None else f" ({noise:.3f})"),
+        lambda r, n=noise: n is not None and abs(1 - r) <= n,
+        value=ratio,
+    )
     return out
+
+
+def scrape_section(data: dict) -> list[str]:
+    """The details of scenario 8: every repeat, the noise figure and what a scrape costs."""
+    result = data["results"].get("scrape", {}).get("fastrelay")
+    if not result:
+        return []
+    m = result["median"]
+    runs = lambda key: ", ".join(f"{v:.0f}" for v in m.get(key, []))  # noqa: E731
+    lines = [
+        "",
+        "## Throughput while /metrics is scraped every second (scenario 8)",
+        "",
+        f"One tunnel downloads for {m['seconds_per_repeat']:g} s per repeat; the repeats"
+        " alternate (off, on, off, on, ...) on one chain. When on, a scraper in its own process"
+        " GETs /metrics from the relay, the agent and client_a once a second.",
+        "",
+        f"- not scraped: median **{m['off_MBps']:.0f} MB/s** (repeats: {runs('off_runs_MBps')})",
+        f"- scraped: median **{m['on_MBps']:.0f} MB/s** (repeats: {runs('on_runs_MBps')})",
+        f"- ratio scraped / not: **{m['on_off_ratio']:.3f}**; noise (max - min) / median of"
+        f" the unscraped repeats: **{m['noise_spread']:.3f}**; verdict: **{m['verdict']}**"
+        f" ({m['scrape_errors']:.0f} failed scrapes)",
+        "",
+        "| program | scrape under load, median ms | scrapes | idle scrape, median ms |"
+        " CPU per scrape, ms | /metrics bytes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for proc in ("relay", "agent", "client_a"):
+        if f"scrape_ms_{proc}" not in m:
+            continue
+        lines.append(
+            f"| {proc} | {m[f'scrape_ms_{proc}']:.2f} | {m[f'scrapes_{proc}']:.0f} |"
+            f" {m[f'idle_scrape_ms_{proc}']:.2f} | {m[f'scrape_cpu_ms_{proc}']:.1f} |"
+            f" {m[f'metrics_bytes_{proc}']:,.0f} |"
+        )
+    lines += [
+        "",
+        "Wall times are the scraper's, connect to last byte; CPU per scrape is the program's CPU"
+        " time over back-to-back scrapes of the idle chain (clock-tick resolution). At one scrape"
+        " a second, the CPU figure in ms over 1,000 ms is the share of one core each program"
+        " gives to being scraped.",
+    ]
+    return lines
 
 
 def _fmt(v: float | None) -> str:
@@ -162,6 +216,7 @@ def write(data: dict, out: Path) -> str:
             f"| {name} | {metric} | {_fmt(chain)} | {_fmt(base)} | {_fmt(value)} | "
             f"{target} | {met} |"
         )
+    lines += scrape_section(data)
     lines += ["", "## All medians", ""]
     for scenario, topos in data["results"].items():
         for topo, result in topos.items():

@@ -23,7 +23,7 @@ from pathlib import Path
 import uvloop
 
 from bench import report
-from bench.scenarios import basic, heavy
+from bench.scenarios import basic, heavy, scrape
 from bench.scenarios.common import FULL_SIZES, QUICK_SIZES, Context
 from bench.topology import (
     Topology,
@@ -46,12 +46,15 @@ PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "many_idle": (heavy.many_idle, ("fastrelay",)),
     "head_of_line": (heavy.head_of_line, ("fastrelay",)),
     "small_frames": (heavy.small_frames, ("fastrelay",)),
+    "scrape": (scrape.scrape, ("fastrelay",)),
 }
 
 
 # Memory growth per tunnel shows only in processes that have not grown (and
 # kept) their heaps before: a fresh chain for every repeat.
 FRESH_CHAIN = {"many_idle"}
+# Scenarios that interleave their own repeats (scrape: off, on, off, on, ...): run once.
+OWN_REPEATS = {"scrape"}
 
 
 def progress(text: str) -> None:
@@ -77,7 +80,7 @@ async def run(names: list[str], quick: bool, out: Path, endpoint_args: list[str]
             for topo_name in applies_to:
                 topo = topologies[topo_name]
                 runs = []
-                for rep in range(sizes["repeats"]):
+                for rep in range(1 if name in OWN_REPEATS else sizes["repeats"]):
                     if name in FRESH_CHAIN and topo_name == "fastrelay":
                         topo.stop()
                         topo = topologies["fastrelay"] = chain(log_dir, tuple(endpoint_args))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import selectors
 import signal
@@ -34,6 +35,19 @@ def announce_ready(program: str, **addresses: str) -> None:
 def format_address(sockname: tuple) -> str:
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def on_sighup(reopen: Callable[[], None] | None) -> None:
+    """SIGHUP reopens the access log (logrotate); without one it is logged
+    and ignored, never the default action of ending the process."""
+
+    def handler() -> None:
+        if reopen is None:
+            logging.getLogger("fastrelay").info("SIGHUP: no access log to reopen")
+        else:
+            reopen()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, handler)
 
 
 def follow_parent(expected_ppid: int) -> None:

@@ -15,6 +15,9 @@ FULL_SIZES = {
     "idle_tunnels": 10_000,
     "hol_bytes_per_tunnel": 64 << 20,
     "small_frames_seconds": 5.0,
+    "scrape_seconds": 4.0,  # each download repeat; a 1 s scraper lands ~4 scrapes in it
+    "scrape_pairs": 5,  # off/on repeats, interleaved
+    "scrape_idle_rounds": 20,
     "repeats": 3,
 }
 QUICK_SIZES = {
@@ -26,6 +29,9 @@ QUICK_SIZES = {
     "idle_tunnels": 300,
     "hol_bytes_per_tunnel": 4 << 20,
     "small_frames_seconds": 1.0,
+    "scrape_seconds": 1.0,
+    "scrape_pairs": 2,
+    "scrape_idle_rounds": 5,
     "repeats": 1,
 }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import uuid
 
 from picows import WSCloseCode
@@ -13,7 +12,7 @@ from picows import WSCloseCode
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.io.wsserver import create_ws_server
-from fastrelay.lifecycle import announce_ready, follow_parent, format_address
+from fastrelay.lifecycle import announce_ready, follow_parent, format_address, on_sighup
 from fastrelay.metrics import make_registry
 from fastrelay.relay.cluster import RedisMembership, StaticMembership
 from fastrelay.relay.config import RelayConfig
@@ -36,7 +35,7 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
     access_log = None
     if config.access_log is not None:
         access_log = AccessLog(config.access_log, config.log_format, "relay")
-        loop.add_signal_handler(signal.SIGHUP, access_log.reopen)
+    on_sighup(access_log.reopen if access_log is not None else None)
     relay = Relay(config, instance_id, access_log)
     if config.cluster:
         relay.membership = RedisMembership(

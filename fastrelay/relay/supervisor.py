@@ -30,7 +30,7 @@ from prometheus_client.core import Metric
 
 from fastrelay import metrics
 from fastrelay.io.admin import Readiness, start_admin
-from fastrelay.lifecycle import announce_ready, format_address
+from fastrelay.lifecycle import announce_ready, format_address, on_sighup
 from fastrelay.relay import aggregate
 from fastrelay.relay.config import RelayConfig
 
@@ -120,6 +120,11 @@ class Supervisor:
             self.retired[key] = self.retired.get(key, 0.0) + value
         worker.last_counters = {}
 
+    def signal_all(self, sig: int) -> None:
+        for worker in self.alive:
+            assert worker.process is not None
+            worker.process.send_signal(sig)
+
     async def shutdown(self) -> None:
         self.stopping = True
         for worker in self.workers:
@@ -182,6 +187,7 @@ async def serve_workers(config: RelayConfig, stop: asyncio.Event) -> int:
         if holder is not None:
             holder.close()
     watchers = [asyncio.ensure_future(supervisor.watch(w, stop)) for w in supervisor.workers]
+    on_sighup(lambda: supervisor.signal_all(signal.SIGHUP))  # each reopens its access log
     readiness.set("ready")
     admin_at = format_address(admin.sockets[0].getsockname())
     listen = format_address((host, port))

@@ -142,3 +142,16 @@ def test_sigterm_exits_0_quickly_with_an_open_tunnel(
         tunnel.close()
     assert status == 0, f"{program} exit status {status} after {elapsed:.2f} s:\n{proc.log_tail()}"
     assert elapsed < EXIT_WITHIN
+
+
+def test_sighup_without_an_access_log_changes_nothing(chain: Chain, target: Target) -> None:
+    """SIGHUP reopens access logs (logrotate); with none it must not end the
+    process, as its default action would."""
+    for proc in (chain.relay, chain.agents[0], chain.clients[0]):
+        assert proc is not None
+        proc.signal(signal.SIGHUP)
+    for proc in (chain.relay, chain.agents[0], chain.clients[0]):
+        assert proc is not None
+        wait_until(lambda p=proc: is_ready(p.ready["admin"]), what=f"{proc.name} still ready")
+        assert proc.alive()
+    assert_tunnel_works(chain, target)
