@@ -34,7 +34,15 @@ from support.prometheus import (
 
 LOAD_SECONDS = 12
 PING = ("--ping-interval", "1")  # so every WebSocket has ping RTT samples
-ROWS = ["Traffic", "Streams", "Latency", "Errors", "Agents and clients", "Process health"]
+ROWS = [
+    "Traffic",
+    "Streams",
+    "Latency",
+    "Errors",
+    "Agents and clients",
+    "Scale-out",
+    "Process health",
+]
 
 
 @dataclass
