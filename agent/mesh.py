@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections import Counter
 
-from picows import WSCloseCode, WSError
+from picows import WSError
 
 from fastrelay.io.carrier import (
     Backoff,
@@ -27,10 +27,11 @@ from fastrelay.io.carrier import (
     describe_dial_error,
 )
 from fastrelay.logs import RateLimitedLog
-from fastrelay.protocol.messages import Members
+from fastrelay.protocol.messages import GoAway, Members
 
 log = logging.getLogger("fastrelay.mesh")
 DUPLICATE_BACKOFF = 0.05  # first pause after landing on an instance already held
+RETIRE_GRACE = 1.0  # an idle retired carrier waits this long for opens already sent
 DIAL_RESULTS = ("ok", "duplicate", "error")
 
 
@@ -97,7 +98,9 @@ class AgentMesh:
             instance = hello.instance_id
             if instance in self.held:
                 self.dials["duplicate"] += 1
-                carrier.close(WSCloseCode.OK, b"duplicate: the agent holds this instance")
+                # The relay may already have routed an open to it: retire it
+                # with GOAWAY (no new streams), never by closing under them.
+                self._retire(carrier, "duplicate: the agent holds this instance")
                 await _sleep(stop, duplicate_backoff.next_delay())
                 continue
             self.dials["ok"] += 1
@@ -139,10 +142,16 @@ class AgentMesh:
         del self.held[instance]
         self.views.pop(carrier, None)
         log.info("mesh: relay %s left the set", instance)
+        self._retire(carrier, "instance left the set")
+
+    def _retire(self, carrier: Carrier, why: str) -> None:
+        """No new streams here: GOAWAY tells the relay so. Open tunnels run
+        on; the carrier closes when the last one ends (Carrier.forget), or
+        after a grace for opens already on their way when it is idle."""
         carrier.leaving = True
         self.leaving.append(carrier)
-        if not carrier.streams:
-            carrier.close(WSCloseCode.GOING_AWAY, b"instance left the set")
+        carrier.send(GoAway(why).encode())
+        asyncio.get_running_loop().call_later(RETIRE_GRACE, carrier.close_if_idle)
 
 
 async def _sleep(stop: asyncio.Event, delay: float) -> None:

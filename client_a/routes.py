@@ -103,6 +103,16 @@ class RelayRoute(TunnelStream):
         self.proxy.count("relay", self.result)
         self.browser.reply(status, reason)
 
+    def carrier_lost(self) -> None:
+        """Nothing reaches the target before the 200, so an open whose carrier
+        died (a relay killed mid-open) is safe to retry once elsewhere."""
+        if self.state.opening and not self.retried:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.retry_elsewhere()
+            return
+        super().carrier_lost()
+
     def remote_error(self, reason: str) -> None:
         if self.state.opening:
             if self.timer is not None:

@@ -220,6 +220,10 @@ class Carrier:
         transport.send_close(code, reason)
         transport.disconnect()
 
+    def close_if_idle(self) -> None:
+        if not self.streams:
+            self.close(WSCloseCode.GOING_AWAY, b"drained")
+
     async def aclose(self, timeout: float = 2.0) -> None:
         self.close()
         with contextlib.suppress(TimeoutError):
@@ -284,7 +288,7 @@ class Carrier:
         self.waiting = []
         self.lost = True
         for stream in list(self.streams.values()):
-            stream.remote_error("relay connection lost")
+            stream.carrier_lost()
         self.streams.clear()
         if was_ready and not self.closing:
             log.warning("lost the connection to relay %s (%s)", self.instance_id, self.link.url)

@@ -267,6 +267,10 @@ class TunnelStream:
         self._teardown(abort_tcp=True)
         self.on_aborted(reason)
 
+    def carrier_lost(self) -> None:
+        """The WebSocket under this stream is gone."""
+        self.remote_error("relay connection lost")
+
     def abort(self, reason: str) -> None:
         """This side gives up on the stream: tell the peer, drop the socket."""
         if self.state.closed:

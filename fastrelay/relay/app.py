@@ -80,7 +80,10 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
     await relay.membership.leave()
     await membership
     deadline = loop.time() + config.drain_timeout
-    while relay.active_streams and loop.time() < deadline:
+    # Until the tunnels are done and the client_a carriers closed (client_a
+    # closes a carrier once GOAWAY'd and idle): an open sent just before our
+    # GOAWAY reached it still gets its 503 "draining", not a dropped connection.
+    while (relay.active_streams or relay.clients) and loop.time() < deadline:
         await asyncio.sleep(DRAIN_POLL)
     for peer in [*relay.clients, *relay.agents.agents]:
         if peer.transport is not None:

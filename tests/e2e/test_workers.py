@@ -130,4 +130,11 @@ def test_workers_exit_when_the_supervisor_is_killed(
     relay = chain.start_relay("--workers", str(WORKERS), "--drain-timeout", "1")
     pids = relay.ready["worker_pids"]
     relay.signal(signal.SIGKILL)
-    wait_until(lambda: not any(_alive(p) for p in pids), what="no orphaned worker holds the port")
+    try:
+        wait_until(
+            lambda: not any(_alive(p) for p in pids), what="no orphaned worker holds the port"
+        )
+    finally:  # a failure must not leave orphans behind
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
