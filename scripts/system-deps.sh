@@ -9,6 +9,11 @@ command -v chromium >/dev/null || need+=(chromium)
 # prometheus and promtool: tests/e2e/test_prometheus.py checks deploy/prometheus
 # and the Grafana dashboard's queries against a real Prometheus
 { command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
+# haproxy and redis-server: tests/e2e/test_scaleout.py runs three relays behind a
+# real HAProxy (deploy/haproxy/haproxy.cfg) sharing their membership in Redis.
+# Debian puts haproxy in /usr/sbin, which is not on every user's PATH.
+{ command -v haproxy || [ -x /usr/sbin/haproxy ]; } >/dev/null || need+=(haproxy)
+command -v redis-server >/dev/null || need+=(redis-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "installing Debian packages: ${need[*]}"
