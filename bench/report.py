@@ -143,6 +143,26 @@ def rows(data: dict) -> list[Row]:
         lambda r, n=noise: n is not None and abs(1 - r) <= n,
         value=ratio,
     )
+    # Scenario 9 has no target: what a second worker buys depends on the spare cores.
+    w = data["results"].get("workers", {}).get("fastrelay", {}).get("median", {})
+    if w:
+        for metric, key in (
+            (f"aggregate MB/s of {w['tunnels']:.0f} tunnels, 2 workers / 1", "MBps"),
+            ("setup tunnels/s, 2 workers / 1", "tunnels_per_s"),
+            ("setup p99 ms, 2 workers / 1", "setup_p99_ms"),
+        ):
+            two, one = w[f"workers_2_{key}"], w[f"workers_1_{key}"]
+            out.append(
+                (
+                    "9. relay --workers 2",
+                    metric,
+                    two,
+                    one,
+                    _ratio(two, one),
+                    "- (see 9 below)",
+                    None,
+                )
+            )
     return out
 
 
@@ -189,6 +209,120 @@ def scrape_section(data: dict) -> list[str]:
     return lines
 
 
+CPU_ORDER = ("relay_w0", "relay_w1", "supervisor", "client_a", "agent", "target", "load")
+
+
+def workers_section(data: dict) -> list[str]:
+    """The details of scenario 9: medians, every repeat, where the CPU went."""
+    result = data["results"].get("workers", {}).get("fastrelay")
+    if not result:
+        return []
+    m = result["median"]
+    lines = [
+        "",
+        "## Relay with --workers 1 and --workers 2 (scenario 9)",
+        "",
+        f"A fresh chain per repeat (client_a with --carriers {m['carriers']:.0f}, the agent"
+        " meshed with every worker), configurations alternating 1, 2, 1, 2, ...; medians of"
+        f" {m['repeats']:.0f} repeats each. Throughput: {m['tunnels']:.0f} tunnels downloading"
+        f" at once for {m['seconds']:g} s. Setup: scenario 3 ({m['setup_count']:.0f} tunnels,"
+        f" 50 at a time; {m['setup_failures']:.0f} failed).",
+        "",
+        "| | --workers 1 | --workers 2 | 2 / 1 |",
+        "|---|---|---|---|",
+    ]
+    for title, key in (
+        ("aggregate MB/s", "MBps"),
+        ("setup tunnels/s", "tunnels_per_s"),
+        ("setup p50 ms", "setup_p50_ms"),
+        ("setup p99 ms", "setup_p99_ms"),
+        ("relay CPU s per GB moved (all workers)", "relay_cpu_s_per_GB"),
+        ("relay + client_a + agent CPU s per GB", "chain_cpu_s_per_GB"),
+        ("relay CPU ms per tunnel set up", "relay_cpu_ms_per_tunnel"),
+        ("relay + client_a + agent CPU ms per tunnel", "chain_cpu_ms_per_tunnel"),
+        ("cores other jobs took, throughput", "other_cores_bulk"),
+        ("cores other jobs took, setup", "other_cores_setup"),
+    ):
+        one, two = m[f"workers_1_{key}"], m[f"workers_2_{key}"]
+        ratio = None if key.startswith("other_") else _ratio(two, one)
+        lines.append(f"| {title} | {_fmt(one)} | {_fmt(two)} | {_fmt(ratio)} |")
+    lines += [
+        "",
+        f"Noise, (max - min) / median of the --workers 1 repeats: throughput"
+        f" {m['MBps_noise_spread']:.3f} (2 / 1 ratio {m['MBps_ratio']:.3f}:"
+        f" **{m['MBps_verdict']}**), setup rate {m['setup_rate_noise_spread']:.3f} (ratio"
+        f" {m['setup_rate_ratio']:.3f}: **{m['setup_rate_verdict']}**). The CPU per GB and per"
+        " tunnel are steadier than the rates when other jobs share the machine.",
+        "",
+        "Every repeat; per-worker lists are [worker 0, worker 1], from each worker's own admin"
+        " port (fastrelay_connections{role=client}, fastrelay_streams_total and"
+        " fastrelay_stream_bytes_total{direction=downstream} over the phase):",
+        "",
+        "| repeat | MB/s | tunnels/s | setup p99 ms | other jobs, cores | client carriers |"
+        " bulk streams | bulk MB | setup streams | supervisor sum ok |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ints = lambda xs: "/".join(f"{x:.0f}" for x in xs)  # noqa: E731
+    for run in m["runs"]:
+        merged = run["supervisor_merge_ok"]
+        lines.append(
+            f"| {run['label']} | {run['MBps']:.0f} | {run['tunnels_per_s']:.0f} |"
+            f" {run['setup_p99_ms']:.1f} |"
+            f" {run['other_cores_bulk']:.2f} / {run['other_cores_setup']:.2f} |"
+            f" {ints(run['client_carriers_per_worker'])} |"
+            f" {ints(run['bulk_streams_per_worker'])} | {ints(run['bulk_MB_per_worker'])} |"
+            f" {ints(run['setup_streams_per_worker'])} |"
+            f" {'-' if merged is None else ('yes' if merged else '**no**')} |"
+        )
+    for phase, title in (("cpu_bulk", "throughput"), ("cpu_setup", "setup")):
+        one, two = m[phase]["1"], m[phase]["2"]
+        lines += [
+            "",
+            f"CPU seconds during the {title} measurement (median over repeats; in brackets,"
+            " cores: CPU seconds / wall seconds):",
+            "",
+            "| process | --workers 1 | --workers 2 |",
+            "|---|---|---|",
+        ]
+        cell = lambda cpu, k: (  # noqa: E731
+            "-" if k not in cpu else f"{cpu[k]:.2f} ({cpu[k] / cpu['wall']:.2f})"
+        )
+        relay_total = {
+            c: sum(v for k, v in cpu.items() if k.startswith("relay_w"))
+            for c, cpu in (("1", one), ("2", two))
+        }
+        for name in CPU_ORDER:
+            if name in one or name in two:
+                lines.append(f"| {name} | {cell(one, name)} | {cell(two, name)} |")
+        lines.append(
+            "| **relay, all workers** | "
+            + " | ".join(
+                f"{relay_total[c]:.2f} ({relay_total[c] / cpu['wall']:.2f})"
+                for c, cpu in (("1", one), ("2", two))
+            )
+            + " |"
+        )
+        for name, title in (
+            ("other", "other processes (other jobs)"),
+            ("irq", "kernel irq + softirq (loopback TCP)"),
+            ("steal", "steal (hypervisor)"),
+        ):
+            lines.append(f"| {title} | {cell(one, name)} | {cell(two, name)} |")
+        lines.append(f"| **machine busy** | {cell(one, 'machine')} | {cell(two, 'machine')} |")
+        lines.append(f"| wall seconds | {one['wall']:.2f} | {two['wall']:.2f} |")
+    lines += [
+        "",
+        "Read the ratios with the machine-busy row and the other-jobs column: when the cores"
+        " are all busy already with one worker, a second worker can only take CPU from"
+        " client_a, the agent, the target and the load client, which share the machine here,"
+        " and each repeat's rate follows how much CPU other jobs took during it. The CPU per"
+        " GB and per tunnel say what the split costs per unit of work. On a host where the"
+        " relay has cores to itself, a second worker adds a core to the relay; see"
+        " bench/README.md.",
+    ]
+    return lines
+
+
 def _fmt(v: float | None) -> str:
     if v is None:
         return "-"
@@ -217,6 +351,7 @@ def write(data: dict, out: Path) -> str:
             f"{target} | {met} |"
         )
     lines += scrape_section(data)
+    lines += workers_section(data)
     lines += ["", "## All medians", ""]
     for scenario, topos in data["results"].items():
         for topo, result in topos.items():

@@ -23,8 +23,8 @@ from pathlib import Path
 import uvloop
 
 from bench import report
-from bench.scenarios import basic, heavy, scrape
-from bench.scenarios.common import FULL_SIZES, QUICK_SIZES, Context
+from bench.scenarios import basic, heavy, scrape, workers
+from bench.scenarios.common import FULL_SIZES, QUICK_SIZES, Context, progress
 from bench.topology import (
     Topology,
     chain,
@@ -47,6 +47,7 @@ PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "head_of_line": (heavy.head_of_line, ("fastrelay",)),
     "small_frames": (heavy.small_frames, ("fastrelay",)),
     "scrape": (scrape.scrape, ("fastrelay",)),
+    "workers": (workers.workers, ("fastrelay",)),
 }
 
 
@@ -54,11 +55,10 @@ PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
 # kept) their heaps before: a fresh chain for every repeat.
 FRESH_CHAIN = {"many_idle"}
 # Scenarios that interleave their own repeats (scrape: off, on, off, on, ...): run once.
-OWN_REPEATS = {"scrape"}
-
-
-def progress(text: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+OWN_REPEATS = {"scrape", "workers"}
+# Scenarios that start their own chains (workers: relay --workers 1 and 2, a fresh chain
+# per repeat): the runner starts none for them and hands them a topology with no process.
+OWN_CHAINS = {"workers"}
 
 
 async def run(names: list[str], quick: bool, out: Path, endpoint_args: list[str]) -> dict:
@@ -66,19 +66,30 @@ async def run(names: list[str], quick: bool, out: Path, endpoint_args: list[str]
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     target, port = start_target(log_dir)
+    factories: dict[str, Callable[[], Topology]] = {
+        "direct": lambda: direct(port),
+        "forwarder": lambda: forwarder(port, log_dir),
+        "connect_proxy": lambda: connect_proxy(log_dir),
+        "fastrelay": lambda: chain(log_dir, tuple(endpoint_args)),
+    }
     topologies: dict[str, Topology] = {}
     results: dict[str, dict] = {}
     try:
-        topologies["direct"] = direct(port)
-        topologies["forwarder"] = forwarder(port, log_dir)
-        topologies["connect_proxy"] = connect_proxy(log_dir)
-        topologies["fastrelay"] = chain(log_dir, tuple(endpoint_args))
-        ctx = Context(port, sizes, log_dir)
+        # Start, before any measurement, only what the chosen scenarios run against.
+        for name in names:
+            if name not in OWN_CHAINS:
+                for topo_name in PLAN[name][1]:
+                    if topo_name not in topologies:
+                        topologies[topo_name] = factories[topo_name]()
+        ctx = Context(port, sizes, log_dir, target_pid=target.pid, chain_args=tuple(endpoint_args))
         for index, name in enumerate(names, 1):
             scenario, applies_to = PLAN[name]
             results[name] = {}
             for topo_name in applies_to:
-                topo = topologies[topo_name]
+                if name in OWN_CHAINS:
+                    topo = Topology(topo_name, ("127.0.0.1", 0), uses_connect=True)
+                else:
+                    topo = topologies[topo_name]
                 runs = []
                 for rep in range(1 if name in OWN_REPEATS else sizes["repeats"]):
                     if name in FRESH_CHAIN and topo_name == "fastrelay":

@@ -7,6 +7,7 @@ bench target (bench/target.py) on TARGET_HOST.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import secrets
@@ -47,9 +48,7 @@ class Process:
         return _status_kib(self.pid, "VmHWM")
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid)
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -59,6 +58,13 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (clock-tick resolution)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -128,10 +134,19 @@ def connect_proxy(log_dir: Path) -> Topology:
     return Topology("connect_proxy", _addr(proc.ready["listen"]), True, [proc])
 
 
-def chain(log_dir: Path, extra: tuple[str, ...] = ()) -> Topology:
+def chain(
+    log_dir: Path,
+    extra: tuple[str, ...] = (),
+    *,
+    relay_args: tuple[str, ...] = (),
+    client_args: tuple[str, ...] = (),
+    log_prefix: str = "",
+) -> Topology:
     """client_a -> relay -> agent, with the target's address on the filter list.
 
-    `extra` options go to both client_a and the agent (say, --window 4MiB)."""
+    `extra` options go to both client_a and the agent (say, --window 4MiB);
+    `relay_args` to the relay only (say, --workers 2), `client_args` to client_a
+    only (say, --carriers 8). Logs go to `<log_prefix><program>.log`."""
     client_token, agent_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     rules = Path(tempfile.mkdtemp(prefix="fastrelay-bench-")) / "rules.txt"
     rules.write_text(f"{TARGET_HOST}/32\n")
@@ -149,9 +164,10 @@ def chain(log_dir: Path, extra: tuple[str, ...] = ()) -> Topology:
                 "127.0.0.1:0",
                 "--log-level",
                 "warning",
+                *relay_args,
             ],
             {"FASTRELAY_CLIENT_TOKENS": client_token, "FASTRELAY_AGENT_TOKENS": agent_token},
-            log_dir / "relay.log",
+            log_dir / f"{log_prefix}relay.log",
         )
         started.append(relay)
         url = f"ws://{relay.ready['listen']}"
@@ -171,7 +187,7 @@ def chain(log_dir: Path, extra: tuple[str, ...] = ()) -> Topology:
                 *extra,
             ],
             {"FASTRELAY_TOKEN": agent_token},
-            log_dir / "agent.log",
+            log_dir / f"{log_prefix}agent.log",
         )
         started.append(agent)
         client = start(
@@ -190,9 +206,10 @@ def chain(log_dir: Path, extra: tuple[str, ...] = ()) -> Topology:
                 "--log-level",
                 "warning",
                 *extra,
+                *client_args,
             ],
             {"FASTRELAY_TOKEN": client_token},
-            log_dir / "client_a.log",
+            log_dir / f"{log_prefix}client_a.log",
         )
         started.append(client)
         topo = Topology(
@@ -222,6 +239,38 @@ def _wait_ready(admins: list[str], timeout: float = 15.0) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{admin} never became ready")
             time.sleep(0.05)
+
+
+def wait_gauge(admin: str, name: str, want: float, timeout: float = 20.0) -> float:
+    """Poll an admin port's /metrics until the unlabelled gauge `name` reaches `want`
+    (say, the agent's fastrelay_relay_connected == the relay's worker count)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    value = float("nan")
+    while True:
+        with contextlib.suppress(OSError):
+            value = sum(v for (n, _), v in scrape(admin).items() if n == name)
+        if value >= want:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{admin}: {name} is {value}, not {want}, after {timeout:g} s")
+        time.sleep(0.05)
+
+
+def scrape(admin: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One GET of an admin port's /metrics: {(sample name, sorted labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def _addr(text: str) -> tuple[str, int]:

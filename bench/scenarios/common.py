@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,10 @@ FULL_SIZES = {
     "scrape_seconds": 4.0,  # each download repeat; a 1 s scraper lands ~4 scrapes in it
     "scrape_pairs": 5,  # off/on repeats, interleaved
     "scrape_idle_rounds": 20,
+    "workers_tunnels": 16,  # concurrent downloads per throughput repeat
+    "workers_seconds": 4.0,
+    "workers_carriers": 8,  # client_a's WebSockets, so streams land on every worker
+    "workers_repeats": 3,  # per relay configuration, interleaved 1, 2, 1, 2, ...
     "repeats": 3,
 }
 QUICK_SIZES = {
@@ -32,6 +38,10 @@ QUICK_SIZES = {
     "scrape_seconds": 1.0,
     "scrape_pairs": 2,
     "scrape_idle_rounds": 5,
+    "workers_tunnels": 8,
+    "workers_seconds": 1.0,
+    "workers_carriers": 8,
+    "workers_repeats": 1,
     "repeats": 1,
 }
 
@@ -42,6 +52,12 @@ class Context:
     sizes: dict
     log_dir: Path
     extra: dict = field(default_factory=dict)
+    target_pid: int = 0  # the bench target, for scenarios that account CPU time
+    chain_args: tuple[str, ...] = ()  # options for client_a and the agent (--window)
+
+
+def progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
