@@ -53,18 +53,26 @@ class CarrierPool:
         return [c for c in self.carriers if c.ready]
 
     def pick(self, avoid: Carrier | None = None) -> Carrier | None:
-        """The ready carrier with the fewest streams; with `avoid`, one on a
-        different relay instance if there is one, else any other carrier."""
+        """A ready carrier on the relay instance with the fewest of our
+        streams, then the least busy carrier there. Balancing by instance
+        first matters when carriers land unevenly (a balancer's hash, or
+        SO_REUSEPORT under --workers: 7 of 8 carriers on one worker happens).
+        With `avoid`, another instance if there is one, else another carrier."""
         ready = self.ready
         if avoid is not None:
             elsewhere = [c for c in ready if c.instance_id != avoid.instance_id]
             ready = elsewhere or [c for c in ready if c is not avoid]
         if not ready:
             return None
-        # Ties rotate, so short sequential requests spread over every relay too.
+        by_instance: dict[str, list[Carrier]] = {}
+        for carrier in ready:
+            by_instance.setdefault(carrier.instance_id, []).append(carrier)
+        # Ties rotate (instances, then carriers), so short sequential
+        # requests spread over every relay too.
         self.turn += 1
-        start = self.turn % len(ready)
-        return min(ready[start:] + ready[:start], key=lambda c: len(c.streams))
+        instances = _rotated(sorted(by_instance), self.turn)
+        least = min(instances, key=lambda i: sum(len(c.streams) for c in by_instance[i]))
+        return min(_rotated(by_instance[least], self.turn), key=lambda c: len(c.streams))
 
     async def wait_pick(self, timeout: float, avoid: Carrier | None = None) -> Carrier | None:
         """pick(), waiting up to `timeout` for a carrier (after a restart or a
@@ -138,6 +146,11 @@ class CarrierPool:
         if carrier in self.carriers:
             self.carriers.remove(carrier)
         self.changed.set()
+
+
+def _rotated(items: list, turn: int) -> list:
+    start = turn % len(items)
+    return items[start:] + items[:start]
 
 
 async def _sleep(stop: asyncio.Event, delay: float) -> None:

@@ -1,0 +1,53 @@
+"""client_a's choice of carrier (fastrelay/io/pool.py CarrierPool.pick)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from types import SimpleNamespace
+
+from fastrelay.io.carrier import CarrierStats, RelayLink
+from fastrelay.io.pool import CarrierPool
+
+
+def fake_carrier(instance: str, streams: int = 0, ready: bool = True) -> SimpleNamespace:
+    return SimpleNamespace(instance_id=instance, streams=dict.fromkeys(range(streams)), ready=ready)
+
+
+def make_pool(carriers: list[SimpleNamespace]) -> CarrierPool:
+    async def build() -> CarrierPool:
+        link = RelayLink("ws://127.0.0.1:1/v1/client", "client", "t", None, 20, 1 << 20, 1)
+        pool = CarrierPool(link, handler=None, stats=CarrierStats(), size=len(carriers))  # type: ignore[arg-type]
+        pool.carriers = carriers  # type: ignore[assignment]
+        return pool
+
+    return asyncio.run(build())
+
+
+def test_sequential_opens_spread_over_instances_not_carriers() -> None:
+    # 7 carriers landed on w0 and 1 on w1 (SO_REUSEPORT's hash does that).
+    carriers = [fake_carrier("w0") for _ in range(7)] + [fake_carrier("w1")]
+    pool = make_pool(carriers)
+    picks = Counter(pool.pick().instance_id for _ in range(100))  # type: ignore[union-attr]
+    assert picks == {"w0": 50, "w1": 50}
+
+
+def test_the_less_loaded_instance_wins() -> None:
+    carriers = [fake_carrier("a", 3), fake_carrier("a", 0), fake_carrier("b", 2)]
+    pool = make_pool(carriers)
+    assert pool.pick() is carriers[2]  # instance b has 2 streams, a has 3
+
+
+def test_avoid_prefers_another_instance_then_another_carrier() -> None:
+    a1, a2, b = fake_carrier("a"), fake_carrier("a"), fake_carrier("b", 9)
+    pool = make_pool([a1, a2, b])
+    assert pool.pick(avoid=a1) is b
+    only_a = make_pool([a1, a2])
+    assert only_a.pick(avoid=a1) is a2
+    assert make_pool([a1]).pick(avoid=a1) is None
+
+
+def test_carriers_that_are_not_ready_are_never_picked() -> None:
+    pool = make_pool([fake_carrier("a", ready=False), fake_carrier("b", 5)])
+    assert pool.pick().instance_id == "b"  # type: ignore[union-attr]
+    assert make_pool([fake_carrier("a", ready=False)]).pick() is None
