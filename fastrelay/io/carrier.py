@@ -449,7 +449,7 @@ def carrier_metrics(stats: CarrierStats, role: str, carriers: list[Carrier]) -> 
     """The metrics every program with carriers exports (client_a and the agent)."""
     yield metrics.gauge(
         metrics.RELAY_CONNECTED,
-        "1 while the relay connection is up",
+        "Relay WebSockets up and open for new streams",
         [],
         {(): sum(1 for c in carriers if c.ready)},
     )
