@@ -187,6 +187,8 @@ fastrelay demo is running: client_a -> relay -> agent, all on loopback.
   Metrics:    relay    http://{r["admin"]}/metrics
               agent    http://{a["admin"]}/metrics
               client_a http://{c["admin"]}/metrics
+  Grafana:    scrape them with deploy/prometheus/prometheus.yml (targets 127.0.0.1 and
+              the ports above), then import deploy/grafana/fastrelay.json (deploy/README.md)
 
 Ctrl-C stops everything.
 """,
