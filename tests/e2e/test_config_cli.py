@@ -51,6 +51,20 @@ BAD = [
     ("agent-bad-url", "agent", ["--relay", "http://x"], PEER_TOKEN, None, "--relay"),
     ("client-bad-listen", "client", ["--listen", "nowhere"], PEER_TOKEN, None, "--listen"),
     ("agent-toml-value", "agent", [], PEER_TOKEN, "reconnect_max = 0\n", "reconnect_max"),
+    ("cluster-not-redis", "relay", ["--cluster", "http://r:6379"], TOKENS, None, "--cluster"),
+    (
+        "peers-and-cluster",
+        "relay",
+        ["--cluster", "redis://r", "--peers", "a"],
+        TOKENS,
+        None,
+        "--peers",
+    ),
+    ("peers-no-instance", "relay", ["--peers", "a,b"], TOKENS, None, "--instance-id"),
+    ("workers-zero", "relay", ["--workers", "0"], TOKENS, None, "--workers"),
+    ("workers-word", "relay", ["--workers", "many"], TOKENS, None, "--workers"),
+    ("carriers-zero", "client", ["--carriers", "0"], PEER_TOKEN, None, "--carriers"),
+    ("carriers-too-many", "client", [], PEER_TOKEN, "carriers = 65\n", "carriers"),
 ]
 
 
