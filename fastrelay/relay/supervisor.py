@@ -179,10 +179,13 @@ async def serve_workers(config: RelayConfig, stop: asyncio.Event) -> int:
     try:
         for worker in supervisor.workers:
             await supervisor.start(worker)
-    except (RuntimeError, OSError):
+    except (RuntimeError, OSError) as exc:
+        # A worker that cannot start (its port taken, a bad TLS file) has
+        # already said why on stderr; stop the others and fail as a whole.
+        print(f"fastrelay relay: error: {exc}", file=sys.stderr)
         await supervisor.shutdown()
         admin.close()
-        raise
+        return 1
     finally:
         if holder is not None:
             holder.close()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 from pathlib import Path
 
 from conftest import LISTED, Target
 from helpers import curl, wait_exit
-from support.procs import Chain, is_ready, metric, scrape, wait_until
+from support.procs import Chain, fastrelay, is_ready, metric, scrape, wait_until
 
 WORKERS = 2
 CARRIERS = 16  # client_a's WebSockets: all landing on one worker has odds 2^-15
@@ -138,3 +140,27 @@ def test_workers_exit_when_the_supervisor_is_killed(
         for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_that_cannot_bind_fail_the_supervisor_cleanly(tmp_path: Path) -> None:
+    """A port held by another program (without SO_REUSEPORT): the workers
+    cannot bind, and the supervisor exits 1 with a message, no traceback, no
+    worker left behind."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            fastrelay(
+                "relay", "--workers", "2", "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0"
+            ),
+            env={**os.environ, "FASTRELAY_CLIENT_TOKENS": "c", "FASTRELAY_AGENT_TOKENS": "a"},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "did not report ready" in result.stderr
+    assert "address already in use" in result.stderr.lower()  # the worker said why
+    assert "Traceback" not in result.stderr
