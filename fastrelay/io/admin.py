@@ -24,9 +24,14 @@ class Readiness:
     """What /readyz answers: 503 while starting or draining, and (for the
     programs that dial the relay) while no relay connection is up."""
 
-    def __init__(self, connected: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        connected: Callable[[], bool] | None = None,
+        unconnected: str = "not connected to a relay",
+    ) -> None:
         self.phase = "starting"
         self.connected = connected
+        self.unconnected = unconnected
 
     def set(self, phase: str) -> None:
         self.phase = phase
@@ -35,7 +40,7 @@ class Readiness:
         if self.phase != "ready":
             return False, self.phase
         if self.connected is not None and not self.connected():
-            return False, "not connected to a relay"
+            return False, self.unconnected
         return True, "ready"
 
 

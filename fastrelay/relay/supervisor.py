@@ -172,7 +172,7 @@ async def serve_workers(config: RelayConfig, stop: asyncio.Event) -> int:
         holder.bind((host, 0))
         port = holder.getsockname()[1]
     supervisor = Supervisor(config, host, port)
-    readiness = Readiness(connected=lambda: bool(supervisor.alive))
+    readiness = Readiness(connected=lambda: bool(supervisor.alive), unconnected="no worker running")
     registry = CollectorRegistry(auto_describe=False)  # the workers' process metrics, by worker
     registry.register(_Collector(supervisor))
     admin = await start_admin(*config.admin, registry, readiness.check)
