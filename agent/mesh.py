@@ -69,9 +69,12 @@ class AgentMesh:
         return sorted(i for i in wanted if i not in self.held)
 
     async def run(self, stop: asyncio.Event) -> None:
+        dialing = asyncio.ensure_future(self._dial_loop(stop))
         try:
-            await self._dial_loop(stop)
+            await stop.wait()
         finally:
+            dialing.cancel()  # a dial in progress must not hold up shutdown
+            await asyncio.gather(dialing, return_exceptions=True)
             await asyncio.gather(*(c.aclose() for c in self.carriers))
 
     async def _dial_loop(self, stop: asyncio.Event) -> None:
