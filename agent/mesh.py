@@ -12,7 +12,6 @@ the set is dropped once its open tunnels have finished.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 
@@ -26,6 +25,7 @@ from fastrelay.io.carrier import (
     RelayLink,
     describe_dial_error,
 )
+from fastrelay.lifecycle import first_of, pause
 from fastrelay.logs import RateLimitedLog
 from fastrelay.protocol.messages import GoAway, Members
 
@@ -83,7 +83,7 @@ class AgentMesh:
         while not stop.is_set():
             if not self.missing():
                 self.changed.clear()
-                await _wait_either(stop, self.changed)
+                await first_of(stop.wait(), self.changed.wait())
                 continue
             carrier = Carrier(self.link, self.handler, self, self.stats)
             try:
@@ -95,7 +95,7 @@ class AgentMesh:
                     "cannot reach relay", url=self.link.url, error=describe_dial_error(exc)
                 )
                 carrier.close()
-                await _sleep(stop, error_backoff.next_delay())
+                await pause(stop, error_backoff.next_delay())
                 continue
             error_backoff.reset()
             instance = hello.instance_id
@@ -104,7 +104,7 @@ class AgentMesh:
                 # The relay may already have routed an open to it: retire it
                 # with GOAWAY (no new streams), never by closing under them.
                 self._retire(carrier, "duplicate: the agent holds this instance")
-                await _sleep(stop, duplicate_backoff.next_delay())
+                await pause(stop, duplicate_backoff.next_delay())
                 continue
             self.dials["ok"] += 1
             duplicate_backoff.reset()
@@ -155,17 +155,3 @@ class AgentMesh:
         self.leaving.append(carrier)
         carrier.send(GoAway(why).encode())
         asyncio.get_running_loop().call_later(RETIRE_GRACE, carrier.close_if_idle)
-
-
-async def _sleep(stop: asyncio.Event, delay: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay)
-
-
-async def _wait_either(stop: asyncio.Event, changed: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -11,14 +11,13 @@ import contextlib
 import os
 import resource
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastrelay.lifecycle import spawn_ready
+from fastrelay.lifecycle import spawn_ready, stop_process
 
 TARGET_HOST = "127.0.0.2"
 
@@ -51,13 +50,7 @@ class Process:
         return cpu_seconds(self.pid)
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        stop_process(self.popen, 10)
 
 
 def cpu_seconds(pid: int) -> float:

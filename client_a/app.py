@@ -4,7 +4,6 @@ reloading (SIGHUP and file changes) and the admin endpoint."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -20,7 +19,7 @@ from fastrelay.accesslog import AccessLog
 from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.io.carrier import RelayLink
 from fastrelay.io.pool import CarrierPool
-from fastrelay.lifecycle import announce_ready, format_address
+from fastrelay.lifecycle import announce_ready, format_address, pause
 
 log = logging.getLogger("fastrelay.client")
 
@@ -59,8 +58,7 @@ class RulesWatcher:
 
     async def watch(self, stop: asyncio.Event, interval: float) -> None:
         while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            await pause(stop, interval)
             if self._stamp() != self.stamp:
                 self.reload()
 

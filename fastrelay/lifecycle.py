@@ -10,6 +10,7 @@ that asked for port 0 learn the real ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -18,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 import uvloop
@@ -81,17 +82,42 @@ def run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
     return uvloop.run(runner())
 
 
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake at once when `stop` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def first_of(*waitables: Awaitable[object]) -> None:
+    """Wait until any of them completes; cancel the waits made here (futures
+    passed in are left alone)."""
+    tasks = [asyncio.ensure_future(w) for w in waitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task, waitable in zip(tasks, waitables, strict=True):
+            if task is not waitable:
+                task.cancel()
+
+
 def spawn_ready(
-    argv: list[str], env: dict[str, str] | None = None, stderr=None, timeout: float = 20.0
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    stderr=None,
+    timeout: float = 20.0,
+    cwd: str | None = None,
+    base_env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen, dict]:
     """Start a program and wait for its JSON ready line (used by the demo,
-    the benchmarks and the tests). Raises RuntimeError if none comes in time."""
+    the benchmarks and the tests). `env` is added to `base_env` (default:
+    this process's environment). Raises RuntimeError if no line comes in time."""
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr,
-        env={**os.environ, **(env or {})},
+        env={**(os.environ if base_env is None else base_env), **(env or {})},
+        cwd=cwd,
     )
     assert proc.stdout is not None
     selector = selectors.DefaultSelector()
@@ -113,3 +139,17 @@ def spawn_ready(
         proc.wait(5)
         raise RuntimeError(f"{' '.join(argv[:4])} did not report ready")
     return proc, orjson.loads(line)
+
+
+def stop_process(popen: subprocess.Popen, timeout: float = 8.0) -> int | None:
+    """SIGTERM (after SIGCONT, in case a test stopped it), SIGKILL after
+    `timeout`; returns the exit status. Only ever the process we started."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGCONT)
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+    return popen.returncode

@@ -24,6 +24,7 @@ from fastrelay.io.carrier import (
     RelayLink,
     describe_dial_error,
 )
+from fastrelay.lifecycle import first_of, pause
 from fastrelay.logs import RateLimitedLog
 from fastrelay.protocol.messages import Members
 
@@ -118,7 +119,7 @@ class CarrierPool:
                     "cannot reach relay", url=self.link.url, error=describe_dial_error(exc)
                 )
                 carrier.close()
-                await _sleep(stop, backoff.next_delay())
+                await pause(stop, backoff.next_delay())
                 continue
             self.dials["ok"] += 1
             self.carriers.append(carrier)
@@ -126,13 +127,13 @@ class CarrierPool:
             # Until the connection is lost, or GOAWAY frees the slot for a replacement.
             while not carrier.lost and not carrier.goaway and not stop.is_set():
                 self.changed.clear()
-                await _wait_any(stop, carrier.done, self.changed)
+                await first_of(stop.wait(), carrier.done, self.changed.wait())
             if stop.is_set():
                 return
             if carrier.goaway or loop.time() - started >= STABLE_AFTER:
                 backoff.reset()
             if carrier.lost:  # not GOAWAY: wait a little, as any redial should
-                await _sleep(stop, backoff.next_delay())
+                await pause(stop, backoff.next_delay())
 
     # --- CarrierOwner ---
 
@@ -151,17 +152,3 @@ class CarrierPool:
 def _rotated(items: list, turn: int) -> list:
     start = turn % len(items)
     return items[start:] + items[:start]
-
-
-async def _sleep(stop: asyncio.Event, delay: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay)
-
-
-async def _wait_any(stop: asyncio.Event, done: asyncio.Future[None], changed: asyncio.Event):
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())]
-    try:
-        await asyncio.wait([*waiters, done], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

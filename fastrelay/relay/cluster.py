@@ -20,6 +20,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from fastrelay.lifecycle import pause
 from fastrelay.logs import RateLimitedLog
 
 log = logging.getLogger("fastrelay.cluster")
@@ -61,8 +62,7 @@ class RedisMembership:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set() and not self.leaving:
             await self.heartbeat()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+            await pause(stop, self.interval)
 
     async def heartbeat(self) -> None:
         try:

@@ -30,7 +30,7 @@ from prometheus_client.core import Metric
 
 from fastrelay import metrics
 from fastrelay.io.admin import Readiness, start_admin
-from fastrelay.lifecycle import announce_ready, format_address, on_sighup
+from fastrelay.lifecycle import announce_ready, format_address, on_sighup, pause
 from fastrelay.relay import aggregate
 from fastrelay.relay.config import RelayConfig
 
@@ -102,7 +102,7 @@ class Supervisor:
                 return
             log.error("relay worker %d exited with %s; restarting it", worker.index, status)
             self._retire(worker)
-            await _sleep(stop, delay)
+            await pause(stop, delay)
             delay = min(RESTART_DELAY_MAX, delay * 2)
             if stop.is_set():
                 return
@@ -244,8 +244,3 @@ async def _drain(stream: asyncio.StreamReader) -> None:
     with contextlib.suppress(Exception):
         while await stream.read(4096):
             pass
-
-
-async def _sleep(stop: asyncio.Event, delay: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay)

@@ -9,9 +9,11 @@ import os
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 from conftest import Chain, Proc, Target, curl_path
 from support.procs import metric, scrape
+from support.target import BLOCK
 
 SOCKET_TIMEOUT = 30.0
 
@@ -19,7 +21,14 @@ SOCKET_TIMEOUT = 30.0
 def curl(
     chain: Chain, target: Target, url: str, *args: str, max_time: float = 30
 ) -> subprocess.CompletedProcess:
-    """Run curl through client_a (`-x`), trusting the test CA; never raises on failure."""
+    """Run curl through the chain's (first) client_a; never raises on failure."""
+    return curl_via(chain.proxy, target, url, *args, max_time=max_time)
+
+
+def curl_via(
+    proxy: str, target: Target, url: str, *args: str, max_time: float = 30
+) -> subprocess.CompletedProcess:
+    """Run curl through the proxy at `proxy` (`-x`), trusting the test CA."""
     return subprocess.run(
         [
             curl_path(),
@@ -29,13 +38,21 @@ def curl(
             "--cacert",
             str(target.ca_pem),
             "-x",
-            chain.proxy,
+            proxy,
             *args,
             url,
         ],
         capture_output=True,
         timeout=max_time + 30,
     )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(BLOCK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def relay_bytes(chain: Chain, direction: str = "downstream") -> float:
@@ -71,19 +88,30 @@ def response_head(raw: bytes) -> tuple[int, dict[str, str]]:
 
 
 def open_connect(chain: Chain, host: str, port: int) -> socket.socket:
-    """A raw socket to client_a with a CONNECT tunnel to host:port established."""
-    proxy_host, _, proxy_port = chain.clients[0].ready["listen"].rpartition(":")
+    """A raw socket to the chain's client_a with a CONNECT tunnel to host:port."""
+    return open_connect_via(chain.clients[0], host, port)
+
+
+def open_connect_via(client: Proc, host: str, port: int) -> socket.socket:
+    """A raw socket to `client` (a client_a) with a CONNECT tunnel to host:port
+    established; AssertionError, with client_a's reason, if it is refused."""
+    proxy_host, _, proxy_port = client.ready["listen"].rpartition(":")
     sock = socket.create_connection((proxy_host, int(proxy_port)), timeout=SOCKET_TIMEOUT)
     try:
         sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
+        answer = b""
+        while b"\r\n\r\n" not in answer:
             chunk = sock.recv(4096)
-            assert chunk, f"client_a closed before the CONNECT answer: {head!r}"
-            head += chunk
-            assert len(head) < 65536, head[:200]
-        assert head.split(maxsplit=2)[1] == b"200", head
-        assert head.endswith(b"\r\n\r\n"), "tunnel bytes arrived before any were sent"
+            assert chunk, f"client_a closed before the CONNECT answer: {answer!r}"
+            answer += chunk
+            assert len(answer) < 65536, answer[:200]
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0]
+        # client_a's error pages are one short line: the reason
+        assert status_line.split(maxsplit=2)[1] == b"200", (
+            f"{status_line.decode()}: {body.decode(errors='replace').strip()}"
+        )
+        assert not body, "tunnel bytes arrived before any were sent"
     except BaseException:
         sock.close()
         raise

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 from conftest import LISTED, Chain, Target
-from helpers import curl, relay_bytes
+from helpers import curl, file_sha256, relay_bytes
 from support.procs import metric
 from support.target import BLOCK, pattern_block, pattern_sha256
 
@@ -16,14 +15,6 @@ SIZE = 100 * 10**6
 MAX_TIME = 240  # a hard ceiling only, so a stalled transfer fails instead of hanging
 
 pytestmark = pytest.mark.timeout(MAX_TIME + 60)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(BLOCK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tunnels_ok(chain: Chain) -> float:

@@ -10,9 +10,7 @@ topology and deploy/haproxy/haproxy.cfg for the balancer config under test.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,7 +23,14 @@ import pytest
 import redis
 import uvloop
 from conftest import LISTED, Target, curl_path
-from helpers import echo_reply, half_close_exchange, wait_exit
+from helpers import (
+    curl_via,
+    echo_reply,
+    file_sha256,
+    half_close_exchange,
+    open_connect_via,
+    wait_exit,
+)
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from support.cluster import (
     CLUSTER_TTL,
@@ -37,7 +42,7 @@ from support.cluster import (
     tool,
 )
 from support.procs import CLIENT_TOKEN, http_get, metric, wait_until
-from support.target import BLOCK, pattern_sha256
+from support.target import pattern_sha256
 
 from fastrelay.protocol.frames import FrameType, iter_frames
 from fastrelay.protocol.messages import ConnectResponse, Hello, OpenStream
@@ -93,21 +98,7 @@ def proxy_of(client) -> str:
 
 def fetch(proxy: str, target: Target, max_time: float = 20) -> tuple[bool, str]:
     """One HTTPS request (one CONNECT tunnel) through client_a at `proxy`."""
-    result = subprocess.run(
-        [
-            curl_path(),
-            "-sS",
-            "--max-time",
-            str(max_time),
-            "--cacert",
-            str(target.ca_pem),
-            "-x",
-            proxy,
-            target.https(LISTED, "/hello"),
-        ],
-        capture_output=True,
-        timeout=max_time + 30,
-    )
+    result = curl_via(proxy, target, target.https(LISTED, "/hello"), max_time=max_time)
     ok = result.returncode == 0 and GREETING in result.stdout
     detail = f"curl {result.returncode}: {result.stderr.decode(errors='replace').strip()}"
     return ok, detail
@@ -122,33 +113,6 @@ def fetch_many(proxy: str, target: Target, count: int, parallel: int = 5) -> lis
 
 def ok_streams(slot: RelaySlot) -> float:
     return slot.metric("fastrelay_streams_total", result="ok")
-
-
-class TunnelRefused(AssertionError):
-    """client_a answered the CONNECT with something other than 200."""
-
-
-def open_tunnel(client, host: str, port: int) -> socket.socket:
-    """A raw CONNECT tunnel through `client` (held open by the caller)."""
-    proxy_host, _, proxy_port = client.ready["listen"].rpartition(":")
-    sock = socket.create_connection((proxy_host, int(proxy_port)), timeout=15)
-    try:
-        sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise TunnelRefused(f"client_a closed before the CONNECT answer: {answer!r}")
-            answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
-        status_line = head.split(b"\r\n", 1)[0]
-        if status_line.split(maxsplit=2)[1] != b"200":
-            # client_a's error pages are one short line: the reason
-            raise TunnelRefused(f"{status_line.decode()}: {body.decode(errors='replace').strip()}")
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 @dataclass
@@ -201,14 +165,6 @@ class Load:
             interval=0.1,
             what=f"{count} requests of the load",
         )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(BLOCK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def test_the_documented_haproxy_config_is_valid_as_shipped() -> None:
@@ -281,7 +237,7 @@ def test_agent_meshes_with_every_relay_and_all_relays_carry_streams(
         held = []
         try:
             for _ in range(3):
-                held.append(open_tunnel(client, LISTED, echo))
+                held.append(open_connect_via(client, LISTED, echo))
             for n, sock in enumerate(held):
                 payload = f"{client.name} tunnel {n}".encode() * 100
                 assert half_close_exchange(sock, payload) == echo_reply(payload)
@@ -467,8 +423,8 @@ def tunnel_once(client, host: str, port: int) -> str | None:
     """One CONNECT tunnel with an echo exchange; None if it worked, else why not."""
     payload = b"x" * 1000
     try:
-        sock = open_tunnel(client, host, port)
-    except (TunnelRefused, OSError) as exc:
+        sock = open_connect_via(client, host, port)
+    except (AssertionError, OSError) as exc:
         return str(exc)[:200]
     try:
         reply = half_close_exchange(sock, payload)

@@ -21,7 +21,6 @@ import io
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -29,19 +28,23 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import redis
 from support.procs import (
     AGENT_TOKEN,
     CLIENT_TOKEN,
     ROOT,
     Proc,
+    agent_argv,
+    client_argv,
     fastrelay,
     http_get,
     is_ready,
     metric,
+    require_tools_or_skip,
     wait_until,
 )
+
+from fastrelay.lifecycle import stop_process
 
 HAPROXY_CONFIG = ROOT / "deploy/haproxy/haproxy.cfg"
 # Debian installs haproxy in /usr/sbin, not on every user's PATH.
@@ -63,12 +66,7 @@ def tool(name: str) -> str | None:
 def require_tools() -> None:
     """Skip without haproxy or redis-server, except in CI, where that is a failure."""
     missing = [name for name in ("haproxy", "redis-server") if tool(name) is None]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} missing: scripts/system-deps.sh installs them"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    require_tools_or_skip(missing, "scripts/system-deps.sh installs them")
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -116,14 +114,7 @@ class Daemon:
         return self.popen.poll() is None
 
     def stop(self, timeout: float = 5.0) -> int | None:
-        if self.alive():
-            os.kill(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return self.popen.returncode
+        return stop_process(self.popen, timeout)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -315,37 +306,14 @@ class Cluster:
         return f"ws://{self.haproxy.address}"
 
     def start_agent(self) -> Proc:
-        argv = fastrelay(
-            "agent",
-            "--relay",
-            self.url,
-            "--admin",
-            "127.0.0.1:0",
-            "--reconnect-max",
-            "1",
-            "--allow",
-            "127.0.0.0/8",
-        )
+        argv = agent_argv(self.url, "--allow", "127.0.0.0/8")
         proc = Proc("agent", argv, {"FASTRELAY_TOKEN": AGENT_TOKEN}, self.log_dir)
         self.procs.append(proc)
         self.agent = proc
         return proc
 
     def start_client(self, rules: Path, *args: str) -> Proc:
-        argv = fastrelay(
-            "client",
-            "--listen",
-            "127.0.0.1:0",
-            "--relay",
-            self.url,
-            "--admin",
-            "127.0.0.1:0",
-            "--rules",
-            str(rules),
-            "--reconnect-max",
-            "1",
-            *args,
-        )
+        argv = client_argv(self.url, rules, *args)
         proc = Proc(
             f"client{len(self.clients) + 1}", argv, {"FASTRELAY_TOKEN": CLIENT_TOKEN}, self.log_dir
         )

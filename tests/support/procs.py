@@ -8,8 +8,6 @@ Processes are stopped by their own PID only.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -17,9 +15,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastrelay.lifecycle import spawn_ready
+from fastrelay.lifecycle import spawn_ready, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_TOKEN = "client-token-for-tests"
@@ -55,14 +54,7 @@ class Proc:
 
     def stop(self, timeout: float = 8.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
-        if self.alive():
-            os.kill(self.popen.pid, signal.SIGCONT)  # in case a test stopped it
-            os.kill(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        stop_process(self.popen, timeout)
         for stream in (self.popen.stdin, self.popen.stdout):
             if stream is not None:
                 stream.close()
@@ -79,6 +71,42 @@ class Proc:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def agent_argv(relay_url: str, *args: str) -> list[str]:
+    """An agent on an ephemeral admin port that redials quickly."""
+    return fastrelay(
+        "agent", "--relay", relay_url, "--admin", "127.0.0.1:0", "--reconnect-max", "1", *args
+    )
+
+
+def client_argv(relay_url: str, rules: Path, *args: str) -> list[str]:
+    """client_a on ephemeral ports that redials quickly."""
+    return fastrelay(
+        "client",
+        "--listen",
+        "127.0.0.1:0",
+        "--relay",
+        relay_url,
+        "--admin",
+        "127.0.0.1:0",
+        "--rules",
+        str(rules),
+        "--reconnect-max",
+        "1",
+        *args,
+    )
+
+
+def require_tools_or_skip(missing: list[str], hint: str) -> None:
+    """Skip a test whose real tools are missing, except in CI (CI=true),
+    where `make test` must have installed them: there it is a failure."""
+    if not missing:
+        return
+    message = f"{', '.join(missing)} missing: {hint}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def fastrelay(program: str, *args: str) -> list[str]:
@@ -162,19 +190,7 @@ class Chain:
 
     def start_agent(self, *args: str, token: str = AGENT_TOKEN, wait: bool = True) -> Proc:
         proc = Proc(
-            "agent",
-            fastrelay(
-                "agent",
-                "--relay",
-                self.relay_url,
-                "--admin",
-                "127.0.0.1:0",
-                "--reconnect-max",
-                "1",
-                *args,
-            ),
-            {"FASTRELAY_TOKEN": token},
-            self.log_dir,
+            "agent", agent_argv(self.relay_url, *args), {"FASTRELAY_TOKEN": token}, self.log_dir
         )
         self.procs.append(proc)
         self.agents.append(proc)
@@ -183,25 +199,8 @@ class Chain:
         return proc
 
     def start_client(self, rules: Path, *args: str, wait: bool = True) -> Proc:
-        proc = Proc(
-            "client",
-            fastrelay(
-                "client",
-                "--listen",
-                "127.0.0.1:0",
-                "--relay",
-                self.relay_url,
-                "--admin",
-                "127.0.0.1:0",
-                "--rules",
-                str(rules),
-                "--reconnect-max",
-                "1",
-                *args,
-            ),
-            {"FASTRELAY_TOKEN": CLIENT_TOKEN},
-            self.log_dir,
-        )
+        argv = client_argv(self.relay_url, rules, *args)
+        proc = Proc("client", argv, {"FASTRELAY_TOKEN": CLIENT_TOKEN}, self.log_dir)
         self.procs.append(proc)
         self.clients.append(proc)
         if wait:

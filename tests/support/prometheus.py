@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-from support.procs import ROOT, http_get, wait_until
+from support.procs import ROOT, http_get, require_tools_or_skip, wait_until
+
+from fastrelay.lifecycle import stop_process
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
@@ -30,12 +30,7 @@ GRAFANA_INTERVALS = {"$__rate_interval": "10s", "$__interval": "2s", "$__range":
 def require_prometheus() -> None:
     """Skip when Prometheus is not installed, except in CI, where that is a failure."""
     missing = [path for path in (PROMETHEUS, PROMTOOL) if not os.access(path, os.X_OK)]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} missing: scripts/system-deps.sh installs Debian's prometheus"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    require_tools_or_skip(missing, "scripts/system-deps.sh installs Debian's prometheus")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -102,13 +97,7 @@ class Prometheus:
         return answer["data"]["result"]
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        stop_process(self.popen, 10)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -14,21 +14,20 @@ import importlib
 import json
 import os
 import re
-import selectors
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
-import urllib.request
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from support.procs import is_ready, wait_until
 
 from fastrelay import config as cfg
+from fastrelay.lifecycle import spawn_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "systemd"
@@ -260,38 +259,13 @@ def test_environment_names_in_deploy_files_are_real() -> None:
             assert name in known, f"{path.name} mentions {name}, which no program reads"
 
 
-def _spawn(argv: list[str], env: dict[str, str], timeout: float = 20.0):  # type: ignore[no-untyped-def]
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen, dict]:
     # cwd=/ as under systemd: the command must not depend on the working directory.
-    proc = subprocess.Popen(argv, cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    line = b""
-    deadline = time.monotonic() + timeout
-    while not line.endswith(b"\n") and selector.select(max(0.0, deadline - time.monotonic())):
-        chunk = os.read(proc.stdout.fileno(), 4096)
-        if not chunk:
-            break
-        line += chunk
-    selector.close()
-    if not line.endswith(b"\n"):
-        proc.kill()
-        _, err = proc.communicate(timeout=5)
-        pytest.fail(f"{argv[3:]} did not start: {err.decode(errors='replace')[-2000:]}")
-    return proc, json.loads(line)
-
-
-def _ready(admin: str, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    with log.open("wb") as stderr:
         try:
-            with urllib.request.urlopen(f"http://{admin}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False
+            return spawn_ready(argv, env, stderr=stderr, cwd="/", base_env={})
+        except RuntimeError:
+            pytest.fail(f"{argv[3:]} did not start: {log.read_text(errors='replace')[-2000:]}")
 
 
 def test_units_start_the_programs_and_stop_on_sigterm(tmp_path: Path) -> None:
@@ -314,23 +288,23 @@ def test_units_start_the_programs_and_stop_on_sigterm(tmp_path: Path) -> None:
                 env["FASTRELAY_RELAY"] = relay_url
             if program == "agent":
                 env.pop("FASTRELAY_LISTEN")
-            proc, ready[program] = _spawn([sys.executable, "-m", "fastrelay", program, *args], env)
+            argv = [sys.executable, "-m", "fastrelay", program, *args]
+            proc, ready[program] = _spawn(argv, env, tmp_path / f"{program}.log")
             procs.append((program, proc))
             if program == "relay":
                 relay_url = f"ws://{ready['relay']['listen']}"
         for program in PROGRAMS:
-            assert _ready(ready[program]["admin"]), f"{program} never became ready"
+            admin = ready[program]["admin"]
+            wait_until(lambda a=admin: is_ready(a), timeout=15, what=f"{program} ready")
         for program, proc in reversed(procs):  # client_a, the agent, then the relay
             limit = seconds(one(unit(program)["Service"], "TimeoutStopSec"))
             kill_signal = getattr(signal, one(unit(program)["Service"], "KillSignal"))
-            start = time.monotonic()
             proc.send_signal(kill_signal)
             try:
                 code = proc.wait(limit)
             except subprocess.TimeoutExpired:
                 pytest.fail(f"{program} still running {limit} s after {kill_signal.name}")
             assert code == 0, f"{program} exited {code} on {kill_signal.name}"
-            assert time.monotonic() - start < limit
     finally:
         for _, proc in procs:
             if proc.poll() is None:
