@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -56,10 +55,13 @@ def test_agent_with_a_wrong_token_never_becomes_ready(chain: Chain) -> None:
     agent = chain.start_agent(token=WRONG_TOKEN, wait=False)
     try:
         wait_until(lambda: auth_failures(chain, "agent") >= before + 2, what="repeated rejections")
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            assert not is_ready(agent.ready["admin"])
-            time.sleep(0.1)
+        admin = agent.ready["admin"]
+        wait_until(
+            lambda: metric(admin, "fastrelay_relay_dials_total", result="error") >= 2,
+            what="the agent counting its refused dials",
+        )
+        assert metric(admin, "fastrelay_relay_dials_total", result="ok") == 0  # never let in
+        assert not is_ready(admin)
         assert agent.alive()
         assert chain.relay is not None
         assert metric(chain.relay.ready["admin"], "fastrelay_connections", role="agent") == 1
