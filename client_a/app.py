@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from itertools import chain
 from pathlib import Path
-
-import aiofastnet
 
 from client_a.browser import BrowserConnection
 from client_a.config import ClientConfig
@@ -16,6 +15,7 @@ from client_a.proxy import Proxy
 from client_a.rules import RuleError, Rules
 from fastrelay import metrics
 from fastrelay.accesslog import AccessLog
+from fastrelay.io import listener
 from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.io.carrier import RelayLink
 from fastrelay.io.pool import CarrierPool
@@ -90,11 +90,13 @@ async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     readiness = Readiness(connected=lambda: bool(pool.ready))
     registry = metrics.make_registry(
-        "client", lambda: proxy.stats.collect(pool, len(proxy.rules)), readiness.check
+        "client",
+        lambda: chain(proxy.stats.collect(pool, len(proxy.rules)), listener.collect()),
+        readiness.check,
     )
     admin = await start_admin(*config.admin, registry, readiness.check)
     host, port = config.listen
-    server = await aiofastnet.create_server(loop, lambda: BrowserConnection(proxy), host, port)
+    server = await listener.create_server(loop, lambda: BrowserConnection(proxy), host, port)
     readiness.set("ready")
     listen = format_address(server.sockets[0].getsockname())
     admin_at = format_address(admin.sockets[0].getsockname())

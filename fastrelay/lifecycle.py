@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import resource
 import selectors
 import signal
 import subprocess
@@ -62,7 +63,28 @@ def follow_parent(expected_ppid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (every connection is an
+    fd, and distributions default the soft limit to 1024); logs the limit in
+    force once and returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    log = logging.getLogger("fastrelay")
+    if soft == hard:
+        log.info("open file limit: %d (the hard limit)", soft)
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:  # e.g. an unlimited hard limit on macOS
+        log.info("open file limit: %d (not raised to the hard limit %d: %s)", soft, hard, exc)
+        return soft
+    log.info("open file limit: %d (raised from %d)", hard, soft)
+    return hard
+
+
 def run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
+    """Run a program's `main(stop)` on uvloop (after raising the fd limit)."""
+    raise_fd_limit()
+
     async def runner() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

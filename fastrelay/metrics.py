@@ -42,6 +42,7 @@ WS_WRITE_BUFFER = PREFIX + "ws_write_buffer_bytes"
 RELAY_CONNECTED = PREFIX + "relay_connected"
 CLIENT_REQUESTS = PREFIX + "client_requests"
 AGENT_DIALS = PREFIX + "agent_dials"
+ACCEPT_PAUSES = PREFIX + "accept_pauses"  # relay and client_a listeners out of fds
 
 READY = PREFIX + "ready"
 CLUSTER_MEMBERS = PREFIX + "cluster_members"

@@ -14,10 +14,10 @@ import logging
 import ssl
 from collections.abc import Callable
 
-import aiofastnet
 from picows import WSAutoPingStrategy, WSUpgradeRequest
 from picows.picows import WSProtocol
 
+from fastrelay.io import listener
 from fastrelay.lifecycle import format_address
 
 UpgradeHook = Callable[[WSUpgradeRequest, str], object]
@@ -74,6 +74,6 @@ async def create_ws_server(
         return protocol
 
     loop = asyncio.get_running_loop()
-    return await aiofastnet.create_server(
+    return await listener.create_server(  # pauses when out of fds, see there
         loop, protocol_factory, host, port, ssl=ssl_context, reuse_port=reuse_port or None
     )

@@ -6,10 +6,12 @@ import asyncio
 import logging
 import os
 import uuid
+from itertools import chain
 
 from picows import WSCloseCode
 
 from fastrelay.accesslog import AccessLog
+from fastrelay.io import listener
 from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.io.wsserver import create_ws_server
 from fastrelay.lifecycle import announce_ready, follow_parent, format_address, on_sighup
@@ -45,7 +47,9 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
         relay.membership = StaticMembership(instance_id, config.peers)
         relay.set_members(relay.membership.members)
     readiness = Readiness()
-    registry = make_registry("relay", lambda: relay.stats.collect(relay), readiness.check)
+    registry = make_registry(
+        "relay", lambda: chain(relay.stats.collect(relay), listener.collect()), readiness.check
+    )
     # The admin port answers first, so a load balancer sees "starting", not a refused port.
     admin = await start_admin(*config.admin, registry, readiness.check)
     tls = server_context(config.tls_cert, config.tls_key) if config.tls_cert else None

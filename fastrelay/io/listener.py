@@ -1,0 +1,150 @@
+"""aiofastnet listeners that pause, rather than spin, when the process runs
+out of file descriptors (the relay's WebSocket port, client_a's proxy port).
+
+WORKAROUND for aiofastnet 1.2.0 (aiofastnet/api_utils.py,
+`Server._accept_connection`): when accept() fails with EMFILE, ENFILE,
+ENOBUFS or ENOMEM it logs the error and then calls
+`listening_sock.remove_reader(...)`, a method sockets do not have. The
+AttributeError skips its back-off, the listening socket stays readable and
+the loop calls it again at once: 100 % CPU and two tracebacks per try
+(60,000+ log lines a second) for as long as the fds are gone.
+
+`create_server` therefore re-registers each listening socket with aiofastnet's
+own accept loop behind `_Guard`, whose accept() handles those errors first:
+it stops watching the socket for `PAUSE` seconds (asyncio's back-off),
+counts the pause and logs one rate-limited warning, then raises
+BlockingIOError, which aiofastnet's loop takes as "nothing more to accept".
+The faulty branch is never reached, so a fixed aiofastnet changes nothing;
+should its Server lose `_sockets` or `_accept_connection`, the guard is not
+installed and says so (tests/e2e/test_fd_exhaustion.py then fails). On an
+aiofastnet upgrade, check whether api_utils still calls
+`listening_sock.remove_reader`; if not, this guard may go. The admin
+endpoints use uvloop's create_server, which does not need it: on
+EMFILE/ENFILE libuv accepts and closes the pending connections with a spare
+fd it keeps (no spin, no log; the caller sees the connection closed).
+
+While paused the process also hands back a small reserve of fds
+(`FD_RESERVE`, held from the first listener on), so /healthz, a scrape or a
+dial still get an fd during the episode; the reserve is taken again before
+accepting resumes, so the listener alone never eats the last few.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import resource
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import aiofastnet
+from prometheus_client.core import Metric
+
+from fastrelay import metrics
+from fastrelay.lifecycle import format_address
+from fastrelay.logs import RateLimitedLog
+
+PAUSE = 0.5  # seconds a listening socket is left alone after running out
+FD_RESERVE = 16
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+log = logging.getLogger("fastrelay.listener")
+_warn = RateLimitedLog(log, period=10.0, burst=1)
+_reserve: list[int] = []
+_pauses = 0
+_installed = False  # a guard exists in this process: export the counter
+
+
+def _refill_reserve() -> None:
+    while len(_reserve) < FD_RESERVE:
+        try:
+            _reserve.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            return  # still short; the next pause frees what we have
+
+
+def _release_reserve() -> None:
+    while _reserve:
+        os.close(_reserve.pop())
+
+
+class _Guard:
+    """Stands in for a listening socket in aiofastnet's accept loop, which
+    calls only its accept() and fileno()."""
+
+    __slots__ = ("address", "loop", "server", "sock")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: Any, sock: Any) -> None:
+        self.loop, self.server, self.sock = loop, server, sock
+        self.address = format_address(sock.getsockname())
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def watch(self) -> None:
+        self.loop.add_reader(self.sock.fileno(), self.server._accept_connection, self)
+
+    def accept(self) -> tuple[Any, Any]:
+        try:
+            return self.sock.accept()
+        except OSError as exc:
+            if exc.errno not in OUT_OF_RESOURCES:
+                raise
+            self._pause(exc.errno)
+            raise BlockingIOError(errno.EAGAIN, "accepting paused") from None
+
+    def _pause(self, code: int) -> None:
+        global _pauses
+        _pauses += 1
+        self.loop.remove_reader(self.sock.fileno())
+        _release_reserve()
+        self.loop.call_later(PAUSE, self._resume)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        what = "file descriptors" if code in (errno.EMFILE, errno.ENFILE) else "kernel memory"
+        _warn.warning(
+            f"out of {what} ({errno.errorcode[code]}, fd limit {soft}): "
+            f"accepting on {self.address} paused for {PAUSE:g} s",
+        )
+
+    def _resume(self) -> None:
+        if self.server._sockets is None or self.sock.fileno() < 0:
+            return  # the server was closed meanwhile
+        _refill_reserve()
+        self.watch()
+
+
+async def create_server(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    **kwargs: Any,
+) -> asyncio.AbstractServer:
+    """aiofastnet.create_server, with the accept guard described above."""
+    global _installed
+    server = await aiofastnet.create_server(loop, protocol_factory, host, port, **kwargs)
+    sockets = getattr(server, "_sockets", None)
+    if sockets is None or not hasattr(server, "_accept_connection"):
+        log.warning(
+            "aiofastnet %s: accept guard not installed (Server has changed); "
+            "running out of fds may make the accept loop spin",
+            aiofastnet.__version__,
+        )
+        return server
+    _installed = True
+    _refill_reserve()
+    for sock in sockets:
+        _Guard(loop, server, sock).watch()  # replaces aiofastnet's own reader
+    return server
+
+
+def collect() -> Iterable[Metric]:
+    if _installed:
+        yield metrics.counter(
+            metrics.ACCEPT_PAUSES,
+            "Times a listener stopped accepting for a moment, out of fds (or kernel memory)",
+            [],
+            {(): _pauses},
+        )
