@@ -163,7 +163,100 @@ def rows(data: dict) -> list[Row]:
                     None,
                 )
             )
+    # Scenario 10: B's figures with A misbehaving against B's alone (the mean of the phases
+    # before and after the A phases), in the same run.
+    n = data["results"].get("noisy_neighbour", {}).get("fastrelay", {}).get("median", {})
+    if n:
+        for mode in ("stalled", "slow"):
+            p = n["phases"][mode]
+            name = f"10. noisy neighbour, A {mode}"
+            failed = p["downloads_failed"]
+            add(
+                name,
+                "B MB/s, ratio to B alone"
+                + (f" ({failed:.0f} downloads failed)" if failed else ""),
+                p["MBps"],
+                n["reference_MBps"],
+                ">= 0.90, no failure",
+                lambda r, ok=n[f"{mode}_throughput_ok"]: bool(ok),
+            )
+            failed = p["setups_failed"]
+            add(
+                name,
+                "B setup p99 ms, ratio to B alone"
+                + (f" ({failed:.0f} setups failed: a lower bound)" if failed else ""),
+                p["setup_p99_ms"],
+                n["reference_setup_p99_ms"],
+                "<= 1.5, no failure",
+                lambda r, ok=n[f"{mode}_setup_ok"]: bool(ok),
+            )
+            growth, budget = p["relay_rss_growth_MiB"], n["rss_budget_MiB"]
+            add(
+                name,
+                "relay RSS growth, MiB (baseline: budget)",
+                growth,
+                budget,
+                f"<= {budget:g} MiB",
+                lambda r, lim=budget: r <= lim,
+                value=growth,
+            )
     return out
+
+
+def noisy_section(data: dict) -> list[str]:
+    """The details of scenario 10: every phase, what the relay held, A's pace."""
+    result = data["results"].get("noisy_neighbour", {}).get("fastrelay")
+    if not result:
+        return []
+    m = result["median"]
+    lines = [
+        "",
+        "## A noisy neighbour on the same relay (scenario 10)",
+        "",
+        f"B (client_a): {m['b_downloads']:.0f} downloaders of {m['b_download_MiB']:g} MiB each"
+        f" through fresh tunnels, and 4 workers setting up tunnels (CONNECT, a 64-byte echo,"
+        f" close), for {m['seconds']:g} s per phase. A: a client_a stand-in"
+        f" (bench/noisy_peer.py, SO_RCVBUF {m['a_rcvbuf']}) with {m['a_streams']:.0f} endless"
+        " downloads at the normal window, SIGSTOPped (stalled) or reading"
+        f" {m['a_rate_kBps']:g} kB/s per download (slow). A download over"
+        f" {m['download_timeout_s']:g} s or a setup over {m['setup_timeout_s']:g} s failed;"
+        " a failed setup counts at the timeout. RSS budget: "
+        f"{m['rss_budget_MiB']:g} MiB ({m['rss_budget_source']}).",
+        "",
+        "| phase | B MB/s | downloads done / failed | setup p50 ms | setup p99 ms |"
+        " setups done / failed | relay RSS before / peak / after, MiB | relay backlog to"
+        " clients at the end, MiB | relay feeder pauses | A per download, kB/s |"
+        " A still connected at the end | B works again after A left, ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, p in m["phases"].items():
+        a_rate = p["a_per_stream_kBps"] if name == "slow" else None
+        back = p["b_recovery_s"] * 1000 if name in ("stalled", "slow") else None
+        lines.append(
+            f"| {name} | {p['MBps']:.1f} | {p['downloads_done']} / {p['downloads_failed']} |"
+            f" {p['setup_p50_ms']:.1f} | {p['setup_p99_ms']:.1f} |"
+            f" {p['setups']} / {p['setups_failed']} | {p['relay_rss_before_MiB']:.0f} /"
+            f" {p['relay_rss_peak_MiB']:.0f} / {p['relay_rss_after_MiB']:.0f} |"
+            f" {p['relay_client_backlog_MiB']:.2f} | {p['relay_backpressure_pauses']:.0f} |"
+            f" {_fmt(a_rate)} | {_connected(p['a_connected_at_end'], name)} | {_fmt(back)} |"
+        )
+    lines += [
+        "",
+        "The recovered phase is B alone again after both A phases: it shows B came back and"
+        " how far the machine drifted during the run (recovered / baseline: MB/s"
+        f" {m['baseline_drift_MBps']:.2f}, setup p99 {m['baseline_drift_setup_p99']:.2f})."
+        " The ratios in the targets table are against B alone, the mean of the two:"
+        f" {m['reference_MBps']:.1f} MB/s, setup p99 {m['reference_setup_p99_ms']:.1f} ms. A"
+        " ratio within the drift of 1 is noise.",
+    ]
+    return lines
+
+
+def _connected(delta: float, phase: str) -> str:
+    """Whether the relay still held A's WebSocket (its client count less the one before A)."""
+    if phase not in ("stalled", "slow") or delta != delta:  # nan: the scrape failed
+        return "-"
+    return "yes" if delta >= 1 else "**no** (dropped)"
 
 
 def scrape_section(data: dict) -> list[str]:
@@ -352,6 +445,7 @@ def write(data: dict, out: Path) -> str:
         )
     lines += scrape_section(data)
     lines += workers_section(data)
+    lines += noisy_section(data)
     lines += ["", "## All medians", ""]
     for scenario, topos in data["results"].items():
         for topo, result in topos.items():

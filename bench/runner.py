@@ -23,7 +23,7 @@ from pathlib import Path
 import uvloop
 
 from bench import report
-from bench.scenarios import basic, heavy, scrape, workers
+from bench.scenarios import basic, heavy, noisy, scrape, workers
 from bench.scenarios.common import FULL_SIZES, QUICK_SIZES, Context, progress
 from bench.topology import (
     Topology,
@@ -48,6 +48,7 @@ PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "small_frames": (heavy.small_frames, ("fastrelay",)),
     "scrape": (scrape.scrape, ("fastrelay",)),
     "workers": (workers.workers, ("fastrelay",)),
+    "noisy_neighbour": (noisy.noisy_neighbour, ("fastrelay",)),
 }
 
 
@@ -55,10 +56,11 @@ PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
 # kept) their heaps before: a fresh chain for every repeat.
 FRESH_CHAIN = {"many_idle"}
 # Scenarios that interleave their own repeats (scrape: off, on, off, on, ...): run once.
-OWN_REPEATS = {"scrape", "workers"}
+OWN_REPEATS = {"scrape", "workers", "noisy_neighbour"}
 # Scenarios that start their own chains (workers: relay --workers 1 and 2, a fresh chain
-# per repeat): the runner starts none for them and hands them a topology with no process.
-OWN_CHAINS = {"workers"}
+# per repeat; noisy_neighbour: one it may leave stalled): the runner starts none for them and
+# hands them a topology with no process.
+OWN_CHAINS = {"workers", "noisy_neighbour"}
 
 
 async def run(names: list[str], quick: bool, out: Path, endpoint_args: list[str]) -> dict:

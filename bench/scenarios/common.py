@@ -24,6 +24,11 @@ FULL_SIZES = {
     "workers_seconds": 4.0,
     "workers_carriers": 8,  # client_a's WebSockets, so streams land on every worker
     "workers_repeats": 3,  # per relay configuration, interleaved 1, 2, 1, 2, ...
+    "noisy_seconds": 8.0,  # each phase's window (baseline, stalled, slow, recovered)
+    "noisy_b_downloads": 8,  # B's concurrent downloaders
+    "noisy_b_download_bytes": 32 << 20,  # each download, through a fresh tunnel
+    "noisy_download_timeout": 4.0,  # a B download slower than this failed
+    "noisy_setup_timeout": 2.0,  # a B setup slower than this failed
     "repeats": 3,
 }
 QUICK_SIZES = {
@@ -42,6 +47,11 @@ QUICK_SIZES = {
     "workers_seconds": 1.0,
     "workers_carriers": 8,
     "workers_repeats": 1,
+    "noisy_seconds": 2.5,
+    "noisy_b_downloads": 8,
+    "noisy_b_download_bytes": 8 << 20,
+    "noisy_download_timeout": 2.0,
+    "noisy_setup_timeout": 1.0,
     "repeats": 1,
 }
 
