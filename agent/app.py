@@ -60,10 +60,19 @@ class Agent:
         if sid in carrier.streams:
             carrier.send(TunnelError(request.session_id, "stream id in use").encode(sid))
             return
+        window = carrier.credit.open()
+        if not window:  # the relay keeps within this too; a stale or foreign one may not
+            carrier.send(
+                ConnectResponse(
+                    request.session_id,
+                    503,
+                    f"the agent carries {carrier.credit.max_streams} streams on this connection",
+                    reason="stream_limit",
+                ).encode(sid)
+            )
+            return
         initial = State.CONNECT_REQUEST if request.kind == FrameType.CONNECT else State.REQUEST
-        stream = AgentStream(
-            carrier, sid, request.session_id, AGENT_SIDE, initial, self.config.window
-        )
+        stream = AgentStream(carrier, sid, request.session_id, AGENT_SIDE, initial, window)
         stream.target = format_authority(request.host, request.port)
         carrier.streams[sid] = stream
         task = asyncio.get_running_loop().create_task(self._open(stream, request))
@@ -112,7 +121,9 @@ class Agent:
         self.dials["ok"] += 1
         self.dial_latency.observe(time.monotonic() - started)
         stream.carrier.send(
-            ConnectResponse(stream.session_id, 200, window=self.config.window).encode(stream.sid)
+            ConnectResponse(stream.session_id, 200, window=stream.recv_window.window).encode(
+                stream.sid
+            )
         )
         stream.attach_tcp(transport)
         stream.opened(request.window)

@@ -95,6 +95,15 @@ class Proxy:
         carrier = None if pool is None else pool.pick(avoid=retry_of and retry_of.carrier)
         if carrier is not None and self._open_on(carrier, browser, request, retry_of):
             return
+        if pool is not None and pool.ready and all(c.full for c in pool.ready):
+            limit = pool.ready[0].credit.max_streams
+            self.count("relay", "no_agent")
+            self.log_access(browser, "relay", "limited")
+            browser.reply(
+                503,
+                f"every relay connection carries its limit of {limit} streams (stream_limit)",
+            )
+            return
         task = asyncio.get_running_loop().create_task(
             self._open_when_ready(browser, request, retry_of)
         )
@@ -124,11 +133,11 @@ class Proxy:
         retry_of: RelayRoute | None,
     ) -> bool:
         sid = carrier.next_stream_id()
-        if sid is None or browser.transport is None:
+        if sid is None or browser.transport is None or carrier.full:
             return False
         session_id = retry_of.session_id if retry_of is not None else new_session_id()
         kind = FrameType.CONNECT if request.is_connect else FrameType.REQUEST
-        stream = RelayRoute(self, browser, carrier, sid, session_id, request)
+        stream = RelayRoute(self, browser, carrier, sid, session_id, request, carrier.credit.open())
         stream.retried = retry_of is not None
         carrier.streams[sid] = stream
         # Proxy credentials are for client_a only and must not travel on.
@@ -142,7 +151,7 @@ class Proxy:
                 request.method,
                 request.url,
                 headers,
-                self.config.window,
+                stream.recv_window.window,
             ).encode(sid)
         )
         stream.attach_tcp(browser.transport)

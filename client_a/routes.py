@@ -39,9 +39,10 @@ class RelayRoute(TunnelStream):
         sid: int,
         session_id: str,
         request: ProxyRequest,
+        window: int,
     ) -> None:
         initial = State.CONNECT_REQUEST if request.is_connect else State.REQUEST
-        super().__init__(carrier, sid, session_id, CLIENT_SIDE, initial, proxy.config.window)
+        super().__init__(carrier, sid, session_id, CLIENT_SIDE, initial, window)
         self.proxy = proxy
         self.browser = browser
         self.request = request
@@ -60,9 +61,10 @@ class RelayRoute(TunnelStream):
             if response.status_code == 503 and response.reason in RETRYABLE and not self.retried:
                 self.retry_elsewhere()
                 return
-            self.fail_open(
-                response.status_code, response.error or "refused by the relay", Event.RESPONSE_FAIL
-            )
+            reason = response.error or "refused by the relay"
+            if response.reason:  # machine-readable too: stream_limit, agent_busy, ...
+                reason = f"{reason} ({response.reason})"
+            self.fail_open(response.status_code, reason, Event.RESPONSE_FAIL)
             return
         browser = self.browser
         if browser.closed or self.tcp is None:

@@ -42,6 +42,9 @@ WS_WRITE_BUFFER = PREFIX + "ws_write_buffer_bytes"
 RELAY_CONNECTED = PREFIX + "relay_connected"
 CLIENT_REQUESTS = PREFIX + "client_requests"
 AGENT_DIALS = PREFIX + "agent_dials"
+LIMIT_HITS = PREFIX + "limit_hits"
+OPEN_RETRIES = PREFIX + "open_retries"
+AGENT_STALLS = PREFIX + "agent_stalls"
 ACCEPT_PAUSES = PREFIX + "accept_pauses"  # relay and client_a listeners out of fds
 
 READY = PREFIX + "ready"
@@ -64,7 +67,14 @@ LATENCY_BUCKETS = (
 # Tunnel lifetimes: a one-shot HTTP request up to an hour-long download.
 DURATION_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
-STREAM_RESULTS = ("ok", "refused", "denied", "dial_failed", "no_agent", "timeout", "error")
+STREAM_RESULTS = (
+    "ok", "refused", "denied", "dial_failed", "no_agent", "limited", "timeout", "error",
+)  # fmt: skip
+# The relay's limits, as the `limit` label of fastrelay_limit_hits_total.
+LIMITS = (
+    "connections", "connections_per_token", "streams_per_connection", "opens_per_agent",
+    "connection_buffer",
+)  # fmt: skip
 
 
 def counter(name: str, doc: str, labels: Iterable[str], values: Mapping[tuple, int]) -> Metric:

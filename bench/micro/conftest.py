@@ -8,8 +8,10 @@ Run (pyproject's `testpaths` is `tests`, so bench/ is only collected when named)
 Every benchmark asserts its result, so a broken implementation fails; none asserts on timing.
 
 The relay is the real `Relay`, its peers are real `Peer` listeners connected through
-`Peer.on_ws_connected`, and streams are opened through `Relay.route` with real CONNECT and
-CONNECT_RESPONSE frames. Only the picows `WSTransport` below it is replaced by a recorder.
+`Peer.on_ws_connected`, and streams are opened through the relay's `Switch.route` with real
+CONNECT and CONNECT_RESPONSE frames. Only the picows `WSTransport` below it is replaced by a
+recorder. Streams open with the largest window (2**31 - 1) both ways, and a benchmark that
+moves more than that refills the relay's credit in its untimed setup (`Tunnel.refill`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from picows import WSMsgType
 from fastrelay.protocol.frames import FrameType, encode_frame, iter_frames
 from fastrelay.protocol.messages import ConnectResponse, OpenStream
 from fastrelay.protocol.state import State
+from fastrelay.protocol.switch import MAX_CREDIT
 from fastrelay.relay import config as relay_config
 from fastrelay.relay.peer import Peer
 from fastrelay.relay.server import Relay
@@ -143,7 +146,7 @@ class Rig:
         peer = Peer(self.relay, role)
         peer.on_ws_connected(transport)  # type: ignore[arg-type]
         assert peer.writer is not None
-        assert transport.underlying_transport.high == self.relay.config.ws_buffer_high
+        assert transport.underlying_transport.high == self.relay.config.max_connection_buffer
         self.flush()
         assert transport.sends == 1  # HELLO
         transport.reset()
@@ -154,6 +157,11 @@ class Rig:
         assert isinstance(peer.transport, FakeWSTransport)
         return peer.transport
 
+    def route(self, peer: Peer, message: memoryview) -> None:
+        """What `Peer.on_ws_frame` does with a binary message (at a fixed time)."""
+        assert peer.conn is not None
+        self.relay.switch.route(peer.conn, message, 0.0)
+
     def flush(self) -> None:
         """Run the loop once, so the FlushScheduler's pending call runs."""
         self.loop.run_until_complete(asyncio.sleep(0))
@@ -161,31 +169,35 @@ class Rig:
     def open_stream(self, client: Peer) -> tuple[int, Peer]:
         """CONNECT from `client`, 200 from the agent the relay picked, both through
         `Relay.route`; (stream id, agent)."""
-        sid = client.stream_id_base + 1 + len(client.streams)
-        assert sid not in client.streams
+        assert client.conn is not None
+        sid = client.conn.id_base + 1 + len(client.conn.sends)
+        assert sid not in client.conn.sends
         session_id = f"bench-{self.next_session}"
         self.next_session += 1
         self.flush()  # whatever earlier routing left pending goes out before the recording
         transports = [self.transport_of(client)]
-        transports += [self.transport_of(a) for a in self.relay.agents.agents]
+        transports += [self.transport_of(a.link) for a in self.relay.switch.agents]  # type: ignore[arg-type]
         for transport in transports:
             transport.reset(record=True)
 
-        connect = OpenStream(FrameType.CONNECT, session_id, "target.example", 443).encode(sid)
-        self.relay.route(client, memoryview(connect))
+        connect = OpenStream(
+            FrameType.CONNECT, session_id, "target.example", 443, window=MAX_CREDIT
+        ).encode(sid)
+        self.route(client, memoryview(connect))
         self.flush()
-        stream = client.streams[sid]
-        agent = stream.agent
-        assert stream.client is client and stream.state is State.CONNECT_REQUEST
+        stream = client.conn.sends[sid].stream
+        agent = stream.agent.link
+        assert isinstance(agent, Peer)
+        assert stream.client is client.conn and stream.state is State.CONNECT_REQUEST
         assert self.transport_of(agent).copies == [connect], "the CONNECT must reach the agent"
         assert sum(len(t.copies) for t in transports) == 1
 
-        response = ConnectResponse(session_id, 200).encode(sid)
-        self.relay.route(agent, memoryview(response))
+        response = ConnectResponse(session_id, 200, window=MAX_CREDIT).encode(sid)
+        self.route(agent, memoryview(response))
         self.flush()
         assert self.transport_of(client).copies == [response], "the answer must reach client_a"
         assert sum(len(t.copies) for t in transports) == 2
-        assert stream.state is State.TUNNELING and stream.timer is None
+        assert stream.state is State.TUNNELING and stream not in self.relay.switch.opening
 
         for transport in transports:
             transport.reset()
@@ -220,6 +232,12 @@ class Tunnel:
         self.agent, self.agent_t = rig.connect("agent")
         self.sid, agent = rig.open_stream(self.client)
         assert agent is self.agent
+
+    def refill(self) -> None:
+        """Reset the stream's credit both ways to 1 GiB (untimed setup only)."""
+        assert self.client.conn is not None
+        stream = self.client.conn.sends[self.sid].stream
+        stream.up.room = stream.down.room = MAX_CREDIT // 2  # room for grants too
 
     def ends(self, direction: str) -> tuple[Peer, FakeWSTransport]:
         """(source peer, destination transport) for "upstream" or "downstream"."""

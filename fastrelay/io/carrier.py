@@ -37,6 +37,7 @@ from fastrelay import metrics
 from fastrelay.io.mux import FlushScheduler, MuxWriter
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import ProtocolError, StreamError
+from fastrelay.protocol.flow import CreditPool
 from fastrelay.protocol.frames import FrameType, decode_window_increment, iter_frames
 from fastrelay.protocol.messages import (
     ConnectResponse,
@@ -104,6 +105,7 @@ class CarrierSettings(Protocol):
     ping_interval: float
     max_frame_size: int
     reconnect_max: float
+    window: int
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class RelayLink:
     ping_interval: float
     max_frame_size: int
     reconnect_max: float
+    window: int  # the receive window a stream asks for; the relay's budget may cut it
 
     @classmethod
     def from_config(cls, config: CarrierSettings, role: str) -> RelayLink:
@@ -129,6 +132,7 @@ class RelayLink:
             config.ping_interval,
             config.max_frame_size,
             config.reconnect_max,
+            config.window,
         )
 
     def __repr__(self) -> str:  # never print the token
@@ -168,6 +172,9 @@ class Carrier:
         self.transport: WSTransport | None = None
         self.writer: MuxWriter | None = None
         self.hello: Hello | None = None
+        # The credit our streams on this connection grant, within the relay's
+        # budget (set from HELLO): honest, however slow, is never cut off.
+        self.credit = CreditPool.for_relay(0, 0, link.window)
         self.goaway = False
         self.leaving = False  # the owner no longer wants it: close once idle
         self.lost = False  # the connection has ended
@@ -183,6 +190,11 @@ class Carrier:
     def ready(self) -> bool:
         """Open for new streams."""
         return self.hello is not None and not (self.goaway or self.leaving or self.lost)
+
+    @property
+    def full(self) -> bool:
+        """Carrying as many streams as the relay allows on one connection."""
+        return self.credit.full
 
     @property
     def instance_id(self) -> str:
@@ -247,6 +259,7 @@ class Carrier:
         """The stream ended (opened or not); it is counted here, once."""
         if self.streams.get(stream.sid) is stream:
             del self.streams[stream.sid]
+            self.credit.close(stream.recv_window.window)
             self.stats.stream_ended(stream)
             self.handler.on_stream_end(self, stream)
             if not self.streams and (self.goaway or self.leaving):
@@ -343,6 +356,9 @@ class Carrier:
     def _control(self, frame_type: int, sid: int, payload: memoryview) -> None:
         if frame_type == FrameType.HELLO:
             self.hello = Hello.decode(payload)
+            self.credit = CreditPool.for_relay(
+                self.hello.buffer_budget, self.hello.max_streams, self.link.window
+            )
             log.info("connected to relay %s (%s)", self.hello.instance_id, self.link.url)
             if not self.got_hello.done():
                 self.got_hello.set_result(self.hello)

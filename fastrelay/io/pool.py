@@ -59,7 +59,7 @@ class CarrierPool:
         first matters when carriers land unevenly (a balancer's hash, or
         SO_REUSEPORT under --workers: 7 of 8 carriers on one worker happens).
         With `avoid`, another instance if there is one, else another carrier."""
-        ready = self.ready
+        ready = [c for c in self.ready if not c.full]
         if avoid is not None:
             elsewhere = [c for c in ready if c.instance_id != avoid.instance_id]
             ready = elsewhere or [c for c in ready if c is not avoid]

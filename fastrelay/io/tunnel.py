@@ -239,7 +239,7 @@ class TunnelStream:
         tcp.write(payload)  # aiofastnet copies only what the socket does not take now
 
     def _return_credit(self, n: int) -> None:
-        increment = self.recv_window.release(n)
+        increment = self.recv_window.release(n, self.carrier.credit)
         if increment and self.state.state in self.side.accepts_in:
             self.carrier.send(encode_window_update(self.sid, increment))
 

@@ -14,6 +14,7 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class ProtocolError(Exception):
@@ -33,6 +34,21 @@ class ControlMessageError(ProtocolError):
     """A control payload (JSON) that is not what its frame type requires."""
 
     kind = "malformed_control"
+
+
+class MessageTooBig(ProtocolError):
+    """A WebSocket message over the receiver's size limit."""
+
+    close_code = CLOSE_MESSAGE_TOO_BIG
+    kind = "message_too_big"
+
+
+class BudgetExceeded(ProtocolError):
+    """More bytes queued for a connection than the relay holds for one: its
+    receiver granted more credit than it reads. The connection is cut off."""
+
+    close_code = CLOSE_POLICY_VIOLATION
+    kind = "connection_buffer"
 
 
 class StreamError(Exception):

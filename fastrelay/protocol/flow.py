@@ -37,9 +37,10 @@ class RecvWindow:
     """Credit the peer still holds for data towards this endpoint, and the
     bytes this endpoint has delivered but not yet returned as credit."""
 
-    __slots__ = ("outstanding", "unreturned", "update_threshold")
+    __slots__ = ("outstanding", "unreturned", "update_threshold", "window")
 
     def __init__(self, window: int) -> None:
+        self.window = window  # the stream's whole window: outstanding, in flight and undrained
         self.outstanding = window  # bytes the peer may still send
         self.unreturned = 0  # delivered and drained, not yet announced
         # Batch updates (as h2 does) so a bulk stream sends one WINDOW_UPDATE
@@ -53,12 +54,18 @@ class RecvWindow:
             )
         self.outstanding -= n
 
-    def release(self, n: int) -> int:
+    def release(self, n: int, pool: CreditPool | None = None) -> int:
         """Record `n` bytes drained to the socket; return the increment to
-        announce now, or 0 while it is below the batching threshold."""
+        announce now, or 0 while it is below the batching threshold. A window
+        that opened small (its connection was busy) grows from `pool` here."""
         self.unreturned += n
         if self.unreturned < self.update_threshold:
             return 0
+        if pool is not None and self.window < pool.want:
+            extra = pool.grow(self.window)
+            self.window += extra
+            self.unreturned += extra
+            self.update_threshold = max(1, self.window // 4)
         return self.flush()
 
     def flush(self) -> int:
@@ -66,3 +73,72 @@ class RecvWindow:
         increment, self.unreturned = self.unreturned, 0
         self.outstanding += increment
         return increment
+
+
+MIN_WINDOW = 16 * 1024  # the smallest window a stream opens with, budget allowing
+
+
+class CreditPool:
+    """The credit one endpoint grants across all streams of one relay connection.
+
+    The relay holds at most a budget per connection (announced in HELLO) and
+    cuts off a connection that makes it hold more. Data towards an endpoint
+    can only be what that endpoint granted, so keeping the sum of its stream
+    windows within the budget means an honest endpoint, however slow or
+    stalled, is never cut off. Invariant:
+
+        granted + floor * (max_streams - streams) <= budget
+
+    so every stream, up to `max_streams`, can always open with at least
+    `floor` bytes: the first streams get their whole `want`, later ones what
+    is left, and a small window grows back (`grow`) as others close.
+    """
+
+    __slots__ = ("budget", "floor", "granted", "max_streams", "streams", "want")
+
+    def __init__(self, budget: int, max_streams: int, want: int) -> None:
+        if budget < 1 or max_streams < 1 or want < 1:
+            raise ValueError("budget, max_streams and want must be positive")
+        self.budget = budget
+        self.max_streams = max_streams
+        self.want = want  # the window a stream asks for (--window)
+        self.floor = max(1, min(MIN_WINDOW, want, budget // (2 * max_streams)))
+        self.granted = 0  # the sum of the live streams' windows
+        self.streams = 0
+
+    @classmethod
+    def for_relay(cls, budget: int, max_streams: int, want: int) -> CreditPool:
+        """The pool for a relay connection whose HELLO announced `budget` and
+        `max_streams` (0: not announced, so only `want` per stream bounds it).
+        A quarter of the budget is left for control frames."""
+        streams = max_streams or 1024
+        return cls(budget * 3 // 4 if budget else want * streams, streams, want)
+
+    @property
+    def full(self) -> bool:
+        return self.streams >= self.max_streams
+
+    def _spare(self) -> int:
+        return self.budget - self.granted - self.floor * (self.max_streams - self.streams)
+
+    def open(self) -> int:
+        """The window for a new stream, or 0 when `max_streams` are open."""
+        if self.full:
+            return 0
+        window = max(self.floor, min(self.want, self._spare() + self.floor))
+        self.streams += 1
+        self.granted += window
+        return window
+
+    def close(self, window: int) -> None:
+        """A stream with this (current) window ended."""
+        self.streams -= 1
+        self.granted -= window
+
+    def grow(self, window: int) -> int:
+        """Extra credit a stream with `window` may take now (0: none spare)."""
+        extra = min(self.want - window, self._spare())
+        if extra <= 0:
+            return 0
+        self.granted += extra
+        return extra

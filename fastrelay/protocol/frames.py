@@ -89,7 +89,23 @@ def check_header(frame_type: int, stream_id: int, length: int, available: int) -
         raise FrameError(f"FIN payload must be empty, got {length} bytes")
 
 
-def iter_frames(message: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
+def read_frame(message: memoryview | bytes, offset: int) -> tuple[int, int, int, int, int]:
+    """The frame at `offset`: (type, flags, stream id, payload start, end).
+
+    The one frame walker: the codec (`iter_frames`), the endpoints and the
+    relay's switch all step through messages with it. Raises FrameError
+    unless the frame is well formed.
+    """
+    left = len(message) - offset
+    if left < HEADER_SIZE:
+        raise FrameError(f"truncated header: {left} bytes left, need {HEADER_SIZE}")
+    frame_type, flags, stream_id, length = HEADER.unpack_from(message, offset)
+    start = offset + HEADER_SIZE
+    check_header(frame_type, stream_id, length, left - HEADER_SIZE)
+    return frame_type, flags, stream_id, start, start + length
+
+
+def iter_frames(message: memoryview | bytes) -> Iterator[tuple[int, int, int, int, int]]:
     """Yield (type, flags, stream id, payload offset, payload length) per frame.
 
     Raises FrameError on the first malformed frame; frames before it were
@@ -97,15 +113,10 @@ def iter_frames(message: memoryview) -> Iterator[tuple[int, int, int, int, int]]
     """
     total = len(message)
     offset = 0
-    unpack = HEADER.unpack_from
     while offset < total:
-        if total - offset < HEADER_SIZE:
-            raise FrameError(f"truncated header: {total - offset} bytes left, need {HEADER_SIZE}")
-        frame_type, flags, stream_id, length = unpack(message, offset)
-        offset += HEADER_SIZE
-        check_header(frame_type, stream_id, length, total - offset)
-        yield frame_type, flags, stream_id, offset, length
-        offset += length
+        frame_type, flags, stream_id, start, end = read_frame(message, offset)
+        yield frame_type, flags, stream_id, start, end - start
+        offset = end
 
 
 def decode_window_increment(payload: memoryview | bytes) -> int:

@@ -192,15 +192,24 @@ class Hello:
     version: int = PROTOCOL_VERSION
     stream_id_base: int = 0
     stream_id_count: int = 0
+    # What the relay holds for this connection at most, in bytes, and how many
+    # streams it carries at once (0: not announced). The receiver keeps the
+    # credit it grants on the connection within the budget (flow.CreditPool).
+    buffer_budget: int = 0
+    max_streams: int = 0
 
     def encode(self) -> bytes:
-        body = {
+        body: dict[str, Any] = {
             "type": "HELLO",
             "version": self.version,
             "instanceId": self.instance_id,
             "streamIdBase": self.stream_id_base,
             "streamIdCount": self.stream_id_count,
         }
+        if self.buffer_budget:
+            body["bufferBudget"] = self.buffer_budget
+        if self.max_streams:
+            body["maxStreams"] = self.max_streams
         return encode_frame(FrameType.HELLO, 0, orjson.dumps(body))
 
     @classmethod
@@ -212,6 +221,8 @@ class Hello:
             version=_field(doc, "version", int, kind),
             stream_id_base=_field(doc, "streamIdBase", int, kind, 0),
             stream_id_count=_field(doc, "streamIdCount", int, kind, 0),
+            buffer_budget=_field(doc, "bufferBudget", int, kind, 0),
+            max_streams=_field(doc, "maxStreams", int, kind, 0),
         )
         if hello.version != PROTOCOL_VERSION:
             raise ControlMessageError(
@@ -223,6 +234,8 @@ class Hello:
             raise ControlMessageError("HELLO stream id range is outside u32")
         if base == 0 and count > 0:
             raise ControlMessageError("HELLO stream id range includes 0, the connection's id")
+        if not 0 <= hello.buffer_budget <= 2**40 or not 0 <= hello.max_streams < 2**32:
+            raise ControlMessageError("HELLO bufferBudget or maxStreams is out of range")
         return hello
 
 

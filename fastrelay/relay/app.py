@@ -8,8 +8,6 @@ import os
 import uuid
 from itertools import chain
 
-from picows import WSCloseCode
-
 from fastrelay.accesslog import AccessLog
 from fastrelay.io import listener
 from fastrelay.io.admin import Readiness, start_admin
@@ -89,10 +87,8 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
     # GOAWAY reached it still gets its 503 "draining", not a dropped connection.
     while (relay.active_streams or relay.clients) and loop.time() < deadline:
         await asyncio.sleep(DRAIN_POLL)
-    for peer in [*relay.clients, *relay.agents.agents]:
-        if peer.transport is not None:
-            peer.transport.send_close(WSCloseCode.GOING_AWAY, b"relay shutting down")
-            peer.transport.disconnect()
+    relay.close_all("relay shutting down")
+    relay.close()
     admin.close()
     await asyncio.sleep(0.05)  # let the CLOSE frames leave
     if access_log is not None:

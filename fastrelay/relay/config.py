@@ -22,6 +22,8 @@ from fastrelay.config import (
     size_bytes,
     token_list,
 )
+from fastrelay.protocol.frames import MAX_PAYLOAD
+from fastrelay.protocol.switch import SLOT_COUNT, SLOT_SIZE, Limits
 
 
 def worker_count(text: str) -> int:
@@ -41,7 +43,42 @@ OPTIONS = [
     Option("client_tokens_file", optional_file, None, "file with client_a tokens, one per line"),
     Option("agent_tokens_file", optional_file, None, "file with agent tokens, one per line"),
     Option("max_frame_size", size_bytes, 1024 * 1024, "largest WebSocket frame accepted"),
-    Option("ws_buffer_high", size_bytes, 2 * 1024 * 1024, "pause feeders above this backlog"),
+    Option(
+        "max_connection_buffer",
+        size_bytes,
+        Limits.connection_buffer,
+        "bytes queued for one connection before it is cut off (1008)",
+    ),
+    Option(
+        "max_streams_per_connection",
+        count_in(1, SLOT_SIZE - 1),
+        Limits.streams_per_connection,
+        "streams one WebSocket carries at once",
+    ),
+    Option(
+        "max_connections",
+        count_in(1, SLOT_COUNT - 1),
+        Limits.connections,
+        "WebSocket connections, client_a and agents together",
+    ),
+    Option(
+        "max_connections_per_token",
+        count_in(1, SLOT_COUNT - 1),
+        Limits.connections_per_token,
+        "WebSocket connections per token (over it: HTTP 429)",
+    ),
+    Option(
+        "max_opens_per_agent",
+        count_in(1, 1 << 20),
+        Limits.opens_per_agent,
+        "opens in flight (dials) per agent connection",
+    ),
+    Option(
+        "open_retry_after",
+        positive_float,
+        Limits.open_retry_after,
+        "seconds an open may go unanswered before it moves to another agent, once",
+    ),
     Option("drain_timeout", positive_float, 30.0, "seconds open tunnels may finish on shutdown"),
     Option("instance_id", str, "", "instance id announced in HELLO (default: random)"),
     Option("cluster", redis_url, "", "Redis URL holding the live relay set (scale-out)"),
@@ -65,7 +102,12 @@ class RelayConfig:
     client_tokens: tuple[str, ...]
     agent_tokens: tuple[str, ...]
     max_frame_size: int
-    ws_buffer_high: int
+    max_connection_buffer: int
+    max_streams_per_connection: int
+    max_connections: int
+    max_connections_per_token: int
+    max_opens_per_agent: int
+    open_retry_after: float
     drain_timeout: float
     instance_id: str
     cluster: str
@@ -79,6 +121,19 @@ class RelayConfig:
     log_format: str
     access_log: Path | None
     argv: tuple[str, ...]  # as given: --workers passes it on to each worker
+
+    def limits(self) -> Limits:
+        """The bounds the relay's switch enforces."""
+        return Limits(
+            max_message=self.max_frame_size,
+            connection_buffer=self.max_connection_buffer,
+            streams_per_connection=self.max_streams_per_connection,
+            connections=self.max_connections,
+            connections_per_token=self.max_connections_per_token,
+            opens_per_agent=self.max_opens_per_agent,
+            connect_timeout=self.connect_timeout,
+            open_retry_after=self.open_retry_after,
+        )
 
     def __repr__(self) -> str:  # never print tokens
         return f"RelayConfig(listen={self.listen}, admin={self.admin}, tokens=<hidden>)"
@@ -102,4 +157,8 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Relay
         raise ConfigError("--peers and --cluster are two ways to list relays: give one")
     if v["peers"] and not v["instance_id"]:
         raise ConfigError("--peers needs --instance-id: the other relays list this one by it")
+    if v["max_frame_size"] > MAX_PAYLOAD:
+        raise ConfigError(f"--max-frame-size: at most {MAX_PAYLOAD} bytes (the mux frame limit)")
+    if v["max_connection_buffer"] < 2 * v["max_frame_size"]:
+        raise ConfigError("--max-connection-buffer must be at least twice --max-frame-size")
     return RelayConfig(client_tokens=client, agent_tokens=agent, argv=tuple(argv), **v)

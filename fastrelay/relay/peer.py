@@ -1,8 +1,10 @@
 """One WebSocket at the relay (a client_a or an agent), as a thin picows listener.
 
-The listener only sorts picows events: whole binary messages go to
-`Relay.route`, CLOSE frames get their reply, and anything else a peer must not
-send (text, fragments) closes the connection with a protocol error.
+The listener only sorts picows events for the switch: whole binary messages
+go to `Switch.route` with the time, pongs prove the peer alive, CLOSE frames
+get their reply, and anything else a peer must not send (text, fragments)
+fails the connection. It is also the switch's `Link` (close, ping) for this
+connection, and reports a write buffer past the budget (`pause_writing`).
 """
 
 from __future__ import annotations
@@ -14,109 +16,108 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from fastrelay.io.mux import MuxWriter
 from fastrelay.protocol.errors import ProtocolError
-from fastrelay.protocol.state import ACCEPTS_DATA_DOWN, ACCEPTS_DATA_UP
+from fastrelay.protocol.switch import Conn
 
 if TYPE_CHECKING:
-    from fastrelay.relay.server import Relay, RelayStream
+    from fastrelay.relay.server import Relay
 
 _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
 _PONG = WSMsgType.PONG
 _PING = WSMsgType.PING
+_now = time.monotonic
 
 
 class Peer(WSListener):
-    def __init__(self, relay: Relay, role: str, remote: str = "unknown") -> None:
+    def __init__(self, relay: Relay, role: str, remote: str = "unknown", token: int = 0) -> None:
         super().__init__()
         self.relay = relay
+        self.switch = relay.switch
         self.role = role
         self.remote = remote  # the socket's peer address, for logs
+        self.token = token
         self.ping_sent_at = 0.0
-        self.is_client = role == "client"
-        # The data a peer may send: upstream from client_a, downstream from agents.
-        self.accepts_data = ACCEPTS_DATA_UP if self.is_client else ACCEPTS_DATA_DOWN
-        self.streams: dict[int, RelayStream] = {}
-        self.stream_id_base = 0
         self.transport: WSTransport | None = None
         self.writer: MuxWriter | None = None
-        self.data_bytes = 0  # TUNNEL_DATA payload bytes received from this peer
-        self.data_frames = 0  # and frames
-        self.draining = False  # an agent that sent GOAWAY takes no new streams
+        self.conn: Conn | None = None
         self.closed = False
-        self.write_paused = False
-        self.blocked_by = 0  # how many destinations have paused our reading
-        self.paused_feeders: set[Peer] = set()
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.writer = MuxWriter(transport, self.relay.scheduler)
-        high = self.relay.config.ws_buffer_high
-        transport.underlying_transport.set_write_buffer_limits(high=high, low=high // 4)
-        self.relay.attach(self)
+        # Past the budget, pause_writing() reports it and the switch cuts this
+        # connection off; nothing else is ever paused for it.
+        budget = self.relay.config.max_connection_buffer
+        transport.underlying_transport.set_write_buffer_limits(high=budget, low=budget // 4)
+        self.conn = Conn(self.role, self.writer, self, self.token, self.remote)
+        self.switch.attach(self.conn, _now())
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        conn = self.conn
+        assert conn is not None
         msg_type = frame.msg_type  # one enum conversion per frame (~0.2 us each)
-        try:
-            if msg_type is _BINARY and frame.fin:
-                self.relay.route(self, frame.get_payload_as_memoryview())
-            elif msg_type is _CLOSE:
-                transport.send_close(frame.get_close_code())
-                transport.disconnect()
-            elif msg_type is not _PONG and msg_type is not _PING:
-                raise ProtocolError(
-                    f"unexpected WebSocket {msg_type.name} frame (fin={frame.fin}): "
-                    "fastrelay sends whole binary messages only"
-                )
-        except ProtocolError as exc:
-            self.fail(exc)
+        if msg_type is _BINARY and frame.fin:
+            self.switch.route(conn, frame.get_payload_as_memoryview(), _now())
+        elif msg_type is _PONG:
+            self.switch.heard(conn, _now())
+        elif msg_type is _CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        elif msg_type is not _PING:
+            error = ProtocolError(
+                f"unexpected WebSocket {msg_type.name} frame (fin={frame.fin}): "
+                "fastrelay sends whole binary messages only"
+            )
+            self.switch.fail(conn, error, _now())
 
-    def fail(self, exc: ProtocolError) -> None:
-        """Close this WebSocket, and only this one, for a protocol error."""
-        self.relay.stats.count_protocol_error(exc.kind)
-        self.relay.log_protocol_error(self, exc)
+    # --- switch.Link ---
+
+    def close(self, code: int, reason: str) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            self.closed = True
+            transport.send_close(WSCloseCode(code), reason.encode()[:120])
+            transport.disconnect()
+        if self.writer is not None:
+            self.writer.close()  # nothing more leaves for a closed connection
+
+    def ping(self) -> None:
         if self.transport is not None and not self.closed:
-            reason = str(exc).encode()[:120]  # a close reason must fit a control frame
-            self.transport.send_close(WSCloseCode(exc.close_code), reason)
-            self.transport.disconnect()
+            self.transport.send_ping()
 
     # picows' auto-ping calls these two; timing them gives the round trip.
     # is_user_specific_pong runs for each frame only while a pong is due.
     def send_user_specific_ping(self, transport: WSTransport) -> None:
-        self.ping_sent_at = time.monotonic()
+        self.ping_sent_at = _now()
         transport.send_ping()
 
     def is_user_specific_pong(self, frame: WSFrame) -> bool:
         if frame.msg_type is not _PONG:
             return False
-        self.relay.stats.ping_rtt[self.role].observe(time.monotonic() - self.ping_sent_at)
+        now = _now()
+        self.relay.stats.ping_rtt[self.role].observe(now - self.ping_sent_at)
+        if self.conn is not None:
+            self.switch.heard(self.conn, now)
         return True
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closed = True
-        self.relay.detach(self)
+        if self.conn is not None:
+            self.switch.detach(self.conn, _now())
+        if self.writer is not None:
+            self.writer.close()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
-        self.relay.backpressure.pause_feeders(self)
+        if self.conn is not None:
+            self.switch.over_budget(self.conn, self.write_buffer_size(), _now())
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        self.relay.backpressure.resume_feeders(self)
+        pass
 
     def write_buffer_size(self) -> int:
         if self.transport is None or self.closed:
             return 0
         return int(self.transport.underlying_transport.get_write_buffer_size())
 
-    def pause_reading(self) -> None:
-        if self.blocked_by == 0 and self.transport is not None and not self.closed:
-            self.transport.underlying_transport.pause_reading()
-        self.blocked_by += 1
-
-    def resume_reading(self) -> None:
-        self.blocked_by -= 1
-        if self.blocked_by == 0 and self.transport is not None and not self.closed:
-            self.transport.underlying_transport.resume_reading()
-
     def __repr__(self) -> str:
-        return f"<Peer {self.role} streams={len(self.streams)}>"
+        return f"<Peer {self.role} {self.remote}>"

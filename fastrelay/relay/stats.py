@@ -9,54 +9,44 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import Metric
 
 from fastrelay import metrics
+from fastrelay.protocol.switch import Conn
+from fastrelay.relay.peer import Peer
 
 if TYPE_CHECKING:
     from fastrelay.relay.server import Relay
 
 
 class RelayStats:
+    """The adapter's own numbers (auth, latency histograms, ping round trips);
+    the switch keeps the rest (`Switch.stats`), and both are read at scrape time."""
+
     def __init__(self) -> None:
-        self.results: Counter[str] = Counter({r: 0 for r in metrics.STREAM_RESULTS})
-        self.connections_opened: Counter[str] = Counter({"client": 0, "agent": 0})
-        self.connections_closed: Counter[str] = Counter({"client": 0, "agent": 0})
         self.auth_failures: Counter[str] = Counter({"client": 0, "agent": 0})
-        self.protocol_errors: Counter[str] = Counter()
-        self.dropped_unknown_stream = 0
-        self.backpressure_pauses = 0
-        self.closed_bytes_up = 0
-        self.closed_bytes_down = 0
-        self.closed_frames_up = 0
-        self.closed_frames_down = 0
         self.open_latency = metrics.Histogram()
         self.stream_duration = metrics.Histogram(metrics.DURATION_BUCKETS)
         self.ping_rtt = {"client": metrics.Histogram(), "agent": metrics.Histogram()}
 
-    def count_protocol_error(self, kind: str) -> None:
-        self.protocol_errors[kind] += 1
-
     def collect(self, relay: Relay) -> Iterable[Metric]:
-        live = {"client": len(relay.clients), "agent": len(relay.agents)}
-        queued = {
-            "client": sum(p.write_buffer_size() for p in relay.clients),
-            "agent": sum(p.write_buffer_size() for p in relay.agents.agents),
-        }
+        switch = relay.switch
+        counts = switch.stats
+        conns = {"client": list(switch.clients), "agent": list(switch.agents)}
         yield metrics.gauge(
             metrics.WS_WRITE_BUFFER,
             "Bytes queued on WebSockets, not yet taken by the kernel, by the peer's role",
             ["role"],
-            {(r,): n for r, n in queued.items()},
+            {(r,): sum(_queued(c) for c in cs) for r, cs in conns.items()},
         )
         yield metrics.gauge(
             metrics.CONNECTIONS,
             "Open WebSocket connections by role",
             ["role"],
-            {(r,): n for r, n in live.items()},
+            {(r,): len(cs) for r, cs in conns.items()},
         )
         yield metrics.gauge(
             metrics.CLUSTER_MEMBERS,
             "Relay instances in the live set this relay announces to agents",
             [],
-            {(): len(relay.members)},
+            {(): len(switch.members)},
         )
         yield metrics.counter(
             metrics.CLUSTER_ERRORS,
@@ -68,33 +58,24 @@ class RelayStats:
             metrics.STREAMS_ACTIVE,
             "Streams open through this relay",
             [],
-            {(): relay.active_streams},
+            {(): switch.active_streams},
         )
+        results = {r: counts.results[r] for r in metrics.STREAM_RESULTS}
         yield metrics.counter(
             metrics.STREAMS,
             "Streams opened, by result",
             ["result"],
-            {(r,): n for r, n in self.results.items()},
+            {(r,): n for r, n in results.items()},
         )
-        # Live peers hold their own counts; closed peers' counts were folded in here.
-        for name, doc, attr, closed_up, closed_down in (
-            (
-                metrics.STREAM_BYTES,
-                "Tunnel payload bytes forwarded",
-                "data_bytes",
-                self.closed_bytes_up,
-                self.closed_bytes_down,
-            ),
-            (
-                metrics.STREAM_FRAMES,
-                "TUNNEL_DATA frames forwarded",
-                "data_frames",
-                self.closed_frames_up,
-                self.closed_frames_down,
-            ),
-        ):
-            up = closed_up + sum(getattr(c, attr) for c in relay.clients)
-            down = closed_down + sum(getattr(a, attr) for a in relay.agents.agents)
+        # Live connections hold their own counts; closed ones' were folded in.
+        for name, doc, attr, closed in (
+            (metrics.STREAM_BYTES, "Tunnel payload bytes forwarded", "data_bytes",
+             counts.closed_bytes),
+            (metrics.STREAM_FRAMES, "TUNNEL_DATA frames forwarded", "data_frames",
+             counts.closed_frames),
+        ):  # fmt: skip
+            up = closed["client"] + sum(getattr(c, attr) for c in conns["client"])
+            down = closed["agent"] + sum(getattr(a, attr) for a in conns["agent"])
             yield metrics.counter(
                 name, doc, ["direction"], {("upstream",): up, ("downstream",): down}
             )
@@ -108,25 +89,37 @@ class RelayStats:
             metrics.PROTOCOL_ERRORS,
             "Protocol errors by kind",
             ["kind"],
-            {(k,): n for k, n in self.protocol_errors.items()},
+            {(k,): n for k, n in counts.protocol_errors.items()},
         )
         yield metrics.counter(
             metrics.FRAMES_DROPPED,
             "Frames dropped, by reason",
             ["reason"],
-            {("unknown_stream",): self.dropped_unknown_stream},
+            {("unknown_stream",): counts.dropped_unknown_stream},
         )
         yield metrics.counter(
-            metrics.BACKPRESSURE_PAUSES,
-            "Times a WebSocket's backlog paused its feeders",
+            metrics.LIMIT_HITS,
+            "Opens and connections refused, and connections cut off, by the limit they hit",
+            ["limit"],
+            {(k,): counts.limits[k] for k in metrics.LIMITS},
+        )
+        yield metrics.counter(
+            metrics.OPEN_RETRIES,
+            "Unanswered opens moved to another agent",
             [],
-            {(): self.backpressure_pauses},
+            {(): counts.open_retries},
+        )
+        yield metrics.counter(
+            metrics.AGENT_STALLS,
+            "Agents that left a liveness probe unanswered (no new opens until they answer)",
+            [],
+            {(): counts.agent_stalls},
         )
         yield metrics.counter(
             metrics.PREFIX + "connections_accepted",
             "WebSocket connections accepted by role",
             ["role"],
-            {(r,): n for r, n in self.connections_opened.items()},
+            {(r,): n for r, n in counts.connections_opened.items()},
         )
         yield metrics.histogram(
             metrics.RELAY_OPEN,
@@ -146,3 +139,8 @@ class RelayStats:
             ["role"],
             {(r,): h for r, h in self.ping_rtt.items()},
         )
+
+
+def _queued(conn: Conn) -> int:
+    link = conn.link
+    return link.write_buffer_size() if isinstance(link, Peer) else 0

@@ -180,11 +180,11 @@ COMMON = {
     "fastrelay_stream_bytes": "counter",
     "fastrelay_stream_duration_seconds": "histogram",
     "fastrelay_frames_dropped": "counter",
-    "fastrelay_backpressure_pauses": "counter",
     "fastrelay_ws_write_buffer_bytes": "gauge",
     "fastrelay_ws_ping_rtt_seconds": "histogram",
 }
 CARRIER = {
+    "fastrelay_backpressure_pauses": "counter",  # the relay never pauses a connection
     "fastrelay_relay_connected": "gauge",
     "fastrelay_reconnects": "counter",
     "fastrelay_flow_control_stalls": "counter",
@@ -198,6 +198,9 @@ SPEC = {
         "fastrelay_streams": "counter",
         "fastrelay_stream_frames": "counter",
         "fastrelay_relay_open_seconds": "histogram",
+        "fastrelay_limit_hits": "counter",
+        "fastrelay_open_retries": "counter",
+        "fastrelay_agent_stalls": "counter",
     },
     "agent": {
         **COMMON,
@@ -268,8 +271,16 @@ def test_spec_label_values_are_preinitialised(pinged: Chain) -> None:
         family = families(admin)[family_name]
         return {s.labels[label] for s in family.samples if s.name == sample_name}
 
-    results = {"ok", "refused", "denied", "dial_failed", "no_agent", "timeout", "error"}
+    results = {"ok", "refused", "denied", "dial_failed", "no_agent", "limited", "timeout", "error"}
     assert labels(admins["relay"], "fastrelay_streams_total", "result") == results
+    limits = {
+        "connections",
+        "connections_per_token",
+        "streams_per_connection",
+        "opens_per_agent",
+        "connection_buffer",
+    }
+    assert labels(admins["relay"], "fastrelay_limit_hits_total", "limit") == limits
     dials = {"ok", "denied", "refused", "unreachable", "dns", "timeout", "error"}
     assert labels(admins["agent"], "fastrelay_agent_dials_total", "result") == dials
     client = {"ok", "denied", "dial_failed", "no_agent", "timeout", "bad_request", "error"}

@@ -125,7 +125,7 @@ def test_data_before_the_open_succeeded_aborts_only_that_stream(
         transport.send(WSMsgType.BINARY, early)
         ftype, got_sid, body = await client.next()
         assert (ftype, got_sid) == (FrameType.TUNNEL_ERROR, sid)
-        assert "not allowed in CONNECT_REQUEST" in orjson.loads(body)["error"]
+        assert "not allowed in state CONNECT_REQUEST" in orjson.loads(body)["error"]
         # The same connection still opens streams.
         other = sid + 1
         transport.send(WSMsgType.BINARY, open_frame(other, LISTED, target.port(LISTED, "echo")))

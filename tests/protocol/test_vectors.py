@@ -166,6 +166,8 @@ def expected_message(doc: dict[str, Any]) -> Message:
             version=p["version"],
             stream_id_base=p["streamIdBase"],
             stream_id_count=p["streamIdCount"],
+            buffer_budget=p.get("bufferBudget", 0),
+            max_streams=p.get("maxStreams", 0),
         )
     if kind is FrameType.MEMBERS:
         return Members(instances=tuple(p["instances"]))

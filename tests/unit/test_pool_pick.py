@@ -11,12 +11,14 @@ from fastrelay.io.pool import CarrierPool
 
 
 def fake_carrier(instance: str, streams: int = 0, ready: bool = True) -> SimpleNamespace:
-    return SimpleNamespace(instance_id=instance, streams=dict.fromkeys(range(streams)), ready=ready)
+    return SimpleNamespace(
+        instance_id=instance, streams=dict.fromkeys(range(streams)), ready=ready, full=False
+    )
 
 
 def make_pool(carriers: list[SimpleNamespace]) -> CarrierPool:
     async def build() -> CarrierPool:
-        link = RelayLink("ws://127.0.0.1:1/v1/client", "client", "t", None, 20, 1 << 20, 1)
+        link = RelayLink("ws://127.0.0.1:1/v1/client", "client", "t", None, 20, 1 << 20, 1, 1 << 20)
         pool = CarrierPool(link, handler=None, stats=CarrierStats(), size=len(carriers))  # type: ignore[arg-type]
         pool.carriers = carriers  # type: ignore[assignment]
         return pool

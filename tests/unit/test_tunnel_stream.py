@@ -9,6 +9,7 @@ import pytest
 from fastrelay.io.carrier import Carrier, CarrierStats, RelayLink
 from fastrelay.io.tunnel import AGENT_SIDE, CLIENT_SIDE, TCP_LOW_WATER, TunnelStream
 from fastrelay.protocol.errors import FlowControlError, StreamError
+from fastrelay.protocol.flow import CreditPool
 from fastrelay.protocol.frames import FrameType, decode_window_increment, encode_frame, iter_frames
 from fastrelay.protocol.messages import TunnelError
 from fastrelay.protocol.state import State
@@ -29,6 +30,7 @@ class FakeCarrier:
         self.forgotten: list[TunnelStream] = []
         self.paused = False  # the WebSocket's backlog is over its high-water mark
         self.waiting: list[TunnelStream] = []
+        self.credit = CreditPool(1 << 30, 1024, want=1)  # windows as given: none grows
 
     def wait_for_room(self, stream: TunnelStream) -> None:  # as Carrier does
         stream.carrier_paused(True)
@@ -215,7 +217,9 @@ def test_carrier_aborts_a_stream_that_overruns_its_window() -> None:
         class Owner:  # no connection events in this test
             pass
 
-        link = RelayLink("ws://127.0.0.1:1/v1/client", "client", "token", None, 20, 1 << 20, 1)
+        link = RelayLink(
+            "ws://127.0.0.1:1/v1/client", "client", "token", None, 20, 1 << 20, 1, 1 << 20
+        )
         carrier = Carrier(link, Handler(), Owner(), stats)  # type: ignore[arg-type]
         recorder = FakeCarrier()
         carrier.writer = recorder  # type: ignore[assignment]  # records every frame

@@ -1,0 +1,850 @@
+"""The relay's decisions as pure code: the switch.
+
+Bytes and events go in, actions come out. There are no sockets, no asyncio and
+no clock reads here: the caller passes `now` (monotonic seconds), and carries
+out the actions through two small objects that every connection brings:
+
+* `Conn.out.write(frames)` queues whole mux frames for that connection (the
+  relay's `MuxWriter`; a bytearray in the in-memory pair, `switch_pair.py`);
+* `Conn.link.close(code, reason)` closes the connection with a WebSocket close
+  code, and `Conn.link.ping()` sends a liveness probe.
+
+What the switch decides:
+
+* **Admission.** Connections per token and in total (`admission`, `attach`),
+  and a stream-id range for every client_a connection.
+* **Routing.** Every frame of a message from one connection (`route`): data is
+  forwarded as slices of the received message, control frames drive the
+  stream's state through `state.next_state`, the one transition table.
+* **Credit.** The relay keeps each direction of each stream within the credit
+  its receiver granted (the window of the open or CONNECT_RESPONSE plus every
+  WINDOW_UPDATE). A sender that exceeds it loses that stream
+  (`flow_control`), so what the relay holds for a connection is bounded by
+  the credit that connection granted. A connection whose queued bytes pass
+  `Limits.connection_buffer` anyway (it granted more than it reads) is cut off
+  (`over_budget`, close 1008). Nothing ever pauses a shared connection.
+* **Limits.** Streams per connection, opens in flight per agent: an open over
+  a limit gets CONNECT_RESPONSE 503 with a `reason`.
+* **Agent health.** Opens in flight count as load; an agent that owes an
+  answer and stays silent is probed with a ping and, if the probe goes
+  unanswered, gets no new opens and its pending opens move to another agent
+  (`tick`); an open unanswered for `open_retry_after` moves once too.
+
+The data path (`route`'s loop) allocates nothing but the slices it forwards:
+a TUNNEL_DATA frame for a known stream with enough credit costs one dict
+look-up and one subtraction. Every other frame goes through `read_frame`, the
+codec's one frame walker, so every vector in docs/PROTOCOL.md holds here too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from fastrelay.protocol.errors import (
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
+    BudgetExceeded,
+    FlowControlError,
+    MessageTooBig,
+    ProtocolError,
+    StreamError,
+)
+from fastrelay.protocol.frames import (
+    HEADER,
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    OPEN_FRAMES,
+    FrameType,
+    decode_window_increment,
+    read_frame,
+)
+from fastrelay.protocol.messages import (
+    ConnectResponse,
+    GoAway,
+    Hello,
+    Members,
+    OpenStream,
+    TunnelError,
+    format_authority,
+)
+from fastrelay.protocol.state import ACCEPTS_DATA_DOWN, ACCEPTS_DATA_UP, Event, State, next_state
+
+# Stream ids are u32. Each client_a connection owns a range of 2**16 of them,
+# so ids are unique relay-wide and frames cross the relay without rewriting.
+SLOT_BITS = 16
+SLOT_SIZE = 1 << SLOT_BITS
+SLOT_COUNT = 1 << (32 - SLOT_BITS)  # slot 0 is never handed out: stream id 0 is the connection
+MAX_CREDIT = 2**31 - 1
+# An open in flight weighs this many established streams when picking an agent.
+OPEN_WEIGHT = 8
+
+_TUNNEL_DATA = int(FrameType.TUNNEL_DATA)
+_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
+_CONNECT_RESPONSE = int(FrameType.CONNECT_RESPONSE)
+_TUNNEL_ERROR = int(FrameType.TUNNEL_ERROR)
+_HELLO = int(FrameType.HELLO)
+_GOAWAY = int(FrameType.GOAWAY)
+_MEMBERS = int(FrameType.MEMBERS)
+_OPENING = frozenset({State.REQUEST, State.CONNECT_REQUEST})
+_unpack = HEADER.unpack_from
+
+# Why an open was refused before it reached an agent: (status, CONNECT_RESPONSE
+# reason, the stream result counted and logged).
+NO_AGENT = (503, "no_agent", "no_agent")
+DRAINING = (503, "draining", "no_agent")
+STREAM_LIMIT = (503, "stream_limit", "limited")
+AGENT_BUSY = (503, "agent_busy", "limited")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every bound the switch enforces (the relay's config builds one)."""
+
+    max_message: int = 1024 * 1024  # largest WebSocket message routed (--max-frame-size)
+    connection_buffer: int = 64 * 1024 * 1024  # bytes queued for one connection
+    streams_per_connection: int = 1024
+    connections: int = 16384
+    connections_per_token: int = 256
+    opens_per_agent: int = 256  # dials in flight at one agent
+    connect_timeout: float = 10.0  # open to CONNECT_RESPONSE, else 504
+    open_retry_after: float = 2.0  # an unanswered open moves to another agent once
+    probe_after: float = 0.5  # an agent that owes an answer and is this quiet gets a ping
+    stall_timeout: float = 1.0  # an unanswered probe this old: the agent is stalled
+
+    def __post_init__(self) -> None:
+        if not 0 < self.connections < SLOT_COUNT:
+            raise ValueError(f"connections must be 1..{SLOT_COUNT - 1} (stream-id ranges)")
+        if self.streams_per_connection > SLOT_SIZE - 1:
+            raise ValueError(f"streams_per_connection must be at most {SLOT_SIZE - 1}")
+        if self.max_message > MAX_PAYLOAD:
+            raise ValueError(f"max_message must be at most {MAX_PAYLOAD}")
+
+
+class Output(Protocol):
+    def write(self, frames: bytes | bytearray | memoryview) -> None: ...
+
+
+class Link(Protocol):
+    def close(self, code: int, reason: str) -> None: ...
+    def ping(self) -> None: ...
+
+
+class Observer(Protocol):
+    """What the adapter records or logs; called on opens and closes, never per frame."""
+
+    def open_answered(self, stream: Stream, seconds: float) -> None: ...
+    def stream_ended(self, stream: Stream, result: str, seconds: float) -> None: ...
+    def open_refused(self, client: Conn, request: OpenStream, result: str) -> None: ...
+    def conn_failed(self, conn: Conn, exc: ProtocolError) -> None: ...
+
+
+class NullObserver:
+    def open_answered(self, stream: Stream, seconds: float) -> None:
+        pass
+
+    def stream_ended(self, stream: Stream, result: str, seconds: float) -> None:
+        pass
+
+    def open_refused(self, client: Conn, request: OpenStream, result: str) -> None:
+        pass
+
+    def conn_failed(self, conn: Conn, exc: ProtocolError) -> None:
+        pass
+
+
+class Conn:
+    """One WebSocket (a client_a or an agent) as the switch sees it."""
+
+    __slots__ = (
+        "attached",
+        "data_bytes",
+        "data_frames",
+        "draining",
+        "failed",
+        "id_base",
+        "is_client",
+        "last_rx",
+        "link",
+        "opening",
+        "out",
+        "probation",
+        "probe_at",
+        "remote",
+        "role",
+        "sends",
+        "stalled",
+        "token",
+    )
+
+    def __init__(
+        self, role: str, out: Output, link: Link, token: int = 0, remote: str = ""
+    ) -> None:
+        self.role = role
+        self.is_client = role == "client"
+        self.out = out
+        self.link = link
+        self.token = token  # which configured token it authenticated with
+        self.remote = remote  # the socket's peer address, for logs
+        # sid -> the half of the stream this connection sends on.
+        self.sends: dict[int, Half] = {}
+        self.opening: dict[Stream, None] = {}  # agents: opens sent, not yet answered
+        self.id_base = 0
+        self.attached = False
+        self.failed = False  # closed for a protocol error or a limit: nothing more is routed
+        self.draining = False  # sent GOAWAY: no new streams
+        self.data_bytes = 0  # TUNNEL_DATA payload bytes received from this connection
+        self.data_frames = 0
+        self.last_rx = 0.0  # when anything last arrived (a message or a pong)
+        self.probe_at = 0.0  # when an unanswered liveness ping went out (0: none)
+        self.stalled = False  # the probe went unanswered: no new opens
+        self.probation = False  # an open timed out or moved away: one open in flight at most
+
+    def __repr__(self) -> str:
+        return f"<Conn {self.role} {self.remote} streams={len(self.sends)}>"
+
+
+class Half:
+    """One direction of a stream: who it goes to and how much it may still carry.
+
+    `room` is the credit the receiver granted while the stream's state lets
+    this direction carry data, and -1 otherwise (before the open succeeded,
+    after the direction's FIN, once closed): one comparison checks both.
+    Credit granted while the direction cannot carry data waits in `held`.
+    """
+
+    __slots__ = ("dest", "held", "out", "room", "stream")
+
+    def __init__(self, stream: Stream, dest: Conn) -> None:
+        self.stream = stream
+        self.dest = dest
+        self.out = dest.out
+        self.room = -1
+        self.held = 0
+
+
+class Stream:
+    __slots__ = (
+        "agent",
+        "client",
+        "down",
+        "open_frame",
+        "opened_at",
+        "retried",
+        "sent_at",
+        "session_id",
+        "sid",
+        "state",
+        "target",
+        "up",
+    )
+
+    def __init__(
+        self, sid: int, request: OpenStream, client: Conn, agent: Conn, raw: bytes, now: float
+    ) -> None:
+        self.sid = sid
+        self.session_id = request.session_id
+        self.target = format_authority(request.host, request.port)
+        self.client = client
+        self.agent = agent
+        self.state = State.CONNECT_REQUEST if request.kind == FrameType.CONNECT else State.REQUEST
+        self.up = Half(self, agent)  # client_a -> agent, on the agent's credit
+        self.down = Half(self, client)  # agent -> client_a, on client_a's credit
+        self.down.held = request.window
+        self.open_frame = raw  # kept until answered: a retry sends it again
+        self.opened_at = now
+        self.sent_at = now  # when the current agent got the open
+        self.retried = False
+
+
+class StreamIdSlots:
+    """Hands out id ranges round-robin, so a freed range is reused as late as
+    possible and stale frames for an old connection's streams find nothing."""
+
+    def __init__(self, count: int = SLOT_COUNT) -> None:
+        self.count = count
+        self.used: set[int] = set()
+        self.next = 1
+
+    def acquire(self) -> int | None:
+        """The base stream id of a free range, or None when all are taken."""
+        for _ in range(self.count - 1):
+            slot = self.next
+            self.next = slot + 1 if slot + 1 < self.count else 1
+            if slot not in self.used:
+                self.used.add(slot)
+                return slot << SLOT_BITS
+        return None
+
+    def release(self, base: int) -> None:
+        self.used.discard(base >> SLOT_BITS)
+
+
+class SwitchStats:
+    """Plain counters; the relay exports them at scrape time."""
+
+    def __init__(self) -> None:
+        self.results: Counter[str] = Counter()
+        self.protocol_errors: Counter[str] = Counter()
+        self.limits: Counter[str] = Counter()  # refusals and cut-offs, by limit
+        self.connections_opened: Counter[str] = Counter({"client": 0, "agent": 0})
+        self.connections_closed: Counter[str] = Counter({"client": 0, "agent": 0})
+        self.dropped_unknown_stream = 0
+        self.open_retries = 0  # opens moved to another agent
+        self.agent_stalls = 0  # agents that stopped answering probes
+        self.closed_bytes = {"client": 0, "agent": 0}  # of connections that ended
+        self.closed_frames = {"client": 0, "agent": 0}
+
+
+class Switch:
+    def __init__(self, limits: Limits, instance_id: str, observer: Observer | None = None) -> None:
+        self.limits = limits
+        self.instance_id = instance_id
+        self.observer: Observer = observer if observer is not None else NullObserver()
+        self.stats = SwitchStats()
+        self.clients: dict[Conn, None] = {}
+        self.agents: list[Conn] = []
+        self.per_token: Counter[tuple[str, int]] = Counter()
+        self.slots = StreamIdSlots()
+        self.opening: dict[Stream, None] = {}  # every unanswered open, oldest first
+        self.members: tuple[str, ...] = (instance_id,)
+        self.draining = False
+        self.turn = 0
+        self.connection_budget = limits.connection_buffer
+
+    # --- connections ---
+
+    def admission(self, role: str, token: int) -> tuple[int, str] | None:
+        """At the upgrade: None to accept, or (HTTP status, message) to refuse."""
+        limits = self.limits
+        if self.draining:
+            return 503, "relay is shutting down"
+        if len(self.clients) + len(self.agents) >= limits.connections:
+            self.stats.limits["connections"] += 1
+            return 503, f"relay is at its connection limit ({limits.connections})"
+        if self.per_token[role, token] >= limits.connections_per_token:
+            self.stats.limits["connections_per_token"] += 1
+            return (
+                429,
+                f"too many connections for this token (limit {limits.connections_per_token})",
+            )
+        return None
+
+    def attach(self, conn: Conn, now: float) -> bool:
+        """The WebSocket is open: register it and send HELLO. False if a limit
+        was reached since the upgrade (the connection was closed with 1013)."""
+        refusal = self.admission(conn.role, conn.token)
+        base = self.slots.acquire() if conn.is_client and refusal is None else 0
+        if refusal is None and base is None:
+            refusal = 503, "no stream id range free"
+        if refusal is not None:
+            conn.failed = True
+            conn.link.close(CLOSE_TRY_AGAIN_LATER, refusal[1])
+            return False
+        conn.attached = True
+        conn.last_rx = now
+        self.per_token[conn.role, conn.token] += 1
+        self.stats.connections_opened[conn.role] += 1
+        limits = self.limits
+        if conn.is_client:
+            assert base is not None
+            conn.id_base = base
+            self.clients[conn] = None
+            hello = Hello(
+                self.instance_id,
+                stream_id_base=base,
+                stream_id_count=SLOT_SIZE,
+                buffer_budget=limits.connection_buffer,
+                max_streams=limits.streams_per_connection,
+            )
+            conn.out.write(hello.encode())
+        else:
+            self.agents.append(conn)
+            hello = Hello(
+                self.instance_id,
+                buffer_budget=limits.connection_buffer,
+                max_streams=limits.streams_per_connection,
+            )
+            conn.out.write(hello.encode())
+            conn.out.write(Members(self.members).encode())
+        if self.draining:
+            conn.out.write(GoAway("relay is shutting down").encode())
+        return True
+
+    def detach(self, conn: Conn, now: float) -> None:
+        """The WebSocket is gone: end its streams and forget it."""
+        if not conn.attached:
+            return
+        conn.attached = False
+        conn.failed = True
+        self._release(
+            conn, now, "client_a disconnected" if conn.is_client else "agent disconnected"
+        )
+        self.per_token[conn.role, conn.token] -= 1
+        if not self.per_token[conn.role, conn.token]:
+            del self.per_token[conn.role, conn.token]
+        self.stats.connections_closed[conn.role] += 1
+        self.stats.closed_bytes[conn.role] += conn.data_bytes
+        self.stats.closed_frames[conn.role] += conn.data_frames
+        conn.data_bytes = conn.data_frames = 0
+        if conn.is_client:
+            self.slots.release(conn.id_base)
+
+    def fail(self, conn: Conn, exc: ProtocolError, now: float) -> None:
+        """Close `conn`, and only `conn`, with the code its error carries."""
+        if conn.failed:
+            return
+        conn.failed = True
+        self.stats.protocol_errors[exc.kind] += 1
+        self.observer.conn_failed(conn, exc)
+        conn.link.close(exc.close_code, str(exc)[:120])
+        self._release(conn, now, f"{conn.role} connection closed: {exc.kind}")
+
+    def over_budget(self, conn: Conn, queued: int, now: float) -> None:
+        """The adapter's report that `conn`'s write buffer passed the budget."""
+        if queued <= self.limits.connection_buffer or conn.failed:
+            return
+        self.stats.limits["connection_buffer"] += 1
+        exc = BudgetExceeded(
+            f"{queued} bytes queued for this connection, over the relay's budget of "
+            f"{self.limits.connection_buffer}"
+        )
+        self.fail(conn, exc, now)
+
+    def heard(self, conn: Conn, now: float) -> None:
+        """Something other than a message arrived (a pong): the peer is alive."""
+        conn.last_rx = now
+
+    def _release(self, conn: Conn, now: float, reason: str) -> None:
+        if conn.is_client:
+            self.clients.pop(conn, None)
+        elif conn in self.agents:
+            self.agents.remove(conn)
+        for half in list(conn.sends.values()):
+            stream = half.stream
+            # An open the agent never answered: client_a has been told nothing yet.
+            opening = not conn.is_client and stream.state in _OPENING
+            if opening and not stream.retried and self._move(stream, now):
+                continue
+            other = stream.agent if conn.is_client else stream.client
+            self._send(other, TunnelError(stream.session_id, reason).encode(stream.sid))
+            self._end(stream, Event.ABORT, now)
+
+    def set_members(self, members: tuple[str, ...]) -> None:
+        """The live relay set changed: every agent hears it (its mesh follows)."""
+        if members == self.members:
+            return
+        self.members = members
+        frame = Members(members).encode()
+        for agent in self.agents:
+            self._send(agent, frame)
+
+    def start_draining(self) -> None:
+        self.draining = True
+        goaway = GoAway("relay is shutting down").encode()
+        for conn in [*self.clients, *self.agents]:
+            self._send(conn, goaway)
+
+    @property
+    def active_streams(self) -> int:
+        return sum(len(c.sends) for c in self.clients)
+
+    # --- the hot path ---
+
+    def route(self, src: Conn, message: memoryview, now: float) -> None:
+        """Handle every mux frame of one WebSocket message from `src`.
+
+        Consecutive TUNNEL_DATA frames bound for the same connection leave as
+        one slice of the message (one write, and no copy once the run reaches
+        8 KiB). A malformed frame closes `src` alone; the frames before it
+        were valid and are passed on.
+        """
+        if src.failed:
+            return  # closed already: nothing it still sends is routed
+        total = len(message)
+        if total > self.limits.max_message:
+            self.fail(
+                src,
+                MessageTooBig(f"message of {total} bytes, limit {self.limits.max_message}"),
+                now,
+            )
+            return
+        src.last_rx = now
+        sends = src.sends
+        offset = 0
+        run_out: Output | None = None  # the open run: message[run_start:offset] goes there
+        run_start = 0
+        data_bytes = data_frames = 0
+        try:
+            while offset < total:
+                if total - offset >= HEADER_SIZE:
+                    frame_type, _flags, sid, length = _unpack(message, offset)
+                    end = offset + HEADER_SIZE + length
+                    if frame_type == _TUNNEL_DATA and end <= total:
+                        half = sends.get(sid)
+                        if half is not None:
+                            room = half.room - length
+                            if room >= 0:
+                                half.room = room
+                                out = half.out
+                                if out is not run_out:
+                                    if run_out is not None:
+                                        run_out.write(message[run_start:offset])
+                                    run_out, run_start = out, offset
+                                data_bytes += length
+                                data_frames += 1
+                                offset = end
+                                continue
+                # Anything else goes through the codec's walker, in order.
+                if run_out is not None:
+                    run_out.write(message[run_start:offset])
+                    run_out = None
+                offset = self._frame(src, message, offset, now)
+                if src.failed:
+                    return
+        except ProtocolError as exc:
+            if run_out is not None:  # the frames before the bad one were valid
+                run_out.write(message[run_start:offset])
+                run_out = None
+            self.fail(src, exc, now)
+        finally:
+            if run_out is not None:
+                run_out.write(message[run_start:offset])
+            src.data_bytes += data_bytes
+            src.data_frames += data_frames
+
+    # --- everything but forwarded data ---
+
+    def _frame(self, src: Conn, message: memoryview, offset: int, now: float) -> int:
+        """One frame the fast path did not take; returns the next offset."""
+        frame_type, _flags, sid, start, end = read_frame(message, offset)
+        if frame_type == _TUNNEL_DATA:
+            self._refused_data(src, sid, end - start, now)
+            return end
+        if frame_type in OPEN_FRAMES:
+            self._open(
+                src, FrameType(frame_type), sid, message[start:end], message[offset:end], now
+            )
+            return end
+        payload = message[start:end]
+        # Every payload is decoded before the stream is looked up, so a
+        # malformed one closes the connection whether or not its stream lives.
+        if frame_type == _WINDOW_UPDATE:
+            increment = decode_window_increment(payload)
+        elif frame_type == _CONNECT_RESPONSE:
+            response = ConnectResponse.decode(payload)
+        elif frame_type == _TUNNEL_ERROR:
+            TunnelError.decode(payload)
+        elif frame_type == _HELLO:
+            Hello.decode(payload)  # peers may announce themselves; the version must match
+            return end
+        elif frame_type == _GOAWAY:
+            GoAway.decode(payload)
+            src.draining = True
+            return end
+        elif frame_type == _MEMBERS:
+            Members.decode(payload)  # only relays send it; nothing to do with one
+            return end
+        half = src.sends.get(sid)
+        if half is None:
+            self.stats.dropped_unknown_stream += 1
+            return end
+        stream = half.stream
+        raw = message[offset:end]
+        try:
+            if frame_type == _WINDOW_UPDATE:
+                # Credit from client_a is for downstream data, from the agent for upstream.
+                self._apply(stream, Event.WINDOW_DOWN if src.is_client else Event.WINDOW_UP)
+                _grant(stream.down if src.is_client else stream.up, increment)
+                self._send(half.dest, raw)
+            elif frame_type == _CONNECT_RESPONSE:
+                self._answer(src, stream, response, raw, now)
+            elif frame_type == _TUNNEL_ERROR:
+                self._send(half.dest, raw)
+                self._end(stream, Event.ABORT, now)
+            else:  # FIN
+                self._apply(stream, Event.FIN_UP if src.is_client else Event.FIN_DOWN)
+                self._send(half.dest, raw)
+                if stream.state is State.CLOSED:
+                    self._end(stream, None, now)
+        except StreamError as exc:
+            self._abort(stream, exc, now)
+        return end
+
+    def _refused_data(self, src: Conn, sid: int, length: int, now: float) -> None:
+        """TUNNEL_DATA the fast path did not forward: no such stream, a state
+        that carries no data this way, or more than the receiver's credit."""
+        half = src.sends.get(sid)
+        if half is None:
+            self.stats.dropped_unknown_stream += 1
+            return
+        stream = half.stream
+        accepts = ACCEPTS_DATA_UP if src.is_client else ACCEPTS_DATA_DOWN
+        if stream.state in accepts:
+            exc: StreamError = FlowControlError(
+                f"{length} bytes of data with {half.room} bytes of credit"
+            )
+        else:
+            try:
+                next_state(stream.state, Event.DATA_UP if src.is_client else Event.DATA_DOWN)
+            except StreamError as illegal:
+                exc = illegal
+        self._abort(stream, exc, now)
+
+    def _open(
+        self,
+        src: Conn,
+        kind: FrameType,
+        sid: int,
+        payload: memoryview,
+        raw: memoryview,
+        now: float,
+    ) -> None:
+        if not src.is_client:
+            raise ProtocolError(f"agents do not open streams (got {kind.name})")
+        request = OpenStream.decode(kind, payload)
+        if not src.id_base <= sid < src.id_base + SLOT_SIZE:
+            raise ProtocolError(f"stream id {sid} is outside the range this relay assigned")
+        if sid in src.sends:
+            raise ProtocolError(f"stream id {sid} is already open")
+        limits = self.limits
+        refusal: tuple[int, str, str] | None = None
+        why = ""
+        agent = None
+        if self.draining:
+            refusal, why = DRAINING, "relay is shutting down"
+        elif len(src.sends) >= limits.streams_per_connection:
+            self.stats.limits["streams_per_connection"] += 1
+            refusal = STREAM_LIMIT
+            why = (
+                f"too many streams on this relay connection (limit {limits.streams_per_connection})"
+            )
+        else:
+            agent = self._pick(None)
+            if agent is None:
+                if any(not a.draining for a in self.agents):
+                    self.stats.limits["opens_per_agent"] += 1
+                    refusal, why = AGENT_BUSY, "every agent is busy or not answering"
+                else:
+                    refusal, why = NO_AGENT, "no agent connected"
+        if refusal is not None or agent is None:
+            status, reason, result = refusal or NO_AGENT
+            self._send(
+                src, ConnectResponse(request.session_id, status, why, reason=reason).encode(sid)
+            )
+            self.stats.results[result] += 1
+            self.observer.open_refused(src, request, result)
+            return
+        stream = Stream(sid, request, src, agent, bytes(raw), now)
+        src.sends[sid] = stream.up
+        self.opening[stream] = None
+        self._give(stream, agent, now)
+
+    def _give(self, stream: Stream, agent: Conn, now: float) -> None:
+        """Hand an open to `agent` (first or retried)."""
+        stream.agent = agent
+        stream.sent_at = now
+        stream.up.dest = agent
+        stream.up.out = agent.out
+        agent.sends[stream.sid] = stream.down
+        agent.opening[stream] = None
+        self._send(agent, stream.open_frame)
+
+    def _move(self, stream: Stream, now: float) -> bool:
+        """Retry an unanswered open once on another agent; False if none can take it."""
+        old = stream.agent
+        new = self._pick(old)
+        if new is None:
+            return False
+        stream.retried = True
+        self.stats.open_retries += 1
+        old.sends.pop(stream.sid, None)
+        old.opening.pop(stream, None)
+        if not old.failed:
+            old.probation = True
+            self._send(
+                old,
+                TunnelError(stream.session_id, "open retried on another agent").encode(stream.sid),
+            )
+        self._give(stream, new, now)
+        return True
+
+    def _pick(self, exclude: Conn | None) -> Conn | None:
+        """The agent for a new open: the least loaded of those that may take
+        one, ties broken round-robin. Load is streams plus opens in flight,
+        weighted; stalled, draining, full and (when busy) probation agents
+        are skipped."""
+        limits = self.limits
+        tied: list[Conn] = []
+        least = 0
+        for agent in self.agents:
+            if agent is exclude or agent.draining or agent.stalled or agent.failed:
+                continue
+            opening = len(agent.opening)
+            if opening >= limits.opens_per_agent or (agent.probation and opening):
+                continue
+            streams = len(agent.sends)
+            if streams >= limits.streams_per_connection:
+                continue
+            load = streams + opening * (OPEN_WEIGHT - 1)
+            if not tied or load < least:
+                tied, least = [agent], load
+            elif load == least:
+                tied.append(agent)
+        if not tied:
+            return None
+        self.turn += 1
+        return tied[self.turn % len(tied)]
+
+    def _answer(
+        self, src: Conn, stream: Stream, response: ConnectResponse, raw: memoryview, now: float
+    ) -> None:
+        if src.is_client:
+            raise StreamError("client_a sent CONNECT_RESPONSE")
+        self._apply(stream, Event.RESPONSE_OK if response.ok else Event.RESPONSE_FAIL)
+        src.probation = False
+        self.observer.open_answered(stream, now - stream.opened_at)
+        if response.ok:
+            _grant(stream.up, response.window)
+        self._send(stream.client, raw)
+        if response.ok:
+            self.stats.results["ok"] += 1
+            self._answered(stream)
+        else:
+            self._end(stream, None, now, _result_of(response))
+
+    def _answered(self, stream: Stream) -> None:
+        self.opening.pop(stream, None)
+        stream.agent.opening.pop(stream, None)
+        stream.open_frame = b""
+
+    def _abort(self, stream: Stream, exc: StreamError, now: float) -> None:
+        """TUNNEL_ERROR to both ends, for a stream that broke the rules."""
+        self.stats.protocol_errors[exc.kind] += 1
+        frame = TunnelError(stream.session_id, str(exc)).encode(stream.sid)
+        self._send(stream.client, frame)
+        self._send(stream.agent, frame)
+        self._end(stream, Event.ABORT, now)
+
+    def _apply(self, stream: Stream, event: Event) -> None:
+        """The one place a stream's state changes, with the credit that follows."""
+        state = stream.state = next_state(stream.state, event)
+        _sync(stream.up, state in ACCEPTS_DATA_UP)
+        _sync(stream.down, state in ACCEPTS_DATA_DOWN)
+
+    def _end(self, stream: Stream, event: Event | None, now: float, result: str = "") -> None:
+        """Forget a stream. `event` moves it to CLOSED (None: it is there);
+        `result` is the outcome of an open that never opened."""
+        opening = stream in self.opening
+        if event is not None and stream.state is not State.CLOSED:
+            self._apply(stream, event)
+        client, agent = stream.client, stream.agent
+        if client.sends.get(stream.sid) is stream.up:
+            del client.sends[stream.sid]
+        if agent.sends.get(stream.sid) is stream.down:
+            del agent.sends[stream.sid]
+        if opening:
+            self._answered(stream)
+        if not result:
+            if opening:
+                result = "timeout" if event is Event.TIMEOUT else "error"
+            else:
+                result = "aborted" if event is Event.ABORT else "ok"
+        if opening:  # an open that succeeded was counted "ok" when answered
+            self.stats.results[result] += 1
+        self.observer.stream_ended(stream, result, now - stream.opened_at)
+
+    def _send(self, conn: Conn, frames: bytes | memoryview) -> None:
+        if not conn.failed:
+            conn.out.write(frames)
+
+    # --- time ---
+
+    def tick(self, now: float) -> None:
+        """Timeouts, liveness probes and retries; call it a few times a second."""
+        limits = self.limits
+        for agent in list(self.agents):
+            if agent.probe_at:
+                if agent.last_rx >= agent.probe_at:
+                    agent.probe_at = 0.0
+                    agent.stalled = False
+                elif not agent.stalled and now - agent.probe_at >= limits.stall_timeout:
+                    agent.stalled = True
+                    self.stats.agent_stalls += 1
+                    for stream in list(agent.opening):
+                        if not stream.retried:
+                            self._move(stream, now)
+            elif agent.opening and now - agent.last_rx >= limits.probe_after:
+                agent.probe_at = now
+                agent.link.ping()
+        for stream in list(self.opening):
+            age = now - stream.opened_at
+            if age < limits.open_retry_after:
+                break  # oldest first: the rest are younger
+            if age >= limits.connect_timeout:
+                self._expire(stream, now)
+            elif not stream.retried and now - stream.sent_at >= limits.open_retry_after:
+                self._move(stream, now)
+
+    def _expire(self, stream: Stream, now: float) -> None:
+        timeout = self.limits.connect_timeout
+        self._send(
+            stream.client,
+            ConnectResponse(
+                stream.session_id, 504, f"no answer from the agent within {timeout:g} s"
+            ).encode(stream.sid),
+        )
+        self._send(
+            stream.agent, TunnelError(stream.session_id, "connect timeout").encode(stream.sid)
+        )
+        stream.agent.probation = True
+        self._end(stream, Event.TIMEOUT, now)
+
+
+def _grant(half: Half, increment: int) -> None:
+    if half.room >= 0:
+        room = half.room + increment
+        if room > MAX_CREDIT:
+            raise FlowControlError("WINDOW_UPDATE overflows the credit window")
+        half.room = room
+    else:
+        held = half.held + increment
+        if held > MAX_CREDIT:
+            raise FlowControlError("WINDOW_UPDATE overflows the credit window")
+        half.held = held
+
+
+def _sync(half: Half, carries: bool) -> None:
+    if not carries:
+        half.room = -1
+    elif half.room < 0:
+        half.room, half.held = half.held, 0
+
+
+def _result_of(response: ConnectResponse) -> str:
+    """The stream result an agent's failed CONNECT_RESPONSE counts as."""
+    if response.status_code == 403:
+        return "denied"
+    if response.status_code == 504:
+        return "timeout"
+    if response.status_code == 502 and response.reason == "refused":
+        return "refused"
+    if response.status_code == 502:
+        return "dial_failed"
+    return "error"
+
+
+__all__ = [
+    "CLOSE_POLICY_VIOLATION",
+    "SLOT_BITS",
+    "SLOT_COUNT",
+    "SLOT_SIZE",
+    "Conn",
+    "Half",
+    "Limits",
+    "Observer",
+    "Stream",
+    "StreamIdSlots",
+    "Switch",
+]

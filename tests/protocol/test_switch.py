@@ -1,0 +1,441 @@
+"""The relay's switch, in memory: every isolation property as a millisecond test.
+
+`Pair` (fastrelay/protocol/pair.py) joins in-memory client_a and agent
+endpoints to a real `Switch`; nothing here opens a socket or reads a clock.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fastrelay.protocol.errors import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TRY_AGAIN_LATER,
+)
+from fastrelay.protocol.frames import FrameType, encode_frame, encode_window_update
+from fastrelay.protocol.messages import ConnectResponse, GoAway, OpenStream
+from fastrelay.protocol.pair import Endpoint, Pair
+from fastrelay.protocol.state import State
+from fastrelay.protocol.switch import SLOT_COUNT, SLOT_SIZE, Limits
+from tests.protocol.test_vectors import MALFORMED, VALID, Vector
+
+MiB = 1024 * 1024
+
+
+def tunnel(pair: Pair, client: Endpoint) -> int:
+    """An open stream, answered by whichever agent the switch picked."""
+    sid = client.open()
+    pair.run()
+    response = client.streams[sid].response
+    assert response is not None and response.ok, response
+    return sid
+
+
+def download(pair: Pair, agent: Endpoint, sid: int, n: int) -> None:
+    """The agent sends `n` bytes, as fast as credit allows, while everyone reads."""
+    sent = 0
+    for _ in range(10_000):
+        sent += agent.write(sid, n - sent)
+        pair.run()
+        if sent == n:
+            return
+    raise AssertionError(f"stuck after {sent} of {n} bytes")
+
+
+def agent_of(pair: Pair, sid: int) -> Endpoint:
+    return next(e for e in pair.endpoints if not e.is_client and sid in e.streams)
+
+
+# --- the wire format: every vector of docs/PROTOCOL.md, through the switch ---
+
+
+@pytest.mark.parametrize("vector", VALID, ids=lambda v: v.name)
+def test_valid_vectors_never_close_the_sender(vector: Vector) -> None:
+    pair = Pair()
+    client = pair.client()
+    assert client.hello is not None and client.hello.stream_id_base == SLOT_SIZE  # as the vectors
+    client.send(vector.data)
+    assert client.closed is None
+    assert not pair.switch.stats.protocol_errors
+
+
+@pytest.mark.parametrize("vector", MALFORMED, ids=lambda v: v.name)
+def test_malformed_vectors_close_the_sender_with_their_code(vector: Vector) -> None:
+    pair = Pair()
+    client, agent = pair.client(), pair.agent()
+    client.send(vector.data)
+    assert client.closed is not None
+    code, reason = client.closed
+    assert code == vector.expected["closeCode"]
+    assert vector.expected["reason"] in reason
+    assert agent.closed is None  # the agent it shares a relay with is untouched
+    assert sum(pair.switch.stats.protocol_errors.values()) == 1
+
+
+def test_data_on_stream_0_closes_with_1002() -> None:
+    pair = Pair()
+    client = pair.client()
+    client.send(encode_frame(FrameType.TUNNEL_DATA, 0, b"hi"))
+    assert client.closed is not None and client.closed[0] == CLOSE_PROTOCOL_ERROR
+
+
+def test_frames_before_a_malformed_one_are_forwarded_and_nothing_after() -> None:
+    pair = Pair()
+    client, agent = pair.client(), pair.agent()
+    sid = tunnel(pair, client)
+    data = encode_frame(FrameType.TUNNEL_DATA, sid, b"x" * 100)
+    client.send(data + b"\x7f" + bytes(9) + data)
+    pair.run()
+    assert client.closed is not None
+    assert agent.ended[-1].received == 100  # the frame before arrived, then the abort
+    assert agent.ended[-1].error is not None
+
+
+# --- isolation ---
+
+
+def test_oversized_message_closes_only_its_sender_and_reaches_nobody() -> None:
+    pair = Pair(Limits(max_message=64 * 1024))
+    hostile, other = pair.client(), pair.client()
+    agent = pair.agent()
+    sid, kept = tunnel(pair, hostile), tunnel(pair, other)
+    received = agent.streams[sid].received
+    hostile.send(encode_frame(FrameType.TUNNEL_DATA, sid, bytes(2 * MiB)))  # over the limit
+    pair.run()
+    assert hostile.closed is not None and hostile.closed[0] == CLOSE_MESSAGE_TOO_BIG
+    assert agent.closed is None
+    assert sid not in agent.streams and agent.ended[-1].received == received
+    assert agent.ended[-1].error is not None  # told the stream is gone
+    assert other.write(kept, 1000) == 1000
+    pair.run()
+    assert agent.streams[kept].received == 1000
+    hostile.send(encode_frame(FrameType.TUNNEL_DATA, sid, b"late"))  # nothing after failing
+    assert pair.switch.stats.dropped_unknown_stream == 0
+
+
+def test_stalled_client_costs_only_its_own_streams() -> None:
+    pair = Pair(Limits(connection_buffer=8 * MiB))
+    sleeper, other = pair.client(), pair.client()
+    agent = pair.agent()
+    stalled = [tunnel(pair, sleeper) for _ in range(8)]
+    kept = tunnel(pair, other)
+    sleeper.reading = False  # the laptop sleeps: reads nothing, answers no ping
+    for sid in stalled:
+        agent.write(sid, 100 * MiB)  # as much as its credit allows, then the agent waits
+    pair.run()
+    download(pair, agent, kept, 50 * MiB)  # the neighbour's download completes
+    assert other.streams[kept].received == 50 * MiB
+    fresh = tunnel(pair, other)  # and its opens succeed
+    assert other.streams[fresh].state.state is State.TUNNELING
+    # What the relay holds for the sleeper is what it granted: never over the budget.
+    assert sleeper.closed is None
+    assert sleeper.wire.peak <= pair.limits.connection_buffer
+    assert agent.closed is None and other.closed is None
+
+
+def test_a_client_that_grants_more_than_it_reads_is_cut_off_alone() -> None:
+    pair = Pair(Limits(connection_buffer=4 * MiB))
+    hostile, other = pair.client(), pair.client()
+    agent = pair.agent()
+    kept = tunnel(pair, other)
+    hostile.pool.budget = hostile.pool.want = 64 * MiB  # type: ignore[union-attr]
+    sids = [tunnel(pair, hostile) for _ in range(4)]
+    hostile.reading = False
+    for sid in sids:
+        agent.write(sid, 8 * MiB)
+    assert hostile.closed is not None and hostile.closed[0] == CLOSE_POLICY_VIOLATION
+    assert "budget" in hostile.closed[1]
+    assert pair.switch.stats.limits["connection_buffer"] == 1
+    pair.run()
+    assert all(sid not in agent.streams for sid in sids)  # its streams were aborted
+    download(pair, agent, kept, 10 * MiB)
+    assert other.streams[kept].received == 10 * MiB
+    assert agent.closed is None and other.closed is None
+
+
+def test_a_stalled_agent_holds_uploads_within_its_credit() -> None:
+    pair = Pair(Limits(connection_buffer=4 * MiB))
+    uploader, other = pair.client(), pair.client()
+    slow, quick = pair.agent(), pair.agent()
+    sids = [tunnel(pair, uploader) for _ in range(4)]
+    slow.reading = False
+    for sid in sids:
+        uploader.write(sid, 50 * MiB)
+    pair.run()
+    assert slow.closed is None and slow.wire.peak <= pair.limits.connection_buffer
+    kept = tunnel(pair, other)  # new opens avoid the stalled agent once it is found out
+    assert agent_of(pair, kept) is quick or pair.switch.stats.open_retries
+
+
+def test_sending_past_the_receivers_credit_aborts_that_stream_only() -> None:
+    pair = Pair()
+    client = pair.client()
+    agent = pair.agent(want=64 * 1024)
+    greedy, kept = tunnel(pair, client), tunnel(pair, client)
+    credit = client.streams[greedy].send.available
+    client.send(encode_frame(FrameType.TUNNEL_DATA, greedy, bytes(credit + 1)))
+    pair.run()
+    assert client.closed is None
+    assert greedy not in client.streams and client.ended[-1].error is not None
+    assert "credit" in client.ended[-1].error
+    assert pair.switch.stats.protocol_errors["flow_control"] == 1
+    assert client.write(kept, 5000) == 5000
+    pair.run()
+    assert agent.streams[kept].received == 5000
+
+
+def test_data_before_the_open_succeeded_aborts_the_stream() -> None:
+    pair = Pair()
+    client, agent = pair.client(), pair.agent()
+    agent.answers = False
+    sid = client.open()
+    client.send(encode_frame(FrameType.TUNNEL_DATA, sid, b"early"))
+    pair.run()
+    assert client.closed is None
+    assert client.ended[-1].error is not None and "DATA_UP" in client.ended[-1].error
+    assert pair.switch.stats.protocol_errors["illegal_transition"] == 1
+
+
+# --- limits ---
+
+
+def test_streams_per_connection_limit_refuses_with_503_and_a_reason() -> None:
+    pair = Pair(Limits(streams_per_connection=3))
+    client, agent = pair.client(), pair.agent()
+    for _ in range(3):
+        tunnel(pair, client)
+    client.pool.max_streams += 1  # type: ignore[union-attr]  # a client that does not listen
+    sid = client.open()
+    pair.run()
+    response = client.ended[-1].response
+    assert response is not None and (response.status_code, response.reason) == (503, "stream_limit")
+    assert "limit 3" in (response.error or "")
+    assert pair.switch.stats.limits["streams_per_connection"] == 1
+    assert sid not in agent.streams and len(agent.streams) == 3
+
+
+def test_opens_in_flight_per_agent_limit_refuses_with_agent_busy() -> None:
+    pair = Pair(Limits(opens_per_agent=2))
+    client, agent = pair.client(), pair.agent()
+    agent.answers = False
+    client.open(), client.open()
+    sid = client.open()
+    pair.run()
+    response = client.ended[-1].response
+    assert client.ended[-1].sid == sid
+    assert response is not None and (response.status_code, response.reason) == (503, "agent_busy")
+    assert pair.switch.stats.limits["opens_per_agent"] == 1
+
+
+def test_no_agent_is_a_retryable_503() -> None:
+    pair = Pair()
+    client = pair.client()
+    client.open()
+    pair.run()
+    response = client.ended[-1].response
+    assert response is not None and (response.status_code, response.reason) == (503, "no_agent")
+
+
+def test_connections_per_token_refuse_with_429_and_other_tokens_still_get_in() -> None:
+    pair = Pair(Limits(connections_per_token=3))
+    for _ in range(3):
+        pair.client(token=1)
+    assert pair.switch.admission("client", 1) == (
+        429,
+        "too many connections for this token (limit 3)",
+    )
+    late = pair.client(token=1)  # past the upgrade check (a race): closed with 1013
+    assert late.closed is not None and late.closed[0] == CLOSE_TRY_AGAIN_LATER
+    assert pair.switch.admission("client", 2) is None
+    other = pair.client(token=2)
+    assert other.closed is None and other.hello is not None
+    pair.disconnect(pair.endpoints[0])
+    assert pair.switch.admission("client", 1) is None
+    assert pair.switch.stats.limits["connections_per_token"] >= 2
+
+
+def test_stream_id_ranges_outnumber_the_connection_limit() -> None:
+    limits = Limits()
+    assert limits.connections < SLOT_COUNT - 1
+    with pytest.raises(ValueError, match="stream-id ranges"):
+        Limits(connections=SLOT_COUNT)
+    pair = Pair(Limits(connections=50, connections_per_token=50))
+    bases = set()
+    for _ in range(50):
+        client = pair.client()
+        assert client.hello is not None
+        bases.add(client.hello.stream_id_base)
+    assert len(bases) == 50
+    assert pair.switch.admission("client", 0) == (503, "relay is at its connection limit (50)")
+
+
+def test_hello_announces_the_budget_and_the_client_keeps_within_it() -> None:
+    pair = Pair(Limits(connection_buffer=2 * MiB, streams_per_connection=100))
+    client = pair.client(want=1 * MiB)
+    assert client.hello is not None
+    assert (client.hello.buffer_budget, client.hello.max_streams) == (2 * MiB, 100)
+    pool = client.pool
+    assert pool is not None
+    for _ in range(100):
+        pool.open()
+    assert pool.granted <= 2 * MiB * 3 // 4
+    assert pool.open() == 0
+
+
+# --- agent health ---
+
+
+def test_a_frozen_agent_gets_no_new_opens_and_its_pending_ones_move() -> None:
+    pair = Pair()
+    client = pair.client()
+    frozen, _alive = pair.agent(), pair.agent()
+    frozen.reading = False
+    sids = [client.open() for _ in range(6)]
+    pair.run()
+    pending = [sid for sid in sids if client.streams[sid].response is None]
+    assert pending  # some went to the frozen agent
+    pair.advance(2.0)  # probe after 0.5 s, stalled 1 s later
+    assert frozen.conn.stalled
+    assert all(client.streams[sid].response.ok for sid in sids)  # type: ignore[union-attr]
+    assert pair.switch.stats.open_retries == len(pending)
+    before = len(frozen.wire.queue)
+    for _ in range(10):
+        tunnel(pair, client)
+    assert len(frozen.wire.queue) == before  # nothing new went its way
+    frozen.reading = True  # it wakes up: answers the probe and is eligible again
+    pair.advance(0.3)
+    assert not frozen.conn.stalled
+
+
+def test_a_rogue_agent_that_never_answers_attracts_few_opens() -> None:
+    pair = Pair(Limits(open_retry_after=1.0))
+    client = pair.client()
+    rogue, honest = pair.agent(), pair.agent()
+    rogue.answers = False  # reads and pongs, never answers an open
+    sids = []
+    for _ in range(40):
+        sids.append(client.open())
+        pair.advance(0.2)
+    pair.advance(2.0)
+    assert all(client.streams[sid].response.ok for sid in sids)  # type: ignore[union-attr]
+    opened_at_rogue = pair.switch.stats.open_retries
+    assert opened_at_rogue <= 10, opened_at_rogue  # most never went there
+    assert len(honest.streams) == 40
+
+
+def test_an_open_nobody_answers_times_out_with_504() -> None:
+    pair = Pair(Limits(connect_timeout=3.0))
+    client = pair.client()
+    pair.agent().answers = False
+    sid = client.open()
+    pair.advance(3.5)
+    response = client.ended[-1].response
+    assert client.ended[-1].sid == sid
+    assert response is not None and response.status_code == 504
+    assert pair.switch.stats.results["timeout"] == 1
+    assert not pair.switch.opening
+
+
+def test_an_agent_that_leaves_mid_open_hands_its_opens_to_another() -> None:
+    pair = Pair()
+    client = pair.client()
+    leaving, staying = pair.agent(), pair.agent()
+    leaving.answers = staying.answers = False
+    sids = [client.open() for _ in range(4)]
+    staying.answers = True
+    mine = [sid for sid in sids if sid in pair.switch.agents[0].sends]
+    pair.disconnect(leaving)
+    pair.run()
+    assert mine
+    assert all(client.streams[sid].response.ok for sid in mine)  # type: ignore[union-attr]
+
+
+def test_goaway_from_an_agent_stops_new_opens_to_it() -> None:
+    pair = Pair()
+    client = pair.client()
+    draining, other = pair.agent(), pair.agent()
+    draining.send(GoAway("bye").encode())
+    for _ in range(6):
+        sid = tunnel(pair, client)
+        assert agent_of(pair, sid) is other
+    assert draining.closed is None
+
+
+def test_detach_ends_every_stream_and_frees_the_range() -> None:
+    pair = Pair()
+    client, agent = pair.client(), pair.agent()
+    sids = [tunnel(pair, client) for _ in range(3)]
+    pair.disconnect(client)
+    pair.run()
+    assert not agent.streams and all(s.error == "client_a disconnected" for s in agent.ended)
+    assert pair.switch.active_streams == 0
+    assert sids and not pair.switch.slots.used
+
+
+def test_window_update_and_fin_reach_the_other_side() -> None:
+    pair = Pair()
+    client, agent = pair.client(), pair.agent()
+    sid = tunnel(pair, client)
+    download(pair, agent, sid, 3 * MiB)  # needs WINDOW_UPDATEs from client_a
+    client.write(sid, 10)
+    client.fin(sid)
+    agent.fin(sid)
+    pair.run()
+    assert client.ended[-1].received == 3 * MiB and agent.ended[-1].received == 10
+    assert pair.switch.active_streams == 0
+    assert pair.switch.stats.results["ok"] == 1
+
+
+def test_open_refused_after_draining() -> None:
+    pair = Pair()
+    client = pair.client()
+    pair.agent()
+    pair.switch.start_draining()
+    pair.run()
+    client.open()
+    pair.run()
+    response = client.ended[-1].response
+    assert response is not None and (response.status_code, response.reason) == (503, "draining")
+
+
+def test_an_agent_may_not_open_streams() -> None:
+    pair = Pair()
+    agent = pair.agent()
+    agent.send(OpenStream(FrameType.CONNECT, "s", "t.test", 443).encode(SLOT_SIZE + 1))
+    assert agent.closed is not None and "agents do not open" in agent.closed[1]
+
+
+def test_client_a_may_not_answer_opens() -> None:
+    pair = Pair()
+    client, _agent = pair.client(), pair.agent()
+    sid = client.open()
+    client.send(ConnectResponse("s", 200).encode(sid))
+    pair.run()
+    assert client.closed is None
+    assert client.ended[-1].error is not None
+
+
+def test_window_update_overflow_aborts_the_stream() -> None:
+    pair = Pair()
+    client, agent = pair.client(), pair.agent()
+    sid = tunnel(pair, client)
+    client.send(encode_window_update(sid, 2**31 - 1))
+    pair.run()
+    assert sid not in agent.streams and pair.switch.stats.protocol_errors["flow_control"] == 1
+
+
+def test_opens_go_to_the_least_loaded_agent_and_ties_rotate() -> None:
+    pair = Pair()
+    client = pair.client()
+    agents = [pair.agent() for _ in range(3)]
+    for _ in range(30):
+        tunnel(pair, client)
+    assert [len(a.streams) for a in agents] == [10, 10, 10]
+    busy = agents[0]
+    for sid in list(busy.streams)[:5]:
+        busy.abort(sid)
+    pair.run()
+    for _ in range(5):
+        assert agent_of(pair, tunnel(pair, client)) is busy  # the least loaded wins

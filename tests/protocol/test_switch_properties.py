@@ -1,0 +1,177 @@
+"""Hypothesis: arbitrary traffic from several peers, some hostile, into the switch.
+
+Honest endpoints follow the protocol (pair.Endpoint); hostile ones also send
+arbitrary bytes and arbitrary well-formed frames. Whatever the sequence:
+
+* no exception escapes the switch;
+* a peer's bad input closes only that peer (and honest peers never see an
+  illegal frame);
+* for every stream, the bytes in equal the bytes out until it ends;
+* every stream ends once its ends are done (or time passes);
+* what the relay queues for a connection stays within the budget.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastrelay.protocol.frames import FrameType, encode_frame
+from fastrelay.protocol.pair import Endpoint, Pair
+from fastrelay.protocol.switch import SLOT_SIZE, Limits
+
+KiB = 1024
+LIMITS = Limits(
+    max_message=64 * KiB,
+    connection_buffer=512 * KiB,
+    streams_per_connection=6,
+    opens_per_agent=4,
+    connect_timeout=3.0,
+    open_retry_after=1.0,
+)
+CLIENTS, AGENTS = 3, 2
+
+frame_types = st.sampled_from([int(t) for t in FrameType] + [0, 0x7F])
+sids = st.one_of(
+    st.sampled_from([0, 1, SLOT_SIZE + 1, SLOT_SIZE + 2, 2 * SLOT_SIZE + 1, 3 * SLOT_SIZE + 1]),
+    st.integers(0, 2**32 - 1),
+)
+
+
+@st.composite
+def crafted(draw: st.DrawFn) -> bytes:
+    """A message of well-formed headers with whatever type, stream and payload."""
+    frames = draw(
+        st.lists(st.tuples(frame_types, sids, st.binary(max_size=40)), min_size=1, max_size=4)
+    )
+    return b"".join(encode_frame(t, s, p) for t, s, p in frames)
+
+
+garbage = st.one_of(st.binary(min_size=1, max_size=80), crafted())
+endpoint_ix = st.integers(0, CLIENTS + AGENTS - 1)
+action = st.one_of(
+    st.tuples(st.just("open"), st.integers(0, CLIENTS - 1)),
+    st.tuples(st.just("write"), endpoint_ix, st.integers(0, 7), st.integers(1, 300 * KiB)),
+    st.tuples(st.just("fin"), endpoint_ix, st.integers(0, 7)),
+    st.tuples(st.just("abort"), endpoint_ix, st.integers(0, 7)),
+    st.tuples(st.just("stall"), endpoint_ix),
+    st.tuples(st.just("wake"), endpoint_ix),
+    st.tuples(st.just("mute"), st.integers(0, AGENTS - 1)),
+    st.tuples(st.just("advance"), st.sampled_from([0.1, 0.6, 1.2, 4.0])),
+    st.tuples(
+        st.just("run"),
+    ),
+    st.tuples(st.just("hostile"), endpoint_ix, garbage),
+    st.tuples(st.just("leave"), endpoint_ix),
+)
+
+
+def pick_stream(endpoint: Endpoint, i: int) -> int | None:
+    live = sorted(endpoint.streams)
+    return live[i % len(live)] if live else None
+
+
+def check_budget(pair: Pair) -> None:
+    for endpoint in pair.endpoints:
+        if endpoint.closed is None:
+            assert endpoint.wire.peak <= LIMITS.connection_buffer + LIMITS.max_message
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(action, max_size=40))
+def test_arbitrary_traffic_keeps_every_promise(actions: list[tuple]) -> None:
+    pair = Pair(LIMITS)
+    ends = [pair.client(want=128 * KiB) for _ in range(CLIENTS)]
+    ends += [pair.agent(want=128 * KiB) for _ in range(AGENTS)]
+    hostile: set[int] = set()
+    left: set[int] = set()
+
+    for act in actions:
+        kind = act[0]
+        if kind == "open":
+            client = ends[act[1]]
+            if client.closed is None and client.reading and not client.pool.full:  # type: ignore[union-attr]
+                client.open()
+        elif kind in ("write", "fin", "abort"):
+            endpoint = ends[act[1]]
+            if endpoint.closed is not None or not endpoint.reading:
+                continue  # a stalled process sends nothing either
+            sid = pick_stream(endpoint, act[2])
+            if sid is None or endpoint.streams[sid].state.opening:
+                continue
+            state = endpoint.streams[sid].state
+            if kind == "write":
+                if state.state in (
+                    (state.state.TUNNELING, state.state.HALF_CLOSED_DOWN)
+                    if endpoint.is_client
+                    else (state.state.TUNNELING, state.state.HALF_CLOSED_UP)
+                ):
+                    endpoint.write(sid, act[3])
+            elif kind == "fin":
+                if state.state in (
+                    (state.state.TUNNELING, state.state.HALF_CLOSED_DOWN)
+                    if endpoint.is_client
+                    else (state.state.TUNNELING, state.state.HALF_CLOSED_UP)
+                ):
+                    endpoint.fin(sid)
+            else:
+                endpoint.abort(sid)
+        elif kind == "stall":
+            ends[act[1]].reading = False
+        elif kind == "wake":
+            ends[act[1]].reading = True
+        elif kind == "mute":
+            ends[CLIENTS + act[1]].answers = False
+        elif kind == "advance":
+            pair.advance(act[1])
+        elif kind == "run":
+            pair.run()
+        elif kind == "hostile":
+            hostile.add(act[1])
+            ends[act[1]].send(act[2])
+        elif kind == "leave" and ends[act[1]].closed is None:
+            left.add(act[1])
+            pair.disconnect(ends[act[1]])
+        check_budget(pair)
+
+    # A peer's bad input closes only that peer.
+    for i, endpoint in enumerate(ends):
+        if i not in hostile and i not in left:
+            assert endpoint.closed is None, (i, endpoint.closed)
+            assert not endpoint.errors, endpoint.errors  # never sent anything illegal
+
+    # Everyone wakes and reads: bytes in equal bytes out on every live stream.
+    for endpoint in ends:
+        endpoint.reading = True
+    pair.run(rounds=1000)
+    check_budget(pair)
+    honest_clients = [e for i, e in enumerate(ends[:CLIENTS]) if i not in hostile | left]
+    honest_agents = [e for i, e in enumerate(ends[CLIENTS:], CLIENTS) if i not in hostile | left]
+    for client in honest_clients:
+        for sid, stream in client.streams.items():
+            for agent in honest_agents:
+                theirs = agent.streams.get(sid)
+                if theirs is not None and theirs.session_id == stream.session_id:
+                    assert stream.sent == theirs.received
+                    assert theirs.sent == stream.received
+
+    # Every stream ends: the live ends finish theirs, time passes, nothing is left.
+    for _ in range(3):  # an open answered meanwhile (a retry) is finished next round
+        for endpoint in ends:
+            if endpoint.closed is None:
+                for sid in list(endpoint.streams):
+                    if sid in endpoint.streams and not endpoint.streams[sid].state.opening:
+                        endpoint.abort(sid)
+        pair.run(rounds=1000)
+        pair.advance(LIMITS.connect_timeout + 0.5)
+    assert pair.switch.active_streams == 0
+    assert not pair.switch.opening
+    for conn in pair.switch.agents:
+        assert not conn.sends and not conn.opening
+    for endpoint in ends:
+        if endpoint.closed is None and not endpoint.is_client:
+            assert not endpoint.streams
