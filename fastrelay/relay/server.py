@@ -15,12 +15,12 @@ import hmac
 import logging
 import time
 
-from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
+from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.mux import FlushScheduler
 from fastrelay.logs import RateLimitedLog
-from fastrelay.protocol.errors import ProtocolError
+from fastrelay.protocol.errors import CLOSE_GOING_AWAY, ProtocolError
 from fastrelay.protocol.messages import OpenStream, format_authority
 from fastrelay.protocol.switch import Conn, Stream, Switch
 from fastrelay.relay.cluster import RedisMembership, StaticMembership
@@ -186,4 +186,4 @@ class Relay:
 
     def close_all(self, reason: str) -> None:
         for conn in [*self.switch.clients, *self.switch.agents]:
-            conn.link.close(WSCloseCode.GOING_AWAY, reason)
+            conn.link.close(CLOSE_GOING_AWAY, reason)
