@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import deque
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastrelay.protocol.errors import FlowControlError, ProtocolError, StreamError
-from fastrelay.protocol.flow import RecvWindow, SendWindow
+from fastrelay.protocol.flow import CreditPool, RecvWindow, SendWindow
 from fastrelay.protocol.messages import DEFAULT_WINDOW
 
 MAX_WINDOW = 2**31 - 1
@@ -191,3 +191,71 @@ def test_bytes_in_flight_never_exceed_the_window(size: int, ops: list[tuple[str,
         # The receiver's view of the peer's credit lags by what is still on the wire.
         assert receiver.outstanding == sender.available + sum(data_on_wire) + sum(updates_on_wire)
         assert receiver.unreturned < receiver.update_threshold
+
+
+# --- CreditPool: the windows of one connection within the relay's budget ---
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    budget=st.integers(1, 1 << 26),
+    max_streams=st.integers(1, 64),
+    want=st.integers(1, 1 << 22),
+    ops=st.lists(st.tuples(st.sampled_from(["open", "close", "grow"]), st.integers(0, 63))),
+)
+def test_credit_pool_never_grants_past_its_budget(
+    budget: int, max_streams: int, want: int, ops: list[tuple[str, int]]
+) -> None:
+    pool = CreditPool(budget, max_streams, want)
+    windows: list[int] = []
+    for op, i in ops:
+        if op == "open":
+            window = pool.open()
+            if len(windows) == max_streams:
+                assert window == 0
+            else:
+                assert pool.floor <= window <= max(want, pool.floor)
+                windows.append(window)
+        elif windows and op == "close":
+            pool.close(windows.pop(i % len(windows)))
+        elif windows:
+            j = i % len(windows)
+            extra = pool.grow(windows[j])
+            assert extra >= 0 and windows[j] + extra <= max(want, windows[j])
+            windows[j] += extra
+        assert pool.granted == sum(windows)
+        assert pool.granted + pool.floor * (max_streams - len(windows)) <= max(
+            budget, pool.floor * max_streams
+        )
+
+
+def test_credit_pool_first_streams_get_their_window_and_later_ones_share() -> None:
+    pool = CreditPool(budget=10 * 1024 * 1024, max_streams=4, want=4 * 1024 * 1024)
+    assert pool.floor == min(16 * 1024, 10 * 1024 * 1024 // 8)
+    first, second = pool.open(), pool.open()
+    assert first == second == 4 * 1024 * 1024
+    third = pool.open()
+    assert third == 10 * 1024 * 1024 - 8 * 1024 * 1024 - pool.floor  # room kept for a fourth
+    assert pool.open() == pool.floor
+    assert pool.open() == 0  # max_streams
+    pool.close(first)
+    assert pool.grow(third) == 4 * 1024 * 1024 - third  # the small window grows back
+
+
+def test_recv_window_grows_from_the_pool_when_it_returns_credit() -> None:
+    pool = CreditPool(budget=1 << 20, max_streams=4, want=1 << 18)
+    window = RecvWindow(1 << 16)
+    pool.granted += 1 << 16
+    pool.streams += 1
+    window.received(1 << 16)
+    increment = window.release(1 << 16, pool)
+    assert increment == 1 << 18  # what was read plus the growth to the wanted window
+    assert window.window == 1 << 18 and window.outstanding == 1 << 18
+    assert pool.granted == 1 << 18
+
+
+def test_credit_pool_for_a_relay_that_announced_nothing_bounds_only_per_stream() -> None:
+    pool = CreditPool.for_relay(0, 0, want=1 << 20)
+    assert pool.open() == 1 << 20
+    announced = CreditPool.for_relay(64 << 20, 1024, want=4 << 20)
+    assert (announced.budget, announced.max_streams) == (48 << 20, 1024)
