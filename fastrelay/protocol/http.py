@@ -33,6 +33,12 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9_.-]+")
 # CRLFCRLF. Responses are parsed leniently (old servers send bare LF).
 _REQUEST_HEAD_END = re.compile(rb"\r\n\r\n")
 _RESPONSE_HEAD_END = re.compile(rb"\n\r?\n")
+# Empty lines before the start-line are skipped (RFC 9112 2.2), with the same
+# line endings as the rest of the head. A blank line is not a head end until
+# the start-line has been seen.
+_REQUEST_EMPTY_LINES = re.compile(rb"(?:\r\n)*")
+_RESPONSE_EMPTY_LINES = re.compile(rb"(?:\r?\n)*")
+_CR, _LF = 0x0D, 0x0A
 
 Fields = list[tuple[bytes, bytes]]
 
@@ -57,6 +63,11 @@ class _HeadReader:
     Stopping at the blank line keeps body bytes (or a pipelined request) out
     of the head parser, and tells us where the head ends in the buffer, which
     llhttp does not report for ordinary (non-upgrade) messages.
+
+    Empty lines before the start-line are skipped here and never reach llhttp
+    (CRLF for a request, CRLF or LF for a response); a bare CR, or a bare LF
+    before a request, is malformed. Those lines count towards `max_bytes`, so
+    the reader buffers at most `max_bytes` before it answers or fails.
     """
 
     def __init__(self, response: bool, max_bytes: int, what: str) -> None:
@@ -66,11 +77,19 @@ class _HeadReader:
         self.url = b""
         self.reason = b""
         self.done = False
-        self._fed, self._what = 0, what
+        self._what = what
+        self._first_line = "status line" if response else "request line"
+        # `_start` is where the start-line begins (None while only empty lines
+        # have arrived); `_fed` is how much of `buf` llhttp has seen; `_scan`
+        # is where the next search for the head's blank line begins.
+        self._start: int | None = None
+        self._skipped = 0
+        self._fed = self._scan = 0
         # A bad browser head is the browser's fault (400/431); a bad upstream
         # head is a gateway failure (502) whatever went wrong.
         self._bad, self._big = (502, 502) if response else (400, 431)
         self._end = _RESPONSE_HEAD_END if response else _REQUEST_HEAD_END
+        self._empty = _RESPONSE_EMPTY_LINES if response else _REQUEST_EMPTY_LINES
         cls = httptools.HttpResponseParser if response else httptools.HttpRequestParser
         self.parser = cls(self)
         if response:
@@ -89,24 +108,68 @@ class _HeadReader:
     def on_headers_complete(self) -> None:
         self.done = True
 
+    def _too_big(self) -> HttpError:
+        detail = ""
+        if self._start is None:
+            detail = f" ({self._skipped} bytes of empty lines and no {self._first_line} yet)"
+        return HttpError(self._big, f"{self._what} head exceeds {self.max_bytes} bytes{detail}")
+
+    def _find_start(self) -> bool:
+        """Skip empty lines; True once the start-line's first byte is in `buf`."""
+        buf = self.buf
+        pos = self._empty.match(buf, self._skipped).end()
+        self._skipped = pos
+        if pos == len(buf) or (buf[pos] == _CR and pos + 1 == len(buf)):
+            return False  # more empty lines, or a CR whose LF is still on its way
+        if buf[pos] in (_CR, _LF):
+            bare = "CR" if buf[pos] == _CR else "LF"
+            allowed = "CRLF or LF" if self._empty is _RESPONSE_EMPTY_LINES else "CRLF"
+            raise HttpError(
+                self._bad,
+                f"malformed {self._what} head: bare {bare} at byte {pos} before the "
+                f"{self._first_line} (only empty lines, {allowed}, may precede it)",
+            )
+        self._start = self._fed = self._scan = pos
+        return True
+
     def read(self, data: bytes) -> int | None:
-        """Buffer `data`; return the head's length once it is complete."""
+        """Buffer `data`; return the head's length once it is complete.
+
+        The length counts from the start of everything read, empty lines
+        before the start-line included. Every call ends after at most one
+        search and one feed: it cannot spin however the bytes arrive.
+        """
+        if self.done:
+            raise RuntimeError(f"the {self._what} head is already complete")
         self.buf += data
-        while not self.done:
-            match = self._end.search(self.buf, max(self._fed - 3, 0))
-            stop = match.end() if match else len(self.buf)
-            if stop > self.max_bytes:
-                raise HttpError(self._big, f"{self._what} head exceeds {self.max_bytes} bytes")
-            chunk, self._fed = bytes(self.buf[self._fed : stop]), stop
-            try:
-                self.parser.feed_data(chunk)
-            except httptools.HttpParserUpgrade:
-                pass  # CONNECT/Upgrade: llhttp pauses after the head, where we stopped anyway
-            except httptools.HttpParserError as exc:
-                raise HttpError(self._bad, f"malformed {self._what} head: {exc}") from None
-            if match is None:
-                break
-        return self._fed if self.done else None
+        if self._start is None and not self._find_start():
+            if len(self.buf) > self.max_bytes:
+                raise self._too_big()
+            return None
+        match = self._end.search(self.buf, self._scan)
+        stop = match.end() if match else len(self.buf)
+        if stop > self.max_bytes:
+            raise self._too_big()
+        chunk, self._fed = bytes(self.buf[self._fed : stop]), stop
+        try:
+            self.parser.feed_data(chunk)
+        except httptools.HttpParserUpgrade:
+            pass  # CONNECT/Upgrade: llhttp pauses after the head, where we stopped anyway
+        except httptools.HttpParserError as exc:
+            raise HttpError(self._bad, f"malformed {self._what} head: {exc}") from None
+        if match is None:
+            # No blank line in buf[_scan:]; the next one may begin in its last
+            # 3 bytes (the longest head end is 4) and end in the next read.
+            self._scan = max(self._start, len(self.buf) - 3)
+            return None
+        if not self.done:
+            # The start-line is not blank, so its first blank line ends the head.
+            raise HttpError(
+                self._bad,
+                f"malformed {self._what} head: the empty line at byte {match.start()} "
+                "did not end it",
+            )
+        return stop
 
 
 def _strip_hop_by_hop(fields: Fields, always: frozenset[str]) -> Fields:
