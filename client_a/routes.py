@@ -134,7 +134,11 @@ class RelayRoute(TunnelStream):
         try:
             data = rewriter.feed(bytes(payload))
         except HttpError as exc:
+            # Nothing of the response reached the browser yet: it gets the 502
+            # with the reason, as on the direct route, rather than a reset.
+            self.tcp = None
             self.abort(exc.reason)
+            self.browser.reply(exc.status, exc.reason)
             return
         if rewriter.done:
             self.rewriter = None

@@ -136,15 +136,7 @@ BAD_LEADS = [
     ("upstream_host", "next_host", "route"),
     [
         ROUTES[0],
-        pytest.param(
-            *ROUTES[1].values,
-            id="relay",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="client_a/routes.py RelayRoute.write_tcp aborts the stream on a bad "
-                "upstream head (the browser sees a reset) instead of answering 502",
-            ),
-        ),
+        pytest.param(*ROUTES[1].values, id="relay"),
     ],
 )
 def test_junk_before_the_status_line_is_a_clean_502(
