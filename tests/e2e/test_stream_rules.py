@@ -150,3 +150,39 @@ def test_stream_id_outside_the_assigned_range_closes_the_connection(chain: Chain
         return code
 
     assert uvloop.run(run()) == 1002
+
+
+def test_data_on_stream_0_closes_only_that_connection_with_1002(
+    chain: Chain, target: Target
+) -> None:
+    """docs/PROTOCOL.md's data_on_stream_0 vector, against the running relay: the
+    sender is closed with 1002, and a tunnel of another client_a on the same relay
+    and agent carries on."""
+    admin = chain.relay.ready["admin"]
+    before = metric(admin, "fastrelay_protocol_errors_total", kind="malformed_frame")
+
+    async def run() -> None:
+        transport, client, _hello = await session(chain)
+        other_t, other, other_hello = await session(chain)
+        sid = other_hello.stream_id_base + 1
+        other_t.send(WSMsgType.BINARY, open_frame(sid, LISTED, target.port(LISTED, "echo")))
+        ftype, _sid, body = await other.next()
+        assert ftype == FrameType.CONNECT_RESPONSE and orjson.loads(body)["statusCode"] == 200
+
+        transport.send(WSMsgType.BINARY, encode_frame(FrameType.TUNNEL_DATA, 0, b"hi"))
+        assert await asyncio.wait_for(client.close_code, 5) == 1002
+
+        other_t.send(
+            WSMsgType.BINARY,
+            encode_frame(FrameType.TUNNEL_DATA, sid, b"still here")
+            + encode_frame(FrameType.FIN, sid),
+        )
+        ftype, got, data = await other.next()
+        digest = hashlib.sha256(b"still here").hexdigest()
+        assert (ftype, got) == (FrameType.TUNNEL_DATA, sid)
+        assert data == f"got 10 bytes sha256={digest}\n".encode()
+        assert not other.close_code.done()
+        other_t.disconnect()
+
+    uvloop.run(run())
+    assert metric(admin, "fastrelay_protocol_errors_total", kind="malformed_frame") == before + 1
