@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from fastrelay.io.carrier import Carrier
 
 ESTABLISHED = render_response(200, "Connection Established")
-# CONNECT_RESPONSE 503 reasons that another relay may not share.
-RETRYABLE = frozenset({"no_agent", "draining"})
+# CONNECT_RESPONSE 503 reasons that another relay (or carrier) may not share.
+RETRYABLE = frozenset({"no_agent", "draining", "open_limit"})
 
 
 class RelayRoute(TunnelStream):

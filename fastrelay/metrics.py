@@ -72,8 +72,8 @@ STREAM_RESULTS = (
 )  # fmt: skip
 # The relay's limits, as the `limit` label of fastrelay_limit_hits_total.
 LIMITS = (
-    "connections", "connections_per_token", "streams_per_connection", "opens_per_agent",
-    "connection_buffer",
+    "connections", "connections_per_token", "streams_per_connection", "streams_per_agent",
+    "opens_per_connection", "opens_per_agent", "connection_buffer",
 )  # fmt: skip
 
 

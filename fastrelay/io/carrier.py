@@ -355,7 +355,15 @@ class Carrier:
 
     def _control(self, frame_type: int, sid: int, payload: memoryview) -> None:
         if frame_type == FrameType.HELLO:
-            self.hello = Hello.decode(payload)
+            hello = Hello.decode(payload)
+            if hello.max_frame_size > self.link.max_frame_size:
+                self._refuse_hello(
+                    f"relay {hello.instance_id} forwards WebSocket messages of up to "
+                    f"{hello.max_frame_size} bytes, more than this program's --max-frame-size "
+                    f"({self.link.max_frame_size}): set it to at least {hello.max_frame_size}"
+                )
+                return
+            self.hello = hello
             self.credit = CreditPool.for_relay(
                 self.hello.buffer_budget, self.hello.max_streams, self.link.window
             )
@@ -394,6 +402,15 @@ class Carrier:
             stream.abort(str(exc))
         except Exception:  # a bug must cost one stream, not the carrier
             self._stream_crashed(stream)
+
+    def _refuse_hello(self, why: str) -> None:
+        """A relay this program cannot work with: say why, and hang up (the
+        owner redials with back-off, and readiness stays "not connected")."""
+        log.error("%s", why)
+        self.stats.protocol_errors["config_mismatch"] += 1
+        if not self.got_hello.done():
+            self.got_hello.set_exception(ConnectionError(why))
+        self.close(WSCloseCode.POLICY_VIOLATION, b"max frame size below the relay's")
 
     def _stream_crashed(self, stream: TunnelStream) -> None:
         self.stats.protocol_errors["internal_error"] += 1

@@ -76,6 +76,7 @@ class RecvWindow:
 
 
 MIN_WINDOW = 16 * 1024  # the smallest window a stream opens with, budget allowing
+SHARE = 4  # a stream opens with (or grows by) at most 1/SHARE of the spare credit
 
 
 class CreditPool:
@@ -122,10 +123,12 @@ class CreditPool:
         return self.budget - self.granted - self.floor * (self.max_streams - self.streams)
 
     def open(self) -> int:
-        """The window for a new stream, or 0 when `max_streams` are open."""
+        """The window for a new stream, or 0 when `max_streams` are open. A
+        stream takes at most a quarter of what is spare, so a few streams
+        never take it all: with many, windows shrink gradually."""
         if self.full:
             return 0
-        window = max(self.floor, min(self.want, self._spare() + self.floor))
+        window = max(self.floor, min(self.want, self._spare() // SHARE + self.floor))
         self.streams += 1
         self.granted += window
         return window
@@ -137,7 +140,7 @@ class CreditPool:
 
     def grow(self, window: int) -> int:
         """Extra credit a stream with `window` may take now (0: none spare)."""
-        extra = min(self.want - window, self._spare())
+        extra = min(self.want - window, self._spare() // SHARE)
         if extra <= 0:
             return 0
         self.granted += extra

@@ -197,6 +197,9 @@ class Hello:
     # credit it grants on the connection within the budget (flow.CreditPool).
     buffer_budget: int = 0
     max_streams: int = 0
+    # The largest WebSocket message the relay accepts, and so forwards (0: not
+    # announced). The receiver's own limit must be at least this.
+    max_frame_size: int = 0
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {
@@ -210,6 +213,8 @@ class Hello:
             body["bufferBudget"] = self.buffer_budget
         if self.max_streams:
             body["maxStreams"] = self.max_streams
+        if self.max_frame_size:
+            body["maxFrameSize"] = self.max_frame_size
         return encode_frame(FrameType.HELLO, 0, orjson.dumps(body))
 
     @classmethod
@@ -223,6 +228,7 @@ class Hello:
             stream_id_count=_field(doc, "streamIdCount", int, kind, 0),
             buffer_budget=_field(doc, "bufferBudget", int, kind, 0),
             max_streams=_field(doc, "maxStreams", int, kind, 0),
+            max_frame_size=_field(doc, "maxFrameSize", int, kind, 0),
         )
         if hello.version != PROTOCOL_VERSION:
             raise ControlMessageError(
@@ -234,8 +240,12 @@ class Hello:
             raise ControlMessageError("HELLO stream id range is outside u32")
         if base == 0 and count > 0:
             raise ControlMessageError("HELLO stream id range includes 0, the connection's id")
-        if not 0 <= hello.buffer_budget <= 2**40 or not 0 <= hello.max_streams < 2**32:
-            raise ControlMessageError("HELLO bufferBudget or maxStreams is out of range")
+        if not all(0 <= n < 2**40 for n in (hello.buffer_budget, hello.max_streams)) or not (
+            0 <= hello.max_frame_size <= 2**31
+        ):
+            raise ControlMessageError(
+                "HELLO bufferBudget, maxStreams or maxFrameSize is out of range"
+            )
         return hello
 
 

@@ -95,6 +95,7 @@ _unpack = HEADER.unpack_from
 NO_AGENT = (503, "no_agent", "no_agent")
 DRAINING = (503, "draining", "no_agent")
 STREAM_LIMIT = (503, "stream_limit", "limited")
+OPEN_LIMIT = (503, "open_limit", "limited")
 AGENT_BUSY = (503, "agent_busy", "limited")
 
 
@@ -104,10 +105,12 @@ class Limits:
 
     max_message: int = 1024 * 1024  # largest WebSocket message routed (--max-frame-size)
     connection_buffer: int = 64 * 1024 * 1024  # bytes queued for one connection
-    streams_per_connection: int = 1024
+    streams_per_connection: int = 1024  # at one client_a connection
+    streams_per_agent: int = 16384  # at one agent connection (it carries every client's)
     connections: int = 16384
     connections_per_token: int = 256
-    opens_per_agent: int = 256  # dials in flight at one agent
+    opens_per_agent: int = 1024  # dials in flight at one agent
+    opens_per_connection: int = 256  # opens in flight from one client_a connection
     connect_timeout: float = 10.0  # open to CONNECT_RESPONSE, else 504
     open_retry_after: float = 2.0  # an unanswered open moves to another agent once
     probe_after: float = 0.5  # an agent that owes an answer and is this quiet gets a ping
@@ -118,6 +121,8 @@ class Limits:
             raise ValueError(f"connections must be 1..{SLOT_COUNT - 1} (stream-id ranges)")
         if self.streams_per_connection > SLOT_SIZE - 1:
             raise ValueError(f"streams_per_connection must be at most {SLOT_SIZE - 1}")
+        if self.streams_per_agent < self.streams_per_connection:
+            raise ValueError("streams_per_agent must be at least streams_per_connection")
         if self.max_message > MAX_PAYLOAD:
             raise ValueError(f"max_message must be at most {MAX_PAYLOAD}")
 
@@ -189,7 +194,7 @@ class Conn:
         self.remote = remote  # the socket's peer address, for logs
         # sid -> the half of the stream this connection sends on.
         self.sends: dict[int, Half] = {}
-        self.opening: dict[Stream, None] = {}  # agents: opens sent, not yet answered
+        self.opening: dict[Stream, None] = {}  # opens sent (client_a) or given (agent), unanswered
         self.id_base = 0
         self.attached = False
         self.failed = False  # closed for a protocol error or a limit: nothing more is routed
@@ -357,6 +362,7 @@ class Switch:
                 stream_id_count=SLOT_SIZE,
                 buffer_budget=limits.connection_buffer,
                 max_streams=limits.streams_per_connection,
+                max_frame_size=limits.max_message,
             )
             conn.out.write(hello.encode())
         else:
@@ -364,7 +370,8 @@ class Switch:
             hello = Hello(
                 self.instance_id,
                 buffer_budget=limits.connection_buffer,
-                max_streams=limits.streams_per_connection,
+                max_streams=limits.streams_per_agent,
+                max_frame_size=limits.max_message,
             )
             conn.out.write(hello.encode())
             conn.out.write(Members(self.members).encode())
@@ -620,14 +627,25 @@ class Switch:
             why = (
                 f"too many streams on this relay connection (limit {limits.streams_per_connection})"
             )
+        elif len(src.opening) >= limits.opens_per_connection:
+            self.stats.limits["opens_per_connection"] += 1
+            refusal = OPEN_LIMIT
+            why = (
+                f"too many opens in flight on this relay connection "
+                f"(limit {limits.opens_per_connection})"
+            )
         else:
             agent = self._pick(None)
             if agent is None:
-                if any(not a.draining for a in self.agents):
-                    self.stats.limits["opens_per_agent"] += 1
-                    refusal, why = AGENT_BUSY, "every agent is busy or not answering"
-                else:
+                serving = [a for a in self.agents if not a.draining]
+                if not serving:
                     refusal, why = NO_AGENT, "no agent connected"
+                else:
+                    refusal, why = AGENT_BUSY, "every agent is busy or not answering"
+                    if all(len(a.sends) >= limits.streams_per_agent for a in serving):
+                        self.stats.limits["streams_per_agent"] += 1
+                    elif all(len(a.opening) >= limits.opens_per_agent for a in serving):
+                        self.stats.limits["opens_per_agent"] += 1
         if refusal is not None or agent is None:
             status, reason, result = refusal or NO_AGENT
             self._send(
@@ -639,6 +657,7 @@ class Switch:
         stream = Stream(sid, request, src, agent, bytes(raw), now)
         src.sends[sid] = stream.up
         self.opening[stream] = None
+        src.opening[stream] = None
         self._give(stream, agent, now)
 
     def _give(self, stream: Stream, agent: Conn, now: float) -> None:
@@ -685,7 +704,7 @@ class Switch:
             if opening >= limits.opens_per_agent or (agent.probation and opening):
                 continue
             streams = len(agent.sends)
-            if streams >= limits.streams_per_connection:
+            if streams >= limits.streams_per_agent:
                 continue
             load = streams + opening * (OPEN_WEIGHT - 1)
             if not tied or load < least:
@@ -717,6 +736,7 @@ class Switch:
     def _answered(self, stream: Stream) -> None:
         self.opening.pop(stream, None)
         stream.agent.opening.pop(stream, None)
+        stream.client.opening.pop(stream, None)
         stream.open_frame = b""
 
     def _abort(self, stream: Stream, exc: StreamError, now: float) -> None:

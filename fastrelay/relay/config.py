@@ -56,6 +56,18 @@ OPTIONS = [
         "streams one WebSocket carries at once",
     ),
     Option(
+        "max_streams_per_agent",
+        count_in(1, 1 << 24),
+        Limits.streams_per_agent,
+        "streams one agent WebSocket carries at once (every client_a's together)",
+    ),
+    Option(
+        "max_opens_per_connection",
+        count_in(1, 1 << 20),
+        Limits.opens_per_connection,
+        "opens in flight from one client_a WebSocket",
+    ),
+    Option(
         "max_connections",
         count_in(1, SLOT_COUNT - 1),
         Limits.connections,
@@ -104,6 +116,8 @@ class RelayConfig:
     max_frame_size: int
     max_connection_buffer: int
     max_streams_per_connection: int
+    max_streams_per_agent: int
+    max_opens_per_connection: int
     max_connections: int
     max_connections_per_token: int
     max_opens_per_agent: int
@@ -128,6 +142,8 @@ class RelayConfig:
             max_message=self.max_frame_size,
             connection_buffer=self.max_connection_buffer,
             streams_per_connection=self.max_streams_per_connection,
+            streams_per_agent=self.max_streams_per_agent,
+            opens_per_connection=self.max_opens_per_connection,
             connections=self.max_connections,
             connections_per_token=self.max_connections_per_token,
             opens_per_agent=self.max_opens_per_agent,
@@ -159,6 +175,8 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Relay
         raise ConfigError("--peers needs --instance-id: the other relays list this one by it")
     if v["max_frame_size"] > MAX_PAYLOAD:
         raise ConfigError(f"--max-frame-size: at most {MAX_PAYLOAD} bytes (the mux frame limit)")
+    if v["max_streams_per_agent"] < v["max_streams_per_connection"]:
+        raise ConfigError("--max-streams-per-agent must be at least --max-streams-per-connection")
     if v["max_connection_buffer"] < 2 * v["max_frame_size"]:
         raise ConfigError("--max-connection-buffer must be at least twice --max-frame-size")
     return RelayConfig(client_tokens=client, agent_tokens=agent, argv=tuple(argv), **v)

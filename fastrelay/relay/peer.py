@@ -26,6 +26,7 @@ _CLOSE = WSMsgType.CLOSE
 _PONG = WSMsgType.PONG
 _PING = WSMsgType.PING
 _now = time.monotonic
+CLOSE_DRAIN_LIMIT = 64 * 1024  # a closing connection's queue sent before it hangs up
 
 
 class Peer(WSListener):
@@ -75,9 +76,13 @@ class Peer(WSListener):
     def close(self, code: int, reason: str) -> None:
         transport = self.transport
         if transport is not None and not self.closed:
+            # A graceful disconnect waits for the queue to drain: for a peer cut
+            # off because it does not read, that would keep its whole queue in
+            # memory until the ping timeout. Past a small queue, drop it now.
+            graceful = self.write_buffer_size() <= CLOSE_DRAIN_LIMIT
             self.closed = True
             transport.send_close(WSCloseCode(code), reason.encode()[:120])
-            transport.disconnect()
+            transport.disconnect(graceful=graceful)
         if self.writer is not None:
             self.writer.close()  # nothing more leaves for a closed connection
 

@@ -304,9 +304,23 @@ def unsent_towards(peer: Proc, relay: Proc) -> int:
     )
 
 
-def start_noisy_peer(chain: Chain, rate: int) -> Proc:
+def relay_sockets_to(peer: Proc, relay: Proc) -> int:
+    """How many sockets the relay process holds that are connected to `peer`."""
+    relay_port = split_address(relay.ready["listen"])[1]
+    peer_inodes, relay_inodes = socket_inodes(peer.pid), socket_inodes(relay.pid)
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+
+    def port(address: str) -> int:
+        return int(address.rpartition(":")[2], 16)
+
+    peer_ports = {port(r[1]) for r in rows if r[9] in peer_inodes and port(r[2]) == relay_port}
+    return sum(1 for r in rows if r[9] in relay_inodes and port(r[2]) in peer_ports)
+
+
+def start_noisy_peer(chain: Chain, rate: int, window: int = 0, rcvbuf: int = 4096) -> Proc:
     """bench/noisy_peer.py (small SO_RCVBUF, endless downloads at client_a's window,
-    honest credit) against a bench target of its own; both stop with the chain."""
+    honest credit unless `window` says how much each stream grants) against a bench
+    target of its own; both stop with the chain."""
     env = {"PYTHONPATH": str(ROOT)}
     bench_target = Proc(
         "bench-target", [sys.executable, "-m", "bench.target", "--bind", LISTED], env, chain.log_dir
@@ -314,8 +328,10 @@ def start_noisy_peer(chain: Chain, rate: int) -> Proc:
     chain.procs.append(bench_target)
     argv = [sys.executable, "-m", "bench.noisy_peer", "--relay", chain.relay_url]
     argv += ["--target", f"{LISTED}:{bench_target.ready['ports'][LISTED]}"]
-    argv += ["--streams", str(NOISY_STREAMS), "--rcvbuf", "4096", "--max-seconds", "150"]
+    argv += ["--streams", str(NOISY_STREAMS), "--rcvbuf", str(rcvbuf), "--max-seconds", "150"]
     argv += ["--rate", str(rate)]
+    if window:
+        argv += ["--window", str(window)]
     noisy = Proc("noisy-peer", argv, {**env, "FASTRELAY_BENCH_TOKEN": CLIENT_TOKEN}, chain.log_dir)
     chain.procs.append(noisy)
     return noisy
@@ -353,6 +369,62 @@ def test_a_stalled_or_slow_reader_does_not_freeze_other_clients(
     finally:
         noisy.signal(signal.SIGCONT)  # then SIGTERM (and SIGKILL if need be)
         noisy.stop()
+
+
+def test_a_peer_that_grants_more_than_it_reads_is_cut_off_and_its_queue_freed(
+    make_chain, target: Target, rules_file: Path, tmp_path: Path
+) -> None:
+    """Over --max-connection-buffer the relay closes the connection (1008) at once,
+    dropping its queue rather than waiting for the stopped peer to read it."""
+    chain = make_chain()
+    relay = chain.start_relay("--max-connection-buffer", "4MiB")
+    chain.start_agent(*AGENT_ARGS)
+    chain.start_client(rules_file)
+    # 64 MiB granted, 16 times the budget; a default receive buffer, so that it keeps
+    # up until it stops.
+    noisy = start_noisy_peer(chain, 0, window=8 * MiB, rcvbuf=0)
+    try:
+        noisy.signal(signal.SIGSTOP)
+        wait_until(
+            lambda: limit_hits(chain, "connection_buffer") == 1,
+            timeout=30,
+            what="the relay cuts off the peer that does not read",
+        )
+        # The relay no longer holds its socket, nor a queue for it (what the kernel
+        # may still try to deliver is not the relay's), though the peer is still
+        # stopped and has read none of it.
+        wait_until(lambda: not relay_sockets_to(noisy, relay), what="the relay drops the socket")
+        assert relay_metric(chain, "fastrelay_connections", role="client") == CLIENT_CARRIERS
+        assert relay_metric(chain, "fastrelay_ws_write_buffer_bytes", role="client") < MiB
+        assert process_state(noisy.pid) == "T"
+        # Everyone else carries on.
+        downloads(chain.proxy, target, tmp_path, range(1, 2), B_DOWNLOAD_SIZE)
+        assert relay_metric(chain, "fastrelay_connections", role="agent") == 1
+    finally:
+        noisy.signal(signal.SIGCONT)
+        noisy.stop()
+
+
+def test_an_agent_whose_frame_limit_is_below_the_relays_is_refused_clearly(
+    make_chain, rules_file: Path
+) -> None:
+    """A relay that forwards larger messages than the agent accepts would let one
+    client cut the agent off: the agent refuses that relay at HELLO, saying why."""
+    chain = make_chain()
+    relay = chain.start_relay("--max-frame-size", "4MiB")
+    agent = chain.start_agent(*AGENT_ARGS, wait=False)
+    wait_until(
+        lambda: "set it to at least 4194304" in agent.log_tail(),
+        what="the agent says why it will not use this relay",
+    )
+    assert "--max-frame-size (1048576)" in agent.log_tail()
+    assert relay_metric(chain, "fastrelay_connections", role="agent") == 0
+    agent.stop()
+    chain.start_agent(*AGENT_ARGS, "--max-frame-size", "4MiB")  # waits until it is ready
+    wait_until(
+        lambda: metric(relay.ready["admin"], "fastrelay_connections", role="agent") == 1,
+        what="an agent whose limit matches connects",
+    )
 
 
 # --- 3. one token at its connection limit ---

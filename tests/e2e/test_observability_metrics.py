@@ -277,6 +277,8 @@ def test_spec_label_values_are_preinitialised(pinged: Chain) -> None:
         "connections",
         "connections_per_token",
         "streams_per_connection",
+        "streams_per_agent",
+        "opens_per_connection",
         "opens_per_agent",
         "connection_buffer",
     }

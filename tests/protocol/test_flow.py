@@ -230,16 +230,19 @@ def test_credit_pool_never_grants_past_its_budget(
 
 
 def test_credit_pool_first_streams_get_their_window_and_later_ones_share() -> None:
-    pool = CreditPool(budget=10 * 1024 * 1024, max_streams=4, want=4 * 1024 * 1024)
-    assert pool.floor == min(16 * 1024, 10 * 1024 * 1024 // 8)
-    first, second = pool.open(), pool.open()
-    assert first == second == 4 * 1024 * 1024
-    third = pool.open()
-    assert third == 10 * 1024 * 1024 - 8 * 1024 * 1024 - pool.floor  # room kept for a fourth
-    assert pool.open() == pool.floor
+    MiB = 1024 * 1024
+    pool = CreditPool(budget=48 * MiB, max_streams=64, want=4 * MiB)
+    assert pool.floor == 16 * 1024
+    windows = [pool.open() for _ in range(64)]
+    assert windows[:4] == [4 * MiB] * 4  # a few busy streams get all they ask for
+    assert windows == sorted(windows, reverse=True)  # later ones a share of what is left
+    assert windows[-1] >= pool.floor and windows[-1] < windows[4]
+    assert sum(windows) == pool.granted <= 48 * MiB
     assert pool.open() == 0  # max_streams
-    pool.close(first)
-    assert pool.grow(third) == 4 * 1024 * 1024 - third  # the small window grows back
+    pool.close(windows[0])
+    spare = pool.budget - pool.granted  # nothing reserved: every stream is open but one
+    spare -= pool.floor
+    assert pool.grow(windows[-1]) == min(4 * MiB - windows[-1], spare // 4)
 
 
 def test_recv_window_grows_from_the_pool_when_it_returns_credit() -> None:

@@ -439,3 +439,48 @@ def test_opens_go_to_the_least_loaded_agent_and_ties_rotate() -> None:
     pair.run()
     for _ in range(5):
         assert agent_of(pair, tunnel(pair, client)) is busy  # the least loaded wins
+
+
+def test_an_agent_connection_carries_more_streams_than_one_client_connection() -> None:
+    pair = Pair(Limits(streams_per_connection=3, streams_per_agent=7))
+    clients = [pair.client() for _ in range(3)]
+    agent = pair.agent()
+    assert agent.hello is not None and agent.hello.max_streams == 7
+    for client in clients[:2]:
+        for _ in range(3):
+            tunnel(pair, client)
+    assert len(agent.streams) == 6  # two clients at their own limit, the agent is not
+    tunnel(pair, clients[2])
+    sid = clients[2].open()
+    pair.run()
+    response = clients[2].ended[-1].response
+    assert clients[2].ended[-1].sid == sid and response is not None
+    assert (response.status_code, response.reason) == (503, "agent_busy")  # the agent is full
+    assert pair.switch.stats.limits["streams_per_agent"] == 1
+    with pytest.raises(ValueError, match="streams_per_agent"):
+        Limits(streams_per_connection=8, streams_per_agent=4)
+
+
+def test_one_client_connection_cannot_hold_every_dial_of_an_agent() -> None:
+    pair = Pair(Limits(opens_per_connection=2, opens_per_agent=8))
+    greedy, other = pair.client(), pair.client()
+    agent = pair.agent()
+    agent.answers = False  # dials that hang
+    greedy.open(), greedy.open()
+    sid = greedy.open()
+    pair.run()
+    response = greedy.ended[-1].response
+    assert greedy.ended[-1].sid == sid and response is not None
+    assert (response.status_code, response.reason) == (503, "open_limit")
+    assert "limit 2" in (response.error or "")
+    assert pair.switch.stats.limits["opens_per_connection"] == 1
+    agent.answers = True
+    kept = tunnel(pair, other)  # another client still gets through to the same agent
+    assert other.streams[kept].state.state is State.TUNNELING
+
+
+def test_hello_announces_the_largest_message_the_relay_forwards() -> None:
+    pair = Pair(Limits(max_message=512 * 1024))
+    client, agent = pair.client(), pair.agent()
+    assert client.hello is not None and agent.hello is not None
+    assert client.hello.max_frame_size == agent.hello.max_frame_size == 512 * 1024

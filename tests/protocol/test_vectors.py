@@ -168,6 +168,7 @@ def expected_message(doc: dict[str, Any]) -> Message:
             stream_id_count=p["streamIdCount"],
             buffer_budget=p.get("bufferBudget", 0),
             max_streams=p.get("maxStreams", 0),
+            max_frame_size=p.get("maxFrameSize", 0),
         )
     if kind is FrameType.MEMBERS:
         return Members(instances=tuple(p["instances"]))

@@ -272,3 +272,48 @@ def test_agent_policy_and_client_defaults() -> None:
     assert conf.window == 256 * 1024
     assert conf.listen == ("127.0.0.1", 8080)
     assert conf.rules is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-frame-size", "32MiB"], r"--max-frame-size: at most 16777216 bytes"),
+        (["--max-connection-buffer", "1MiB"], r"--max-connection-buffer must be at least twice"),
+        (
+            ["--max-streams-per-connection", "2000", "--max-streams-per-agent", "1000"],
+            r"--max-streams-per-agent must be at least --max-streams-per-connection",
+        ),
+    ],
+)
+def test_relay_limits_are_checked(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        relay_config.load(argv, RELAY_ENV)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-connections", "70000"], "--max-connections: must be between 1 and 65535"),
+        (
+            ["--max-streams-per-connection", "0"],
+            "--max-streams-per-connection: expected a positive",
+        ),
+    ],
+)
+def test_relay_limit_flags_out_of_range_exit_2_naming_the_flag(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        relay_config.load(argv, RELAY_ENV)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_relay_limits_reach_the_switch() -> None:
+    conf = relay_config.load(
+        ["--max-streams-per-connection", "10", "--max-opens-per-agent", "3"], RELAY_ENV
+    )
+    limits = conf.limits()
+    assert (limits.streams_per_connection, limits.opens_per_agent) == (10, 3)
+    assert limits.max_message == conf.max_frame_size
+    assert limits.connection_buffer == conf.max_connection_buffer == 64 * 1024 * 1024
