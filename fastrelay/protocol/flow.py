@@ -56,16 +56,19 @@ class RecvWindow:
 
     def release(self, n: int, pool: CreditPool | None = None) -> int:
         """Record `n` bytes drained to the socket; return the increment to
-        announce now, or 0 while it is below the batching threshold. A window
-        that opened small (its connection was busy) grows from `pool` here."""
+        announce now, or 0 while it is below the batching threshold. With a
+        `pool`, the window moves towards the connection's fair share here:
+        it grows while there is spare credit, and shrinks by returning less
+        than was drained (never to 0: the peer always gets some credit)."""
         self.unreturned += n
         if self.unreturned < self.update_threshold:
             return 0
-        if pool is not None and self.window < pool.want:
-            extra = pool.grow(self.window)
-            self.window += extra
-            self.unreturned += extra
-            self.update_threshold = max(1, self.window // 4)
+        if pool is not None:
+            change = pool.adjust(self.window, self.unreturned - 1)
+            if change:
+                self.window += change
+                self.unreturned += change
+                self.update_threshold = max(1, self.window // 4)
         return self.flush()
 
     def flush(self) -> int:
@@ -76,7 +79,6 @@ class RecvWindow:
 
 
 MIN_WINDOW = 16 * 1024  # the smallest window a stream opens with, budget allowing
-SHARE = 4  # a stream opens with (or grows by) at most 1/SHARE of the spare credit
 
 
 class CreditPool:
@@ -91,8 +93,11 @@ class CreditPool:
         granted + floor * (max_streams - streams) <= budget
 
     so every stream, up to `max_streams`, can always open with at least
-    `floor` bytes: the first streams get their whole `want`, later ones what
-    is left, and a small window grows back (`grow`) as others close.
+    `floor` bytes. Within that, each stream's window moves towards the fair
+    share (the budget not kept in reserve, split evenly over the open
+    streams, at most `want`): a new stream opens with what is spare up to
+    that share, and `adjust` grows or shrinks windows as streams come and go,
+    so 100 busy streams on one connection move at about the same rate.
     """
 
     __slots__ = ("budget", "floor", "granted", "max_streams", "streams", "want")
@@ -122,13 +127,16 @@ class CreditPool:
     def _spare(self) -> int:
         return self.budget - self.granted - self.floor * (self.max_streams - self.streams)
 
+    def _share(self, streams: int) -> int:
+        usable = self.budget - self.floor * (self.max_streams - streams)
+        return max(self.floor, min(self.want, usable // max(1, streams)))
+
     def open(self) -> int:
-        """The window for a new stream, or 0 when `max_streams` are open. A
-        stream takes at most a quarter of what is spare, so a few streams
-        never take it all: with many, windows shrink gradually."""
+        """The window for a new stream, or 0 when `max_streams` are open."""
         if self.full:
             return 0
-        window = max(self.floor, min(self.want, self._spare() // SHARE + self.floor))
+        # The floor kept in reserve for this stream is spare to it too.
+        window = max(self.floor, min(self._share(self.streams + 1), self._spare() + self.floor))
         self.streams += 1
         self.granted += window
         return window
@@ -138,10 +146,16 @@ class CreditPool:
         self.streams -= 1
         self.granted -= window
 
-    def grow(self, window: int) -> int:
-        """Extra credit a stream with `window` may take now (0: none spare)."""
-        extra = min(self.want - window, self._spare() // SHARE)
-        if extra <= 0:
-            return 0
-        self.granted += extra
-        return extra
+    def adjust(self, window: int, withheld: int) -> int:
+        """How a stream's `window` changes now, towards the fair share: more
+        while credit is spare, less (by at most `withheld`, credit it has not
+        returned yet) when over the share. 0: it stays."""
+        share = self._share(self.streams)
+        if window > share:
+            change = -min(window - share, withheld)
+        else:
+            change = min(share - window, self._spare())
+        if change:
+            self.granted += change
+            return change
+        return 0

@@ -201,14 +201,16 @@ def test_bytes_in_flight_never_exceed_the_window(size: int, ops: list[tuple[str,
     budget=st.integers(1, 1 << 26),
     max_streams=st.integers(1, 64),
     want=st.integers(1, 1 << 22),
-    ops=st.lists(st.tuples(st.sampled_from(["open", "close", "grow"]), st.integers(0, 63))),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["open", "close", "adjust"]), st.integers(0, 63), st.booleans())
+    ),
 )
 def test_credit_pool_never_grants_past_its_budget(
-    budget: int, max_streams: int, want: int, ops: list[tuple[str, int]]
+    budget: int, max_streams: int, want: int, ops: list[tuple[str, int, bool]]
 ) -> None:
     pool = CreditPool(budget, max_streams, want)
     windows: list[int] = []
-    for op, i in ops:
+    for op, i, all_withheld in ops:
         if op == "open":
             window = pool.open()
             if len(windows) == max_streams:
@@ -220,41 +222,62 @@ def test_credit_pool_never_grants_past_its_budget(
             pool.close(windows.pop(i % len(windows)))
         elif windows:
             j = i % len(windows)
-            extra = pool.grow(windows[j])
-            assert extra >= 0 and windows[j] + extra <= max(want, windows[j])
-            windows[j] += extra
+            share = pool._share(pool.streams)
+            withheld = windows[j] if all_withheld else 1
+            change = pool.adjust(windows[j], withheld)
+            assert abs(windows[j] + change - share) <= abs(windows[j] - share)  # towards it
+            assert -withheld <= change
+            windows[j] += change
+            assert windows[j] >= pool.floor
         assert pool.granted == sum(windows)
         assert pool.granted + pool.floor * (max_streams - len(windows)) <= max(
             budget, pool.floor * max_streams
         )
 
 
-def test_credit_pool_first_streams_get_their_window_and_later_ones_share() -> None:
+def test_credit_pool_windows_converge_on_a_fair_share() -> None:
     MiB = 1024 * 1024
     pool = CreditPool(budget=48 * MiB, max_streams=64, want=4 * MiB)
     assert pool.floor == 16 * 1024
-    windows = [pool.open() for _ in range(64)]
-    assert windows[:4] == [4 * MiB] * 4  # a few busy streams get all they ask for
-    assert windows == sorted(windows, reverse=True)  # later ones a share of what is left
-    assert windows[-1] >= pool.floor and windows[-1] < windows[4]
+    assert pool.open() == 4 * MiB  # alone, a stream gets all it asks for
+    windows = [4 * MiB] + [pool.open() for _ in range(63)]
+    assert windows[1] == 4 * MiB and min(windows) < max(windows)  # first come, first served
     assert sum(windows) == pool.granted <= 48 * MiB
     assert pool.open() == 0  # max_streams
-    pool.close(windows[0])
-    spare = pool.budget - pool.granted  # nothing reserved: every stream is open but one
-    spare -= pool.floor
-    assert pool.grow(windows[-1]) == min(4 * MiB - windows[-1], spare // 4)
+    for _ in range(20):  # each stream returns credit a few times: the windows even out
+        for j, window in enumerate(windows):
+            windows[j] += pool.adjust(window, withheld=window)
+    assert windows == [48 * MiB // 64] * 64
+    assert pool.granted == 48 * MiB
+    for window in windows[:32]:  # half the streams end: the rest grow back
+        pool.close(window)
+    rest = windows[32:]
+    for _ in range(20):
+        for j, window in enumerate(rest):
+            rest[j] += pool.adjust(window, withheld=window)
+    assert rest == [pool._share(32)] * 32
+    assert pool._share(32) == (48 * MiB - 32 * pool.floor) // 32
 
 
-def test_recv_window_grows_from_the_pool_when_it_returns_credit() -> None:
-    pool = CreditPool(budget=1 << 20, max_streams=4, want=1 << 18)
-    window = RecvWindow(1 << 16)
+def test_recv_window_moves_towards_the_share_when_it_returns_credit() -> None:
+    pool = CreditPool(budget=3 << 18, max_streams=4, want=1 << 18)
+    window = RecvWindow(pool.open())
+    assert window.window == 1 << 18
+    small = RecvWindow(1 << 16)  # a stream that opened when the connection was busy
     pool.granted += 1 << 16
     pool.streams += 1
-    window.received(1 << 16)
-    increment = window.release(1 << 16, pool)
-    assert increment == 1 << 18  # what was read plus the growth to the wanted window
-    assert window.window == 1 << 18 and window.outstanding == 1 << 18
-    assert pool.granted == 1 << 18
+    small.received(1 << 16)
+    increment = small.release(1 << 16, pool)
+    assert increment == 1 << 18  # what was read plus the growth to its share
+    assert small.window == 1 << 18 and small.outstanding == 1 << 18
+    for _ in range(2):
+        pool.open()  # four streams now: the share is a quarter of the budget less reserve
+    share = pool._share(4)
+    assert share < 1 << 18
+    small.received(1 << 17)
+    increment = small.release(1 << 17, pool)
+    assert small.window == share
+    assert increment == (1 << 17) - ((1 << 18) - share)  # it returned less than it read
 
 
 def test_credit_pool_for_a_relay_that_announced_nothing_bounds_only_per_stream() -> None:

@@ -9,7 +9,6 @@ import pytest
 from fastrelay.io.carrier import Carrier, CarrierStats, RelayLink
 from fastrelay.io.tunnel import AGENT_SIDE, CLIENT_SIDE, TCP_LOW_WATER, TunnelStream
 from fastrelay.protocol.errors import FlowControlError, StreamError
-from fastrelay.protocol.flow import CreditPool
 from fastrelay.protocol.frames import FrameType, decode_window_increment, encode_frame, iter_frames
 from fastrelay.protocol.messages import TunnelError
 from fastrelay.protocol.state import State
@@ -30,7 +29,7 @@ class FakeCarrier:
         self.forgotten: list[TunnelStream] = []
         self.paused = False  # the WebSocket's backlog is over its high-water mark
         self.waiting: list[TunnelStream] = []
-        self.credit = CreditPool(1 << 30, 1024, want=1)  # windows as given: none grows
+        self.credit = None  # no pool: every window stays as given
 
     def wait_for_room(self, stream: TunnelStream) -> None:  # as Carrier does
         stream.carrier_paused(True)
