@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fastrelay.protocol.errors import (
-    CLOSE_POLICY_VIOLATION,
     CLOSE_TRY_AGAIN_LATER,
     BudgetExceeded,
     FlowControlError,
@@ -853,18 +852,3 @@ def _result_of(response: ConnectResponse) -> str:
     if response.status_code == 502:
         return "dial_failed"
     return "error"
-
-
-__all__ = [
-    "CLOSE_POLICY_VIOLATION",
-    "SLOT_BITS",
-    "SLOT_COUNT",
-    "SLOT_SIZE",
-    "Conn",
-    "Half",
-    "Limits",
-    "Observer",
-    "Stream",
-    "StreamIdSlots",
-    "Switch",
-]
