@@ -42,6 +42,7 @@ ROWS = [
     "Agents and clients",
     "Scale-out",
     "Process health",
+    "Limits and isolation",
 ]
 
 
