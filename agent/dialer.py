@@ -3,6 +3,11 @@
 The policy is checked against the resolved addresses, and the agent dials
 exactly an address that passed the check (never the name again), so DNS
 cannot swap in a forbidden address between check and connect.
+
+The host is normalised once, first (IDNA UTS #46, one trailing dot dropped): the policy judges
+and the resolver looks up that same name. A host that cannot be normalised (an empty label, a
+label over 63 characters, over 253 in all, a code point IDNA disallows) is refused at once with
+a 502, reason ``dns``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import aiofastnet
 
 from agent.policy import EgressPolicy
 from fastrelay.io.tunnel import StreamSocket, TunnelStream
+from fastrelay.protocol.hostname import HostnameError, normalize_hostname
 
 DIAL_RESULTS = ("ok", "denied", "refused", "unreachable", "dns", "timeout", "error")
 
@@ -45,6 +51,13 @@ async def dial(
     stream: TunnelStream, host: str, port: int, policy: EgressPolicy, counts: Counter[str]
 ) -> asyncio.Transport:
     """Connect the stream's target; raise DialFailure with the status to answer."""
+    try:
+        host = normalize_hostname(host)
+    except HostnameError as exc:
+        raise DialFailure(502, "dns", str(exc)) from None
+    refused = policy.check_name(host, port)
+    if refused is not None:
+        raise DialFailure(403, "denied", f"egress policy: {refused.reason}")
     addresses = await resolve(host, port)
     allowed = [ip for ip in addresses if policy.check(host, ip, port).allowed]
     if not allowed:

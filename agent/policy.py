@@ -4,6 +4,10 @@ Specs come from ``--allow SPEC`` / ``--deny SPEC``: a host pattern (rules syntax
 ``example.com``, ``*.example.com``, ``.example.com``), an IP/CIDR, or either with a port:
 ``HOST_PATTERN:PORT``, ``IPv4CIDR:PORT``, ``[IPv6CIDR]:PORT``.  An unbracketed IPv6 spec never
 carries a port, so ``::1:80`` is the address ``::1:80``, not ``::1`` port 80.
+
+Hosts are judged by their normalised form (:func:`fastrelay.protocol.hostname.normalize_hostname`:
+IDNA UTS #46 mapping, one trailing dot dropped), the name the dialer resolves, so a look-alike
+such as ``rt-loop.test`` spelt with a fullwidth r (U+FF52) meets ``--deny rt-loop.test``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from client_a.rules import (
     parse_ip,
     parse_pattern,
 )
+from fastrelay.protocol.hostname import HostnameError, normalize_hostname
 
 __all__ = ["DEFAULT_BLOCKED", "Decision", "EgressPolicy", "PolicyError"]
 
@@ -125,12 +130,31 @@ class EgressPolicy:
         deny = [s.text.removeprefix("--deny ") for s in self._deny]
         return f"EgressPolicy(allow={allow!r}, deny={deny!r})"
 
+    def check_name(self, host: str, port: int) -> Decision | None:
+        """The refusal a name deny gives ``host`` whatever it resolves to, else None.
+
+        The dialer asks this before resolving, so a denied name is never looked up.
+        """
+        try:
+            name = normalize_hostname(host)
+        except HostnameError as exc:
+            return Decision(False, str(exc))
+        if parse_ip(name) is not None:
+            return None
+        for spec in self._deny:
+            if isinstance(spec.pattern, HostPattern) and spec.matches(name, (0, 0), port):
+                return Decision(False, f"denied by {spec.text}")
+        return None
+
     def check(self, host: str, ip: str, port: int) -> Decision:
         addr = parse_ip(normalize_host(ip))
         if addr is None:
             # Fail closed: the caller should only pass resolver output, so this is a bug upstream.
             return Decision(False, f"resolved address {ip!r} is not a valid IP address")
-        name = normalize_host(host)
+        try:
+            name = normalize_hostname(host)  # idempotent: the dialer passes it normalised
+        except HostnameError as exc:
+            return Decision(False, str(exc))  # fail closed, as the dialer does
         # IP literal hosts are judged only by CIDR specs, as in the client's rules.
         name_or_none = None if parse_ip(name) is not None else name
         for spec in self._deny:

@@ -25,6 +25,7 @@ from fastrelay.io.carrier import Carrier
 from fastrelay.io.pool import CarrierPool
 from fastrelay.io.tunnel import TunnelStream
 from fastrelay.protocol.frames import FrameType
+from fastrelay.protocol.hostname import HostnameError, normalize_hostname
 from fastrelay.protocol.http import ProxyRequest
 from fastrelay.protocol.messages import (
     ConnectResponse,
@@ -187,6 +188,11 @@ class Proxy:
 
     async def open_direct(self, browser: BrowserConnection, request: ProxyRequest) -> None:
         loop = asyncio.get_running_loop()
+        try:
+            normalize_hostname(request.host)  # the resolver's IDNA codec would raise, uncaught
+        except HostnameError as exc:
+            self._direct_failed(browser, 502, str(exc))
+            return
         pipe = DirectPipe(self, browser, request)
         try:
             transport, _ = await asyncio.wait_for(
@@ -207,6 +213,9 @@ class Proxy:
             self._direct_failed(
                 browser, 502, f"DNS lookup of {request.host} failed: {exc.strerror}"
             )
+            return
+        except UnicodeError as exc:  # a name the resolver's IDNA 2003 codec refuses
+            self._direct_failed(browser, 502, f"invalid host {request.host!r}: {exc}")
             return
         except OSError as exc:
             self._direct_failed(
