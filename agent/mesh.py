@@ -7,6 +7,12 @@ alive (MEMBERS); the agent dials the URL again and again until it holds one
 connection per instance. A dial that lands on an instance already held is
 closed, and the next one waits a full-jitter backoff. An instance that leaves
 the set is dropped once its open tunnels have finished.
+
+Dial errors wait a full-jitter backoff that HELLO resets, so when a held relay
+is lost (a restart) the redial comes within 100 ms (jittered), and a relay
+back up is joined again promptly. A connection that ends within a second of
+its HELLO counts as a failure (see `Backoff`): a relay that accepts and drops
+at once is redialled with a growing delay, not in a loop.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from fastrelay.logs import RateLimitedLog
 from fastrelay.protocol.messages import GoAway, Members
 
 log = logging.getLogger("fastrelay.mesh")
+ERROR_BACKOFF = 0.1  # first pause after a failed dial, or after a held relay is lost
 DUPLICATE_BACKOFF = 0.05  # first pause after landing on an instance already held
 RETIRE_GRACE = 1.0  # an idle retired carrier waits this long for opens already sent
 DIAL_RESULTS = ("ok", "duplicate", "error")
@@ -47,6 +54,9 @@ class AgentMesh:
         # drops out when the others' heartbeat TTL expires.
         self.views: dict[Carrier, tuple[str, ...]] = {}
         self.dials: Counter[str] = Counter({r: 0 for r in DIAL_RESULTS})
+        self.backoff = Backoff(ERROR_BACKOFF, link.reconnect_max)  # errors, losses, flaps
+        self.joined_at: dict[Carrier, float] = {}  # held carriers: when their HELLO came
+        self.redial_pause = False  # a held relay ended: wait the backoff before dialling
         self.changed = asyncio.Event()
         self.dial_log = RateLimitedLog(log, period=10.0, burst=3)
 
@@ -78,13 +88,18 @@ class AgentMesh:
             await asyncio.gather(*(c.aclose() for c in self.carriers))
 
     async def _dial_loop(self, stop: asyncio.Event) -> None:
-        error_backoff = Backoff(0.1, self.link.reconnect_max)
+        loop = asyncio.get_running_loop()
+        backoff = self.backoff
         duplicate_backoff = Backoff(DUPLICATE_BACKOFF, min(2.0, self.link.reconnect_max))
         while not stop.is_set():
             if not self.missing():
                 self.changed.clear()
                 await first_of(stop.wait(), self.changed.wait())
                 continue
+            if self.redial_pause:
+                self.redial_pause = False
+                await pause(stop, backoff.next_delay())
+                continue  # the set may have changed meanwhile
             carrier = Carrier(self.link, self.handler, self, self.stats)
             try:
                 hello = await carrier.open()
@@ -95,9 +110,13 @@ class AgentMesh:
                     "cannot reach relay", url=self.link.url, error=describe_dial_error(exc)
                 )
                 carrier.close()
-                await pause(stop, error_backoff.next_delay())
+                await pause(stop, backoff.next_delay())
                 continue
-            error_backoff.reset()
+            backoff.connected()
+            if carrier.lost:  # gone right after HELLO: a flap
+                backoff.ended(0.0)
+                await pause(stop, backoff.next_delay())
+                continue
             instance = hello.instance_id
             if instance in self.held:
                 self.dials["duplicate"] += 1
@@ -109,6 +128,7 @@ class AgentMesh:
             self.dials["ok"] += 1
             duplicate_backoff.reset()
             self.held[instance] = carrier
+            self.joined_at[carrier] = loop.time()
             log.info("mesh: joined relay %s (%d held)", instance, len(self.held))
 
     # --- CarrierOwner ---
@@ -126,6 +146,7 @@ class AgentMesh:
         # tunnels; a fresh dial will not land on it (it stopped listening).
         instance = carrier.instance_id
         if self.held.get(instance) is carrier:
+            self._ended(carrier)
             self._drop(instance, carrier)
         self.changed.set()
 
@@ -133,6 +154,7 @@ class AgentMesh:
         instance = carrier.instance_id
         if self.held.get(instance) is carrier:
             del self.held[instance]
+            self._ended(carrier)
             if not carrier.closing:  # not our own shutdown
                 self.stats.reconnects += 1  # it is dialled again while still wanted
                 log.info("mesh: lost relay %s", instance)
@@ -141,9 +163,18 @@ class AgentMesh:
         self.views.pop(carrier, None)
         self.changed.set()
 
+    def _ended(self, carrier: Carrier) -> None:
+        """A held carrier is lost or draining: the next dial waits the
+        backoff, short after a healthy connection, growing after flaps."""
+        joined_at = self.joined_at.pop(carrier, None)
+        if joined_at is not None:
+            self.backoff.ended(asyncio.get_running_loop().time() - joined_at)
+        self.redial_pause = True
+
     def _drop(self, instance: str, carrier: Carrier) -> None:
         del self.held[instance]
         self.views.pop(carrier, None)
+        self.joined_at.pop(carrier, None)
         log.info("mesh: relay %s left the set", instance)
         self._retire(carrier, "instance left the set")
 

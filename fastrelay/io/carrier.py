@@ -56,6 +56,7 @@ log = logging.getLogger("fastrelay.carrier")
 
 WS_BUFFER_HIGH = 2 * 1024 * 1024
 HELLO_TIMEOUT = 5.0  # after the upgrade, the relay's HELLO must come this soon
+BACKOFF_SETTLE = 1.0  # a connection that ends sooner after HELLO is a flap (see Backoff)
 _DATA = int(FrameType.TUNNEL_DATA)
 _BINARY = WSMsgType.BINARY
 
@@ -140,22 +141,54 @@ class RelayLink:
 
 
 class Backoff:
-    """Exponential backoff with full jitter: the n-th delay is uniform in
-    [0, min(cap, initial * 2**n)], so a fleet redialling a restarted relay
-    spreads out instead of arriving in waves."""
+    """Paces the dials to a relay: exponential backoff with full jitter. The
+    n-th delay after a failure is uniform in [0, min(cap, initial * 2**n)], so
+    a fleet redialling a restarted relay spreads out instead of arriving in
+    waves.
 
-    def __init__(self, initial: float, cap: float) -> None:
+    A completed HELLO (`connected`) resets it: the relay is up, so when that
+    connection is later lost the first redial comes within `initial`
+    (jittered), not after a delay grown by failures long past. But a
+    connection that ends within `settle` seconds of its HELLO (`ended`) is a
+    flap, not a success: a relay that accepts and drops at once, or one in a
+    crash loop. Flaps in a row count as failures, and HELLO then resets only
+    down to their number, so such a relay is redialled with a growing delay,
+    never in a tight loop. A connection that lived `settle` seconds clears
+    them."""
+
+    def __init__(self, initial: float, cap: float, settle: float = BACKOFF_SETTLE) -> None:
         self.initial = initial
         self.cap = cap
-        self.attempt = 0
+        self.settle = settle
+        self.attempt = 0  # failures since the last reset
+        self.flaps = 0  # connections in a row that ended within `settle` of HELLO
+
+    def bound(self) -> float:
+        """The longest the next delay can be."""
+        return min(self.cap, self.initial * 2**self.attempt)
 
     def next_delay(self) -> float:
-        delay = random.uniform(0, min(self.cap, self.initial * 2**self.attempt))
+        """The pause before the next dial; counts one failure."""
+        delay = random.uniform(0, self.bound())
         self.attempt = min(self.attempt + 1, 30)
         return delay
 
     def reset(self) -> None:
         self.attempt = 0
+        self.flaps = 0
+
+    def connected(self) -> None:
+        """HELLO completed."""
+        self.attempt = self.flaps
+
+    def ended(self, lived: float) -> None:
+        """A connection that had completed HELLO ended (lost, or GOAWAY)
+        `lived` seconds after it."""
+        if lived >= self.settle:
+            self.reset()
+        else:
+            self.flaps = min(self.flaps + 1, 30)
+            self.attempt = max(self.attempt, self.flaps)
 
 
 class Carrier:

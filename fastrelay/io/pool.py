@@ -1,11 +1,13 @@
 """client_a's carriers: a small pool of WebSockets through the load balancer.
 
 `size` slots each keep one carrier open, redialling with backoff when theirs
-is lost. New streams go to the ready carrier with the fewest streams, so a
-lost carrier costs only its own streams and the next open simply lands on
-another one. A carrier that gets GOAWAY (its relay is draining) keeps its open
-tunnels, and its slot dials a replacement at once; the old one closes itself
-when its last stream ends.
+is lost. HELLO resets a slot's backoff, so the first redial after a loss comes
+within 100 ms (jittered); a carrier that ends within a second of its HELLO
+counts as a failure instead (see `Backoff`). New streams go to the ready
+carrier with the fewest streams, so a lost carrier costs only its own streams
+and the next open simply lands on another one. A carrier that gets GOAWAY
+(its relay is draining) keeps its open tunnels, and its slot dials a
+replacement at once; the old one closes itself when its last stream ends.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from fastrelay.protocol.messages import Members
 
 log = logging.getLogger("fastrelay.pool")
 BACKOFF_INITIAL = 0.1
-STABLE_AFTER = 10.0  # a connection that lived this long resets its slot's backoff
 
 
 class CarrierPool:
@@ -110,7 +111,6 @@ class CarrierPool:
                 self.stats.reconnects += 1
             first = False
             carrier = Carrier(self.link, self.handler, self, self.stats)
-            started = loop.time()
             try:
                 await carrier.open()
             except (TimeoutError, OSError, WSError, ConnectionError) as exc:
@@ -121,18 +121,22 @@ class CarrierPool:
                 carrier.close()
                 await pause(stop, backoff.next_delay())
                 continue
+            hello_at = loop.time()
+            backoff.connected()
             self.dials["ok"] += 1
-            self.carriers.append(carrier)
-            self.changed.set()
+            if not carrier.lost:  # it may be gone already, right after HELLO
+                self.carriers.append(carrier)
+                self.changed.set()
             # Until the connection is lost, or GOAWAY frees the slot for a replacement.
             while not carrier.lost and not carrier.goaway and not stop.is_set():
                 self.changed.clear()
                 await first_of(stop.wait(), carrier.done, self.changed.wait())
             if stop.is_set():
                 return
-            if carrier.goaway or loop.time() - started >= STABLE_AFTER:
-                backoff.reset()
-            if carrier.lost:  # not GOAWAY: wait a little, as any redial should
+            backoff.ended(loop.time() - hello_at)
+            # A GOAWAY after a healthy life is replaced at once; a loss, or a
+            # flap (ended right after HELLO), waits its jittered backoff.
+            if carrier.lost or backoff.flaps:
                 await pause(stop, backoff.next_delay())
 
     # --- CarrierOwner ---

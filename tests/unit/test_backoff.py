@@ -1,0 +1,224 @@
+"""The relay redial policy: `Backoff` (fastrelay/io/carrier.py) and how
+client_a's pool and the agent's mesh use it. Pure: the attempts are driven
+explicitly, and the redial loops run against fake carriers with `pause`
+replaced by a recorder, so nothing sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from agent import mesh as mesh_module
+from fastrelay.io import pool as pool_module
+from fastrelay.io.carrier import Backoff, CarrierStats, RelayLink
+
+INITIAL = 0.1
+CAP = 10.0
+
+
+def failures(backoff: Backoff, n: int) -> list[float]:
+    """Drive `n` failed dials; the bound each delay was drawn from."""
+    bounds = []
+    for _ in range(n):
+        bound = backoff.bound()
+        delay = backoff.next_delay()
+        assert 0 <= delay <= bound
+        bounds.append(bound)
+    return bounds
+
+
+def test_failures_double_the_bound_up_to_the_cap() -> None:
+    backoff = Backoff(INITIAL, CAP)
+    assert failures(backoff, 9) == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0]
+
+
+def test_hello_resets_the_backoff() -> None:
+    backoff = Backoff(INITIAL, CAP)
+    failures(backoff, 7)  # a long outage
+    backoff.connected()
+    assert backoff.bound() == INITIAL
+
+
+def test_the_first_redial_after_a_healthy_connection_is_lost_is_prompt() -> None:
+    backoff = Backoff(INITIAL, CAP)
+    failures(backoff, 7)
+    backoff.connected()
+    backoff.ended(lived=3.0)  # well under the old 10 s, over `settle`
+    assert failures(backoff, 1) == [INITIAL]  # jittered in [0, 100 ms]
+    # ... and an outage after it grows from there again
+    assert failures(backoff, 3) == [0.2, 0.4, 0.8]
+
+
+def test_flaps_in_a_row_grow_the_delay_to_the_cap() -> None:
+    backoff = Backoff(INITIAL, CAP)
+    bounds = []
+    for _ in range(10):
+        backoff.connected()  # HELLO came...
+        backoff.ended(lived=0.01)  # ... and the connection ended at once
+        bounds += failures(backoff, 1)
+    assert bounds == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0, 10.0]
+
+
+def test_dial_failures_between_flaps_grow_the_delay_and_hello_keeps_the_flaps() -> None:
+    backoff = Backoff(INITIAL, CAP)
+    for _ in range(3):
+        backoff.connected()
+        backoff.ended(lived=0.0)
+    failures(backoff, 4)  # then the relay is down for a while
+    backoff.connected()  # back: the reset goes down to the flaps, not to zero
+    assert backoff.bound() == INITIAL * 2**3
+
+
+def test_a_connection_that_settles_clears_the_flaps() -> None:
+    backoff = Backoff(INITIAL, CAP, settle=1.0)
+    for _ in range(5):
+        backoff.connected()
+        backoff.ended(lived=0.5)
+    backoff.connected()
+    backoff.ended(lived=1.0)
+    assert backoff.flaps == 0
+    assert failures(backoff, 1) == [INITIAL]
+
+
+def test_settle_boundary_counts_as_healthy() -> None:
+    short, long = Backoff(INITIAL, CAP, settle=2.0), Backoff(INITIAL, CAP, settle=2.0)
+    short.ended(lived=1.999)
+    long.ended(lived=2.0)
+    assert short.flaps == 1 and long.flaps == 0
+
+
+# --- the redial loops, against fake carriers ---
+
+
+class Recording(Backoff):
+    """A Backoff that records the bound of every delay it hands out."""
+
+    log: list[tuple[float, float]]  # (initial, bound), set per test
+
+    def next_delay(self) -> float:
+        self.log.append((self.initial, self.bound()))
+        return super().next_delay()
+
+
+class Healthy(Recording):
+    """Every connection counts as having settled (its life is not simulated)."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        super().__init__(initial, cap, settle=0.0)
+
+
+class FakeCarrier:
+    """Scripted dials: each entry of `script` is "error" (the dial fails),
+    "flap" (HELLO, then the connection is already gone) or "up" (HELLO, then
+    lost once the loop has taken it)."""
+
+    script: list[str]
+    dialled: int
+
+    def __init__(self, link: object, handler: object, owner: object, stats: object) -> None:
+        self.owner = owner
+        self.lost = self.goaway = self.leaving = self.closing = False
+        self.streams: dict = {}
+        self.instance_id = "relay-1"
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def ready(self) -> bool:
+        return not self.lost
+
+    async def open(self) -> SimpleNamespace:
+        step = FakeCarrier.script[FakeCarrier.dialled % len(FakeCarrier.script)]
+        FakeCarrier.dialled += 1
+        if step == "error":
+            raise ConnectionRefusedError("refused")
+        if step == "flap":
+            self._lose()
+        else:
+            asyncio.get_running_loop().call_soon(self._lose)
+        return SimpleNamespace(instance_id=self.instance_id)
+
+    def _lose(self) -> None:
+        self.lost = True
+        if not self.done.done():
+            self.done.set_result(None)
+        self.owner.carrier_lost(self)  # type: ignore[attr-defined]
+
+    def close(self, *args: object) -> None:
+        pass
+
+    def send(self, frames: bytes) -> None:
+        pass
+
+    def close_if_idle(self) -> None:
+        pass
+
+
+def run_loop(
+    monkeypatch: pytest.MonkeyPatch,
+    module: object,
+    backoff_class: type[Recording],
+    script: list[str],
+    pauses: int,
+    make_loop,
+) -> list[float]:
+    """Run a redial loop until it has paused `pauses` times; the bounds of
+    the error backoff's delays, in order."""
+    log: list[tuple[float, float]] = []
+    monkeypatch.setattr(backoff_class, "log", log, raising=False)
+    monkeypatch.setattr(FakeCarrier, "script", script, raising=False)
+    monkeypatch.setattr(FakeCarrier, "dialled", 0, raising=False)
+    monkeypatch.setattr(module, "Carrier", FakeCarrier)
+    monkeypatch.setattr(module, "Backoff", backoff_class)
+    paused = 0
+
+    async def no_sleep(stop: asyncio.Event, seconds: float) -> None:
+        nonlocal paused
+        paused += 1
+        if paused >= pauses:
+            stop.set()
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(module, "pause", no_sleep)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        link = RelayLink("ws://127.0.0.1:1/v1/x", "x", "t", None, 20, 1 << 20, CAP, 1 << 20)
+        await asyncio.wait_for(make_loop(link, stop), 10)
+
+    asyncio.run(main())
+    return [bound for initial, bound in log if initial == INITIAL]
+
+
+def pool_slot(link: RelayLink, stop: asyncio.Event):
+    pool = pool_module.CarrierPool(link, handler=None, stats=CarrierStats(), size=1)  # type: ignore[arg-type]
+    return pool._slot(stop)
+
+
+def mesh_dial_loop(link: RelayLink, stop: asyncio.Event):
+    mesh = mesh_module.AgentMesh(link, handler=None, stats=CarrierStats())  # type: ignore[arg-type]
+    return mesh._dial_loop(stop)
+
+
+@pytest.mark.parametrize(
+    ("module", "make_loop"), [(pool_module, pool_slot), (mesh_module, mesh_dial_loop)]
+)
+def test_after_an_outage_a_restarted_relay_resets_the_backoff(
+    monkeypatch: pytest.MonkeyPatch, module: object, make_loop
+) -> None:
+    # Down for 5 dials, up, lost again: the redial after that loss is drawn
+    # from [0, 100 ms], not from the 3.2 s the outage had reached.
+    bounds = run_loop(monkeypatch, module, Healthy, ["error"] * 5 + ["up", "error"], 7, make_loop)
+    assert bounds == [0.1, 0.2, 0.4, 0.8, 1.6, 0.1, 0.2]
+
+
+@pytest.mark.parametrize(
+    ("module", "make_loop"), [(pool_module, pool_slot), (mesh_module, mesh_dial_loop)]
+)
+def test_a_relay_that_drops_right_after_hello_gets_a_growing_delay(
+    monkeypatch: pytest.MonkeyPatch, module: object, make_loop
+) -> None:
+    bounds = run_loop(monkeypatch, module, Recording, ["flap"], 8, make_loop)
+    assert bounds == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0]
+    assert FakeCarrier.dialled == 8  # one dial per (growing) pause, no dial without one
