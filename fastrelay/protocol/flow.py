@@ -154,7 +154,7 @@ class CreditPool:
         if window > share:
             change = -min(window - share, withheld)
         else:
-            change = min(share - window, self._spare())
+            change = min(share - window, max(0, self._spare()))
         if change:
             self.granted += change
             return change
