@@ -51,6 +51,7 @@ async def dial(
     stream: TunnelStream, host: str, port: int, policy: EgressPolicy, counts: Counter[str]
 ) -> asyncio.Transport:
     """Connect the stream's target; raise DialFailure with the status to answer."""
+    policy.watch_interfaces()  # the host's interface addresses stay fresh (a timer, once per loop)
     try:
         host = normalize_hostname(host)
     except HostnameError as exc:
