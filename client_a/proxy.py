@@ -9,6 +9,7 @@ status (403, 502, 503, 504) otherwise.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
@@ -25,7 +26,7 @@ from fastrelay.io.carrier import Carrier
 from fastrelay.io.pool import CarrierPool
 from fastrelay.io.tunnel import TunnelStream
 from fastrelay.protocol.frames import FrameType
-from fastrelay.protocol.hostname import HostnameError, normalize_hostname
+from fastrelay.protocol.hostname import HostnameError, canonical_ipv4, normalize_hostname
 from fastrelay.protocol.http import ProxyRequest
 from fastrelay.protocol.messages import (
     ConnectResponse,
@@ -78,6 +79,12 @@ class Proxy:
         )
 
     def route(self, browser: BrowserConnection, request: ProxyRequest) -> None:
+        # An IPv4 literal goes on as its dotted quad (127.1 is 127.0.0.1), so that the rules,
+        # the agent's policy and the direct dial all judge and reach the same address.
+        canonical = canonical_ipv4(request.host)
+        if canonical is not None and canonical != request.host:
+            request = dataclasses.replace(request, host=canonical)
+            browser.request = request
         if self.rules.matches(request.host):
             self.open_relay(browser, request)
         else:

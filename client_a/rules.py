@@ -2,8 +2,9 @@
 
 One pattern per line: ``example.com`` (that host only), ``*.example.com`` (subdomains only),
 ``.example.com`` (domain and subdomains), or an IP/CIDR (``10.0.0.0/8``, ``2001:db8::/32``,
-bare ``10.0.0.1``).  ``#`` starts a comment.  The pattern parsing and IP helpers here are also
-used by ``agent.policy``.
+bare ``10.0.0.1``).  ``#`` starts a comment.  A host that is an IPv4 literal in any spelling the
+WHATWG URL parser accepts (``127.1``, ``0x7f000001``) matches as the address it means.  The
+pattern parsing and IP helpers here are also used by ``agent.policy``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from fastrelay.protocol.hostname import parse_ipv4
 
 __all__ = [
     "HostPattern",
@@ -235,6 +238,12 @@ class Rules:
         # normalize_host() and parse_ip()'s hostname fast path are inlined: at ~1 us per lookup
         # the two extra calls were a third of the cost.
         host = host.lower()
+        # IPv4 literals in every spelling a browser accepts (127.1, 0x7f.1, 2130706433, one
+        # trailing dot) match as the address they mean; every IPv4 number starts with a digit.
+        if host[:1].isdigit():
+            value = parse_ipv4(host)
+            if value is not None:
+                return any(value & mask in networks for mask, networks in self._v4)
         if host[-1:] == ".":
             host = host[:-1]
         elif host[:1] == "[" and host[-1:] == "]":
