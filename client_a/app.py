@@ -9,7 +9,7 @@ import signal
 from itertools import chain
 from pathlib import Path
 
-from client_a.browser import BrowserConnection
+from client_a.browser import BrowserConnection, ConnectionGate
 from client_a.config import ClientConfig
 from client_a.proxy import Proxy
 from client_a.rules import RuleError, Rules
@@ -89,14 +89,17 @@ async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     readiness = Readiness(connected=lambda: bool(pool.ready))
+    gate = ConnectionGate(loop, config.max_connections, config.header_timeout)
     registry = metrics.make_registry(
         "client",
-        lambda: chain(proxy.stats.collect(pool, len(proxy.rules)), listener.collect()),
+        lambda: chain(
+            proxy.stats.collect(pool, len(proxy.rules)), gate.collect(), listener.collect()
+        ),
         readiness.check,
     )
     admin = await start_admin(*config.admin, registry, readiness.check)
     host, port = config.listen
-    server = await listener.create_server(loop, lambda: BrowserConnection(proxy), host, port)
+    server = await listener.create_server(loop, lambda: BrowserConnection(proxy, gate), host, port)
     readiness.set("ready")
     listen = format_address(server.sockets[0].getsockname())
     admin_at = format_address(admin.sockets[0].getsockname())

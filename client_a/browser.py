@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
+from prometheus_client.core import Metric
+
+from fastrelay import metrics
 from fastrelay.io.tunnel import TunnelStream
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import HttpError
@@ -41,9 +45,43 @@ class Sink(Protocol):
     def bad_request(self, status: int, reason: str) -> None: ...
 
 
+_PHRASES = {**REASON_PHRASES, 408: "Request Timeout"}
+
+
+class ConnectionGate:
+    """Limits shared by every browser connection: at most `max_connections`
+    open at once (over it, a 503 and close), and `header_timeout` seconds for
+    each to send a complete request head (else a 408 and close). client_a
+    serves one request per connection (no keep-alive), so the head timer runs
+    once per connection: one call_later, cancelled when the head is complete."""
+
+    __slots__ = ("dropped", "header_timeout", "loop", "max_connections", "open")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, max_connections: int, header_timeout: float
+    ) -> None:
+        self.loop = loop
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.open = 0
+        self.dropped = {"header_timeout": 0, "max_connections": 0}
+
+    def collect(self) -> Iterable[Metric]:
+        yield metrics.counter(
+            metrics.CLIENT_CONNECTIONS_DROPPED,
+            "Browser connections client_a answered itself and closed: header_timeout (408), "
+            "max_connections (503)",
+            ["reason"],
+            {(reason,): n for reason, n in self.dropped.items()},
+        )
+
+
 class BrowserConnection(asyncio.BufferedProtocol):
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, gate: ConnectionGate) -> None:
         self.proxy = proxy
+        self.gate = gate
+        self.counted = False  # holds one of the gate's connection slots
+        self.head_timer: asyncio.TimerHandle | None = None
         self.parser: RequestHeadParser | None = RequestHeadParser(proxy.config.max_header_bytes)
         self.transport: asyncio.Transport | None = None
         self.sink: Sink | None = None
@@ -59,6 +97,28 @@ class BrowserConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # aiofastnet's own Transport class
+        gate = self.gate
+        if gate.open >= gate.max_connections:
+            gate.dropped["max_connections"] += 1
+            self.parser = None
+            self.reply(
+                503,
+                f"client_a is at its limit of {gate.max_connections} browser connections "
+                "(--max-connections); try again later",
+            )
+            return
+        gate.open += 1
+        self.counted = True
+        self.head_timer = gate.loop.call_later(gate.header_timeout, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self.head_timer = None
+        if self.parser is None or self.closed:
+            return  # the head was complete (or refused) meanwhile
+        self.parser = None
+        self.gate.dropped["header_timeout"] += 1
+        limit = self.gate.header_timeout
+        self.reply(408, f"no complete request head within {limit:g} s (--header-timeout)")
 
     def get_buffer(self, sizehint: int) -> memoryview:
         tunnel = self.tunnel
@@ -89,6 +149,9 @@ class BrowserConnection(asyncio.BufferedProtocol):
             return
         if request is None:
             return
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         self.transport.pause_reading()
         self.received_at = time.monotonic()
         self.request = request
@@ -133,6 +196,12 @@ class BrowserConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        if self.counted:
+            self.counted = False
+            self.gate.open -= 1
         if self.sink is not None:
             self.sink.tcp_lost(exc)
 
@@ -155,7 +224,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        phrase = REASON_PHRASES.get(status, "Error")
+        phrase = _PHRASES.get(status, "Error")
         transport.write(render_response(status, phrase, reason + "\n"))
         transport.close()
 

@@ -25,6 +25,18 @@ OPTIONS = [
     Option("open_timeout", positive_float, 15.0, "seconds to wait for a tunnel to open"),
     Option("dial_timeout", positive_float, 10.0, "seconds to connect a direct target"),
     Option("max_header_bytes", size_bytes, 64 * 1024, "largest request head accepted (431)"),
+    Option(
+        "header_timeout",
+        positive_float,
+        10.0,
+        "seconds a browser connection has to send a complete request head (else 408)",
+    ),
+    Option(
+        "max_connections",
+        count_in(1, 1_048_576),
+        4096,
+        "browser connections open at once; over it, new ones get 503",
+    ),
     Option("rules_poll", positive_float, 1.0, "seconds between checks of the rules file"),
     Option("carriers", count_in(1, 64), 2, "WebSockets kept to the relay (through the balancer)"),
     *carrier_options(),
@@ -43,6 +55,8 @@ class ClientConfig:
     dial_timeout: float
     window: int
     max_header_bytes: int
+    header_timeout: float
+    max_connections: int
     max_frame_size: int
     reconnect_max: float
     rules_poll: float

@@ -46,6 +46,7 @@ LIMIT_HITS = PREFIX + "limit_hits"
 OPEN_RETRIES = PREFIX + "open_retries"
 AGENT_STALLS = PREFIX + "agent_stalls"
 ACCEPT_PAUSES = PREFIX + "accept_pauses"  # relay and client_a listeners out of fds
+CLIENT_CONNECTIONS_DROPPED = PREFIX + "client_connections_dropped"  # 408 / 503 by client_a
 
 READY = PREFIX + "ready"
 CLUSTER_MEMBERS = PREFIX + "cluster_members"

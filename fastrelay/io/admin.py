@@ -2,7 +2,10 @@
 
 A tiny HTTP/1.1 responder on its own port (one request per connection), so
 health checks and scrapes never share a socket with tunnel traffic and need
-no thread.
+no thread. Each connection gets READ_TIMEOUT seconds in all (request and
+response; one call_later per connection): a request that has not arrived by
+then gets 408, and a response the peer has not taken is aborted. At most
+MAX_CONNECTIONS are open at once; the excess get 503 and are closed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from fastrelay.metrics import render
 
 MAX_REQUEST_HEAD = 8192
+READ_TIMEOUT = 5.0  # seconds per connection, request and response together
+MAX_CONNECTIONS = 64  # open admin connections; the excess get 503
 log = logging.getLogger("fastrelay.admin")
 
 
@@ -44,17 +49,67 @@ class Readiness:
         return True, "ready"
 
 
+class AdminLimits:
+    """What one admin port's connections share: the timeout, the cap and
+    how many are open."""
+
+    __slots__ = ("loop", "max_connections", "open", "read_timeout")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, read_timeout: float, max_connections: int
+    ) -> None:
+        self.loop = loop
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.open = 0
+
+
 class AdminProtocol(asyncio.Protocol):
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        ready: Callable[[], tuple[bool, str]],
+        limits: AdminLimits,
+    ) -> None:
         self.registry = registry
         self.ready = ready
+        self.limits = limits
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
+        self.answered = False
+        self.counted = False
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        limits = self.limits
+        if limits.open >= limits.max_connections:
+            self.respond(
+                503, f"admin port busy: {limits.max_connections} connections open\n".encode()
+            )
+            return
+        limits.open += 1
+        self.counted = True
+        self.timer = limits.loop.call_later(limits.read_timeout, self._expired)
+
+    def _expired(self) -> None:
+        self.timer = None
+        if not self.answered:
+            self.respond(408, f"no request within {self.limits.read_timeout:g} s\n".encode())
+        elif self.transport is not None:
+            self.transport.abort()  # the peer has not taken the response in time
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.counted:
+            self.counted = False
+            self.limits.open -= 1
 
     def data_received(self, data: bytes) -> None:
+        if self.answered:
+            return
         self.buffer += data
         if b"\r\n\r\n" not in self.buffer:
             if len(self.buffer) > MAX_REQUEST_HEAD:
@@ -92,11 +147,13 @@ class AdminProtocol(asyncio.Protocol):
         extra: bytes = b"",
     ) -> None:
         assert self.transport is not None
+        self.answered = True
         reason = {
             200: "OK",
             400: "Bad Request",
             404: "Not Found",
             405: "Method Not Allowed",
+            408: "Request Timeout",
             431: "Request Header Fields Too Large",
             500: "Internal Server Error",
             503: "Service Unavailable",
@@ -110,7 +167,14 @@ class AdminProtocol(asyncio.Protocol):
 
 
 async def start_admin(
-    host: str, port: int, registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]]
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    ready: Callable[[], tuple[bool, str]],
+    *,
+    read_timeout: float = READ_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: AdminProtocol(registry, ready), host, port)
+    limits = AdminLimits(loop, read_timeout, max_connections)
+    return await loop.create_server(lambda: AdminProtocol(registry, ready, limits), host, port)
