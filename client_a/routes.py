@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from client_a.browser import BrowserConnection, _result_for_status
-from fastrelay.io.tunnel import CLIENT_SIDE, TunnelStream, reset_tcp
+from fastrelay.io.tunnel import CLIENT_SIDE, TunnelStream
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import ProxyRequest, ResponseHeadRewriter, render_response
 from fastrelay.protocol.messages import ConnectResponse, TunnelError
@@ -51,7 +51,6 @@ class RelayRoute(TunnelStream):
         self.result = ""  # why the open failed, for the access log
         self.retried = False  # this is the one retry after a retryable 503
         self.waiting_first_byte = False
-        self.response_started = False  # some of the response reached the browser
 
     def answered(self, response: ConnectResponse) -> None:
         if self.timer is not None:
@@ -122,27 +121,7 @@ class RelayRoute(TunnelStream):
                 self.timer.cancel()
             self.fail_open(502, reason)
             return
-        # The far side aborted (TUNNEL_ERROR, or the carrier is gone): the
-        # browser gets an RST, not the FIN of a clean end.
-        tcp, self.tcp = self.tcp, None
-        if tcp is not None and not tcp.is_closing():
-            reset_tcp(tcp)
         super().remote_error(reason)
-
-    def bad_request(self, status: int, reason: str) -> None:
-        """The request body is malformed: the browser gets `status` with the
-        reason if nothing of the response reached it yet, an RST otherwise."""
-        if self.state.closed:
-            return
-        tcp, self.tcp = self.tcp, None
-        self.result = _result_for_status(status)
-        self.abort(reason)
-        if tcp is None or tcp.is_closing():
-            return
-        if self.response_started:
-            reset_tcp(tcp)
-        else:
-            self.browser.reply(status, reason)
 
     def write_tcp(self, tcp: asyncio.Transport, payload: memoryview) -> None:
         if self.waiting_first_byte:
@@ -164,7 +143,6 @@ class RelayRoute(TunnelStream):
         if rewriter.done:
             self.rewriter = None
         if data:
-            self.response_started = True
             tcp.write(data)
 
     def remote_fin(self) -> None:
@@ -188,7 +166,6 @@ class DirectPipe:
         self.opened_at = 0.0
         self.bytes_up = self.bytes_down = 0
         self.aborted = False
-        self.response_started = False  # some of the response reached the browser
 
     def opened(self) -> None:
         self.opened_at = time.monotonic()
@@ -222,19 +199,6 @@ class DirectPipe:
             self.aborted = exc is not None or not (self.eof_up and self.eof_down)
             self.upstream.abort()
 
-    def bad_request(self, status: int, reason: str) -> None:
-        """The request body is malformed: the browser gets `status` with the
-        reason if nothing of the response reached it yet, an RST otherwise."""
-        self.aborted = True
-        browser = self.browser.transport
-        if browser is not None and not browser.is_closing():
-            if self.response_started:
-                reset_tcp(browser)
-            else:
-                self.browser.reply(status, reason)
-        if self.upstream is not None and not self.upstream.is_closing():
-            self.upstream.abort()
-
     # After a side's EOF its reading must stay untouched: resuming a socket
     # that already reported EOF makes aiofastnet report it again and close it.
     def tcp_paused_writing(self) -> None:
@@ -264,8 +228,6 @@ class DirectPipe:
                 return
             if data and self.rewriter.done:
                 self.rewriter = None
-        if data:
-            self.response_started = True
         browser.write(data)
 
     def upstream_eof(self) -> None:
@@ -305,8 +267,8 @@ class DirectUpstream(asyncio.Protocol):
         if browser is not None and not browser.is_closing():
             if exc is None:
                 browser.close()
-            else:  # the target reset or failed: so does the browser's socket
-                reset_tcp(browser)
+            else:
+                browser.abort()
 
     def pause_writing(self) -> None:
         browser = self.pipe.browser.transport

@@ -17,9 +17,6 @@ closed explicitly once both directions have ended (a transport left open after
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -51,21 +48,6 @@ _READ_BUF = bytearray(READ_HEADROOM + READ_SIZE)
 _READ_VIEW = memoryview(_READ_BUF)[READ_HEADROOM:]
 _DATA = int(FrameType.TUNNEL_DATA)
 _pack = HEADER.pack
-
-_LINGER_ZERO = struct.pack("ii", 1, 0)
-
-
-def reset_tcp(transport: asyncio.Transport) -> None:
-    """Abort `transport` with an RST, not a FIN: the far side aborted, and
-    inside a tunnel nothing frames the length, so a FIN would make a truncated
-    transfer look complete (SO_LINGER 0, then close)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        # Already closed, or not a socket: then a plain abort is all there is.
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-    transport.abort()
-
 
 PAUSED_CREDIT = 1  # no send credit left
 PAUSED_CARRIER = 2  # the WebSocket's own write buffer is over its high-water mark
