@@ -3,7 +3,8 @@ socket to a route (the relay or a direct connection).
 
 Until a route is chosen the socket is read only for the head; after that every
 event goes to the route's `sink`, which has the same five methods whichever
-route it is (TunnelStream for the relay, DirectPipe for direct).
+route it is (TunnelStream for the relay, DirectPipe for direct), plus
+`bad_request` for a request body that turns out malformed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Sink(Protocol):
     def tcp_lost(self, exc: BaseException | None) -> None: ...
     def tcp_paused_writing(self) -> None: ...
     def tcp_resumed_writing(self) -> None: ...
+    def bad_request(self, status: int, reason: str) -> None: ...
 
 
 _PHRASES = {**REASON_PHRASES, 408: "Request Timeout"}
@@ -173,7 +175,14 @@ class BrowserConnection(asyncio.BufferedProtocol):
         if tracker is not None:
             if tracker.complete:
                 return  # nothing after the one request may reach this target
-            used = tracker.feed(data)
+            try:
+                used = tracker.feed(data)
+            except HttpError as exc:  # a malformed body (an overflowing chunk size, say)
+                tracker.complete = True  # nothing more reaches the target
+                self.proxy.count(None, _result_for_status(exc.status))
+                if self.sink is not None:
+                    self.sink.bad_request(exc.status, exc.reason)
+                return
             if used < len(data):
                 data = data[:used]
         if data and self.sink is not None:

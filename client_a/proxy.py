@@ -241,8 +241,9 @@ class Proxy:
             transport.write(request.head)
         self.count("direct", "ok")
         pipe.opened()
-        browser.start(pipe)
-        browser.transport.resume_reading()
+        browser.start(pipe)  # may answer 400 already: a malformed body in the held bytes
+        if not browser.transport.is_closing():
+            browser.transport.resume_reading()
 
     def _direct_failed(self, browser: BrowserConnection, status: int, reason: str) -> None:
         result = "timeout" if status == 504 else "dial_failed"

@@ -51,6 +51,7 @@ class RelayRoute(TunnelStream):
         self.result = ""  # why the open failed, for the access log
         self.retried = False  # this is the one retry after a retryable 503
         self.waiting_first_byte = False
+        self.response_started = False  # some of the response reached the browser
 
     def answered(self, response: ConnectResponse) -> None:
         if self.timer is not None:
@@ -123,12 +124,27 @@ class RelayRoute(TunnelStream):
             return
         super().remote_error(reason)
 
+    def bad_request(self, status: int, reason: str) -> None:
+        """The request body is malformed: the browser gets `status` with the
+        reason if nothing of the response reached it yet; else the stream and
+        the browser's connection are aborted."""
+        if self.state.closed:
+            return
+        self.result = _result_for_status(status)
+        if self.response_started:
+            self.abort(reason)
+            return
+        self.tcp = None  # the browser gets the answer, not an abort
+        self.abort(reason)
+        self.browser.reply(status, reason)
+
     def write_tcp(self, tcp: asyncio.Transport, payload: memoryview) -> None:
         if self.waiting_first_byte:
             self.waiting_first_byte = False
             self.proxy.stats.first_byte["relay"].observe(time.monotonic() - self.opened_at)
         rewriter = self.rewriter
         if rewriter is None:
+            self.response_started = True
             tcp.write(payload)
             return
         try:
@@ -143,6 +159,7 @@ class RelayRoute(TunnelStream):
         if rewriter.done:
             self.rewriter = None
         if data:
+            self.response_started = True
             tcp.write(data)
 
     def remote_fin(self) -> None:
@@ -166,6 +183,7 @@ class DirectPipe:
         self.opened_at = 0.0
         self.bytes_up = self.bytes_down = 0
         self.aborted = False
+        self.response_started = False  # some of the response reached the browser
 
     def opened(self) -> None:
         self.opened_at = time.monotonic()
@@ -199,6 +217,20 @@ class DirectPipe:
             self.aborted = exc is not None or not (self.eof_up and self.eof_down)
             self.upstream.abort()
 
+    def bad_request(self, status: int, reason: str) -> None:
+        """The request body is malformed: the browser gets `status` with the
+        reason if nothing of the response reached it yet; else both sides
+        are aborted."""
+        self.aborted = True
+        browser = self.browser.transport
+        if browser is not None and not browser.is_closing():
+            if self.response_started:
+                browser.abort()
+            else:
+                self.browser.reply(status, reason)
+        if self.upstream is not None and not self.upstream.is_closing():
+            self.upstream.abort()
+
     # After a side's EOF its reading must stay untouched: resuming a socket
     # that already reported EOF makes aiofastnet report it again and close it.
     def tcp_paused_writing(self) -> None:
@@ -228,6 +260,8 @@ class DirectPipe:
                 return
             if data and self.rewriter.done:
                 self.rewriter = None
+        if data:
+            self.response_started = True
         browser.write(data)
 
     def upstream_eof(self) -> None:
