@@ -4,6 +4,8 @@ directly, for driving the relay harder than TCP coalescing at client_a allows.""
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Callable
 
 import orjson
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
@@ -26,9 +28,20 @@ class MuxClient(WSListener):
         self.hello: Hello
 
     @classmethod
-    async def connect(cls, url: str, token: str) -> MuxClient:
+    async def connect(
+        cls,
+        url: str,
+        token: str,
+        factory: Callable[[], MuxClient] | None = None,
+        socket_factory: Callable[..., socket.socket] | None = None,
+    ) -> MuxClient:
+        """Upgrade, then wait for HELLO. `factory` builds the listener (a
+        subclass with arguments); `socket_factory` goes to picows' ws_connect."""
         transport, client = await ws_connect(
-            cls, url, extra_headers={"Authorization": f"Bearer {token}"}
+            factory or cls,
+            url,
+            extra_headers={"Authorization": f"Bearer {token}"},
+            socket_factory=socket_factory,
         )
         client.transport = transport
         client.hello = await asyncio.wait_for(client.hello_future, 10)

@@ -33,7 +33,7 @@ import time
 
 import orjson
 import uvloop
-from picows import WSFrame, WSMsgType, WSTransport, ws_connect
+from picows import WSFrame, WSMsgType, WSTransport
 
 from bench.load import REQUEST
 from bench.muxclient import MuxClient
@@ -77,14 +77,13 @@ class PacedMuxClient(MuxClient):
             sock.setblocking(False)
             return sock
 
-        transport, client = await ws_connect(
-            lambda: cls(window, rate),
+        client = await cls.connect(
             url,
-            extra_headers={"Authorization": f"Bearer {token}"},
+            token,
+            factory=lambda: cls(window, rate),
             socket_factory=small_socket if rcvbuf else None,
         )
-        client.transport = transport
-        client.hello = await asyncio.wait_for(client.hello_future, 10)
+        assert isinstance(client, cls)
         return client
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
