@@ -1,0 +1,144 @@
+"""One stream open at a socket-free endpoint, for bench/micro/test_endpoint_bench.py.
+
+The endpoint is the real carrier and stream code; only the picows transport
+(a recorder) and the stream's TCP socket (a recorder) are fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastrelay.io.carrier import Carrier, CarrierStats, RelayLink
+from fastrelay.io.tunnel import AGENT_SIDE, READ_SIZE, TunnelStream
+from fastrelay.protocol.messages import Hello
+from fastrelay.protocol.state import State
+
+MAX_CREDIT = 2**31 - 1
+
+
+class FakeUnderlying:
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+
+class RecordingWS:
+    """The picows transport: counts what the endpoint sends."""
+
+    def __init__(self) -> None:
+        self.underlying_transport = FakeUnderlying()
+        self.is_disconnected = False
+        self.sends = self.nbytes = self.external = 0
+
+    def send(self, msg_type: Any, data: Any) -> None:
+        self.sends += 1
+        self.nbytes += len(data)
+
+    def send_reuse_external_bytearray(self, msg_type: Any, buf: bytearray, offset: int) -> None:
+        self.sends += 1
+        self.external += 1
+        self.nbytes += len(buf) - offset
+
+    def send_close(self, code: Any = None, msg: bytes | None = None) -> None:
+        self.is_disconnected = True
+
+    def disconnect(self, graceful: bool = True) -> None:
+        self.is_disconnected = True
+
+
+class RecordingSocket:
+    """The stream's TCP transport: counts writes, keeps the last one (not a copy)."""
+
+    def __init__(self) -> None:
+        self.writes = self.nbytes = 0
+        self.last: Any = None
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+        self.nbytes += len(data)
+        self.last = data
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class _Quiet:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: None
+
+
+class EndpointRig:
+    """An agent-side stream, open, on a carrier connected to a recorder."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        link = RelayLink("ws://bench/v1/agent", "agent", "t", None, 10.0, 1 << 20, 1.0, MAX_CREDIT)
+
+        async def build() -> Carrier:  # Carrier() needs a running loop
+            return Carrier(link, _Quiet(), _Quiet(), CarrierStats())  # type: ignore[arg-type]
+
+        self.carrier = carrier = loop.run_until_complete(build())
+        self.ws = RecordingWS()
+        carrier.connected(self.ws)  # type: ignore[arg-type]
+        carrier.receive(memoryview(Hello("bench-relay").encode()))
+        self.sid = 7
+        self.stream = stream = TunnelStream(
+            carrier, self.sid, "bench", AGENT_SIDE, State.CONNECT_REQUEST, MAX_CREDIT
+        )
+        carrier.streams[self.sid] = stream
+        self.socket = RecordingSocket()
+        stream.attach_tcp(self.socket)  # type: ignore[arg-type]
+        stream.opened(MAX_CREDIT)
+        self.receive = carrier.receive
+        self.flush_all = carrier.scheduler.flush_all
+        self.flush()
+
+    def read(self, n: int) -> None:
+        """One TCP read of `n` bytes (n <= READ_SIZE) into the shared buffer."""
+        stream = self.stream
+        view = stream.read_buffer()
+        assert len(view) == READ_SIZE
+        stream.tcp_filled(n)
+
+    def refill(self) -> None:
+        """Credit both ways back to the maximum (untimed setup)."""
+        self.stream.send_window.available = MAX_CREDIT // 2
+        window = self.stream.recv_window
+        window.outstanding = window.window
+        self.flush()
+
+    def flush(self) -> None:
+        self.loop.run_until_complete(asyncio.sleep(0))
+
+    def bytes_sent(self) -> int:
+        return self.stream.bytes_out
+
+    def stream_alive(self) -> bool:
+        return self.carrier.streams.get(self.sid) is self.stream and not self.stream.state.closed
