@@ -23,24 +23,22 @@ from fastrelay.io.carrier import (
     carrier_metrics,
     carrier_stream_bytes,
 )
-from fastrelay.io.tunnel import AGENT_SIDE, TunnelStream
+from fastrelay.io.tunnel import attach
 from fastrelay.lifecycle import announce_ready, format_address, on_sighup
-from fastrelay.protocol.frames import FrameType
-from fastrelay.protocol.messages import (
-    ConnectResponse,
-    OpenStream,
-    TunnelError,
-    format_authority,
-)
-from fastrelay.protocol.state import Event, State
+from fastrelay.protocol.messages import OpenStream, format_authority
+from fastrelay.protocol.session import End, Stream
 
 log = logging.getLogger("fastrelay.agent")
 
 
-class AgentStream(TunnelStream):
-    # For the access log: the host:port asked for, and why a dial failed.
-    target = ""
-    result = ""
+class Dial:
+    """The agent's record of one stream (`Stream.owner`), for the access log."""
+
+    __slots__ = ("result", "target")
+
+    def __init__(self, target: str) -> None:
+        self.target = target  # the host:port asked for
+        self.result = ""  # why the dial failed
 
 
 class Agent:
@@ -53,40 +51,26 @@ class Agent:
         self.tasks: set[asyncio.Task[None]] = set()
         self.mesh = AgentMesh(RelayLink.from_config(config, "agent"), self, self.stats)
 
-    def on_response(self, carrier: Carrier, stream: TunnelStream, resp: ConnectResponse) -> None:
-        stream.abort("agents do not accept CONNECT_RESPONSE")
+    # --- the carriers' events (CarrierHandler) ---
 
-    def on_open(self, carrier: Carrier, sid: int, request: OpenStream) -> None:
-        if sid in carrier.streams:
-            carrier.send(TunnelError(request.session_id, "stream id in use").encode(sid))
-            return
-        window = carrier.credit.open()
-        if not window:  # the relay keeps within this too; a stale or foreign one may not
-            carrier.send(
-                ConnectResponse(
-                    request.session_id,
-                    503,
-                    f"the agent carries {carrier.credit.max_streams} streams on this connection",
-                    reason="stream_limit",
-                ).encode(sid)
-            )
-            return
-        initial = State.CONNECT_REQUEST if request.kind == FrameType.CONNECT else State.REQUEST
-        stream = AgentStream(carrier, sid, request.session_id, AGENT_SIDE, initial, window)
-        stream.target = format_authority(request.host, request.port)
-        carrier.streams[sid] = stream
+    def on_opened(self, carrier: Carrier, stream: Stream) -> None:
+        pass  # the agent answers opens; it never sends one
+
+    def on_open(self, carrier: Carrier, stream: Stream, request: OpenStream) -> None:
+        stream.owner = Dial(format_authority(request.host, request.port))
         task = asyncio.get_running_loop().create_task(self._open(stream, request))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def on_stream_end(self, carrier: Carrier, stream: TunnelStream) -> None:
-        if self.access_log is None or not isinstance(stream, AgentStream):
+    def on_stream_end(self, carrier: Carrier, stream: Stream) -> None:
+        dial = stream.owner
+        if self.access_log is None or not isinstance(dial, Dial):
             return
-        result = stream.result or ("aborted" if stream.aborted or not stream.opened_at else "ok")
+        result = dial.result or ("ok" if stream.end is End.FINISHED else "aborted")
         self.access_log.write(
             session=stream.session_id,
             client=carrier.relay_address,
-            target=stream.target,
+            target=dial.target,
             route="relay",
             result=result,
             bytes_up=stream.bytes_up,
@@ -94,7 +78,7 @@ class Agent:
             duration=time.monotonic() - stream.started_at,
         )
 
-    async def _open(self, stream: TunnelStream, request: OpenStream) -> None:
+    async def _open(self, stream: Stream, request: OpenStream) -> None:
         started = time.monotonic()
         try:
             transport = await asyncio.wait_for(
@@ -115,39 +99,29 @@ class Agent:
                 ),
             )
             return
-        if stream.state.closed:  # aborted (relay timeout, lost carrier) while dialing
+        if stream.ended:  # aborted (relay timeout, lost carrier) while dialing
             transport.abort()
             return
         self.dials["ok"] += 1
-        self.dial_latency.observe(time.monotonic() - started)
-        stream.carrier.send(
-            ConnectResponse(stream.session_id, 200, window=stream.recv_window.window).encode(
-                stream.sid
-            )
-        )
-        stream.attach_tcp(transport)
-        stream.opened(request.window)
+        now = time.monotonic()
+        self.dial_latency.observe(now - started)
+        attach(stream, transport)
+        stream.accept(request.window, now)
         log.debug(
             "stream %s open to %s:%d in %.1f ms",
             stream.session_id,
             request.host,
             request.port,
-            (time.monotonic() - started) * 1000,
+            (now - started) * 1000,
         )
 
-    def _refuse(self, stream: TunnelStream, failure: DialFailure) -> None:
+    def _refuse(self, stream: Stream, failure: DialFailure) -> None:
         self.dials[failure.reason] += 1
-        if stream.state.closed:
+        if stream.ended:
             return
-        if isinstance(stream, AgentStream):
-            stream.result = failure.reason
-        stream.carrier.send(
-            ConnectResponse(
-                stream.session_id, failure.status, failure.message, reason=failure.reason
-            ).encode(stream.sid)
-        )
-        stream.state.apply(Event.RESPONSE_FAIL)
-        stream.carrier.forget(stream)
+        if isinstance(stream.owner, Dial):
+            stream.owner.result = failure.reason
+        stream.refuse(failure.status, failure.message, failure.reason)
 
     def collect(self) -> Iterable[Metric]:
         yield metrics.counter(

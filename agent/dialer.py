@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import aiofastnet
 
 from agent.policy import EgressPolicy
-from fastrelay.io.tunnel import StreamSocket, TunnelStream
+from fastrelay.io.tunnel import StreamSocket
 from fastrelay.protocol.hostname import HostnameError, normalize_hostname
+from fastrelay.protocol.session import Stream
 
 DIAL_RESULTS = ("ok", "denied", "refused", "unreachable", "dns", "timeout", "error")
 
@@ -48,7 +49,7 @@ async def resolve(host: str, port: int) -> list[str]:
 
 
 async def dial(
-    stream: TunnelStream, host: str, port: int, policy: EgressPolicy, counts: Counter[str]
+    stream: Stream, host: str, port: int, policy: EgressPolicy, counts: Counter[str]
 ) -> asyncio.Transport:
     """Connect the stream's target; raise DialFailure with the status to answer."""
     policy.watch_interfaces()  # the host's interface addresses stay fresh (a timer, once per loop)

@@ -33,7 +33,7 @@ from fastrelay.io.carrier import (
 )
 from fastrelay.lifecycle import first_of, pause
 from fastrelay.logs import RateLimitedLog
-from fastrelay.protocol.messages import GoAway, Members
+from fastrelay.protocol.messages import Members
 
 log = logging.getLogger("fastrelay.mesh")
 ERROR_BACKOFF = 0.1  # first pause after a failed dial, or after a held relay is lost
@@ -180,9 +180,8 @@ class AgentMesh:
 
     def _retire(self, carrier: Carrier, why: str) -> None:
         """No new streams here: GOAWAY tells the relay so. Open tunnels run
-        on; the carrier closes when the last one ends (Carrier.forget), or
-        after a grace for opens already on their way when it is idle."""
-        carrier.leaving = True
+        on; the carrier closes when the last one ends (the session sees to
+        it), or after a grace for opens already on their way when it is idle."""
+        carrier.session.retire(why)
         self.leaving.append(carrier)
-        carrier.send(GoAway(why).encode())
         asyncio.get_running_loop().call_later(RETIRE_GRACE, carrier.close_if_idle)

@@ -77,7 +77,11 @@ async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
         access_log = AccessLog(config.access_log, config.log_format, "client")
     proxy = Proxy(config, load_rules(config.rules), access_log)
     pool = CarrierPool(
-        RelayLink.from_config(config, "client"), proxy, proxy.stats.carrier, config.carriers
+        RelayLink.from_config(config, "client"),
+        proxy,
+        proxy.stats.carrier,
+        config.carriers,
+        open_timeout=config.open_timeout,
     )
     proxy.pool = pool
     watcher = RulesWatcher(proxy, config.rules)

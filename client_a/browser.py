@@ -3,7 +3,7 @@ socket to a route (the relay or a direct connection).
 
 Until a route is chosen the socket is read only for the head; after that every
 event goes to the route's `sink`, which has the same five methods whichever
-route it is (TunnelStream for the relay, DirectPipe for direct), plus
+route it is (RelayRoute for the relay, DirectPipe for direct), plus
 `bad_request` for a request body that turns out malformed.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from prometheus_client.core import Metric
 
 from fastrelay import metrics
-from fastrelay.io.tunnel import TunnelStream
+from fastrelay.io.tunnel import filled, read_buffer
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import (
@@ -27,6 +27,7 @@ from fastrelay.protocol.http import (
     RequestHeadParser,
     render_response,
 )
+from fastrelay.protocol.session import Stream
 
 if TYPE_CHECKING:
     from client_a.proxy import Proxy
@@ -91,7 +92,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
         self.closed = False
         # A CONNECT tunnel through the relay reads into the zero-copy buffer of
         # fastrelay.io.tunnel; everything else into _OWN_VIEW.
-        self.tunnel: TunnelStream | None = None
+        self.tunnel: Stream | None = None
         self.reading_into_tunnel = False
         self.received_at = 0.0  # the request head was complete (for the latency histograms)
 
@@ -122,12 +123,15 @@ class BrowserConnection(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         tunnel = self.tunnel
-        self.reading_into_tunnel = tunnel is not None and self.sink is tunnel
-        return tunnel.read_buffer() if self.reading_into_tunnel else _OWN_VIEW  # type: ignore[union-attr]
+        if tunnel is not None and not tunnel.ended:
+            self.reading_into_tunnel = True
+            return read_buffer(tunnel.session)
+        self.reading_into_tunnel = False
+        return _OWN_VIEW
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.reading_into_tunnel:
-            self.tunnel.tcp_filled(nbytes)  # type: ignore[union-attr]
+            filled(self.tunnel, nbytes)  # type: ignore[arg-type]
         else:
             self.data_received(bytes(_OWN_VIEW[:nbytes]))
 
@@ -161,11 +165,13 @@ class BrowserConnection(asyncio.BufferedProtocol):
         self.parser = None
         self.proxy.route(self, request)
 
-    def start(self, sink: Sink) -> None:
-        """The route is open: pass the held bytes on, then everything else."""
+    def start(self, sink: Sink, stream: Stream | None = None) -> None:
+        """The route is open: pass the held bytes on, then everything else.
+        A CONNECT tunnel through the relay (`stream`) reads straight into the
+        zero-copy buffer of fastrelay.io.tunnel."""
         self.sink = sink
-        if isinstance(sink, TunnelStream) and self.tracker is None:
-            self.tunnel = sink
+        if stream is not None and self.tracker is None:
+            self.tunnel = stream
         early, self.early = self.early, b""
         if early:
             self.forward(early)

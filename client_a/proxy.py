@@ -18,22 +18,18 @@ import aiofastnet
 
 from client_a.browser import BrowserConnection
 from client_a.config import ClientConfig
-from client_a.routes import ESTABLISHED, DirectPipe, DirectUpstream, RelayRoute
+from client_a.routes import ESTABLISHED, BrowserSocket, DirectPipe, DirectUpstream, RelayRoute
 from client_a.rules import Rules
 from client_a.stats import ClientStats
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.carrier import Carrier
 from fastrelay.io.pool import CarrierPool
-from fastrelay.io.tunnel import TunnelStream
+from fastrelay.io.tunnel import TCP_LOW_WATER
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.hostname import HostnameError, canonical_ipv4, normalize_hostname
 from fastrelay.protocol.http import ProxyRequest
-from fastrelay.protocol.messages import (
-    ConnectResponse,
-    OpenStream,
-    format_authority,
-    new_session_id,
-)
+from fastrelay.protocol.messages import OpenStream, format_authority, new_session_id
+from fastrelay.protocol.session import End, Stream
 
 log = logging.getLogger("fastrelay.client")
 
@@ -100,7 +96,7 @@ class Proxy:
         """Open on the least-busy ready carrier (another relay than `retry_of`'s
         if there is one); with none ready, wait for one up to --open-timeout."""
         pool = self.pool
-        carrier = None if pool is None else pool.pick(avoid=retry_of and retry_of.carrier)
+        carrier = None if pool is None else pool.pick(retry_of.carrier if retry_of else None)
         if carrier is not None and self._open_on(carrier, browser, request, retry_of):
             return
         if pool is not None and pool.ready and all(c.full for c in pool.ready):
@@ -140,56 +136,55 @@ class Proxy:
         request: ProxyRequest,
         retry_of: RelayRoute | None,
     ) -> bool:
-        sid = carrier.next_stream_id()
-        if sid is None or browser.transport is None or carrier.full:
+        transport = browser.transport
+        if transport is None or transport.is_closing():
             return False
-        session_id = retry_of.session_id if retry_of is not None else new_session_id()
+        session_id = retry_of.stream.session_id if retry_of and retry_of.stream else None
         kind = FrameType.CONNECT if request.is_connect else FrameType.REQUEST
-        stream = RelayRoute(self, browser, carrier, sid, session_id, request, carrier.credit.open())
-        stream.retried = retry_of is not None
-        carrier.streams[sid] = stream
         # Proxy credentials are for client_a only and must not travel on.
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _PRIVATE_HEADERS}
-        carrier.send(
-            OpenStream(
-                kind,
-                session_id,
-                request.host,
-                request.port,
-                request.method,
-                request.url,
-                headers,
-                stream.recv_window.window,
-            ).encode(sid)
+        message = OpenStream(
+            kind,
+            session_id or new_session_id(),
+            request.host,
+            request.port,
+            request.method,
+            request.url,
+            headers,
         )
-        stream.attach_tcp(browser.transport)
-        stream.timer = asyncio.get_running_loop().call_later(
-            self.config.open_timeout, stream.expire
-        )
+        route = RelayRoute(self, browser, carrier, request, retried=retry_of is not None)
+        transport.set_write_buffer_limits(high=TCP_LOW_WATER, low=TCP_LOW_WATER)
+        stream = carrier.session.open(message, BrowserSocket(route, transport), time.monotonic())
+        if stream is None:
+            return False
+        stream.owner = route
+        route.stream = stream
         return True
 
     # carrier callbacks
-    def on_stream_end(self, carrier: Carrier, stream: TunnelStream) -> None:
-        assert isinstance(stream, RelayRoute)
-        if stream.result == "retried":  # the retry's own line follows
+    def on_opened(self, carrier: Carrier, stream: Stream) -> None:
+        route = stream.owner
+        assert isinstance(route, RelayRoute)
+        route.opened(stream)
+
+    def on_open(self, carrier: Carrier, stream: Stream, request: OpenStream) -> None:
+        pass  # the session refuses opens at client_a (counted as unexpected_open)
+
+    def on_stream_end(self, carrier: Carrier, stream: Stream) -> None:
+        route = stream.owner
+        assert isinstance(route, RelayRoute)
+        route.ended(stream)
+        if route.result == "retried":  # the retry's own line follows
             return
-        result = stream.result or ("aborted" if stream.aborted else "ok")
+        result = route.result or ("ok" if stream.end is End.FINISHED else "aborted")
         self.log_access(
-            stream.browser,
+            route.browser,
             "relay",
             result,
             stream.session_id,
             stream.bytes_up,
             stream.bytes_down,
         )
-
-    def on_open(self, carrier: Carrier, sid: int, request: OpenStream) -> None:
-        carrier.stats.protocol_errors["unexpected_open"] += 1
-        log.warning("the relay tried to open stream %d at client_a; ignored", sid)
-
-    def on_response(self, carrier: Carrier, stream: TunnelStream, resp: ConnectResponse) -> None:
-        assert isinstance(stream, RelayRoute)
-        stream.answered(resp)
 
     # --- direct ---
 

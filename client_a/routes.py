@@ -1,7 +1,7 @@
 """The two routes a browser connection can take.
 
-* RelayRoute: a TunnelStream on the carrier WebSocket, opened with CONNECT or
-  REQUEST, answered by the agent through the relay.
+* RelayRoute: a session `Stream` on a carrier WebSocket, opened with CONNECT
+  or REQUEST, answered by the agent through the relay.
 * DirectPipe: a plain TCP connection from client_a to the target.
 
 For plain-HTTP requests both rewrite the response head to `Connection: close`
@@ -15,11 +15,9 @@ import time
 from typing import TYPE_CHECKING
 
 from client_a.browser import BrowserConnection, _result_for_status
-from fastrelay.io.tunnel import CLIENT_SIDE, TunnelStream
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import ProxyRequest, ResponseHeadRewriter, render_response
-from fastrelay.protocol.messages import ConnectResponse, TunnelError
-from fastrelay.protocol.state import Event, State
+from fastrelay.protocol.session import End, Stream
 
 if TYPE_CHECKING:
     from client_a.proxy import Proxy
@@ -30,143 +28,181 @@ ESTABLISHED = render_response(200, "Connection Established")
 RETRYABLE = frozenset({"no_agent", "draining", "open_limit"})
 
 
-class RelayRoute(TunnelStream):
+class RelayRoute:
+    """A browser request carried by a session `Stream` (its `owner`): answers
+    the browser as the stream's open turns out, and is the browser
+    connection's sink once the tunnel is open."""
+
     def __init__(
         self,
         proxy: Proxy,
         browser: BrowserConnection,
         carrier: Carrier,
-        sid: int,
-        session_id: str,
         request: ProxyRequest,
-        window: int,
+        retried: bool,
     ) -> None:
-        initial = State.CONNECT_REQUEST if request.is_connect else State.REQUEST
-        super().__init__(carrier, sid, session_id, CLIENT_SIDE, initial, window)
         self.proxy = proxy
         self.browser = browser
+        self.carrier = carrier
         self.request = request
-        self.rewriter = None if request.is_connect else ResponseHeadRewriter()
-        self.timer: asyncio.TimerHandle | None = None
+        self.retried = retried  # this is the one retry after a retryable failure
+        self.stream: Stream | None = None
         self.result = ""  # why the open failed, for the access log
-        self.retried = False  # this is the one retry after a retryable 503
-        self.waiting_first_byte = False
         self.response_started = False  # some of the response reached the browser
 
-    def answered(self, response: ConnectResponse) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if not self.state.opening:
+    def opened(self, stream: Stream) -> None:
+        """The agent answered 200."""
+        browser = self.browser
+        if browser.closed or browser.transport is None or browser.transport.is_closing():
+            stream.abort("browser went away")
             return
-        if not response.ok:
+        if self.request.is_connect:
+            browser.transport.write(ESTABLISHED)
+        else:
+            stream.send(self.request.head)
+        self.proxy.count("relay", "ok")
+        self.proxy.stats.connect_latency["relay"].observe(time.monotonic() - browser.received_at)
+        browser.start(self, stream)
+
+    def ended(self, stream: Stream) -> None:
+        """The stream left its session. Before the open succeeded the browser's
+        socket is still ours: answer it, or retry once on another relay."""
+        if stream.opened or self.browser.closed:
+            return
+        end = stream.end
+        if end is End.REFUSED:
+            response = stream.response
+            assert response is not None
             if response.status_code == 503 and response.reason in RETRYABLE and not self.retried:
                 self.retry_elsewhere()
                 return
             reason = response.error or "refused by the relay"
             if response.reason:  # machine-readable too: stream_limit, agent_busy, ...
                 reason = f"{reason} ({response.reason})"
-            self.fail_open(response.status_code, reason, Event.RESPONSE_FAIL)
-            return
-        browser = self.browser
-        if browser.closed or self.tcp is None:
-            self.abort("browser went away")
-            return
-        if self.request.is_connect:
-            self.tcp.write(ESTABLISHED)
-        self.opened(response.window)
-        if not self.request.is_connect:
-            self.tcp_data(self.request.head)
-        self.proxy.count("relay", "ok")
-        self.proxy.stats.connect_latency["relay"].observe(time.monotonic() - browser.received_at)
-        self.waiting_first_byte = True
-        browser.start(self)
+            self.fail_open(response.status_code, reason)
+        elif end is End.EXPIRED:
+            timeout = self.proxy.config.open_timeout
+            self.fail_open(504, f"no answer from the relay within {timeout:g} s")
+        elif end is End.LOST and not self.retried:
+            # Nothing reaches the target before the 200, so an open whose relay
+            # connection died (a relay killed mid-open) is safe to retry.
+            self.retry_elsewhere()
+        else:
+            self.fail_open(502, stream.error or "the relay connection was lost")
 
     def retry_elsewhere(self) -> None:
-        """A relay without an agent (still joining) or a draining one said 503:
-        try once more, on another relay if the pool has one."""
-        self.state.apply(Event.RESPONSE_FAIL)
+        """A relay without an agent (still joining), a draining one or a lost
+        connection: try once more, on another relay if the pool has one."""
         self.result = "retried"
-        self.tcp = None  # the browser's socket moves to the new stream
-        self.carrier.forget(self)
         self.proxy.stats.retries += 1
         self.proxy.open_relay(self.browser, self.request, retry_of=self)
 
-    def expire(self) -> None:
-        self.timer = None
-        if self.state.opening:
-            self.carrier.send(TunnelError(self.session_id, "open timeout").encode(self.sid))
-            timeout = self.proxy.config.open_timeout
-            self.fail_open(504, f"no answer from the relay within {timeout:g} s", Event.TIMEOUT)
-
-    def fail_open(self, status: int, reason: str, event: Event = Event.ABORT) -> None:
-        self.state.apply(event)
+    def fail_open(self, status: int, reason: str) -> None:
         self.result = _result_for_status(status)
-        self.carrier.forget(self)
-        self.tcp = None
         self.proxy.count("relay", self.result)
         self.browser.reply(status, reason)
-
-    def carrier_lost(self) -> None:
-        """Nothing reaches the target before the 200, so an open whose carrier
-        died (a relay killed mid-open) is safe to retry once elsewhere."""
-        if self.state.opening and not self.retried:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.retry_elsewhere()
-            return
-        super().carrier_lost()
-
-    def remote_error(self, reason: str) -> None:
-        if self.state.opening:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.fail_open(502, reason)
-            return
-        super().remote_error(reason)
 
     def bad_request(self, status: int, reason: str) -> None:
         """The request body is malformed: the browser gets `status` with the
         reason if nothing of the response reached it yet; else the stream and
         the browser's connection are aborted."""
-        if self.state.closed:
+        stream = self.stream
+        if stream is None or stream.ended:
             return
         self.result = _result_for_status(status)
         if self.response_started:
-            self.abort(reason)
+            stream.abort(reason)
             return
-        self.tcp = None  # the browser gets the answer, not an abort
-        self.abort(reason)
+        stream.detach()  # the browser gets the answer, not an abort
+        stream.abort(reason)
         self.browser.reply(status, reason)
 
-    def write_tcp(self, tcp: asyncio.Transport, payload: memoryview) -> None:
-        if self.waiting_first_byte:
-            self.waiting_first_byte = False
-            self.proxy.stats.first_byte["relay"].observe(time.monotonic() - self.opened_at)
-        rewriter = self.rewriter
-        if rewriter is None:
-            self.response_started = True
-            tcp.write(payload)
+    def bad_response(self, exc: HttpError) -> None:
+        """The response head is malformed. Nothing of the response reached the
+        browser yet: it gets the 502 with the reason, as on the direct route."""
+        stream = self.stream
+        if stream is None or stream.ended:
             return
-        try:
-            data = rewriter.feed(bytes(payload))
-        except HttpError as exc:
-            # Nothing of the response reached the browser yet: it gets the 502
-            # with the reason, as on the direct route, rather than a reset.
-            self.tcp = None
-            self.abort(exc.reason)
-            self.browser.reply(exc.status, exc.reason)
-            return
-        if rewriter.done:
-            self.rewriter = None
-        if data:
-            self.response_started = True
-            tcp.write(data)
+        self.result = _result_for_status(exc.status)
+        stream.detach()
+        stream.abort(exc.reason)
+        self.browser.reply(exc.status, exc.reason)
 
-    def remote_fin(self) -> None:
-        super().remote_fin()
-        if not self.request.is_connect and not self.state.closed:
-            # One request, one response: the response ended, so the exchange did.
-            self._send_fin()
+    # --- the browser connection's sink ---
+
+    def tcp_data(self, data: bytes) -> None:
+        if self.stream is not None:
+            self.stream.send(data)
+
+    def tcp_eof(self) -> None:
+        if self.stream is not None:
+            self.stream.eof()
+
+    def tcp_lost(self, exc: BaseException | None) -> None:
+        if self.stream is not None:
+            self.stream.socket_lost(exc)
+
+    def tcp_paused_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.socket_paused_writing()
+
+    def tcp_resumed_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.socket_resumed_writing()
+
+
+class BrowserSocket:
+    """The browser's transport as the stream's `Socket` until the first byte
+    of the response went through: it times the first byte and, for a
+    plain-HTTP request, rewrites the response head (`Connection: close`).
+    Then the stream writes to the transport directly."""
+
+    __slots__ = ("rewriter", "route", "transport")
+
+    def __init__(self, route: RelayRoute, transport: asyncio.Transport) -> None:
+        self.route = route
+        self.transport = transport
+        self.rewriter = None if route.request.is_connect else ResponseHeadRewriter()
+
+    def write(self, data: bytes | memoryview) -> None:
+        route = self.route
+        stream = route.stream
+        rewriter = self.rewriter
+        if rewriter is not None:
+            try:
+                data = rewriter.feed(bytes(data))
+            except HttpError as exc:
+                route.bad_response(exc)
+                return
+            if not data:
+                return  # the head is not complete yet
+        if stream is not None and not route.response_started:
+            route.proxy.stats.first_byte["relay"].observe(time.monotonic() - stream.opened_at)
+        route.response_started = True
+        if stream is not None and (rewriter is None or rewriter.done):
+            stream.socket = self.transport  # from now on, straight to the transport
+        self.transport.write(data)
+
+    def write_eof(self) -> None:
+        self.transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self.transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()
 
 
 class DirectPipe:

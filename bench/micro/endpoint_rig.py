@@ -10,9 +10,9 @@ import asyncio
 from typing import Any
 
 from fastrelay.io.carrier import Carrier, CarrierStats, RelayLink
-from fastrelay.io.tunnel import AGENT_SIDE, READ_SIZE, TunnelStream
-from fastrelay.protocol.messages import Hello
-from fastrelay.protocol.state import State
+from fastrelay.io.tunnel import READ_SIZE, attach, filled, read_buffer
+from fastrelay.protocol.frames import FrameType
+from fastrelay.protocol.messages import Hello, OpenStream
 
 MAX_CREDIT = 2**31 - 1
 
@@ -94,6 +94,10 @@ class _Quiet:
         return lambda *args: None
 
 
+class _Agent(_Quiet):
+    """Leaves every open waiting: the rig accepts it itself."""
+
+
 class EndpointRig:
     """An agent-side stream, open, on a carrier connected to a recorder."""
 
@@ -102,30 +106,30 @@ class EndpointRig:
         link = RelayLink("ws://bench/v1/agent", "agent", "t", None, 10.0, 1 << 20, 1.0, MAX_CREDIT)
 
         async def build() -> Carrier:  # Carrier() needs a running loop
-            return Carrier(link, _Quiet(), _Quiet(), CarrierStats())  # type: ignore[arg-type]
+            return Carrier(link, _Agent(), _Quiet(), CarrierStats())  # type: ignore[arg-type]
 
         self.carrier = carrier = loop.run_until_complete(build())
         self.ws = RecordingWS()
         carrier.connected(self.ws)  # type: ignore[arg-type]
         carrier.receive(memoryview(Hello("bench-relay").encode()))
         self.sid = 7
-        self.stream = stream = TunnelStream(
-            carrier, self.sid, "bench", AGENT_SIDE, State.CONNECT_REQUEST, MAX_CREDIT
-        )
-        carrier.streams[self.sid] = stream
+        open_frame = OpenStream(FrameType.CONNECT, "bench", "t.test", 443, window=MAX_CREDIT)
+        carrier.receive(memoryview(open_frame.encode(self.sid)))
+        self.stream = stream = carrier.streams[self.sid]
         self.socket = RecordingSocket()
-        stream.attach_tcp(self.socket)  # type: ignore[arg-type]
-        stream.opened(MAX_CREDIT)
-        self.receive = carrier.receive
+        attach(stream, self.socket)  # type: ignore[arg-type]
+        stream.accept(MAX_CREDIT, 0.0)
+        self.receive = carrier.receive  # what CarrierListener.on_ws_frame does
         self.flush_all = carrier.scheduler.flush_all
         self.flush()
+        self.ws.sends = self.ws.nbytes = self.ws.external = 0  # the answer to the open
 
     def read(self, n: int) -> None:
         """One TCP read of `n` bytes (n <= READ_SIZE) into the shared buffer."""
         stream = self.stream
-        view = stream.read_buffer()
+        view = read_buffer(stream.session)
         assert len(view) == READ_SIZE
-        stream.tcp_filled(n)
+        filled(stream, n)
 
     def refill(self) -> None:
         """Credit both ways back to the maximum (untimed setup)."""
@@ -141,4 +145,4 @@ class EndpointRig:
         return self.stream.bytes_out
 
     def stream_alive(self) -> bool:
-        return self.carrier.streams.get(self.sid) is self.stream and not self.stream.state.closed
+        return self.carrier.streams.get(self.sid) is self.stream and not self.stream.ended

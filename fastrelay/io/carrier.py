@@ -16,11 +16,10 @@ import logging
 import random
 import ssl
 import time
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from picows import (
     WSAutoPingStrategy,
@@ -36,59 +35,47 @@ from prometheus_client.core import Metric
 from fastrelay import metrics
 from fastrelay.io.mux import FlushScheduler, MuxWriter
 from fastrelay.lifecycle import format_address
-from fastrelay.protocol.errors import ProtocolError, StreamError
+from fastrelay.protocol.errors import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, ProtocolError
 from fastrelay.protocol.flow import CreditPool
-from fastrelay.protocol.frames import FrameType, decode_window_increment, iter_frames
-from fastrelay.protocol.messages import (
-    ConnectResponse,
-    GoAway,
-    Hello,
-    Members,
-    OpenStream,
-    TunnelError,
+from fastrelay.protocol.messages import Hello, Members, OpenStream
+from fastrelay.protocol.session import (
+    AGENT_SIDE,
+    CLIENT_SIDE,
+    Session,
+    SessionStats,
+    Stream,
 )
 from fastrelay.tls import client_context
-
-if TYPE_CHECKING:
-    from fastrelay.io.tunnel import TunnelStream
 
 log = logging.getLogger("fastrelay.carrier")
 
 WS_BUFFER_HIGH = 2 * 1024 * 1024
 HELLO_TIMEOUT = 5.0  # after the upgrade, the relay's HELLO must come this soon
 BACKOFF_SETTLE = 1.0  # a connection that ends sooner after HELLO is a flap (see Backoff)
-_DATA = int(FrameType.TUNNEL_DATA)
+TICK = 0.25  # how often a carrier with an open timeout expires late opens
 _BINARY = WSMsgType.BINARY
 
 
-class CarrierStats:
+class CarrierStats(SessionStats):
+    """The session counters, plus what only the adapter can measure."""
+
     def __init__(self) -> None:
-        self.dropped_unknown_stream = 0
-        self.flow_control_stalls = 0
-        self.backpressure_pauses = 0
+        super().__init__()
         self.reconnects = 0
-        self.protocol_errors: Counter[str] = Counter()
         self.ping_rtt = metrics.Histogram()
         self.stream_duration = metrics.Histogram(metrics.DURATION_BUCKETS)
-        # Bytes of streams that ended; live streams are summed at scrape time.
-        self.ended_bytes_up = 0
-        self.ended_bytes_down = 0
-
-    def stream_ended(self, stream: TunnelStream) -> None:
-        self.ended_bytes_up += stream.bytes_up
-        self.ended_bytes_down += stream.bytes_down
-        if stream.opened_at:
-            self.stream_duration.observe(time.monotonic() - stream.opened_at)
 
 
 class CarrierHandler(Protocol):
     """The program's side of the streams (client_a's Proxy, the Agent)."""
 
-    def on_stream_end(self, carrier: Carrier, stream: TunnelStream) -> None: ...
-    def on_open(self, carrier: Carrier, sid: int, request: OpenStream) -> None: ...
-    def on_response(
-        self, carrier: Carrier, stream: TunnelStream, resp: ConnectResponse
-    ) -> None: ...
+    def on_open(self, carrier: Carrier, stream: Stream, request: OpenStream) -> None:
+        """(agent) An open arrived: dial, then `stream.accept` or `stream.refuse`."""
+
+    def on_opened(self, carrier: Carrier, stream: Stream) -> None:
+        """(client_a) The agent answered 200."""
+
+    def on_stream_end(self, carrier: Carrier, stream: Stream) -> None: ...
 
 
 class CarrierOwner(Protocol):
@@ -192,46 +179,76 @@ class Backoff:
 
 
 class Carrier:
+    """One relay WebSocket: picows under a `Session` (fastrelay/protocol/session.py),
+    which makes every decision. The carrier dials, carries the session's
+    frames, ticks its open expiry and turns its events into the owner's and
+    the program's."""
+
     def __init__(
-        self, link: RelayLink, handler: CarrierHandler, owner: CarrierOwner, stats: CarrierStats
+        self,
+        link: RelayLink,
+        handler: CarrierHandler,
+        owner: CarrierOwner,
+        stats: CarrierStats,
+        open_timeout: float = 0.0,
     ) -> None:
         loop = asyncio.get_running_loop()
+        self.loop = loop
         self.link = link
         self.handler = handler
         self.owner = owner
         self.stats = stats
-        self.streams: dict[int, TunnelStream] = {}
         self.scheduler = FlushScheduler(loop)
         self.transport: WSTransport | None = None
         self.writer: MuxWriter | None = None
-        self.hello: Hello | None = None
-        # The credit our streams on this connection grant, within the relay's
-        # budget (set from HELLO): honest, however slow, is never cut off.
-        self.credit = CreditPool.for_relay(0, 0, link.window)
-        self.goaway = False
-        self.leaving = False  # the owner no longer wants it: close once idle
-        self.lost = False  # the connection has ended
-        self.paused = False
-        self.sid_cursor = 0
-        self.closing = False  # we are closing on purpose
-        self.waiting: list[TunnelStream] = []  # streams paused by a full WebSocket
+        side = CLIENT_SIDE if link.role == "client" else AGENT_SIDE
+        self.session = Session(
+            self,
+            self,
+            stats,
+            side=side,
+            window=link.window,
+            max_frame_size=link.max_frame_size,
+            open_timeout=open_timeout,
+        )
+        self.streams = self.session.streams
+        self.ticker: asyncio.TimerHandle | None = None
         self.relay_address = "unknown"  # the relay's socket address, for logs
         self.got_hello: asyncio.Future[Hello] = loop.create_future()
         self.done: asyncio.Future[None] = loop.create_future()
 
+    # The session's state, for the pool and the mesh.
     @property
     def ready(self) -> bool:
-        """Open for new streams."""
-        return self.hello is not None and not (self.goaway or self.leaving or self.lost)
+        return self.session.ready
 
     @property
     def full(self) -> bool:
-        """Carrying as many streams as the relay allows on one connection."""
-        return self.credit.full
+        return self.session.full
+
+    @property
+    def lost(self) -> bool:
+        return self.session.lost
+
+    @property
+    def goaway(self) -> bool:
+        return self.session.goaway
+
+    @property
+    def closing(self) -> bool:
+        return self.session.closing
+
+    @property
+    def hello(self) -> Hello | None:
+        return self.session.hello
+
+    @property
+    def credit(self) -> CreditPool:
+        return self.session.credit
 
     @property
     def instance_id(self) -> str:
-        return self.hello.instance_id if self.hello is not None else ""
+        return self.session.instance_id
 
     async def open(self) -> Hello:
         """Dial, upgrade, and wait for HELLO. Raises OSError, WSError,
@@ -254,29 +271,19 @@ class Carrier:
         try:
             return await asyncio.wait_for(asyncio.shield(self.got_hello), HELLO_TIMEOUT)
         except TimeoutError:
-            self.close(WSCloseCode.PROTOCOL_ERROR, b"no HELLO")
+            self.session.close(CLOSE_PROTOCOL_ERROR, "no HELLO")
             raise
 
-    def close(self, code: WSCloseCode = WSCloseCode.OK, reason: bytes = b"shutting down") -> None:
-        transport = self.transport
-        if transport is None or self.closing:
-            return
-        self.closing = True
-        transport.send_close(code, reason)
-        transport.disconnect()
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "shutting down") -> None:
+        self.session.close(code, reason)
 
     def close_if_idle(self) -> None:
-        if not self.streams:
-            self.close(WSCloseCode.GOING_AWAY, b"drained")
+        self.session.close_if_idle()
 
     async def aclose(self, timeout: float = 2.0) -> None:
         self.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.done), timeout)
-
-    def send(self, frames: bytes | bytearray | memoryview) -> None:
-        if self.writer is not None:
-            self.writer.write(frames)
 
     def write_buffer_size(self) -> int:
         transport = self.transport
@@ -284,32 +291,65 @@ class Carrier:
             return 0
         return int(transport.underlying_transport.get_write_buffer_size())
 
-    def send_external(self, buf: bytearray, offset: int) -> None:
+    # --- the session's Link (bound straight to the MuxWriter while connected) ---
+
+    def write(self, frames: bytes | bytearray | memoryview) -> None:
+        if self.writer is not None:
+            self.writer.write(frames)
+
+    def write_external(self, buf: bytearray, offset: int) -> None:
         if self.writer is not None:
             self.writer.write_external(buf, offset)
 
-    def forget(self, stream: TunnelStream) -> None:
-        """The stream ended (opened or not); it is counted here, once."""
-        if self.streams.get(stream.sid) is stream:
-            del self.streams[stream.sid]
-            self.credit.close(stream.recv_window.window)
-            self.stats.stream_ended(stream)
-            self.handler.on_stream_end(self, stream)
-            if not self.streams and (self.goaway or self.leaving):
-                self.close(WSCloseCode.GOING_AWAY, b"drained")
+    def disconnect(self, code: int, reason: str) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.send_close(WSCloseCode(code), reason.encode()[:120])
+            transport.disconnect()
 
-    def next_stream_id(self) -> int | None:
-        """A free id in the range the relay's HELLO assigned (client_a only)."""
-        hello = self.hello
-        if hello is None or not hello.stream_id_count:
-            return None
-        base, count = hello.stream_id_base, hello.stream_id_count
-        for _ in range(min(count, len(self.streams) + 1)):
-            sid = base + self.sid_cursor % count
-            self.sid_cursor += 1
-            if sid and sid not in self.streams:
-                return sid
-        return None
+    # --- the session's events ---
+
+    def on_hello(self, session: Session, hello: Hello) -> None:
+        log.info("connected to relay %s (%s)", hello.instance_id, self.link.url)
+        if self.session.open_timeout > 0 and self.ticker is None:
+            self.ticker = self.loop.call_later(TICK, self._tick)
+        if not self.got_hello.done():
+            self.got_hello.set_result(hello)
+
+    def on_hello_refused(self, session: Session, why: str) -> None:
+        """A relay this program cannot work with: say why; the session hangs up
+        (the owner redials with back-off, and readiness stays "not connected")."""
+        log.error("%s", why)
+        if not self.got_hello.done():
+            self.got_hello.set_exception(ConnectionError(why))
+
+    def on_goaway(self, session: Session, reason: str) -> None:
+        log.info("relay %s sent GOAWAY: %s", self.instance_id, reason)
+        self.owner.carrier_goaway(self)
+
+    def on_members(self, session: Session, members: Members) -> None:
+        self.owner.carrier_members(self, members)
+
+    def on_open(self, session: Session, stream: Stream, request: OpenStream) -> None:
+        self.handler.on_open(self, stream, request)
+
+    def on_opened(self, session: Session, stream: Stream) -> None:
+        self.handler.on_opened(self, stream)
+
+    def on_stream_end(self, session: Session, stream: Stream) -> None:
+        if stream.opened:
+            self.stats.stream_duration.observe(time.monotonic() - stream.opened_at)
+        self.handler.on_stream_end(self, stream)
+
+    def on_internal_error(self, session: Session, stream: Stream, exc: Exception) -> None:
+        log.error("internal error on stream %s; aborting it", stream.session_id, exc_info=exc)
+
+    def _tick(self) -> None:
+        self.ticker = None
+        if self.session.lost:
+            return
+        self.session.tick(time.monotonic())
+        self.ticker = self.loop.call_later(TICK, self._tick)
 
     # --- events from the listener ---
 
@@ -320,23 +360,31 @@ class Carrier:
         transport.underlying_transport.set_write_buffer_limits(
             high=WS_BUFFER_HIGH, low=WS_BUFFER_HIGH // 4
         )
-        self.writer = MuxWriter(transport, self.scheduler)
+        writer = self.writer = MuxWriter(transport, self.scheduler)
+        session = self.session
+        session.write = writer.write
+        session.write_external = writer.write_external
         peer = transport.underlying_transport.get_extra_info("peername")
         self.relay_address = format_address(peer) if peer else "unknown"
 
+    def receive(self, message: memoryview) -> None:
+        self.session.receive(message, time.monotonic())
+
     def disconnected(self) -> None:
-        was_ready = self.hello is not None
+        session = self.session
+        was_ready = session.hello is not None
         if self.writer is not None:
             self.writer.close()
         self.writer = None
         self.transport = None
-        self.paused = False
-        self.waiting = []
-        self.lost = True
-        for stream in list(self.streams.values()):
-            stream.carrier_lost()
-        self.streams.clear()
-        if was_ready and not self.closing:
+        session.write = self.write  # drops everything from now on
+        session.write_external = self.write_external
+        if self.ticker is not None:
+            self.ticker.cancel()
+            self.ticker = None
+        closing = session.closing
+        session.connection_lost()
+        if was_ready and not closing:
             log.warning("lost the connection to relay %s (%s)", self.instance_id, self.link.url)
         if not self.got_hello.done():
             self.got_hello.set_exception(ConnectionError("the relay closed before HELLO"))
@@ -345,119 +393,12 @@ class Carrier:
             self.done.set_result(None)
         self.owner.carrier_lost(self)
 
-    def set_paused(self, paused: bool) -> None:
-        """The WebSocket's backlog crossed its high (or low) water mark.
-
-        Pausing is lazy: a stream that sends while the carrier is paused stops
-        reading its socket after that one read and queues in `waiting`. So
-        every stream gets at most one read per pause cycle (fair with 1,000
-        busy tunnels, where pausing all sockets eagerly starved most of them:
-        288 of 1,000 moved data in 3 s), and only streams that actually read
-        cost a pause and a resume.
-        """
-        self.paused = paused
-        if paused:
-            self.stats.backpressure_pauses += 1
-            return
-        waiting, self.waiting = self.waiting, []
-        for stream in waiting:
-            stream.carrier_paused(False)
-
-    def wait_for_room(self, stream: TunnelStream) -> None:
-        stream.carrier_paused(True)
-        self.waiting.append(stream)
-
-    def receive(self, message: memoryview) -> None:
-        streams = self.streams
-        for frame_type, _flags, sid, offset, length in iter_frames(message):
-            payload = message[offset : offset + length]
-            if frame_type == _DATA:
-                stream = streams.get(sid)
-                if stream is None:
-                    self.stats.dropped_unknown_stream += 1
-                    continue
-                try:
-                    stream.deliver(payload)
-                except StreamError as exc:
-                    self.stats.protocol_errors[exc.kind] += 1
-                    stream.abort(str(exc))
-                except Exception:  # a bug must cost one stream, not the carrier
-                    self._stream_crashed(stream)
-            else:
-                self._control(frame_type, sid, payload)
-
-    def _control(self, frame_type: int, sid: int, payload: memoryview) -> None:
-        if frame_type == FrameType.HELLO:
-            hello = Hello.decode(payload)
-            if hello.max_frame_size > self.link.max_frame_size:
-                self._refuse_hello(
-                    f"relay {hello.instance_id} forwards WebSocket messages of up to "
-                    f"{hello.max_frame_size} bytes, more than this program's --max-frame-size "
-                    f"({self.link.max_frame_size}): set it to at least {hello.max_frame_size}"
-                )
-                return
-            self.hello = hello
-            self.credit = CreditPool.for_relay(
-                self.hello.buffer_budget, self.hello.max_streams, self.link.window
-            )
-            log.info("connected to relay %s (%s)", self.hello.instance_id, self.link.url)
-            if not self.got_hello.done():
-                self.got_hello.set_result(self.hello)
-            return
-        if frame_type == FrameType.GOAWAY:
-            self.goaway = True
-            log.info("relay %s sent GOAWAY: %s", self.instance_id, GoAway.decode(payload).error)
-            self.owner.carrier_goaway(self)
-            if not self.streams:
-                self.close(WSCloseCode.GOING_AWAY, b"drained")
-            return
-        if frame_type == FrameType.MEMBERS:
-            self.owner.carrier_members(self, Members.decode(payload))
-            return
-        if frame_type in (FrameType.CONNECT, FrameType.REQUEST):
-            self.handler.on_open(self, sid, OpenStream.decode(FrameType(frame_type), payload))
-            return
-        stream = self.streams.get(sid)
-        if stream is None:
-            self.stats.dropped_unknown_stream += 1
-            return
-        try:
-            if frame_type == FrameType.WINDOW_UPDATE:
-                stream.grant(decode_window_increment(payload))
-            elif frame_type == FrameType.FIN:
-                stream.remote_fin()
-            elif frame_type == FrameType.TUNNEL_ERROR:
-                stream.remote_error(TunnelError.decode(payload).error)
-            elif frame_type == FrameType.CONNECT_RESPONSE:
-                self.handler.on_response(self, stream, ConnectResponse.decode(payload))
-        except StreamError as exc:
-            self.stats.protocol_errors[exc.kind] += 1
-            stream.abort(str(exc))
-        except Exception:  # a bug must cost one stream, not the carrier
-            self._stream_crashed(stream)
-
-    def _refuse_hello(self, why: str) -> None:
-        """A relay this program cannot work with: say why, and hang up (the
-        owner redials with back-off, and readiness stays "not connected")."""
-        log.error("%s", why)
-        self.stats.protocol_errors["config_mismatch"] += 1
-        if not self.got_hello.done():
-            self.got_hello.set_exception(ConnectionError(why))
-        self.close(WSCloseCode.POLICY_VIOLATION, b"max frame size below the relay's")
-
-    def _stream_crashed(self, stream: TunnelStream) -> None:
-        self.stats.protocol_errors["internal_error"] += 1
-        log.exception("internal error on stream %s; aborting it", stream.session_id)
-        try:
-            stream.abort("internal error")
-        except Exception:
-            self.streams.pop(stream.sid, None)
-
 
 class CarrierListener(WSListener):
     def __init__(self, carrier: Carrier) -> None:
         super().__init__()
         self.carrier = carrier
+        self.session = carrier.session
         self.ping_sent_at = 0.0
 
     # picows' auto-ping calls these two; timing them gives the round trip.
@@ -479,7 +420,7 @@ class CarrierListener(WSListener):
         msg_type = frame.msg_type
         try:
             if msg_type is _BINARY and frame.fin:
-                self.carrier.receive(frame.get_payload_as_memoryview())
+                self.session.receive(frame.get_payload_as_memoryview(), time.monotonic())
             elif msg_type is WSMsgType.CLOSE:
                 transport.send_close(frame.get_close_code())
                 transport.disconnect()
@@ -495,10 +436,10 @@ class CarrierListener(WSListener):
         self.carrier.disconnected()
 
     def pause_writing(self) -> None:
-        self.carrier.set_paused(True)
+        self.session.set_paused(True)
 
     def resume_writing(self) -> None:
-        self.carrier.set_paused(False)
+        self.session.set_paused(False)
 
 
 def describe_dial_error(exc: BaseException) -> str:

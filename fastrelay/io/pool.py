@@ -36,9 +36,15 @@ BACKOFF_INITIAL = 0.1
 
 class CarrierPool:
     def __init__(
-        self, link: RelayLink, handler: CarrierHandler, stats: CarrierStats, size: int
+        self,
+        link: RelayLink,
+        handler: CarrierHandler,
+        stats: CarrierStats,
+        size: int,
+        open_timeout: float = 0.0,
     ) -> None:
         self.link = link
+        self.open_timeout = open_timeout  # how long an open waits for its answer
         self.handler = handler
         self.stats = stats
         self.size = size
@@ -110,7 +116,7 @@ class CarrierPool:
             if not first:
                 self.stats.reconnects += 1
             first = False
-            carrier = Carrier(self.link, self.handler, self, self.stats)
+            carrier = Carrier(self.link, self.handler, self, self.stats, self.open_timeout)
             try:
                 await carrier.open()
             except (TimeoutError, OSError, WSError, ConnectionError) as exc:

@@ -23,28 +23,25 @@ from __future__ import annotations
 
 from collections import deque
 
-from fastrelay.protocol.errors import ProtocolError, StreamError
+from fastrelay.protocol.errors import ProtocolError
 from fastrelay.protocol.flow import CreditPool, RecvWindow, SendWindow
-from fastrelay.protocol.frames import (
-    HEADER_SIZE,
-    FrameType,
-    decode_window_increment,
-    encode_frame,
-    encode_window_update,
-    iter_frames,
-)
+from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.messages import (
     DEFAULT_WINDOW,
     ConnectResponse,
     Hello,
+    Members,
     OpenStream,
-    TunnelError,
 )
-from fastrelay.protocol.state import Event, State, StreamState
+from fastrelay.protocol.session import (
+    AGENT_SIDE,
+    CLIENT_SIDE,
+    Session,
+    SessionStats,
+    Stream,
+)
+from fastrelay.protocol.state import StreamState
 from fastrelay.protocol.switch import Conn, Limits, Switch
-
-_DATA = int(FrameType.TUNNEL_DATA)
-MAX_CHUNK = 256 * 1024  # largest TUNNEL_DATA payload an endpoint sends, as the programs do
 
 
 class Wire:
@@ -77,30 +74,110 @@ class Wire:
         self.pings += 1
 
 
-class EndStream:
-    """One stream at an in-memory endpoint."""
+class MemorySocket:
+    """A stream's local socket, in memory: it reads whatever arrives at once."""
 
-    def __init__(self, sid: int, session_id: str, initial: State, window: int) -> None:
-        self.sid = sid
-        self.session_id = session_id
-        self.state = StreamState(initial)
-        self.send = SendWindow(0)
-        self.recv = RecvWindow(window)
-        self.sent = 0  # data bytes sent
-        self.received = 0  # data bytes received
-        self.response: ConnectResponse | None = None
-        self.error: str | None = None  # the TUNNEL_ERROR that ended it
+    def __init__(self) -> None:
+        self.received = 0  # bytes written to it
+        self.eof = False  # write_eof() was called
+        self.closed = ""  # "" while open, else "close" or "abort"
+        self.reading = True
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.received += len(data)
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def is_closing(self) -> bool:
+        return bool(self.closed)
+
+    def close(self) -> None:
+        self.closed = self.closed or "close"
+
+    def abort(self) -> None:
+        self.closed = self.closed or "abort"
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+class EndStream:
+    """A test's handle on one stream: the endpoint's real session `Stream` and
+    its in-memory socket."""
+
+    def __init__(self, stream: Stream, socket: MemorySocket) -> None:
+        self.stream = stream
+        self.socket = socket
+        self.sid = stream.sid
+        self.session_id = stream.session_id
+
+    @property
+    def state(self) -> StreamState:
+        return self.stream.state
+
+    @property
+    def send(self) -> SendWindow:
+        return self.stream.send_window
+
+    @property
+    def recv(self) -> RecvWindow:
+        return self.stream.recv_window
+
+    @property
+    def sent(self) -> int:
+        """Data bytes sent."""
+        return self.stream.bytes_out
+
+    @property
+    def received(self) -> int:
+        """Data bytes that reached the socket."""
+        return self.socket.received
+
+    @property
+    def response(self) -> ConnectResponse | None:
+        return self.stream.response
+
+    @property
+    def error(self) -> str | None:
+        """The TUNNEL_ERROR (or refusal) that ended it."""
+        return self.stream.error or None
 
     @property
     def ended(self) -> bool:
-        return self.state.closed
+        return self.stream.ended
+
+
+class _EndpointLink:
+    """The session's link: one WebSocket message to the switch per write."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def write(self, frames: bytes | bytearray | memoryview) -> None:
+        self.endpoint.send(bytes(frames))
+
+    def write_external(self, buf: bytearray, offset: int) -> None:
+        self.endpoint.send(bytes(buf[offset:]))
+
+    def disconnect(self, code: int, reason: str) -> None:
+        self.endpoint.disconnect(code, reason)
 
 
 class Endpoint:
     """client_a (opens streams, sends upstream) or an agent (answers opens,
-    sends downstream), in memory."""
+    sends downstream): a real `Session` whose link is the switch and whose
+    sockets are in memory."""
 
-    def __init__(self, pair: Pair, role: str, name: str, token: int, want: int) -> None:
+    def __init__(
+        self, pair: Pair, role: str, name: str, token: int, want: int, open_timeout: float
+    ) -> None:
         self.pair = pair
         self.role = role
         self.name = name
@@ -108,16 +185,22 @@ class Endpoint:
         self.wire = Wire()
         self.wire.endpoint = self
         self.conn = Conn(role, self.wire, self.wire, token, name)
+        self.session = Session(
+            _EndpointLink(self),
+            self,
+            SessionStats(),
+            side=CLIENT_SIDE if role == "client" else AGENT_SIDE,
+            window=want,
+            max_frame_size=pair.limits.max_message,
+            open_timeout=open_timeout,
+        )
         self.streams: dict[int, EndStream] = {}
         self.ended: list[EndStream] = []
-        self.hello: Hello | None = None
-        self.pool: CreditPool | None = None
         self.reading = True  # False: stalled (reads nothing, answers no ping)
         self.answers = True  # agents: False never answers an open (but reads and pongs)
         self.refuse_with: int | None = None  # agents: answer opens with this status
         self.pongs = 0
-        self.next_sid = 0
-        self.errors: list[Exception] = []  # what this endpoint's parser raised
+        self.errors: list[Exception] = []  # what this endpoint's session raised
 
     @property
     def is_client(self) -> bool:
@@ -127,7 +210,58 @@ class Endpoint:
     def closed(self) -> tuple[int, str] | None:
         return self.wire.closed
 
-    # --- sending ---
+    @property
+    def hello(self) -> Hello | None:
+        return self.session.hello
+
+    @property
+    def pool(self) -> CreditPool:
+        return self.session.credit
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """The endpoint closes its connection (the relay sees it go)."""
+        if self.wire.closed is None:
+            self.wire.close(code, reason)
+            self.pair.switch.detach(self.conn, self.pair.now)
+            self.session.connection_lost()
+
+    # --- the session's events ---
+
+    def on_hello(self, session: Session, hello: Hello) -> None:
+        pass
+
+    def on_hello_refused(self, session: Session, why: str) -> None:
+        self.errors.append(ProtocolError(why))
+
+    def on_goaway(self, session: Session, reason: str) -> None:
+        pass
+
+    def on_members(self, session: Session, members: Members) -> None:
+        pass
+
+    def on_open(self, session: Session, stream: Stream, request: OpenStream) -> None:
+        socket = MemorySocket()
+        self.streams[stream.sid] = EndStream(stream, socket)
+        if not self.answers:
+            return  # a rogue agent: the open stays unanswered
+        if self.refuse_with is not None:
+            stream.refuse(self.refuse_with, "refused")
+            return
+        stream.attach(socket)
+        stream.accept(request.window, self.pair.now)
+
+    def on_opened(self, session: Session, stream: Stream) -> None:
+        pass
+
+    def on_stream_end(self, session: Session, stream: Stream) -> None:
+        handle = self.streams.pop(stream.sid, None)
+        if handle is not None and handle.stream is stream:
+            self.ended.append(handle)
+
+    def on_internal_error(self, session: Session, stream: Stream, exc: Exception) -> None:
+        self.errors.append(exc)
+
+    # --- acting as the program would ---
 
     def send(self, frames: bytes) -> None:
         """Raw bytes, as one WebSocket message to the relay."""
@@ -136,44 +270,38 @@ class Endpoint:
 
     def open(self, host: str = "target.test", port: int = 443) -> int:
         """client_a: a CONNECT on the next stream id (window from the pool)."""
-        assert self.is_client and self.hello is not None and self.pool is not None
-        window = self.pool.open()
-        assert window, "the connection carries max_streams already"
-        self.next_sid += 1
-        sid = self.hello.stream_id_base + self.next_sid
-        session = f"{self.name}-{sid}"
-        self.streams[sid] = EndStream(sid, session, State.CONNECT_REQUEST, window)
-        self.send(OpenStream(FrameType.CONNECT, session, host, port, window=window).encode(sid))
-        return sid
+        assert self.is_client
+        socket = MemorySocket()
+        session_id = f"{self.name}-{self.session.sid_cursor}"
+        request = OpenStream(FrameType.CONNECT, session_id, host, port)
+        # An open may cross the relay's GOAWAY on the wire: send it regardless.
+        goaway, self.session.goaway = self.session.goaway, False
+        try:
+            stream = self.session.open(request, socket, self.pair.now)
+        finally:
+            self.session.goaway = goaway
+        assert stream is not None, "no stream can open on this connection now"
+        self.streams[stream.sid] = EndStream(stream, socket)
+        return stream.sid
 
     def write(self, sid: int, n: int) -> int:
         """Send up to `n` data bytes on a stream, within its credit; how many went."""
-        stream = self.streams.get(sid)
-        if stream is None or stream.ended:
+        handle = self.streams.get(sid)
+        if handle is None or handle.ended:
             return 0
-        n = min(n, stream.send.available)
+        stream = handle.stream
+        n = min(n, stream.send_window.available)
+        before = stream.bytes_out
         if n:
-            stream.send.consume(n)
-            stream.sent += n
-            stream.state.apply(Event.DATA_UP if self.is_client else Event.DATA_DOWN)
-        chunk = min(MAX_CHUNK, self.pair.limits.max_message - HEADER_SIZE)
-        for start in range(0, n, chunk):  # one message per chunk, as the programs send
-            self.send(encode_frame(_DATA, sid, bytes(min(chunk, n - start))))
-        return n
+            stream.send(bytes(n))  # as if the socket had read them
+        return stream.bytes_out - before
 
     def fin(self, sid: int) -> None:
-        stream = self.streams[sid]
-        stream.state.apply(Event.FIN_UP if self.is_client else Event.FIN_DOWN)
-        self.send(encode_frame(FrameType.FIN, sid))
-        self._maybe_forget(stream)
+        """The socket reported EOF."""
+        self.streams[sid].stream.eof()
 
     def abort(self, sid: int, reason: str = "aborted") -> None:
-        stream = self.streams[sid]
-        stream.state.apply(Event.ABORT)
-        self.send(TunnelError(stream.session_id, reason).encode(sid))
-        self._maybe_forget(stream)
-
-    # --- receiving ---
+        self.streams[sid].stream.abort(reason)
 
     def read(self, limit: int | None = None) -> int:
         """Take what the relay queued (up to `limit` bytes) and act on it, as
@@ -190,95 +318,30 @@ class Endpoint:
             wire.queued -= len(message)
             taken += len(message)
             try:
-                self._receive(memoryview(message))
-            except (ProtocolError, StreamError) as exc:
+                self.session.receive(memoryview(message), self.pair.now)
+            except ProtocolError as exc:  # the program closes the connection
                 self.errors.append(exc)
         return taken
 
-    def _receive(self, message: memoryview) -> None:
-        for frame_type, _flags, sid, start, length in iter_frames(message):
-            payload = message[start : start + length]
-            if frame_type == FrameType.HELLO:
-                self.hello = Hello.decode(payload)
-                self.pool = CreditPool.for_relay(
-                    self.hello.buffer_budget, self.hello.max_streams, self.want
-                )
-                continue
-            if frame_type in (FrameType.GOAWAY, FrameType.MEMBERS):
-                continue
-            if frame_type in (FrameType.CONNECT, FrameType.REQUEST):
-                self._on_open(sid, OpenStream.decode(FrameType(frame_type), payload))
-                continue
-            stream = self.streams.get(sid)
-            if stream is None:
-                continue
-            if frame_type == _DATA:
-                self._on_data(stream, length)
-            elif frame_type == FrameType.CONNECT_RESPONSE:
-                stream.response = ConnectResponse.decode(payload)
-                if stream.response.ok:
-                    stream.state.apply(Event.RESPONSE_OK)
-                    stream.send.grant(stream.response.window)
-                else:
-                    stream.state.apply(Event.RESPONSE_FAIL)
-                    self._maybe_forget(stream)
-            elif frame_type == FrameType.WINDOW_UPDATE:
-                stream.state.apply(Event.WINDOW_UP if self.is_client else Event.WINDOW_DOWN)
-                stream.send.grant(decode_window_increment(payload))
-            elif frame_type == FrameType.FIN:
-                stream.state.apply(Event.FIN_DOWN if self.is_client else Event.FIN_UP)
-                self._maybe_forget(stream)
-            elif frame_type == FrameType.TUNNEL_ERROR:
-                stream.error = TunnelError.decode(payload).error
-                stream.state.apply(Event.ABORT)
-                self._maybe_forget(stream)
-
-    def _on_open(self, sid: int, request: OpenStream) -> None:
-        if not self.answers:
-            return
-        assert self.pool is not None
-        if self.refuse_with is not None:
-            self.send(ConnectResponse(request.session_id, self.refuse_with, "refused").encode(sid))
-            return
-        window = self.pool.open()
-        if not window:
-            self.send(ConnectResponse(request.session_id, 503, "busy").encode(sid))
-            return
-        initial = State.CONNECT_REQUEST if request.kind == FrameType.CONNECT else State.REQUEST
-        stream = EndStream(sid, request.session_id, initial, window)
-        self.streams[sid] = stream
-        stream.state.apply(Event.RESPONSE_OK)
-        stream.send.grant(request.window)
-        self.send(ConnectResponse(request.session_id, 200, window=window).encode(sid))
-
-    def _on_data(self, stream: EndStream, n: int) -> None:
-        stream.state.apply(Event.DATA_DOWN if self.is_client else Event.DATA_UP)
-        stream.recv.received(n)
-        stream.received += n
-        increment = stream.recv.release(n, self.pool)  # read at once: credit goes back
-        if increment and not stream.ended:
-            self.send(encode_window_update(stream.sid, increment))
-
-    def _maybe_forget(self, stream: EndStream) -> None:
-        if stream.ended and self.streams.get(stream.sid) is stream:
-            del self.streams[stream.sid]
-            self.ended.append(stream)
-            if self.pool is not None:
-                self.pool.close(stream.recv.window)
+    def tick(self) -> None:
+        self.session.tick(self.pair.now)
 
 
 class Pair:
     """A switch, a clock and in-memory endpoints."""
 
-    def __init__(self, limits: Limits | None = None, now: float = 1000.0) -> None:
+    def __init__(
+        self, limits: Limits | None = None, now: float = 1000.0, open_timeout: float = 0.0
+    ) -> None:
         self.limits = limits or Limits()
+        self.open_timeout = open_timeout  # the clients' sessions expire opens after it
         self.now = now
         self.switch = Switch(self.limits, "relay-test")
         self.endpoints: list[Endpoint] = []
 
     def _join(self, role: str, token: int, want: int) -> Endpoint:
         name = f"{role}-{len(self.endpoints)}"
-        endpoint = Endpoint(self, role, name, token, want)
+        endpoint = Endpoint(self, role, name, token, want, self.open_timeout)
         self.endpoints.append(endpoint)
         self.switch.attach(endpoint.conn, self.now)
         endpoint.read()
@@ -309,8 +372,9 @@ class Pair:
         while self.now < end - 1e-9:
             self.now = min(end, self.now + step)
             self.switch.tick(self.now)
+            for endpoint in self.endpoints:
+                endpoint.tick()
             self.run()
 
     def disconnect(self, endpoint: Endpoint) -> None:
-        endpoint.wire.close(1006, "gone")
-        self.switch.detach(endpoint.conn, self.now)
+        endpoint.disconnect(1006, "gone")

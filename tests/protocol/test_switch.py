@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from fastrelay.protocol.errors import (
+    CLOSE_GOING_AWAY,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
     CLOSE_PROTOCOL_ERROR,
@@ -392,12 +393,25 @@ def test_open_refused_after_draining() -> None:
     pair = Pair()
     client = pair.client()
     pair.agent()
+    kept = tunnel(pair, client)  # a tunnel keeps the connection open through the GOAWAY
     pair.switch.start_draining()
     pair.run()
-    client.open()
+    assert client.session.goaway and client.closed is None
+    client.open()  # an open that crossed the GOAWAY on the wire
     pair.run()
     response = client.ended[-1].response
     assert response is not None and (response.status_code, response.reason) == (503, "draining")
+    assert client.streams[kept].state.state is State.TUNNELING  # the tunnel runs on
+
+
+def test_an_idle_client_closes_its_connection_on_goaway() -> None:
+    pair = Pair()
+    client = pair.client()
+    pair.agent()
+    pair.switch.start_draining()
+    pair.run()
+    assert client.closed is not None and client.closed[0] == CLOSE_GOING_AWAY
+    assert not pair.switch.clients
 
 
 def test_an_agent_may_not_open_streams() -> None:

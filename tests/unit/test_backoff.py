@@ -117,8 +117,11 @@ class FakeCarrier:
     script: list[str]
     dialled: int
 
-    def __init__(self, link: object, handler: object, owner: object, stats: object) -> None:
+    def __init__(
+        self, link: object, handler: object, owner: object, stats: object, *timeout: float
+    ) -> None:
         self.owner = owner
+        self.session = SimpleNamespace(retire=lambda why: None)
         self.lost = self.goaway = self.leaving = self.closing = False
         self.streams: dict = {}
         self.instance_id = "relay-1"

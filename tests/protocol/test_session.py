@@ -1,0 +1,600 @@
+"""The endpoint session (fastrelay/protocol/session.py): flow control, half-close,
+open expiry and how streams end, with a recording link and sockets. No sockets,
+no asyncio: each test runs in microseconds."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastrelay.protocol.errors import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, FrameError
+from fastrelay.protocol.frames import (
+    FrameType,
+    decode_window_increment,
+    encode_frame,
+    encode_window_update,
+    iter_frames,
+)
+from fastrelay.protocol.messages import (
+    ConnectResponse,
+    GoAway,
+    Hello,
+    Members,
+    OpenStream,
+    TunnelError,
+)
+from fastrelay.protocol.session import (
+    AGENT_SIDE,
+    CLIENT_SIDE,
+    MAX_CHUNK,
+    End,
+    Session,
+    SessionStats,
+    Side,
+    Stream,
+)
+from fastrelay.protocol.state import State
+
+DATA, FIN, WINDOW, ERROR, RESPONSE = (
+    FrameType.TUNNEL_DATA,
+    FrameType.FIN,
+    FrameType.WINDOW_UPDATE,
+    FrameType.TUNNEL_ERROR,
+    FrameType.CONNECT_RESPONSE,
+)
+BASE = 1 << 16  # the client's stream-id range, from HELLO
+NOW = 100.0
+
+
+class Link:
+    """Records every frame the session writes, and a close."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed: tuple[int, str] | None = None
+
+    def write(self, frames: bytes | bytearray | memoryview) -> None:
+        self.sent.append(bytes(frames))
+
+    def write_external(self, buf: bytearray, offset: int) -> None:
+        self.sent.append(bytes(buf[offset:]))
+
+    def disconnect(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def frames(self, sid: int | None = None) -> list[tuple[FrameType, bytes]]:
+        out = []
+        for message in self.sent:
+            view = memoryview(message)
+            for ftype, _flags, fsid, off, length in iter_frames(view):
+                if sid is None or fsid == sid:
+                    out.append((FrameType(ftype), bytes(view[off : off + length])))
+        return out
+
+    def clear(self) -> None:
+        self.sent.clear()
+
+
+class Events:
+    """Records the session's events; as an agent, accepts every open."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple] = []
+        self.ended: list[Stream] = []
+        self.sockets: dict[int, FakeSocket] = {}
+        self.accept = True
+
+    def on_hello(self, session: Session, hello: Hello) -> None:
+        self.log.append(("hello", hello.instance_id))
+
+    def on_hello_refused(self, session: Session, why: str) -> None:
+        self.log.append(("hello_refused", why))
+
+    def on_goaway(self, session: Session, reason: str) -> None:
+        self.log.append(("goaway", reason))
+
+    def on_members(self, session: Session, members: Members) -> None:
+        self.log.append(("members", members.instances))
+
+    def on_open(self, session: Session, stream: Stream, request: OpenStream) -> None:
+        self.log.append(("open", stream.sid, request.host))
+        if self.accept:
+            socket = self.sockets[stream.sid] = FakeSocket()
+            stream.attach(socket)
+            stream.accept(request.window, NOW)
+
+    def on_opened(self, session: Session, stream: Stream) -> None:
+        self.log.append(("opened", stream.sid))
+
+    def on_stream_end(self, session: Session, stream: Stream) -> None:
+        self.ended.append(stream)
+
+    def on_internal_error(self, session: Session, stream: Stream, exc: Exception) -> None:
+        self.log.append(("internal_error", stream.sid, repr(exc)))
+
+
+class FakeSocket:
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.calls: list[str] = []
+        self.closing = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert not self.closing
+        self.written += data
+
+    def write_eof(self) -> None:
+        self.calls.append("write_eof")
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause_reading")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume_reading")
+
+    def close(self) -> None:
+        self.calls.append("close")
+        self.closing = True
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def make_session(
+    side: Side = CLIENT_SIDE, window: int = 4000, open_timeout: float = 0.0, **hello: int
+) -> tuple[Session, Link, Events]:
+    link, events = Link(), Events()
+    session = Session(
+        link,
+        events,
+        SessionStats(),
+        side=side,
+        window=window,
+        max_frame_size=1 << 20,
+        open_timeout=open_timeout,
+    )
+    fields = {"stream_id_base": BASE, "stream_id_count": 1 << 16, **hello}
+    session.receive(memoryview(Hello("relay-1", **fields).encode()), NOW)
+    assert session.ready and events.log == [("hello", "relay-1")]
+    events.log.clear()
+    return session, link, events
+
+
+def client_stream(
+    send_window: int = 1000, recv_window: int = 4000, open_it: bool = True, connect: bool = True
+) -> tuple[Stream, Session, Link, FakeSocket]:
+    """A client_a stream, opened and answered 200 with `send_window`."""
+    session, link, _events = make_session(window=recv_window)
+    socket = FakeSocket()
+    kind = FrameType.CONNECT if connect else FrameType.REQUEST
+    stream = session.open(OpenStream(kind, "sess", "target.test", 443), socket, NOW)
+    assert stream is not None and stream.sid == BASE
+    assert socket.calls == []  # reading stays paused until the open succeeds
+    (ftype, payload), *_ = link.frames()
+    opened = OpenStream.decode(ftype, payload)
+    assert (opened.host, opened.window) == ("target.test", recv_window)
+    link.clear()
+    if open_it:
+        answer(session, stream, send_window)
+        assert socket.calls == ["resume_reading"]
+        socket.calls.clear()
+    return stream, session, link, socket
+
+
+def answer(session: Session, stream: Stream, window: int, status: int = 200, **kw: str) -> None:
+    response = ConnectResponse(stream.session_id, status, window=window, **kw)
+    session.receive(memoryview(response.encode(stream.sid)), NOW)
+
+
+def agent_stream(
+    send_window: int = 1000, recv_window: int = 4000
+) -> tuple[Stream, Session, Link, FakeSocket, Events]:
+    session, link, events = make_session(side=AGENT_SIDE, window=recv_window)
+    request = OpenStream(FrameType.CONNECT, "sess", "target.test", 443, window=send_window)
+    session.receive(memoryview(request.encode(5)), NOW)
+    stream = session.streams[5]
+    (ftype, payload), *_ = link.frames()
+    response = ConnectResponse.decode(payload)
+    assert ftype is RESPONSE and response.ok and response.window == recv_window
+    link.clear()
+    socket = events.sockets[5]
+    assert socket.calls == ["resume_reading"]
+    socket.calls.clear()
+    return stream, session, link, socket, events
+
+
+def data_sent(link: Link) -> bytes:
+    return b"".join(payload for ftype, payload in link.frames() if ftype is DATA)
+
+
+def window_updates(link: Link) -> list[int]:
+    return [decode_window_increment(p) for t, p in link.frames() if t is WINDOW]
+
+
+def deliver(session: Session, sid: int, payload: bytes) -> None:
+    session.receive(memoryview(encode_frame(DATA, sid, payload)), NOW)
+
+
+# --- socket -> relay ---
+
+
+def test_data_beyond_credit_is_held_back_until_a_grant() -> None:
+    stream, session, link, socket = client_stream(send_window=1000)
+    payload = bytes(range(256)) * 10  # 2560 bytes
+    stream.send(payload[:2000])
+    assert data_sent(link) == payload[:1000]
+    assert socket.calls == ["pause_reading"]
+    assert session.stats.flow_control_stalls == 1
+    stream.send(payload[2000:])  # a read that was already in flight
+    assert data_sent(link) == payload[:1000]
+    session.receive(memoryview(encode_window_update(stream.sid, 1000)), NOW)
+    assert data_sent(link) == payload[:2000]
+    assert socket.calls == ["pause_reading"]  # still 560 bytes held back
+    session.receive(memoryview(encode_window_update(stream.sid, 560)), NOW)
+    assert data_sent(link) == payload
+    assert socket.calls == ["pause_reading"]  # exactly the backlog: no credit to read more
+    session.receive(memoryview(encode_window_update(stream.sid, 1)), NOW)
+    assert socket.calls == ["pause_reading", "resume_reading"]
+    assert stream.send_window.available == 1 and stream.bytes_out == len(payload)
+
+
+def test_a_full_link_pauses_a_stream_after_its_read_and_resumes_it() -> None:
+    stream, session, link, socket = client_stream(send_window=1 << 20)
+    stream.send(b"a" * 100)
+    assert socket.calls == [] and session.waiting == []  # a free link pauses nobody
+    session.set_paused(True)
+    stream.send(b"b" * 100)  # this read still goes out: it is within credit
+    assert data_sent(link) == b"a" * 100 + b"b" * 100
+    assert socket.calls == ["pause_reading"] and session.waiting == [stream]
+    stream.send(b"c" * 100)  # a read that was in flight: sent, no second pause
+    assert socket.calls == ["pause_reading"] and session.waiting == [stream]
+    session.set_paused(False)
+    assert socket.calls == ["pause_reading", "resume_reading"]
+    assert data_sent(link).endswith(b"c" * 100)
+    assert session.stats.backpressure_pauses == 1
+
+
+def test_a_full_read_goes_out_from_the_read_buffer_itself() -> None:
+    stream, _session, link, _socket = client_stream(send_window=1 << 20)
+    buf = bytearray(4 + 10 + 300)
+    buf[14:] = b"r" * 300
+    assert stream.send_in_place(buf, 4, 300)
+    (ftype, payload), *_ = link.frames()
+    assert ftype is DATA and payload == b"r" * 300 and stream.bytes_out == 300
+    stream.send_window.available = 10  # not enough credit: the caller copies instead
+    assert not stream.send_in_place(buf, 4, 300)
+
+
+def test_frames_stay_within_the_relays_announced_message_size() -> None:
+    session, link, _events = make_session(window=4000, max_frame_size=1000)
+    assert session.max_chunk == 1000 - 10
+    socket = FakeSocket()
+    stream = session.open(OpenStream(FrameType.CONNECT, "s", "t.test", 443), socket, NOW)
+    assert stream is not None
+    answer(session, stream, 1 << 20)
+    link.clear()
+    stream.send(b"z" * 2500)
+    assert [len(p) for t, p in link.frames() if t is DATA] == [990, 990, 520]
+    assert not stream.send_in_place(bytearray(MAX_CHUNK + 14), 4, MAX_CHUNK)
+
+
+def test_eof_while_held_back_sends_fin_after_the_data() -> None:
+    stream, session, link, socket = client_stream(send_window=1000)
+    stream.send(b"x" * 2500)
+    stream.eof()
+    assert [t for t, _ in link.frames()] == [DATA]
+    session.receive(memoryview(encode_window_update(stream.sid, 1000)), NOW)
+    assert [t for t, _ in link.frames()] == [DATA, DATA]
+    session.receive(memoryview(encode_window_update(stream.sid, 1000)), NOW)
+    assert [t for t, _ in link.frames()] == [DATA, DATA, DATA, FIN]
+    assert data_sent(link) == b"x" * 2500
+    assert stream.state.state is State.HALF_CLOSED_UP
+    assert "close" not in socket.calls and "abort" not in socket.calls
+
+
+# --- relay -> socket ---
+
+
+def test_no_credit_returned_while_the_socket_is_write_paused() -> None:
+    stream, session, link, socket = client_stream(recv_window=4000)  # batches of 1000
+    stream.socket_paused_writing()
+    deliver(session, stream.sid, b"a" * 3000)
+    assert bytes(socket.written) == b"a" * 3000  # written, but the socket is backed up
+    assert window_updates(link) == []
+    stream.socket_resumed_writing()
+    assert window_updates(link) == [3000]
+    # Below the threshold, credit is batched even after a resume.
+    stream.socket_paused_writing()
+    deliver(session, stream.sid, b"b" * 400)
+    stream.socket_resumed_writing()
+    assert window_updates(link) == [3000]
+    deliver(session, stream.sid, b"c" * 599)
+    assert window_updates(link) == [3000]
+    deliver(session, stream.sid, b"d")
+    assert window_updates(link) == [3000, 1000]
+    assert stream.recv_window.outstanding == 4000
+
+
+def test_a_stream_that_overruns_its_window_is_aborted_alone() -> None:
+    stream, session, link, socket = client_stream(recv_window=4000)
+    other_socket = FakeSocket()
+    other = session.open(OpenStream(FrameType.CONNECT, "o", "t.test", 443), other_socket, NOW)
+    assert other is not None
+    answer(session, other, 1000)
+    link.clear()
+    stream.socket_paused_writing()  # nothing comes back while the socket is backed up
+    message = encode_frame(DATA, stream.sid, b"a" * 4000) + encode_frame(DATA, stream.sid, b"!")
+    session.receive(memoryview(message + encode_frame(DATA, other.sid, b"ok")), NOW)
+    assert bytes(socket.written) == b"a" * 4000  # the excess never reached the socket
+    assert socket.calls[-1] == "abort"
+    frames = link.frames()
+    assert [t for t, _ in frames] == [ERROR]
+    assert "credit" in TunnelError.decode(frames[0][1]).error
+    assert stream.end is End.ABORTED and stream.sid not in session.streams
+    assert session.stats.protocol_errors["flow_control"] == 1
+    assert bytes(other_socket.written) == b"ok" and other.state.state is State.TUNNELING
+
+
+def test_data_before_the_open_succeeded_aborts_the_stream() -> None:
+    stream, session, link, socket = client_stream(open_it=False)
+    deliver(session, stream.sid, b"early")
+    assert socket.written == b""
+    assert [t for t, _ in link.frames()] == [ERROR]
+    assert stream.end is End.ABORTED and "not allowed" in stream.error
+    assert socket.calls == []  # never opened: the socket is the program's to answer
+
+
+def test_data_after_the_remote_fin_aborts_the_stream() -> None:
+    stream, session, _link, socket = client_stream()
+    session.receive(memoryview(encode_frame(FIN, stream.sid)), NOW)
+    deliver(session, stream.sid, b"late")
+    assert socket.written == b"" and stream.end is End.ABORTED
+    assert socket.calls == ["write_eof", "abort"]
+
+
+def test_data_for_an_unknown_stream_is_dropped_and_counted() -> None:
+    _stream, session, link, _socket = client_stream()
+    deliver(session, BASE + 99, b"who")
+    assert link.sent == [] and session.stats.dropped_unknown_stream == 1
+
+
+# --- half-close and ends ---
+
+
+def test_fin_both_ways_closes_the_socket_gracefully() -> None:
+    stream, session, link, socket = client_stream()
+    stream.eof()
+    assert [t for t, _ in link.frames()] == [FIN]
+    assert stream.state.state is State.HALF_CLOSED_UP
+    deliver(session, stream.sid, b"reply")  # the other direction still flows
+    session.receive(memoryview(encode_frame(FIN, stream.sid)), NOW)
+    assert stream.end is End.FINISHED and stream.state.closed
+    assert "close" in socket.calls and "abort" not in socket.calls
+    assert bytes(socket.written) == b"reply"
+    assert session.stats.ended_bytes_down == 5
+
+
+def test_remote_fin_first_half_closes_then_closes() -> None:
+    stream, session, link, socket, events = agent_stream()
+    session.receive(memoryview(encode_frame(FIN, stream.sid)), NOW)
+    assert socket.calls == ["write_eof"]
+    assert stream.state.state is State.HALF_CLOSED_UP  # the agent received FIN_UP
+    assert events.ended == []
+    stream.send(b"more")  # the target may still answer
+    stream.eof()
+    assert [t for t, _ in link.frames()] == [DATA, FIN]
+    assert socket.calls == ["write_eof", "close"]
+    assert events.ended == [stream] and stream.end is End.FINISHED
+
+
+def test_a_plain_http_exchange_ends_with_its_response() -> None:
+    stream, session, link, socket = client_stream(connect=False)
+    assert stream.one_exchange
+    deliver(session, stream.sid, b"HTTP/1.1 200 OK\r\n\r\n")
+    session.receive(memoryview(encode_frame(FIN, stream.sid)), NOW)
+    assert [t for t, _ in link.frames()] == [FIN]  # our FIN follows the response's
+    assert stream.end is End.FINISHED and socket.calls == ["write_eof", "close"]
+
+
+def test_remote_tunnel_error_aborts_the_socket_without_an_echo() -> None:
+    stream, session, link, socket = client_stream()
+    stream.send(b"x" * 5000)  # with data held back
+    session.receive(memoryview(TunnelError("sess", "target reset").encode(stream.sid)), NOW)
+    assert socket.calls[-1] == "abort" and "close" not in socket.calls
+    assert stream.end is End.REMOTE_ERROR and stream.error == "target reset"
+    assert stream.backlog is None
+    assert [t for t, _ in link.frames()] == [DATA]  # no echo back to the peer
+
+
+def test_local_abort_tells_the_peer_once() -> None:
+    stream, _session, link, socket = client_stream()
+    stream.abort("browser went away")
+    stream.abort("again")
+    frames = link.frames()
+    assert [t for t, _ in frames] == [ERROR]
+    assert TunnelError.decode(frames[0][1]).error == "browser went away"
+    assert socket.calls == ["abort"]
+
+
+def test_a_lost_socket_aborts_the_stream() -> None:
+    stream, _session, link, socket = client_stream()
+    stream.socket_lost(ConnectionResetError("reset"))
+    assert stream.end is End.ABORTED and "reset" in stream.error
+    assert [t for t, _ in link.frames()] == [ERROR]
+    assert socket.calls == []  # it is gone already
+
+
+def test_a_lost_link_ends_every_stream_and_leaves_unopened_sockets_alone() -> None:
+    stream, session, _link, socket = client_stream()
+    waiting_socket = FakeSocket()
+    waiting = session.open(OpenStream(FrameType.CONNECT, "w", "t.test", 443), waiting_socket, NOW)
+    assert waiting is not None
+    session.connection_lost()
+    assert stream.end is End.LOST and waiting.end is End.LOST
+    assert socket.calls == ["abort"]
+    assert waiting_socket.calls == []  # the program retries it elsewhere
+    assert not session.streams and not session.ready
+
+
+# --- opens ---
+
+
+def test_a_refused_open_leaves_the_socket_to_the_program() -> None:
+    stream, session, _link, socket = client_stream(open_it=False)
+    answer(session, stream, 0, status=503, error="no agent", reason="no_agent")
+    assert stream.end is End.REFUSED and stream.response is not None
+    assert (stream.response.status_code, stream.response.reason) == (503, "no_agent")
+    assert stream.error == "no agent" and socket.calls == []
+
+
+def test_an_open_without_an_answer_expires() -> None:
+    session, link, events = make_session(open_timeout=5.0)
+    sockets = [FakeSocket() for _ in range(3)]
+    streams = []
+    for i, socket in enumerate(sockets):
+        stream = session.open(OpenStream(FrameType.CONNECT, f"s{i}", "t.test", 443), socket, i)
+        assert stream is not None
+        streams.append(stream)
+    answer(session, streams[1], 1000)
+    link.clear()
+    session.tick(4.9)
+    assert link.sent == [] and not events.ended
+    session.tick(5.0)
+    assert [s.end for s in streams] == [End.EXPIRED, None, None]
+    (ftype, payload), *_ = link.frames()
+    assert ftype is ERROR and TunnelError.decode(payload).error == "open timeout"
+    session.tick(100.0)
+    assert [s.end for s in streams] == [End.EXPIRED, None, End.EXPIRED]
+    assert sockets[0].calls == [] and sockets[2].calls == []  # the program answers 504
+    assert streams[1].state.state is State.TUNNELING  # the answered one is untouched
+
+
+def test_the_agent_refuses_an_open_with_the_reason() -> None:
+    session, link, events = make_session(side=AGENT_SIDE)
+    events.accept = False
+    request = OpenStream(FrameType.CONNECT, "sess", "t.test", 443)
+    session.receive(memoryview(request.encode(9)), NOW)
+    stream = session.streams[9]
+    stream.refuse(502, "connection refused", "refused")
+    (_ftype, payload), *_ = link.frames()
+    response = ConnectResponse.decode(payload)
+    assert (response.status_code, response.reason) == (502, "refused")
+    assert stream.end is End.REFUSED and 9 not in session.streams
+
+
+def test_the_agent_answers_an_id_in_use_and_its_stream_limit() -> None:
+    session, link, _events = make_session(side=AGENT_SIDE, max_streams=1)
+    request = OpenStream(FrameType.CONNECT, "a", "t.test", 443)
+    session.receive(memoryview(request.encode(9)), NOW)
+    link.clear()
+    session.receive(memoryview(request.encode(9)), NOW)
+    (ftype, payload), *_ = link.frames()
+    assert ftype is ERROR and "in use" in TunnelError.decode(payload).error
+    link.clear()
+    session.receive(memoryview(OpenStream(FrameType.CONNECT, "b", "t", 1).encode(10)), NOW)
+    (ftype, payload), *_ = link.frames()
+    response = ConnectResponse.decode(payload)
+    assert (response.status_code, response.reason) == (503, "stream_limit")
+    assert "carries 1 streams" in (response.error or "")
+    assert list(session.streams) == [9]
+
+
+def test_client_a_ignores_opens_and_agents_refuse_answers() -> None:
+    session, _link, _events = make_session()
+    session.receive(memoryview(OpenStream(FrameType.CONNECT, "x", "t", 1).encode(3)), NOW)
+    assert session.stats.protocol_errors["unexpected_open"] == 1 and not session.streams
+    stream, agent, _link, _socket, _ = agent_stream()
+    agent.receive(memoryview(ConnectResponse("sess", 200).encode(stream.sid)), NOW)
+    assert stream.end is End.ABORTED and "agents do not accept" in stream.error
+
+
+def test_a_second_answer_aborts_the_stream() -> None:
+    stream, session, _link, _socket = client_stream()
+    answer(session, stream, 1000)
+    assert stream.end is End.ABORTED and session.stats.protocol_errors["illegal_transition"] == 1
+
+
+def test_no_stream_opens_past_the_limit_or_before_hello() -> None:
+    session, _link, _events = make_session(max_streams=1)
+    assert session.open(OpenStream(FrameType.CONNECT, "a", "t", 1), FakeSocket(), NOW)
+    assert session.full
+    assert session.open(OpenStream(FrameType.CONNECT, "b", "t", 1), FakeSocket(), NOW) is None
+    fresh = Session(
+        Link(), Events(), SessionStats(), side=CLIENT_SIDE, window=1000, max_frame_size=1 << 20
+    )
+    assert fresh.open(OpenStream(FrameType.CONNECT, "c", "t", 1), FakeSocket(), NOW) is None
+
+
+# --- the connection ---
+
+
+def test_a_relay_with_a_larger_frame_size_is_refused_at_hello() -> None:
+    link, events = Link(), Events()
+    session = Session(
+        link, events, SessionStats(), side=CLIENT_SIDE, window=1000, max_frame_size=1000
+    )
+    session.receive(memoryview(Hello("big", max_frame_size=5000).encode()), NOW)
+    assert not session.ready and link.closed is not None
+    assert link.closed[0] == CLOSE_POLICY_VIOLATION
+    assert events.log[0][0] == "hello_refused" and "at least 5000" in events.log[0][1]
+    assert session.stats.protocol_errors["config_mismatch"] == 1
+
+
+def test_goaway_closes_an_idle_connection_and_drains_a_busy_one() -> None:
+    session, link, events = make_session()
+    session.receive(memoryview(GoAway("restart").encode()), NOW)
+    assert events.log == [("goaway", "restart")] and link.closed == (CLOSE_GOING_AWAY, "drained")
+    stream, session, link, _socket = client_stream()
+    session.receive(memoryview(GoAway("restart").encode()), NOW)
+    assert link.closed is None and not session.ready
+    stream.eof()
+    session.receive(memoryview(encode_frame(FIN, stream.sid)), NOW)
+    assert link.closed == (CLOSE_GOING_AWAY, "drained")  # the last stream ended
+
+
+def test_retire_sends_goaway_and_closes_once_idle() -> None:
+    stream, session, link, _socket = client_stream()
+    session.retire("duplicate")
+    (ftype, payload), *_ = link.frames()
+    assert ftype is FrameType.GOAWAY and GoAway.decode(payload).error == "duplicate"
+    assert not session.ready and link.closed is None
+    stream.abort("done")
+    assert link.closed == (CLOSE_GOING_AWAY, "drained")
+
+
+def test_members_reach_the_program() -> None:
+    session, _link, events = make_session(side=AGENT_SIDE)
+    session.receive(memoryview(Members(("r1", "r2")).encode()), NOW)
+    assert events.log == [("members", ("r1", "r2"))]
+
+
+def test_a_malformed_frame_raises_after_the_frames_before_it() -> None:
+    stream, session, _link, socket = client_stream()
+    message = encode_frame(DATA, stream.sid, b"ok") + b"\x04\x00\x00"
+    with pytest.raises(FrameError):
+        session.receive(memoryview(message), NOW)
+    assert bytes(socket.written) == b"ok"
+
+
+def test_a_bug_in_the_program_costs_one_stream() -> None:
+    stream, session, _link, socket = client_stream()
+
+    class Broken(FakeSocket):
+        def write(self, data: bytes | memoryview) -> None:
+            raise RuntimeError("bug")
+
+    other_socket = Broken()
+    other = session.open(OpenStream(FrameType.CONNECT, "o", "t", 1), other_socket, NOW)
+    assert other is not None
+    answer(session, other, 1000)
+    message = encode_frame(DATA, other.sid, b"x") + encode_frame(DATA, stream.sid, b"fine")
+    session.receive(memoryview(message), NOW)
+    assert other.end is End.ABORTED and other.error == "internal error"
+    assert session.stats.protocol_errors["internal_error"] == 1
+    assert bytes(socket.written) == b"fine" and stream.end is None
