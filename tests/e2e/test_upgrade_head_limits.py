@@ -1,4 +1,4 @@
-"""Oversized request heads at the relay's WebSocket port.
+"""Oversized request heads at the relay's WebSocket port and at its admin port.
 
 Each limit (one line, the number of header fields, the whole head) is answered
 `431 Request Header Fields Too Large` with the limit in the body, then closed,
@@ -16,7 +16,7 @@ from conftest import LISTED, Chain, Target
 from helpers import curl
 from support.procs import CLIENT_TOKEN, metric
 
-from fastrelay.io import httphead
+from fastrelay.io import admin, httphead
 
 SOCKET_TIMEOUT = 30.0  # a bound for a broken relay, never a measurement
 
@@ -193,3 +193,18 @@ def test_head_that_never_completes_is_closed_by_the_handshake_timeout(
         assert sock.recv(65536) == b""  # closed; the socket timeout only bounds a broken relay
     assert sum(limit_hits(chain, kind) for kind in RELAY_CASES) == before
     still_serving(chain, target)
+
+
+ADMIN_CASES = oversized(admin.HEAD_LIMITS)
+
+
+@pytest.mark.parametrize("kind", list(ADMIN_CASES))
+def test_oversized_head_at_the_admin_port_gets_431(chain: Chain, kind: str) -> None:
+    assert chain.relay is not None
+    address = chain.relay.ready["admin"]
+    head, reason = ADMIN_CASES[kind]
+    head = head.replace(b"/v1/client", b"/metrics", 1)
+    answer = exchange(address, head)
+    assert status_line(answer) == b"HTTP/1.1 431 Request Header Fields Too Large", answer[:300]
+    assert body(answer) == reason + b"\n"
+    assert metric(address, "fastrelay_ready") == 1  # still answering
