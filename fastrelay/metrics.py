@@ -71,10 +71,12 @@ DURATION_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 90
 STREAM_RESULTS = (
     "ok", "refused", "denied", "dial_failed", "no_agent", "limited", "timeout", "error",
 )  # fmt: skip
-# The relay's limits, as the `limit` label of fastrelay_limit_hits_total.
+# The relay's limits, as the `limit` label of fastrelay_limit_hits_total. The
+# last three are upgrade heads answered 431 (fastrelay/io/httphead.py).
 LIMITS = (
     "connections", "connections_per_token", "streams_per_connection", "streams_per_agent",
     "opens_per_connection", "opens_per_agent", "connection_buffer",
+    "head_size", "head_line", "head_fields",
 )  # fmt: skip
 
 

@@ -5,7 +5,12 @@ health checks and scrapes never share a socket with tunnel traffic and need
 no thread. Each connection gets READ_TIMEOUT seconds in all (request and
 response; one call_later per connection): a request that has not arrived by
 then gets 408, and a response the peer has not taken is aborted. At most
-MAX_CONNECTIONS are open at once; the excess get 503 and are closed.
+MAX_CONNECTIONS are open at once; the excess get 503 and are closed. A
+request head over MAX_REQUEST_HEAD bytes in all, with a line over
+MAX_REQUEST_LINE bytes or with more than MAX_HEADER_FIELDS header lines gets
+431 with the limit it broke (httphead.py), and the rest of it is read and
+discarded until the peer closes (or the timeout), so the answer is not lost
+to a reset.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from fastrelay.io.httphead import HeadLimits, HeadScanner, Refusal, send_and_linger
 from fastrelay.metrics import render
 
-MAX_REQUEST_HEAD = 8192
+MAX_REQUEST_HEAD = 8192  # bytes, request line, header lines and blank line
+MAX_REQUEST_LINE = 4096  # bytes, any one line of the head
+MAX_HEADER_FIELDS = 100
+HEAD_LIMITS = HeadLimits(head=MAX_REQUEST_HEAD, line=MAX_REQUEST_LINE, fields=MAX_HEADER_FIELDS)
 READ_TIMEOUT = 5.0  # seconds per connection, request and response together
 MAX_CONNECTIONS = 64  # open admin connections; the excess get 503
 log = logging.getLogger("fastrelay.admin")
@@ -75,6 +84,7 @@ class AdminProtocol(asyncio.Protocol):
         self.ready = ready
         self.limits = limits
         self.buffer = bytearray()
+        self.scanner = HeadScanner(HEAD_LIMITS)
         self.transport: asyncio.Transport | None = None
         self.answered = False
         self.counted = False
@@ -111,9 +121,12 @@ class AdminProtocol(asyncio.Protocol):
         if self.answered:
             return
         self.buffer += data
-        if b"\r\n\r\n" not in self.buffer:
-            if len(self.buffer) > MAX_REQUEST_HEAD:
-                self.respond(431, b"request head too large\n")
+        found = self.scanner.scan(self.buffer)
+        if found is None:
+            return
+        if isinstance(found, Refusal):
+            self.buffer = bytearray()
+            self.respond(431, f"{found.reason}\n".encode(), linger=True)
             return
         request_line = bytes(self.buffer.split(b"\r\n", 1)[0])
         parts = request_line.split(b" ")
@@ -145,7 +158,10 @@ class AdminProtocol(asyncio.Protocol):
         body: bytes,
         content_type: str = "text/plain; charset=utf-8",
         extra: bytes = b"",
+        linger: bool = False,
     ) -> None:
+        """Answer and close; with `linger`, half-close instead and read on
+        (data_received discards it) until the peer closes or the timeout."""
         assert self.transport is not None
         self.answered = True
         reason = {
@@ -162,6 +178,9 @@ class AdminProtocol(asyncio.Protocol):
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n"
         ).encode()
+        if linger:
+            send_and_linger(self.transport, head + extra + b"\r\n" + body)
+            return
         self.transport.write(head + extra + b"\r\n" + body)
         self.transport.close()
 

@@ -60,6 +60,7 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
         ping_interval=config.ping_interval,
         max_frame_size=config.max_frame_size,
         reuse_port=config.reuse_port,
+        on_refused=relay.head_refused,
     )
     membership = loop.create_task(relay.membership.run(stop))
     readiness.set("ready")

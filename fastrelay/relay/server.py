@@ -18,6 +18,7 @@ import time
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from fastrelay.accesslog import AccessLog
+from fastrelay.io.httphead import Refusal
 from fastrelay.io.mux import FlushScheduler
 from fastrelay.logs import RateLimitedLog
 from fastrelay.protocol.errors import CLOSE_GOING_AWAY, ProtocolError
@@ -92,6 +93,11 @@ class Relay:
             ),
             Peer(self, role, peer, token),
         )
+
+    def head_refused(self, refusal: Refusal, peer: str) -> None:
+        """An upgrade head over a limit, answered 431 by the listener (wsserver.py)."""
+        self.stats.head_refusals[refusal.kind] += 1
+        self.limit_log.warning(f"refused WebSocket upgrade: {refusal.reason}", peer=peer)
 
     def _token_index(self, role: str, header: str | None) -> int | None:
         """Which configured token the header carries, or None."""

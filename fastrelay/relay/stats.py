@@ -22,6 +22,7 @@ class RelayStats:
 
     def __init__(self) -> None:
         self.auth_failures: Counter[str] = Counter({"client": 0, "agent": 0})
+        self.head_refusals: Counter[str] = Counter()  # upgrade heads answered 431, by limit
         self.open_latency = metrics.Histogram()
         self.stream_duration = metrics.Histogram(metrics.DURATION_BUCKETS)
         self.ping_rtt = {"client": metrics.Histogram(), "agent": metrics.Histogram()}
@@ -101,7 +102,7 @@ class RelayStats:
             metrics.LIMIT_HITS,
             "Opens and connections refused, and connections cut off, by the limit they hit",
             ["limit"],
-            {(k,): counts.limits[k] for k in metrics.LIMITS},
+            {(k,): counts.limits[k] + self.head_refusals[k] for k in metrics.LIMITS},
         )
         yield metrics.counter(
             metrics.OPEN_RETRIES,
