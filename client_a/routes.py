@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from client_a.browser import BrowserConnection, _result_for_status
+from fastrelay.io.reset import reset_when_sent
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import ProxyRequest, ResponseHeadRewriter, render_response
 from fastrelay.protocol.session import End, Stream
@@ -196,7 +197,7 @@ class BrowserSocket:
         self.transport.close()
 
     def abort(self) -> None:
-        self.transport.abort()
+        reset_when_sent(self.transport)
 
     def pause_reading(self) -> None:
         self.transport.pause_reading()
@@ -251,17 +252,20 @@ class DirectPipe:
     def tcp_lost(self, exc: BaseException | None) -> None:
         if self.upstream is not None and not self.upstream.is_closing():
             self.aborted = exc is not None or not (self.eof_up and self.eof_down)
-            self.upstream.abort()
+            if exc is not None:  # the browser aborted: so does the target's socket
+                reset_when_sent(self.upstream)
+            else:
+                self.upstream.abort()
 
     def bad_request(self, status: int, reason: str) -> None:
         """The request body is malformed: the browser gets `status` with the
         reason if nothing of the response reached it yet; else both sides
-        are aborted."""
+        are aborted (the browser's socket with an RST, as on the relay route)."""
         self.aborted = True
         browser = self.browser.transport
         if browser is not None and not browser.is_closing():
             if self.response_started:
-                browser.abort()
+                reset_when_sent(browser)
             else:
                 self.browser.reply(status, reason)
         if self.upstream is not None and not self.upstream.is_closing():
@@ -337,8 +341,8 @@ class DirectUpstream(asyncio.Protocol):
         if browser is not None and not browser.is_closing():
             if exc is None:
                 browser.close()
-            else:
-                browser.abort()
+            else:  # the target reset or failed: the browser gets what came, then an RST
+                reset_when_sent(browser)
 
     def pause_writing(self) -> None:
         browser = self.pipe.browser.transport

@@ -34,6 +34,7 @@ from prometheus_client.core import Metric
 
 from fastrelay import metrics
 from fastrelay.io.mux import FlushScheduler, MuxWriter
+from fastrelay.io.tunnel import abort_socket
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, ProtocolError
 from fastrelay.protocol.flow import CreditPool
@@ -210,6 +211,7 @@ class Carrier:
             window=link.window,
             max_frame_size=link.max_frame_size,
             open_timeout=open_timeout,
+            abort_socket=abort_socket,
         )
         self.streams = self.session.streams
         self.ticker: asyncio.TimerHandle | None = None
@@ -304,6 +306,10 @@ class Carrier:
     def disconnect(self, code: int, reason: str) -> None:
         transport = self.transport
         if transport is not None:
+            if self.writer is not None:
+                # Frames queued this loop iteration (the FIN that ended the last
+                # stream, say) go out before the close, or the peer sees an abort.
+                self.writer.flush()
             transport.send_close(WSCloseCode(code), reason.encode()[:120])
             transport.disconnect()
 

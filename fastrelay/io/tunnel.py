@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 
+from fastrelay.io.reset import reset_when_sent
 from fastrelay.protocol.frames import HEADER_SIZE
 from fastrelay.protocol.session import MAX_CHUNK, Session, Socket, Stream
 
@@ -62,6 +63,16 @@ def attach(stream: Stream, transport: asyncio.Transport, socket: Socket | None =
     the program wraps it (client_a's response-head rewriter)."""
     transport.set_write_buffer_limits(high=TCP_LOW_WATER, low=TCP_LOW_WATER)
     stream.attach(socket if socket is not None else transport)
+
+
+def abort_socket(socket: Socket) -> None:
+    """How a session aborts a stream's socket: a transport gets an RST once
+    the bytes written to it are through (`reset_when_sent`), so the peer sees
+    an abort, not a clean end; a program's wrapper decides for itself."""
+    if isinstance(socket, asyncio.Transport) or hasattr(socket, "get_write_buffer_size"):
+        reset_when_sent(socket)  # type: ignore[arg-type]
+    else:
+        socket.abort()
 
 
 class StreamSocket(asyncio.BufferedProtocol):

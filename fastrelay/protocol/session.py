@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Protocol
 
 from fastrelay.protocol.errors import (
@@ -445,7 +446,7 @@ class Stream:
             if end is End.FINISHED:
                 socket.close()
             else:
-                socket.abort()
+                self.session.abort_socket(socket)
         self.session._forget(self)
 
     # --- pausing the socket's reading ---
@@ -470,6 +471,10 @@ class Stream:
             self._unpause(PAUSED_LINK)
 
 
+def _abort(socket: Socket) -> None:
+    socket.abort()
+
+
 class Session:
     """One relay connection at an endpoint (see the module docstring).
 
@@ -488,8 +493,12 @@ class Session:
         window: int,
         max_frame_size: int,
         open_timeout: float = 0.0,
+        abort_socket: Callable[[Socket], None] | None = None,
     ) -> None:
         self.link = link
+        # How an aborted stream's socket is ended (the adapter resets it once
+        # the bytes already written are through); plain `abort()` by default.
+        self.abort_socket = abort_socket or _abort
         self.write = link.write
         self.write_external = link.write_external
         self.events = events
