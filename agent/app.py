@@ -27,6 +27,7 @@ from fastrelay.io.tunnel import attach
 from fastrelay.lifecycle import announce_ready, format_address, on_sighup
 from fastrelay.protocol.messages import OpenStream, format_authority
 from fastrelay.protocol.session import End, Stream
+from fastrelay.protocol.status import dial_timeout
 
 log = logging.getLogger("fastrelay.agent")
 
@@ -89,15 +90,8 @@ class Agent:
             self._refuse(stream, failure)
             return
         except TimeoutError:
-            self._refuse(
-                stream,
-                DialFailure(
-                    502,
-                    "timeout",
-                    f"no connection to {request.host}:{request.port} "
-                    f"within {self.config.dial_timeout:g} s",
-                ),
-            )
+            timed_out = dial_timeout(request.host, request.port, self.config.dial_timeout)
+            self._refuse(stream, DialFailure(*timed_out))
             return
         if stream.ended:  # aborted (relay timeout, lost carrier) while dialing
             transport.abort()
@@ -115,13 +109,14 @@ class Agent:
             (now - started) * 1000,
         )
 
-    def _refuse(self, stream: Stream, failure: DialFailure) -> None:
+    def _refuse(self, stream: Stream, refusal: DialFailure) -> None:
+        failure = refusal.failure
         self.dials[failure.reason] += 1
         if stream.ended:
             return
         if isinstance(stream.owner, Dial):
             stream.owner.result = failure.reason
-        stream.refuse(failure.status, failure.message, failure.reason)
+        stream.refuse(failure.status, refusal.message, failure.reason)
 
     def collect(self) -> Iterable[Metric]:
         yield metrics.counter(

@@ -13,7 +13,6 @@ a 502, reason ``dns``.
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
 from collections import Counter
 from dataclasses import dataclass
@@ -24,14 +23,23 @@ from agent.policy import EgressPolicy
 from fastrelay.io.tunnel import StreamSocket
 from fastrelay.protocol.hostname import HostnameError, normalize_hostname
 from fastrelay.protocol.session import Stream
+from fastrelay.protocol.status import Failure, dial_failure
 
-DIAL_RESULTS = ("ok", "denied", "refused", "unreachable", "dns", "timeout", "error")
+# The agent's dial results: ok, and the reason word of every dial failure.
+DIAL_FAILURES = (
+    Failure.DENIED,
+    Failure.REFUSED,
+    Failure.UNREACHABLE,
+    Failure.DNS,
+    Failure.DIAL_TIMEOUT,
+    Failure.DIAL_ERROR,
+)
+DIAL_RESULTS = ("ok", *(failure.reason for failure in DIAL_FAILURES))
 
 
 @dataclass(frozen=True)
 class DialFailure(Exception):
-    status: int  # 403 or 502
-    reason: str  # one of DIAL_RESULTS
+    failure: Failure  # one of DIAL_FAILURES: its status answers the open
     message: str
 
 
@@ -40,7 +48,7 @@ async def resolve(host: str, port: int) -> list[str]:
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise DialFailure(502, "dns", f"DNS lookup of {host} failed: {exc.strerror}") from None
+        raise DialFailure(Failure.DNS, f"DNS lookup of {host} failed: {exc.strerror}") from None
     addresses: list[str] = []
     for _family, _type, _proto, _canon, sockaddr in infos:
         if sockaddr[0] not in addresses:
@@ -56,15 +64,15 @@ async def dial(
     try:
         host = normalize_hostname(host)
     except HostnameError as exc:
-        raise DialFailure(502, "dns", str(exc)) from None
+        raise DialFailure(Failure.DNS, str(exc)) from None
     refused = policy.check_name(host, port)
     if refused is not None:
-        raise DialFailure(403, "denied", f"egress policy: {refused.reason}")
+        raise DialFailure(Failure.DENIED, f"egress policy: {refused.reason}")
     addresses = await resolve(host, port)
     allowed = [ip for ip in addresses if policy.check(host, ip, port).allowed]
     if not allowed:
         decision = policy.check(host, addresses[0], port)
-        raise DialFailure(403, "denied", f"egress policy: {decision.reason}")
+        raise DialFailure(Failure.DENIED, f"egress policy: {decision.reason}")
     loop = asyncio.get_running_loop()
     last: DialFailure | None = None
     for ip in allowed:
@@ -81,13 +89,7 @@ async def dial(
             transport.resume_reading()
             transport.pause_reading()
             return transport
-        except ConnectionRefusedError:
-            last = DialFailure(502, "refused", f"connection to {host}:{port} refused")
         except OSError as exc:
-            kind = "unreachable" if exc.errno in _UNREACHABLE else "error"
-            last = DialFailure(502, kind, f"cannot connect to {host}:{port}: {exc.strerror or exc}")
+            last = DialFailure(*dial_failure(exc, host, port))
     assert last is not None
     raise last
-
-
-_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}

@@ -24,12 +24,14 @@ from collections import Counter
 from picows import WSError
 
 from fastrelay.io.carrier import (
+    REJECTED_BACKOFF,
     Backoff,
     Carrier,
     CarrierHandler,
     CarrierStats,
     RelayLink,
     describe_dial_error,
+    dial_rejected,
 )
 from fastrelay.lifecycle import first_of, pause
 from fastrelay.logs import RateLimitedLog
@@ -106,11 +108,20 @@ class AgentMesh:
             except (TimeoutError, OSError, WSError, ConnectionError) as exc:
                 self.dials["error"] += 1
                 self.stats.reconnects += 1  # the next dial is a redial
-                self.dial_log.warning(
-                    "cannot reach relay", url=self.link.url, error=describe_dial_error(exc)
-                )
+                delay = backoff.next_delay()
+                if dial_rejected(exc):
+                    self.dial_log.warning(
+                        "the relay rejected the token: check --token-file or FASTRELAY_TOKEN",
+                        url=self.link.url,
+                        error=describe_dial_error(exc, "the agent"),
+                    )
+                    delay = max(delay, min(self.link.reconnect_max, REJECTED_BACKOFF))
+                else:
+                    self.dial_log.warning(
+                        "cannot reach relay", url=self.link.url, error=describe_dial_error(exc)
+                    )
                 carrier.close()
-                await pause(stop, backoff.next_delay())
+                await pause(stop, delay)
                 continue
             backoff.connected()
             if carrier.lost:  # gone right after HELLO: a flap

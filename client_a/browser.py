@@ -21,13 +21,13 @@ from fastrelay.io.tunnel import filled, read_buffer
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import (
-    REASON_PHRASES,
     ProxyRequest,
     RequestBodyTracker,
     RequestHeadParser,
-    render_response,
+    error_page,
 )
 from fastrelay.protocol.session import Stream
+from fastrelay.protocol.status import Failure
 
 if TYPE_CHECKING:
     from client_a.proxy import Proxy
@@ -43,10 +43,7 @@ class Sink(Protocol):
     def tcp_lost(self, exc: BaseException | None) -> None: ...
     def tcp_paused_writing(self) -> None: ...
     def tcp_resumed_writing(self) -> None: ...
-    def bad_request(self, status: int, reason: str) -> None: ...
-
-
-_PHRASES = {**REASON_PHRASES, 408: "Request Timeout"}
+    def bad_request(self, failure: Failure, reason: str) -> None: ...
 
 
 class ConnectionGate:
@@ -103,7 +100,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
             gate.dropped["max_connections"] += 1
             self.parser = None
             self.reply(
-                503,
+                Failure.CLIENT_BUSY,
                 f"client_a is at its limit of {gate.max_connections} browser connections "
                 "(--max-connections); try again later",
             )
@@ -119,7 +116,10 @@ class BrowserConnection(asyncio.BufferedProtocol):
         self.parser = None
         self.gate.dropped["header_timeout"] += 1
         limit = self.gate.header_timeout
-        self.reply(408, f"no complete request head within {limit:g} s (--header-timeout)")
+        self.reply(
+            Failure.HEADER_TIMEOUT,
+            f"no complete request head within {limit:g} s (--header-timeout)",
+        )
 
     def get_buffer(self, sizehint: int) -> memoryview:
         tunnel = self.tunnel
@@ -148,8 +148,8 @@ class BrowserConnection(asyncio.BufferedProtocol):
         try:
             request = self.parser.feed(data)
         except HttpError as exc:
-            self.proxy.count(None, _result_for_status(exc.status))
-            self.reply(exc.status, exc.reason)
+            self.proxy.count(None, exc.failure.result)
+            self.reply(exc.failure, exc.reason)
             return
         if request is None:
             return
@@ -185,9 +185,9 @@ class BrowserConnection(asyncio.BufferedProtocol):
                 used = tracker.feed(data)
             except HttpError as exc:  # a malformed body (an overflowing chunk size, say)
                 tracker.complete = True  # nothing more reaches the target
-                self.proxy.count(None, _result_for_status(exc.status))
+                self.proxy.count(None, exc.failure.result)
                 if self.sink is not None:
-                    self.sink.bad_request(exc.status, exc.reason)
+                    self.sink.bad_request(exc.failure, exc.reason)
                 return
             if used < len(data):
                 data = data[:used]
@@ -225,22 +225,11 @@ class BrowserConnection(asyncio.BufferedProtocol):
         peer = None if transport is None else transport.get_extra_info("peername")
         return format_address(peer) if peer else "unknown"
 
-    def reply(self, status: int, reason: str) -> None:
-        """Answer the browser ourselves and end the connection."""
+    def reply(self, failure: Failure, detail: str) -> None:
+        """Answer the browser ourselves (the failure's status, the detail and
+        its reason word) and end the connection."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        phrase = _PHRASES.get(status, "Error")
-        transport.write(render_response(status, phrase, reason + "\n"))
+        transport.write(error_page(failure, detail))
         transport.close()
-
-
-def _result_for_status(status: int) -> str:
-    return {
-        400: "bad_request",
-        431: "bad_request",
-        403: "denied",
-        502: "dial_failed",
-        503: "no_agent",
-        504: "timeout",
-    }.get(status, "error")

@@ -24,6 +24,12 @@ OPTIONS = [
     Option("admin", host_port, ("127.0.0.1", 9103), "admin address for /healthz /readyz /metrics"),
     Option("open_timeout", positive_float, 15.0, "seconds to wait for a tunnel to open"),
     Option("dial_timeout", positive_float, 10.0, "seconds to connect a direct target"),
+    Option(
+        "response_timeout",
+        positive_float,
+        60.0,
+        "seconds a plain-HTTP request waits for the response head (else 504)",
+    ),
     Option("max_header_bytes", size_bytes, 64 * 1024, "largest request head accepted (431)"),
     Option(
         "header_timeout",
@@ -53,6 +59,7 @@ class ClientConfig:
     token: str
     open_timeout: float
     dial_timeout: float
+    response_timeout: float
     window: int
     max_header_bytes: int
     header_timeout: float

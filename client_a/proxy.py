@@ -30,10 +30,13 @@ from fastrelay.protocol.hostname import HostnameError, canonical_ipv4, normalize
 from fastrelay.protocol.http import ProxyRequest
 from fastrelay.protocol.messages import OpenStream, format_authority, new_session_id
 from fastrelay.protocol.session import End, Stream
+from fastrelay.protocol.status import Failure, dial_failure, dial_timeout
 
 log = logging.getLogger("fastrelay.client")
 
 _PRIVATE_HEADERS = frozenset({"proxy-authorization", "proxy-authenticate"})
+# With the last dial of the relay failed, how long a request waits for a redial.
+NOT_CONNECTED_WAIT = 1.0
 
 
 class Proxy:
@@ -101,11 +104,10 @@ class Proxy:
             return
         if pool is not None and pool.ready and all(c.full for c in pool.ready):
             limit = pool.ready[0].credit.max_streams
-            self.count("relay", "no_agent")
-            self.log_access(browser, "relay", "limited")
-            browser.reply(
-                503,
-                f"every relay connection carries its limit of {limit} streams (stream_limit)",
+            self._relay_failed(
+                browser,
+                Failure.STREAM_LIMIT,
+                f"every relay connection carries its limit of {limit} streams",
             )
             return
         task = asyncio.get_running_loop().create_task(
@@ -121,13 +123,21 @@ class Proxy:
         avoid = retry_of.carrier if retry_of is not None else None
         carrier = None
         if pool is not None:
-            carrier = await pool.wait_pick(self.config.open_timeout, avoid)
+            # While the relay cannot be reached (or refuses the token) a request
+            # waits only briefly for a redial, then hears why.
+            carrier = await pool.wait_pick(self.config.open_timeout, avoid, NOT_CONNECTED_WAIT)
         if browser.closed:
             return
         if carrier is None or not self._open_on(carrier, browser, request, retry_of):
-            self.count("relay", "no_agent")
-            self.log_access(browser, "relay", "no_agent")
-            browser.reply(503, "client_a is not connected to the relay")
+            detail = "client_a is not connected to the relay"
+            if pool is not None and pool.last_failure is not None:
+                detail = f"{detail}: {pool.last_failure}"
+            self._relay_failed(browser, Failure.NOT_CONNECTED, detail)
+
+    def _relay_failed(self, browser: BrowserConnection, failure: Failure, detail: str) -> None:
+        self.count("relay", failure.result)
+        self.log_access(browser, "relay", failure.result)
+        browser.reply(failure, detail)
 
     def _open_on(
         self,
@@ -193,7 +203,7 @@ class Proxy:
         try:
             normalize_hostname(request.host)  # the resolver's IDNA codec would raise, uncaught
         except HostnameError as exc:
-            self._direct_failed(browser, 502, str(exc))
+            self._direct_failed(browser, Failure.DNS, str(exc))
             return
         pipe = DirectPipe(self, browser, request)
         try:
@@ -205,26 +215,19 @@ class Proxy:
             )
         except TimeoutError:
             self._direct_failed(
-                browser,
-                504,
-                f"no connection to {request.host}:{request.port} "
-                f"within {self.config.dial_timeout:g} s",
+                browser, *dial_timeout(request.host, request.port, self.config.dial_timeout)
             )
             return
         except socket.gaierror as exc:
             self._direct_failed(
-                browser, 502, f"DNS lookup of {request.host} failed: {exc.strerror}"
+                browser, Failure.DNS, f"DNS lookup of {request.host} failed: {exc.strerror}"
             )
             return
         except UnicodeError as exc:  # a name the resolver's IDNA 2003 codec refuses
-            self._direct_failed(browser, 502, f"invalid host {request.host!r}: {exc}")
+            self._direct_failed(browser, Failure.DNS, f"invalid host {request.host!r}: {exc}")
             return
         except OSError as exc:
-            self._direct_failed(
-                browser,
-                502,
-                f"cannot connect to {request.host}:{request.port}: {exc.strerror or exc}",
-            )
+            self._direct_failed(browser, *dial_failure(exc, request.host, request.port))
             return
         if browser.closed or browser.transport is None:
             transport.close()
@@ -240,8 +243,7 @@ class Proxy:
         if not browser.transport.is_closing():
             browser.transport.resume_reading()
 
-    def _direct_failed(self, browser: BrowserConnection, status: int, reason: str) -> None:
-        result = "timeout" if status == 504 else "dial_failed"
-        self.count("direct", result)
-        self.log_access(browser, "direct", result)
-        browser.reply(status, reason)
+    def _direct_failed(self, browser: BrowserConnection, failure: Failure, detail: str) -> None:
+        self.count("direct", failure.result)
+        self.log_access(browser, "direct", failure.result)
+        browser.reply(failure, detail)

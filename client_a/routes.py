@@ -12,21 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from client_a.browser import BrowserConnection, _result_for_status
+from client_a.browser import BrowserConnection
 from fastrelay.io.reset import reset_when_sent
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import ProxyRequest, ResponseHeadRewriter, render_response
 from fastrelay.protocol.session import End, Stream
+from fastrelay.protocol.status import CONNECTION_ESTABLISHED, Failure, failure_of
 
 if TYPE_CHECKING:
     from client_a.proxy import Proxy
     from fastrelay.io.carrier import Carrier
 
-ESTABLISHED = render_response(200, "Connection Established")
-# CONNECT_RESPONSE 503 reasons that another relay (or carrier) may not share.
-RETRYABLE = frozenset({"no_agent", "draining", "open_limit"})
+ESTABLISHED = render_response(200, CONNECTION_ESTABLISHED)
+# Refusals that another relay (or carrier) may not share: retried once.
+RETRYABLE = frozenset({Failure.NO_AGENT, Failure.DRAINING, Failure.OPEN_LIMIT})
+
+
+def response_timer(proxy: Proxy, expired: Callable[[], None]) -> asyncio.TimerHandle | None:
+    """The response-head timer of a plain-HTTP request (--response-timeout; 0: none)."""
+    timeout = proxy.config.response_timeout
+    if timeout <= 0:
+        return None
+    return asyncio.get_running_loop().call_later(timeout, expired)
 
 
 class RelayRoute:
@@ -48,8 +58,9 @@ class RelayRoute:
         self.request = request
         self.retried = retried  # this is the one retry after a retryable failure
         self.stream: Stream | None = None
-        self.result = ""  # why the open failed, for the access log
+        self.result = ""  # why it failed, for the access log
         self.response_started = False  # some of the response reached the browser
+        self.response_timer: asyncio.TimerHandle | None = None
 
     def opened(self, stream: Stream) -> None:
         """The agent answered 200."""
@@ -61,6 +72,7 @@ class RelayRoute:
             browser.transport.write(ESTABLISHED)
         else:
             stream.send(self.request.head)
+            self.response_timer = response_timer(self.proxy, self.response_timed_out)
         self.proxy.count("relay", "ok")
         self.proxy.stats.connect_latency["relay"].observe(time.monotonic() - browser.received_at)
         browser.start(self, stream)
@@ -68,28 +80,29 @@ class RelayRoute:
     def ended(self, stream: Stream) -> None:
         """The stream left its session. Before the open succeeded the browser's
         socket is still ours: answer it, or retry once on another relay."""
+        self.head_arrived()
         if stream.opened or self.browser.closed:
             return
         end = stream.end
         if end is End.REFUSED:
             response = stream.response
             assert response is not None
-            if response.status_code == 503 and response.reason in RETRYABLE and not self.retried:
+            failure = failure_of(response.status_code, response.reason)
+            if failure in RETRYABLE and not self.retried:
                 self.retry_elsewhere()
                 return
-            reason = response.error or "refused by the relay"
-            if response.reason:  # machine-readable too: stream_limit, agent_busy, ...
-                reason = f"{reason} ({response.reason})"
-            self.fail_open(response.status_code, reason)
+            self.fail_open(failure, response.error or "refused by the relay")
         elif end is End.EXPIRED:
             timeout = self.proxy.config.open_timeout
-            self.fail_open(504, f"no answer from the relay within {timeout:g} s")
+            self.fail_open(Failure.OPEN_TIMEOUT, f"no answer from the relay within {timeout:g} s")
         elif end is End.LOST and not self.retried:
             # Nothing reaches the target before the 200, so an open whose relay
             # connection died (a relay killed mid-open) is safe to retry.
             self.retry_elsewhere()
+        elif end is End.LOST:
+            self.fail_open(Failure.RELAY_LOST, "the connection to the relay was lost")
         else:
-            self.fail_open(502, stream.error or "the relay connection was lost")
+            self.fail_open(Failure.TUNNEL_ERROR, stream.error or "the open was aborted")
 
     def retry_elsewhere(self) -> None:
         """A relay without an agent (still joining), a draining one or a lost
@@ -98,36 +111,43 @@ class RelayRoute:
         self.proxy.stats.retries += 1
         self.proxy.open_relay(self.browser, self.request, retry_of=self)
 
-    def fail_open(self, status: int, reason: str) -> None:
-        self.result = _result_for_status(status)
-        self.proxy.count("relay", self.result)
-        self.browser.reply(status, reason)
+    def fail_open(self, failure: Failure, detail: str) -> None:
+        self.result = failure.result
+        self.proxy.count("relay", failure.result)
+        self.browser.reply(failure, detail)
 
-    def bad_request(self, status: int, reason: str) -> None:
-        """The request body is malformed: the browser gets `status` with the
-        reason if nothing of the response reached it yet; else the stream and
-        the browser's connection are aborted."""
+    def fail(self, failure: Failure, detail: str) -> None:
+        """The open succeeded but the exchange failed: the browser gets
+        `failure` if nothing of the response reached it yet; else the stream
+        and the browser's connection are aborted."""
         stream = self.stream
         if stream is None or stream.ended:
             return
-        self.result = _result_for_status(status)
-        if self.response_started:
-            stream.abort(reason)
-            return
-        stream.detach()  # the browser gets the answer, not an abort
-        stream.abort(reason)
-        self.browser.reply(status, reason)
+        self.result = failure.result
+        if not self.response_started:
+            stream.detach()  # the browser gets the answer, not an abort
+        stream.abort(detail)
+        if not self.response_started:
+            self.browser.reply(failure, detail)
 
-    def bad_response(self, exc: HttpError) -> None:
-        """The response head is malformed. Nothing of the response reached the
-        browser yet: it gets the 502 with the reason, as on the direct route."""
-        stream = self.stream
-        if stream is None or stream.ended:
-            return
-        self.result = _result_for_status(exc.status)
-        stream.detach()
-        stream.abort(exc.reason)
-        self.browser.reply(exc.status, exc.reason)
+    def bad_request(self, failure: Failure, reason: str) -> None:
+        """The request body is malformed."""
+        self.fail(failure, reason)
+
+    def head_arrived(self) -> None:
+        if self.response_timer is not None:
+            self.response_timer.cancel()
+            self.response_timer = None
+
+    def response_timed_out(self) -> None:
+        self.response_timer = None
+        if not self.response_started:
+            timeout = self.proxy.config.response_timeout
+            self.fail(
+                Failure.RESPONSE_TIMEOUT,
+                f"no response head from {self.request.host} within {timeout:g} s "
+                "(--response-timeout)",
+            )
 
     # --- the browser connection's sink ---
 
@@ -173,10 +193,11 @@ class BrowserSocket:
             try:
                 data = rewriter.feed(bytes(data))
             except HttpError as exc:
-                route.bad_response(exc)
+                route.fail(exc.failure, exc.reason)
                 return
             if not data:
                 return  # the head is not complete yet
+            route.head_arrived()
         if stream is not None and not route.response_started:
             route.proxy.stats.first_byte["relay"].observe(time.monotonic() - stream.opened_at)
         route.response_started = True
@@ -220,20 +241,40 @@ class DirectPipe:
         self.opened_at = 0.0
         self.bytes_up = self.bytes_down = 0
         self.aborted = False
+        self.result = ""  # why it failed, for the access log
         self.response_started = False  # some of the response reached the browser
+        self.response_timer: asyncio.TimerHandle | None = None
 
     def opened(self) -> None:
         self.opened_at = time.monotonic()
         self.stats.direct_open += 1
         self.stats.connect_latency["direct"].observe(self.opened_at - self.browser.received_at)
+        if not self.request.is_connect:
+            self.response_timer = response_timer(self.proxy, self.response_timed_out)
 
     def ended(self, exc: BaseException | None) -> None:
         """The target socket closed: the pipe is over (every end closes it)."""
+        self.head_arrived()
         stats = self.stats
         stats.direct_open -= 1
         stats.direct_duration.observe(time.monotonic() - self.opened_at)
-        result = "aborted" if exc is not None or self.aborted else "ok"
+        result = self.result or ("aborted" if exc is not None or self.aborted else "ok")
         self.proxy.log_access(self.browser, "direct", result, "-", self.bytes_up, self.bytes_down)
+
+    def head_arrived(self) -> None:
+        if self.response_timer is not None:
+            self.response_timer.cancel()
+            self.response_timer = None
+
+    def response_timed_out(self) -> None:
+        self.response_timer = None
+        if not self.response_started:
+            timeout = self.proxy.config.response_timeout
+            self.fail(
+                Failure.RESPONSE_TIMEOUT,
+                f"no response head from {self.request.host} within {timeout:g} s "
+                "(--response-timeout)",
+            )
 
     # browser -> target (the Sink interface)
     def tcp_data(self, data: bytes) -> None:
@@ -257,17 +298,22 @@ class DirectPipe:
             else:
                 self.upstream.abort()
 
-    def bad_request(self, status: int, reason: str) -> None:
-        """The request body is malformed: the browser gets `status` with the
-        reason if nothing of the response reached it yet; else both sides
-        are aborted (the browser's socket with an RST, as on the relay route)."""
+    def bad_request(self, failure: Failure, reason: str) -> None:
+        """The request body is malformed."""
+        self.fail(failure, reason)
+
+    def fail(self, failure: Failure, detail: str) -> None:
+        """The browser gets `failure` if nothing of the response reached it
+        yet; else both sides are aborted (the browser's socket with an RST,
+        as on the relay route)."""
         self.aborted = True
+        self.result = failure.result
         browser = self.browser.transport
         if browser is not None and not browser.is_closing():
             if self.response_started:
                 reset_when_sent(browser)
             else:
-                self.browser.reply(status, reason)
+                self.browser.reply(failure, detail)
         if self.upstream is not None and not self.upstream.is_closing():
             self.upstream.abort()
 
@@ -295,13 +341,13 @@ class DirectPipe:
             try:
                 data = self.rewriter.feed(data)
             except HttpError as exc:
-                self.browser.reply(exc.status, exc.reason)
-                self._close_all()
+                self.fail(exc.failure, exc.reason)
                 return
             if data and self.rewriter.done:
                 self.rewriter = None
         if data:
             self.response_started = True
+            self.head_arrived()
         browser.write(data)
 
     def upstream_eof(self) -> None:

@@ -10,9 +10,9 @@ from prometheus_client.core import Metric
 from fastrelay import metrics
 from fastrelay.io.carrier import CarrierStats, carrier_metrics, carrier_stream_bytes
 from fastrelay.io.pool import CarrierPool
+from fastrelay.protocol.status import RESULTS
 
 ROUTES = ("relay", "direct")
-RESULTS = ("ok", "denied", "dial_failed", "no_agent", "timeout", "bad_request", "error")
 
 
 class ClientStats:

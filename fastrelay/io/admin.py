@@ -24,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from fastrelay.io.httphead import HeadLimits, HeadScanner, Refusal, send_and_linger
 from fastrelay.metrics import render
+from fastrelay.protocol.status import phrase
 
 MAX_REQUEST_HEAD = 8192  # bytes, request line, header lines and blank line
 MAX_REQUEST_LINE = 4096  # bytes, any one line of the head
@@ -164,18 +165,8 @@ class AdminProtocol(asyncio.Protocol):
         (data_received discards it) until the peer closes or the timeout."""
         assert self.transport is not None
         self.answered = True
-        reason = {
-            200: "OK",
-            400: "Bad Request",
-            404: "Not Found",
-            405: "Method Not Allowed",
-            408: "Request Timeout",
-            431: "Request Header Fields Too Large",
-            500: "Internal Server Error",
-            503: "Service Unavailable",
-        }[status]
         head = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"HTTP/1.1 {status} {phrase(status)}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n"
         ).encode()
         if linger:

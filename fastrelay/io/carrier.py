@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import ssl
 import time
@@ -448,14 +449,29 @@ class CarrierListener(WSListener):
         self.session.set_paused(False)
 
 
-def describe_dial_error(exc: BaseException) -> str:
+REJECTED_BACKOFF = 5.0  # a rejected token is redialled no sooner than this (cap allowing)
+
+
+def dial_rejected(exc: BaseException) -> bool:
+    """The relay answered the upgrade with 401 or 403: the token is wrong, and
+    redialling soon will not fix it."""
+    response = getattr(exc, "response", None)
+    return getattr(response, "status", None) in (401, 403)
+
+
+def describe_dial_error(exc: BaseException, role: str = "this program") -> str:
+    """Why a dial of the relay failed, for the log and for the browser's 503."""
     response = getattr(exc, "response", None)
     if response is not None and getattr(response, "status", None) is not None:
         status = int(response.status)
-        if status == 401:
-            return "the relay rejected the token (HTTP 401)"
+        if status in (401, 403):
+            return f"the relay rejected {role}'s token (HTTP {status})"
         return f"the relay answered HTTP {status}"
-    return str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno:
+        return f"relay unreachable: {os.strerror(exc.errno).lower()}"
+    if isinstance(exc, TimeoutError):
+        return "relay unreachable: no answer to the WebSocket upgrade in time"
+    return f"relay unreachable: {exc or type(exc).__name__}"
 
 
 def carrier_metrics(stats: CarrierStats, role: str, carriers: list[Carrier]) -> Iterable[Metric]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from fastrelay.protocol.status import phrase
+
 # The relay's WebSocket upgrade. picows itself drops (no answer) a head of
 # 16 KiB or more without its blank line and one with more than 128 headers,
 # so these stay at or under those.
@@ -93,7 +95,7 @@ class HeadScanner:
         return Refusal(HEAD_SIZE, f"request head over {self.limits.head} bytes")
 
 
-STATUS_431 = "431 Request Header Fields Too Large"
+STATUS_431 = f"431 {phrase(431)}"
 
 
 def response(status: str, body: bytes, extra: bytes = b"") -> bytes:

@@ -19,12 +19,14 @@ import logging
 from picows import WSError
 
 from fastrelay.io.carrier import (
+    REJECTED_BACKOFF,
     Backoff,
     Carrier,
     CarrierHandler,
     CarrierStats,
     RelayLink,
     describe_dial_error,
+    dial_rejected,
 )
 from fastrelay.lifecycle import first_of, pause
 from fastrelay.logs import RateLimitedLog
@@ -53,6 +55,10 @@ class CarrierPool:
         self.dials = {"ok": 0, "error": 0}
         self.changed = asyncio.Event()  # a carrier became ready, was lost or got GOAWAY
         self.dial_log = RateLimitedLog(log, period=10.0, burst=3)
+        # Why the last dial of the relay failed; None once one succeeds. With
+        # it set and no carrier ready, a request is answered within
+        # NOT_CONNECTED_WAIT rather than after the whole open timeout.
+        self.last_failure: str | None = None
 
     # --- choosing ---
 
@@ -82,12 +88,20 @@ class CarrierPool:
         least = min(instances, key=lambda i: sum(len(c.streams) for c in by_instance[i]))
         return min(_rotated(by_instance[least], self.turn), key=lambda c: len(c.streams))
 
-    async def wait_pick(self, timeout: float, avoid: Carrier | None = None) -> Carrier | None:
+    async def wait_pick(
+        self, timeout: float, avoid: Carrier | None = None, failing_wait: float | None = None
+    ) -> Carrier | None:
         """pick(), waiting up to `timeout` for a carrier (after a restart or a
-        GOAWAY a replacement is usually moments away)."""
+        GOAWAY a replacement is usually moments away). With `failing_wait`,
+        once a dial of the relay has failed (`last_failure`), wait at most
+        that much longer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        shortened = False
         while (carrier := self.pick(avoid)) is None:
+            if failing_wait is not None and not shortened and self.last_failure is not None:
+                shortened = True
+                deadline = min(deadline, loop.time() + failing_wait)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
@@ -121,12 +135,24 @@ class CarrierPool:
                 await carrier.open()
             except (TimeoutError, OSError, WSError, ConnectionError) as exc:
                 self.dials["error"] += 1
-                self.dial_log.warning(
-                    "cannot reach relay", url=self.link.url, error=describe_dial_error(exc)
-                )
+                self.last_failure = describe_dial_error(exc, "client_a")
+                delay = backoff.next_delay()
+                if dial_rejected(exc):
+                    self.dial_log.warning(
+                        "the relay rejected the token: check --token-file or FASTRELAY_TOKEN",
+                        url=self.link.url,
+                        error=self.last_failure,
+                    )
+                    delay = max(delay, min(self.link.reconnect_max, REJECTED_BACKOFF))
+                else:
+                    self.dial_log.warning(
+                        "cannot reach relay", url=self.link.url, error=self.last_failure
+                    )
                 carrier.close()
-                await pause(stop, backoff.next_delay())
+                self.changed.set()  # requests waiting for a carrier hear why there is none
+                await pause(stop, delay)
                 continue
+            self.last_failure = None
             hello_at = loop.time()
             backoff.connected()
             self.dials["ok"] += 1

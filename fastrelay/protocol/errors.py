@@ -7,6 +7,8 @@ errors carry the status that client_a answers the browser with.
 
 from __future__ import annotations
 
+from fastrelay.protocol.status import Failure
+
 # RFC 6455 close codes used by fastrelay.
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -73,9 +75,23 @@ class FlowControlError(StreamError):
 
 
 class HttpError(Exception):
-    """A browser request client_a must refuse, with the status to answer."""
+    """A request (400, 431) or response head (502) client_a must refuse, with
+    the status to answer."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+
+    @property
+    def failure(self) -> Failure:
+        """Its row in the failure table (fastrelay/protocol/status.py)."""
+        return _HTTP_FAILURES.get(self.status, Failure.BAD_REQUEST)
+
+
+_HTTP_FAILURES = {
+    400: Failure.BAD_REQUEST,
+    431: Failure.HEAD_TOO_LARGE,
+    502: Failure.BAD_RESPONSE,
+    504: Failure.RESPONSE_TIMEOUT,
+}

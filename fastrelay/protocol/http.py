@@ -16,12 +16,10 @@ from dataclasses import dataclass
 import httptools
 
 from fastrelay.protocol.errors import HttpError
-from fastrelay.protocol.messages import STATUS_TEXT, format_authority, split_authority
+from fastrelay.protocol.messages import format_authority, split_authority
+from fastrelay.protocol.status import Failure, phrase
 
 MAX_HEADER_BYTES = 64 * 1024
-
-# Status lines client_a writes itself; 200 is the plain phrase here.
-REASON_PHRASES = {**STATUS_TEXT, 200: "OK"}
 
 _RESPONSE_HOP_BY_HOP = frozenset({"connection", "proxy-connection", "keep-alive"})
 _REQUEST_HOP_BY_HOP = _RESPONSE_HOP_BY_HOP | {"proxy-authorization", "te", "trailer", "upgrade"}
@@ -417,7 +415,7 @@ def render_response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + payload
 
 
-def error_response(error: HttpError) -> bytes:
-    """The reply for an HttpError: the standard phrase, the precise reason as body."""
-    phrase = REASON_PHRASES.get(error.status, "Error")
-    return render_response(error.status, phrase, error.reason)
+def error_page(failure: Failure, detail: str) -> bytes:
+    """client_a's answer for a failure: the status and its standard phrase,
+    and as the body the precise detail and the failure's reason word."""
+    return render_response(failure.status, phrase(failure.status), failure.body(detail))

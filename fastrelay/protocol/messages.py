@@ -18,20 +18,16 @@ import orjson
 
 from fastrelay.protocol.errors import ControlMessageError
 from fastrelay.protocol.frames import FrameType, encode_frame
+from fastrelay.protocol.status import CONNECTION_ESTABLISHED, phrase
 
 PROTOCOL_VERSION = 1
 DEFAULT_WINDOW = 1024 * 1024
 MAX_MEMBERS = 1024  # relay instances in one MEMBERS frame
 
-STATUS_TEXT = {
-    200: "Connection Established",
-    400: "Bad Request",
-    403: "Forbidden",
-    431: "Request Header Fields Too Large",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
+
+def status_description(status: int) -> str:
+    """CONNECT_RESPONSE's statusDescription: the seed's phrase for 200, else the standard one."""
+    return CONNECTION_ESTABLISHED if status == 200 else phrase(status)
 
 
 def new_session_id() -> str:
@@ -134,7 +130,7 @@ class ConnectResponse:
             "type": "CONNECT_RESPONSE",
             "sessionId": self.session_id,
             "statusCode": self.status_code,
-            "statusDescription": STATUS_TEXT.get(self.status_code, "Error"),
+            "statusDescription": status_description(self.status_code),
         }
         if self.error is not None:
             body["error"] = self.error

@@ -69,6 +69,7 @@ from fastrelay.protocol.messages import (
     format_authority,
 )
 from fastrelay.protocol.state import ACCEPTS_DATA_DOWN, ACCEPTS_DATA_UP, Event, State, next_state
+from fastrelay.protocol.status import Failure, failure_of
 
 # Stream ids are u32. Each client_a connection owns a range of 2**16 of them,
 # so ids are unique relay-wide and frames cross the relay without rewriting.
@@ -88,14 +89,6 @@ _GOAWAY = int(FrameType.GOAWAY)
 _MEMBERS = int(FrameType.MEMBERS)
 _OPENING = frozenset({State.REQUEST, State.CONNECT_REQUEST})
 _unpack = HEADER.unpack_from
-
-# Why an open was refused before it reached an agent: (status, CONNECT_RESPONSE
-# reason, the stream result counted and logged).
-NO_AGENT = (503, "no_agent", "no_agent")
-DRAINING = (503, "draining", "no_agent")
-STREAM_LIMIT = (503, "stream_limit", "limited")
-OPEN_LIMIT = (503, "open_limit", "limited")
-AGENT_BUSY = (503, "agent_busy", "limited")
 
 
 @dataclass(frozen=True)
@@ -615,20 +608,20 @@ class Switch:
         if sid in src.sends:
             raise ProtocolError(f"stream id {sid} is already open")
         limits = self.limits
-        refusal: tuple[int, str, str] | None = None
+        refusal: Failure | None = None
         why = ""
         agent = None
         if self.draining:
-            refusal, why = DRAINING, "relay is shutting down"
+            refusal, why = Failure.DRAINING, "relay is shutting down"
         elif len(src.sends) >= limits.streams_per_connection:
             self.stats.limits["streams_per_connection"] += 1
-            refusal = STREAM_LIMIT
+            refusal = Failure.STREAM_LIMIT
             why = (
                 f"too many streams on this relay connection (limit {limits.streams_per_connection})"
             )
         elif len(src.opening) >= limits.opens_per_connection:
             self.stats.limits["opens_per_connection"] += 1
-            refusal = OPEN_LIMIT
+            refusal = Failure.OPEN_LIMIT
             why = (
                 f"too many opens in flight on this relay connection "
                 f"(limit {limits.opens_per_connection})"
@@ -638,20 +631,23 @@ class Switch:
             if agent is None:
                 serving = [a for a in self.agents if not a.draining]
                 if not serving:
-                    refusal, why = NO_AGENT, "no agent connected"
+                    refusal, why = Failure.NO_AGENT, "no agent connected"
                 else:
-                    refusal, why = AGENT_BUSY, "every agent is busy or not answering"
+                    refusal, why = Failure.AGENT_BUSY, "every agent is busy or not answering"
                     if all(len(a.sends) >= limits.streams_per_agent for a in serving):
                         self.stats.limits["streams_per_agent"] += 1
                     elif all(len(a.opening) >= limits.opens_per_agent for a in serving):
                         self.stats.limits["opens_per_agent"] += 1
         if refusal is not None or agent is None:
-            status, reason, result = refusal or NO_AGENT
+            failure = refusal or Failure.NO_AGENT
             self._send(
-                src, ConnectResponse(request.session_id, status, why, reason=reason).encode(sid)
+                src,
+                ConnectResponse(
+                    request.session_id, failure.status, why, reason=failure.reason
+                ).encode(sid),
             )
-            self.stats.results[result] += 1
-            self.observer.open_refused(src, request, result)
+            self.stats.results[failure.result] += 1
+            self.observer.open_refused(src, request, failure.result)
             return
         stream = Stream(sid, request, src, agent, bytes(raw), now)
         src.sends[sid] = stream.up
@@ -730,7 +726,7 @@ class Switch:
             self.stats.results["ok"] += 1
             self._answered(stream)
         else:
-            self._end(stream, None, now, _result_of(response))
+            self._end(stream, None, now, failure_of(response.status_code, response.reason).result)
 
     def _answered(self, stream: Stream) -> None:
         self.opening.pop(stream, None)
@@ -811,7 +807,10 @@ class Switch:
         self._send(
             stream.client,
             ConnectResponse(
-                stream.session_id, 504, f"no answer from the agent within {timeout:g} s"
+                stream.session_id,
+                Failure.OPEN_TIMEOUT.status,
+                f"no answer from the agent within {timeout:g} s",
+                reason=Failure.OPEN_TIMEOUT.reason,
             ).encode(stream.sid),
         )
         self._send(
@@ -839,16 +838,3 @@ def _sync(half: Half, carries: bool) -> None:
         half.room = -1
     elif half.room < 0:
         half.room, half.held = half.held, 0
-
-
-def _result_of(response: ConnectResponse) -> str:
-    """The stream result an agent's failed CONNECT_RESPONSE counts as."""
-    if response.status_code == 403:
-        return "denied"
-    if response.status_code == 504:
-        return "timeout"
-    if response.status_code == 502 and response.reason == "refused":
-        return "refused"
-    if response.status_code == 502:
-        return "dial_failed"
-    return "error"

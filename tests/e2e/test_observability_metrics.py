@@ -25,6 +25,7 @@ from support.procs import (
 )
 
 from fastrelay import __version__
+from fastrelay.protocol.status import RESULTS
 
 PING = ("--ping-interval", "0.3")
 FORBIDDEN_LABELS = {"host", "ip", "token", "session", "session_id", "target", "address", "peer"}
@@ -281,11 +282,14 @@ def test_spec_label_values_are_preinitialised(pinged: Chain) -> None:
         "opens_per_connection",
         "opens_per_agent",
         "connection_buffer",
+        "head_size",  # upgrade heads answered 431
+        "head_line",
+        "head_fields",
     }
     assert labels(admins["relay"], "fastrelay_limit_hits_total", "limit") == limits
     dials = {"ok", "denied", "refused", "unreachable", "dns", "timeout", "error"}
     assert labels(admins["agent"], "fastrelay_agent_dials_total", "result") == dials
-    client = {"ok", "denied", "dial_failed", "no_agent", "timeout", "bad_request", "error"}
+    client = set(RESULTS)  # every result of the failure table, from the start
     assert labels(admins["client"], "fastrelay_client_requests_total", "result") == client
     assert labels(admins["client"], "fastrelay_client_requests_total", "route") == {
         "relay",

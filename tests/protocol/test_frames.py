@@ -28,7 +28,6 @@ from fastrelay.protocol.frames import (
 from fastrelay.protocol.messages import (
     DEFAULT_WINDOW,
     PROTOCOL_VERSION,
-    STATUS_TEXT,
     ConnectResponse,
     GoAway,
     Hello,
@@ -39,6 +38,7 @@ from fastrelay.protocol.messages import (
     split_authority,
     split_url,
 )
+from fastrelay.protocol.status import PHRASES
 
 U32 = 2**32 - 1
 MAX_WINDOW = 2**31 - 1
@@ -282,7 +282,9 @@ def test_connect_response_round_trip(
 ) -> None:
     message = ConnectResponse(sid, status, error, window)
     body = orjson.loads(only_frame(message.encode(stream_id)))
-    assert body["statusDescription"] == STATUS_TEXT.get(status, "Error")
+    assert body["statusDescription"] == (
+        "Connection Established" if status == 200 else PHRASES.get(status, "Error")
+    )
     assert ("window" in body) is message.ok
     decoded = ConnectResponse.decode(only_frame(message.encode(stream_id)))
     # A failure carries no window; the receiver sees the default.

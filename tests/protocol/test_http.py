@@ -10,9 +10,10 @@ from fastrelay.protocol.http import (
     RequestBodyTracker,
     RequestHeadParser,
     ResponseHeadRewriter,
-    error_response,
+    error_page,
     render_response,
 )
+from fastrelay.protocol.status import Failure
 
 
 def parse(data: bytes, max_header_bytes: int = 64 * 1024) -> tuple[ProxyRequest, bytes]:
@@ -455,13 +456,16 @@ def test_render_error_defaults_body_to_reason_and_adds_extra_headers() -> None:
     )
 
 
-def test_error_response_uses_standard_phrase_and_precise_reason() -> None:
-    assert error_response(HttpError(431, "request head exceeds 10 bytes")) == (
+def test_error_page_uses_standard_phrase_precise_detail_and_reason_word() -> None:
+    failure = HttpError(431, "request head exceeds 10 bytes").failure
+    assert error_page(failure, "request head exceeds 10 bytes") == (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: 29\r\n"
+        b"Content-Length: 47\r\n"
         b"Connection: close\r\n"
         b"\r\n"
-        b"request head exceeds 10 bytes"
+        b"request head exceeds 10 bytes (head_too_large)\n"
     )
-    assert error_response(HttpError(504, "é")).endswith(b"2\r\nConnection: close\r\n\r\n\xc3\xa9")
+    page = error_page(Failure.RESPONSE_TIMEOUT, "é")
+    assert page.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert page.endswith(b"\r\n\r\n\xc3\xa9 (response_timeout)\n")

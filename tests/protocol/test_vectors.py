@@ -26,13 +26,13 @@ from fastrelay.protocol.frames import (
 )
 from fastrelay.protocol.messages import (
     DEFAULT_WINDOW,
-    STATUS_TEXT,
     ConnectResponse,
     GoAway,
     Hello,
     Members,
     OpenStream,
     TunnelError,
+    status_description,
 )
 from fastrelay.protocol.state import TRANSITIONS, Event, State
 
@@ -151,7 +151,7 @@ def expected_message(doc: dict[str, Any]) -> Message:
             window=p.get("window", DEFAULT_WINDOW),
         )
     if kind is FrameType.CONNECT_RESPONSE:
-        assert p["statusDescription"] == STATUS_TEXT[p["statusCode"]]
+        assert p["statusDescription"] == status_description(p["statusCode"])
         return ConnectResponse(
             session_id=p["sessionId"],
             status_code=p["statusCode"],

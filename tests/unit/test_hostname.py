@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from agent.dialer import DialFailure, dial
 from agent.policy import Decision, EgressPolicy
 from fastrelay.protocol.hostname import HostnameError, normalize_hostname
+from fastrelay.protocol.status import Failure
 
 
 def fullwidth(text: str) -> str:
@@ -156,11 +157,11 @@ def _dial(host: str, policy: EgressPolicy) -> DialFailure:
 @pytest.mark.parametrize(("host", "fragment"), BAD_NAMES)
 def test_dial_refuses_bad_names_with_502_dns(host: str, fragment: str) -> None:
     failure = _dial(host, EgressPolicy(allow=["127.0.0.0/8"]))
-    assert (failure.status, failure.reason) == (502, "dns")
+    assert (failure.failure.status, failure.failure.reason) == (502, "dns")
     assert fragment in failure.message
 
 
 def test_dial_denies_look_alike_before_resolving() -> None:
     # .invalid never resolves: a 403, not a DNS failure, shows the name was refused first.
     failure = _dial("\uff52t-loop.invalid", EgressPolicy(deny=["rt-loop.invalid"]))
-    assert failure == DialFailure(403, "denied", "egress policy: denied by --deny rt-loop.invalid")
+    assert failure == DialFailure(Failure.DENIED, "egress policy: denied by --deny rt-loop.invalid")

@@ -1,0 +1,119 @@
+"""One table from failure to what every program says about it.
+
+A `Failure` is one way a browser request can fail, wherever it is noticed:
+client_a reading the request, the agent or client_a dialling the target, the
+relay routing the open, the response coming back. Each has
+
+* `status`: the HTTP status the browser gets (and the CONNECT_RESPONSE carries);
+* `result`: the `result` label it is counted under (client_a's requests, the
+  relay's streams) and logged with in the access log;
+* `reason`: the machine-readable word on the wire (CONNECT_RESPONSE `reason`)
+  and at the end of the browser's error page, so nobody matches on prose.
+
+The same failure gets the same status on every route: a dial that times out
+is a 504 whether the agent or client_a dialled. `PHRASES` is the one table of
+reason phrases, for client_a's answers, the admin ports and the relay.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+
+PHRASES = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+# The seed's statusDescription for a CONNECT_RESPONSE 200.
+CONNECTION_ESTABLISHED = "Connection Established"
+
+
+def phrase(status: int) -> str:
+    return PHRASES.get(status, "Error")
+
+
+class Failure(enum.Enum):
+    """(reason, status, result) for every way a request fails."""
+
+    reason: str
+    status: int
+    result: str
+
+    def __init__(self, reason: str, status: int, result: str) -> None:
+        self.reason = reason
+        self.status = status
+        self.result = result
+
+    # The browser's request, at client_a (either route).
+    BAD_REQUEST = ("bad_request", 400, "bad_request")
+    HEAD_TOO_LARGE = ("head_too_large", 431, "bad_request")
+    HEADER_TIMEOUT = ("header_timeout", 408, "bad_request")
+    CLIENT_BUSY = ("max_connections", 503, "limited")
+    # Dialling the target: the agent (relay route) or client_a (direct route).
+    DENIED = ("denied", 403, "denied")
+    DNS = ("dns", 502, "dial_failed")
+    REFUSED = ("refused", 502, "refused")
+    UNREACHABLE = ("unreachable", 502, "dial_failed")
+    DIAL_ERROR = ("error", 502, "dial_failed")
+    DIAL_TIMEOUT = ("timeout", 504, "timeout")
+    # The target's response (plain-HTTP requests, either route).
+    BAD_RESPONSE = ("bad_response", 502, "bad_response")
+    RESPONSE_TIMEOUT = ("response_timeout", 504, "timeout")
+    # The relay route only.
+    NOT_CONNECTED = ("not_connected", 503, "no_agent")
+    NO_AGENT = ("no_agent", 503, "no_agent")
+    DRAINING = ("draining", 503, "no_agent")
+    STREAM_LIMIT = ("stream_limit", 503, "limited")
+    OPEN_LIMIT = ("open_limit", 503, "limited")
+    AGENT_BUSY = ("agent_busy", 503, "limited")
+    OPEN_TIMEOUT = ("open_timeout", 504, "timeout")
+    RELAY_LOST = ("relay_lost", 502, "error")
+    TUNNEL_ERROR = ("tunnel_error", 502, "error")
+
+    def body(self, detail: str) -> str:
+        """The browser's error page: the detail, then the reason word."""
+        return f"{detail} ({self.reason})\n"
+
+
+BY_REASON = {failure.reason: failure for failure in Failure}
+# Results a request can be counted under, in the order metrics list them.
+RESULTS = ("ok", *dict.fromkeys(failure.result for failure in Failure))
+
+
+_UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
+
+
+def dial_failure(exc: OSError, host: str, port: int) -> tuple[Failure, str]:
+    """A failed TCP connect to host:port, as the agent and client_a both answer it."""
+    if isinstance(exc, ConnectionRefusedError):
+        return Failure.REFUSED, f"connection to {host}:{port} refused"
+    failure = Failure.UNREACHABLE if exc.errno in _UNREACHABLE else Failure.DIAL_ERROR
+    return failure, f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+
+
+def dial_timeout(host: str, port: int, timeout: float) -> tuple[Failure, str]:
+    return Failure.DIAL_TIMEOUT, f"no connection to {host}:{port} within {timeout:g} s"
+
+
+def failure_of(status: int, reason: str | None) -> Failure:
+    """The failure a CONNECT_RESPONSE reports: by its reason word, else by status."""
+    if reason is not None and reason in BY_REASON:
+        return BY_REASON[reason]
+    if status == 403:
+        return Failure.DENIED
+    if status == 504:
+        return Failure.DIAL_TIMEOUT
+    if status == 503:
+        return Failure.NO_AGENT
+    return Failure.DIAL_ERROR
