@@ -219,8 +219,11 @@ class Rules:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Rules:
-        source = os.fspath(path)
-        data = Path(path).read_bytes()
+        return cls.decode(Path(path).read_bytes(), os.fspath(path))
+
+    @classmethod
+    def decode(cls, data: bytes, source: str = "<rules>") -> Rules:
+        """A rules file's bytes (UTF-8, optional BOM); :class:`RuleError` if malformed."""
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
