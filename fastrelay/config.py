@@ -138,9 +138,17 @@ def name_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _checked(text: str, check: Callable[[], bool]) -> bool:
+    """A path test that reports an unusable path (too long, ...) as ValueError, not OSError."""
+    try:
+        return check()
+    except OSError as exc:
+        raise ValueError(f"cannot use {text[:100]!r}: {exc.strerror}") from None
+
+
 def existing_file(text: str) -> Path:
     path = Path(text)
-    if not path.is_file():
+    if not _checked(text, path.is_file):
         raise ValueError(f"no such file: {text!r}")
     return path
 
@@ -154,9 +162,9 @@ def optional_output(text: str) -> Path | None:
     if not text:
         return None
     path = Path(text)
-    if text != "-" and not path.parent.is_dir():
+    if text != "-" and not _checked(text, path.parent.is_dir):
         raise ValueError(f"directory {str(path.parent)!r} does not exist")
-    if path.is_dir():
+    if _checked(text, path.is_dir):
         raise ValueError(f"{text!r} is a directory")
     return path
 
@@ -310,6 +318,10 @@ def _read_toml(path: str, options: Sequence[Option]) -> dict[str, Any]:
         raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the whole file first
+        raise ConfigError(f"--config: {path} is not valid UTF-8: {exc.reason}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(f"--config: {path} nests arrays or tables too deeply") from None
     known = {opt.name for opt in options}
     values: dict[str, Any] = {}
     for key, value in doc.items():
@@ -328,6 +340,8 @@ def read_secret_file(path: Path | None, option: str) -> tuple[str, ...]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"{option}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{option}: {path} is not valid UTF-8: {exc.reason}") from None
     tokens = tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
     if not tokens:
         raise ConfigError(f"{option}: {path} holds no tokens")
