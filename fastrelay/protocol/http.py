@@ -157,6 +157,14 @@ class _HeadReader:
             pass  # CONNECT/Upgrade: llhttp pauses after the head, where we stopped anyway
         except httptools.HttpParserError as exc:
             raise HttpError(self._bad, f"malformed {self._what} head: {exc}") from None
+        if match is None and self.done:
+            # llhttp ended the head without the blank line this reader looks for: an
+            # HTTP/0.9 request line (no version, so no fields) ends at its LF. Waiting for
+            # more would feed llhttp after the end (RuntimeError on the next read).
+            raise HttpError(
+                self._bad,
+                f"malformed {self._what} head: it ended at byte {stop} without an empty line",
+            )
         if match is None:
             # No blank line in buf[_scan:]; the next one may begin in its last
             # 3 bytes (the longest head end is 4) and end in the next read.

@@ -428,6 +428,21 @@ def test_junk_before_the_request_line_is_400(raw: bytes, words: str) -> None:
 
 
 @pytest.mark.timeout(5)
+@pytest.mark.parametrize("raw", [b"CONNECT a:1\n\r\n\r\n", b"CONNECT =.e:4M-4\n\r\n\r\nearly"])
+def test_http09_request_line_is_400_in_every_split(raw: bytes) -> None:
+    # Found by fuzz_request_head (issue 10): llhttp ends an HTTP/0.9 request line's head at
+    # "\n\r\n", before the CRLFCRLF the reader waits for; the next feed raised
+    # RuntimeError ("the request head is already complete") instead of a 400.
+    splits = [[raw[:i], raw[i:]] for i in range(len(raw) + 1)]
+    for pieces in [*splits, [raw[i : i + 1] for i in range(len(raw))]]:
+        parser = RequestHeadParser()
+        with pytest.raises(HttpError) as info:
+            for piece in pieces:
+                assert parser.feed(piece) is None
+        assert info.value.status == 400
+
+
+@pytest.mark.timeout(5)
 def test_endless_empty_lines_hit_the_head_limit() -> None:
     # The empty lines count towards the head limit: the reader holds at most
     # max_header_bytes of them, then gives up with a precise reason.
