@@ -386,6 +386,12 @@ class ResponseHeadRewriter:
             parser = reader.parser
             assert isinstance(parser, httptools.HttpResponseParser)
             status = parser.get_status_code()
+            if status < 100:
+                # llhttp reads "004" as 4; re-written as "4" it would be no status line at all.
+                raise HttpError(
+                    502,
+                    f"malformed upstream response head: status code {status:03d} is below 100",
+                )
             line = f"HTTP/{parser.get_http_version()} {status} ".encode() + reader.reason
             kept = _strip_hop_by_hop(reader.fields, _RESPONSE_HOP_BY_HOP)
             # Interim responses (100 Continue, 103 Early Hints) come before the

@@ -443,6 +443,18 @@ def test_http09_request_line_is_400_in_every_split(raw: bytes) -> None:
 
 
 @pytest.mark.timeout(5)
+@pytest.mark.parametrize("code", [b"000", b"004", b"099"])
+def test_status_code_below_100_is_502(code: bytes) -> None:
+    # Found by fuzz_response_head (issue 10): llhttp reads "004" as 4, which client_a wrote
+    # on as "HTTP/1.0 4 1", a status line no browser can read.
+    raw = b"\r\n\nHTTP/1.0 " + code + b" 1\n\nX\ny\n"
+    assert feed_response([raw]) == ("error", 502)
+    assert feed_response([raw[i : i + 1] for i in range(len(raw))]) == ("error", 502)
+    with pytest.raises(HttpError, match=f"status code {code.decode()} is below 100"):
+        ResponseHeadRewriter().feed(raw)
+
+
+@pytest.mark.timeout(5)
 def test_endless_empty_lines_hit_the_head_limit() -> None:
     # The empty lines count towards the head limit: the reader holds at most
     # max_header_bytes of them, then gives up with a precise reason.
