@@ -144,7 +144,7 @@ def _feed_request(pieces: list[bytes], limit: int) -> tuple[Any, ...]:
             return ("error",)
         if request is not None:
             assert sum(map(len, pieces[: i + 1])) - len(parser.rest) <= limit
-            assert request.head.endswith(b"\r\n\r\n")
+            assert request.head.endswith(b"\r\n\r\n") or (request.is_connect and not request.head)
             assert 0 <= request.port <= 65535
             return ("ok", request, parser.rest + b"".join(pieces[i + 1 :]))
     return ("pending",)
@@ -308,12 +308,12 @@ _LOADERS = _loaders()
 
 
 def check_config(data: bytes) -> None:
-    """Each program's config loading from a TOML file (byte 0 picks client_a, the agent or
+    """Each program's config loading from a TOML file (byte 0 & 3 picks client_a, the agent or
     the relay; a token comes from the file or the environment): ConfigError, never another
     exception."""
     if not data:
         return
-    load = _LOADERS[data[0] % 3]
+    load = _LOADERS[(data[0] & 3) % 3]
     environ = dict(_ENVIRON)
     if data[0] & 4:
         environ["FASTRELAY_TOKEN"] = "t"
