@@ -48,10 +48,15 @@ class Option:
 # --- value parsers: each raises ValueError with a message that finishes "NAME: ..." ---
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not sep or not host or not _digits(port) or not 0 <= int(port) < 65536:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
 
@@ -67,7 +72,7 @@ def positive_float(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    if not str(text).strip().isdigit() or int(text) <= 0:
+    if not _digits(str(text).strip()) or int(text) <= 0:
         raise ValueError(f"expected a positive whole number, got {text!r}")
     return int(text)
 
@@ -107,7 +112,7 @@ def size_bytes(text: str) -> int:
     raw = str(text).strip().lower()
     digits = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = raw[len(digits) :]
-    if not digits.isdigit() or unit not in _SIZE_UNITS or int(digits) == 0:
+    if not _digits(digits) or unit not in _SIZE_UNITS or int(digits) == 0:
         raise ValueError(f"expected a size such as 1048576, 64KiB or 1MiB, got {text!r}")
     value = int(digits) * _SIZE_UNITS[unit]
     if value > 2**31 - 1:
@@ -119,6 +124,10 @@ def ws_url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"expected ws://HOST:PORT or wss://HOST:PORT, got {text!r}")
+    try:
+        _ = parts.port  # urlsplit checks the port (0-65535) only when asked for it
+    except ValueError:
+        raise ValueError(f"port out of range 0-65535 in {text!r}") from None
     return text.rstrip("/")
 
 

@@ -353,3 +353,22 @@ def test_a_token_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None
     path = toml(tmp_path, f'token_file = "{secret}"\n')
     with pytest.raises(ConfigError, match="not valid UTF-8"):
         client_config.load(["--config", path], {})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        # Found by fuzz_config: '²'.isdigit() is True, so int() raised its own message.
+        ("listen", "127.0.0.1:\u00b2", "expected HOST:PORT"),
+        ("window", "\u00b2KiB", "expected a size such as"),
+        ("carriers", "\u00b2", "expected a positive whole number"),
+        # urlsplit accepted a port no socket takes; the dial would fail much later.
+        ("relay", "ws://relay.example:99999", "port out of range 0-65535"),
+    ],
+)
+def test_values_with_non_ascii_digits_or_a_bad_port_name_the_option(
+    tmp_path: Path, key: str, value: str, words: str
+) -> None:
+    path = toml(tmp_path, f'{key} = "{value}"\n')
+    with pytest.raises(ConfigError, match=f"{key}: {words}"):
+        client_config.load(["--config", path], {"FASTRELAY_TOKEN": "t"})
