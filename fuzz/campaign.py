@@ -1,6 +1,7 @@
 """Run every harness in turn (one core), growing fuzz/corpus/<harness>/; print the counts.
 
     python -m fuzz.campaign [--runs N] [--seconds S] [harness ...]
+    python -m fuzz.campaign --minimise [harness ...]
 
 Each harness gets at most N inputs and S seconds of wall clock (libFuzzer's -runs and
 -max_total_time), and 10 s per input (-timeout: a hang is a finding). A crash or hang leaves
@@ -12,6 +13,7 @@ libFuzzer's -merge=1 into a fresh directory, which then replaces it.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -28,8 +30,13 @@ _DONE = re.compile(rb"Done (\d+) runs in (\d+) second")
 
 def _libfuzzer(name: str, *args: str, timeout: float) -> tuple[int, bytes]:
     command = [sys.executable, str(HERE / f"fuzz_{name}.py"), *args]
+    # -merge=1 re-runs the harness as its own command (#!/usr/bin/env python3): this
+    # interpreter's directory first on PATH makes that the Python that has atheris.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     try:
-        proc = subprocess.run(command, capture_output=True, timeout=timeout, cwd=HERE.parent)
+        proc = subprocess.run(
+            command, capture_output=True, timeout=timeout, cwd=HERE.parent, env=env
+        )
     except subprocess.TimeoutExpired as exc:
         return -1, (exc.stderr or b"") + b"\n(campaign: killed at the wall-clock bound)"
     return proc.returncode, proc.stdout + proc.stderr
@@ -85,12 +92,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200_000, help="inputs per harness")
     parser.add_argument("--seconds", type=int, default=600, help="wall clock per harness")
+    parser.add_argument(
+        "--minimise", action="store_true", help="only minimise the corpora (-merge=1), no fuzzing"
+    )
     parser.add_argument("harness", nargs="*", help=f"default: all of {', '.join(HARNESSES)}")
     args = parser.parse_args()
     unknown = set(args.harness) - set(HARNESSES)
     if unknown:
         parser.error(f"no such harness: {', '.join(sorted(unknown))}")
     args.harness = args.harness or HARNESSES
+    if args.minimise:
+        for name in args.harness:
+            before = sum(1 for _ in (HERE / "corpus" / name).iterdir())
+            _minimise(name, HERE / "corpus" / name)
+            after = sum(1 for _ in (HERE / "corpus" / name).iterdir())
+            print(f"{name:15} corpus {before:4} -> {after:4} files")
+        return 0
     total, found = 0, False
     for name in args.harness:
         count, elapsed, outcome = run(name, args.runs, args.seconds)

@@ -11,6 +11,7 @@ This module imports no atheris, so `make test` does not need it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import tempfile
@@ -291,8 +292,13 @@ def check_policy(data: bytes) -> None:
 
 # --------------------------------------------------------------------------- TOML config
 
-_CONFIG_DIR = tempfile.mkdtemp(prefix="fastrelay-fuzz-")
-_CONFIG_PATH = os.path.join(_CONFIG_DIR, "c.toml")
+
+@functools.cache
+def _config_path() -> str:
+    """The TOML file check_config writes: one per process, made on first use."""
+    return os.path.join(tempfile.mkdtemp(prefix="fastrelay-fuzz-"), "c.toml")
+
+
 _ENVIRON = {"FASTRELAY_CLIENT_TOKENS": "c", "FASTRELAY_AGENT_TOKENS": "a"}
 
 
@@ -317,10 +323,11 @@ def check_config(data: bytes) -> None:
     environ = dict(_ENVIRON)
     if data[0] & 4:
         environ["FASTRELAY_TOKEN"] = "t"
-    with open(_CONFIG_PATH, "wb") as fh:
+    path = _config_path()
+    with open(path, "wb") as fh:
         fh.write(data[1:])
     try:
-        config = load(["--config", _CONFIG_PATH], environ)
+        config = load(["--config", path], environ)
     except ConfigError as exc:
         assert str(exc), exc
         return
