@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test lint unit e2e system-deps bench bench-quick ci clean loadtest loadtest-smoke
+.PHONY: run test lint unit e2e system-deps bench bench-quick ci clean loadtest loadtest-smoke fuzz
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "fastrelay needs Python 3.11"'
@@ -44,6 +44,14 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/pytest -q bench/micro --benchmark-disable
 	$(BIN)/python -m bench --quick
+
+## make fuzz: atheris over every parser, one harness after another (one core), each for at
+## most RUNS inputs and FUZZ_SECONDS of wall clock; grows fuzz/corpus/<harness>/ (fuzz/README.md)
+RUNS ?= 200000
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[fuzz]'
+	$(BIN)/python -m fuzz.campaign --runs $(RUNS) --seconds $(FUZZ_SECONDS) $(HARNESS)
 
 ## make ci: what .ci/run runs
 ci: bench-quick loadtest-smoke test

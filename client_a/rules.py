@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastrelay.protocol.hostname import parse_ipv4
+from fastrelay.protocol.hostname import ends_in_a_number, parse_ipv4
 
 __all__ = [
     "HostPattern",
@@ -153,8 +153,13 @@ def _parse_host_pattern(text: str) -> HostPattern:
                 f"invalid character {bad!r} in label {label!r} "
                 "(allowed: ASCII letters, digits, '-', '_'; use punycode for IDNs)"
             )
-    if name.rpartition(".")[2].isdigit():
-        raise PatternError("last label is all digits, which no hostname has")
+    if ends_in_a_number(name):
+        # Browsers (and normalize_hostname) read such a name as an IPv4 address: 0x, a.0x1f and
+        # 1.0x1 are addresses or nothing, never names, so a name pattern could never match.
+        raise PatternError(
+            "last label is a number (decimal, or 0x hex), which no hostname has: "
+            "a browser reads the name as an IPv4 address"
+        )
     return HostPattern(kind, name)
 
 
@@ -219,8 +224,11 @@ class Rules:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Rules:
-        source = os.fspath(path)
-        data = Path(path).read_bytes()
+        return cls.decode(Path(path).read_bytes(), os.fspath(path))
+
+    @classmethod
+    def decode(cls, data: bytes, source: str = "<rules>") -> Rules:
+        """A rules file's bytes (UTF-8, optional BOM); :class:`RuleError` if malformed."""
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:

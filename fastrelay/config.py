@@ -48,10 +48,15 @@ class Option:
 # --- value parsers: each raises ValueError with a message that finishes "NAME: ..." ---
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not sep or not host or not _digits(port) or not 0 <= int(port) < 65536:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
 
@@ -67,7 +72,7 @@ def positive_float(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    if not str(text).strip().isdigit() or int(text) <= 0:
+    if not _digits(str(text).strip()) or int(text) <= 0:
         raise ValueError(f"expected a positive whole number, got {text!r}")
     return int(text)
 
@@ -107,7 +112,7 @@ def size_bytes(text: str) -> int:
     raw = str(text).strip().lower()
     digits = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = raw[len(digits) :]
-    if not digits.isdigit() or unit not in _SIZE_UNITS or int(digits) == 0:
+    if not _digits(digits) or unit not in _SIZE_UNITS or int(digits) == 0:
         raise ValueError(f"expected a size such as 1048576, 64KiB or 1MiB, got {text!r}")
     value = int(digits) * _SIZE_UNITS[unit]
     if value > 2**31 - 1:
@@ -119,6 +124,10 @@ def ws_url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"expected ws://HOST:PORT or wss://HOST:PORT, got {text!r}")
+    try:
+        _ = parts.port  # urlsplit checks the port (0-65535) only when asked for it
+    except ValueError:
+        raise ValueError(f"port out of range 0-65535 in {text!r}") from None
     return text.rstrip("/")
 
 
@@ -138,9 +147,17 @@ def name_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _checked(text: str, check: Callable[[], bool]) -> bool:
+    """A path test that reports an unusable path (too long, ...) as ValueError, not OSError."""
+    try:
+        return check()
+    except OSError as exc:
+        raise ValueError(f"cannot use {text[:100]!r}: {exc.strerror}") from None
+
+
 def existing_file(text: str) -> Path:
     path = Path(text)
-    if not path.is_file():
+    if not _checked(text, path.is_file):
         raise ValueError(f"no such file: {text!r}")
     return path
 
@@ -154,9 +171,9 @@ def optional_output(text: str) -> Path | None:
     if not text:
         return None
     path = Path(text)
-    if text != "-" and not path.parent.is_dir():
+    if text != "-" and not _checked(text, path.parent.is_dir):
         raise ValueError(f"directory {str(path.parent)!r} does not exist")
-    if path.is_dir():
+    if _checked(text, path.is_dir):
         raise ValueError(f"{text!r} is a directory")
     return path
 
@@ -310,6 +327,10 @@ def _read_toml(path: str, options: Sequence[Option]) -> dict[str, Any]:
         raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the whole file first
+        raise ConfigError(f"--config: {path} is not valid UTF-8: {exc.reason}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(f"--config: {path} nests arrays or tables too deeply") from None
     known = {opt.name for opt in options}
     values: dict[str, Any] = {}
     for key, value in doc.items():
@@ -328,6 +349,8 @@ def read_secret_file(path: Path | None, option: str) -> tuple[str, ...]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"{option}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{option}: {path} is not valid UTF-8: {exc.reason}") from None
     tokens = tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
     if not tokens:
         raise ConfigError(f"{option}: {path} holds no tokens")

@@ -155,6 +155,14 @@ class _HeadReader:
             pass  # CONNECT/Upgrade: llhttp pauses after the head, where we stopped anyway
         except httptools.HttpParserError as exc:
             raise HttpError(self._bad, f"malformed {self._what} head: {exc}") from None
+        if match is None and self.done:
+            # llhttp ended the head without the blank line this reader looks for: an
+            # HTTP/0.9 request line (no version, so no fields) ends at its LF. Waiting for
+            # more would feed llhttp after the end (RuntimeError on the next read).
+            raise HttpError(
+                self._bad,
+                f"malformed {self._what} head: it ended at byte {stop} without an empty line",
+            )
         if match is None:
             # No blank line in buf[_scan:]; the next one may begin in its last
             # 3 bytes (the longest head end is 4) and end in the next read.
@@ -376,6 +384,12 @@ class ResponseHeadRewriter:
             parser = reader.parser
             assert isinstance(parser, httptools.HttpResponseParser)
             status = parser.get_status_code()
+            if status < 100:
+                # llhttp reads "004" as 4; re-written as "4" it would be no status line at all.
+                raise HttpError(
+                    502,
+                    f"malformed upstream response head: status code {status:03d} is below 100",
+                )
             line = f"HTTP/{parser.get_http_version()} {status} ".encode() + reader.reason
             kept = _strip_hop_by_hop(reader.fields, _RESPONSE_HOP_BY_HOP)
             # Interim responses (100 Continue, 103 Early Hints) come before the

@@ -1,11 +1,13 @@
-"""Property tests for every parser in fastrelay/protocol.
+"""Property tests for every parser: fastrelay/protocol, the rules file, egress specs, the
+TOML config.
 
 test_http.py and test_frames.py pin the behaviour with examples and the
 encoder round trips; this file adds the properties that examples cannot give:
 
-* arbitrary (and HTTP-shaped, JSON-shaped) bytes, fed in any split, raise only
-  the documented error (HttpError 400/431/502, FrameError, ControlMessageError)
-  and always come back (every parser call runs under its own 5 s timer, see
+* arbitrary (and HTTP-shaped, JSON-shaped, rules-, spec- and TOML-shaped) input,
+  fed in any split, raises only the documented error (HttpError 400/431/502,
+  FrameError, ControlMessageError, HostnameError, RuleError, PolicyError,
+  ConfigError) and always comes back (every parser call runs under its own 5 s timer, see
   must_return);
 * a valid input parses to the values it was built from;
 * a valid input fed in arbitrary pieces gives the same result as fed whole.
@@ -18,10 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import itertools
 import signal
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -29,6 +34,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from agent import config as agent_config
+from agent.policy import Decision, EgressPolicy, PolicyError
+from client_a import config as client_config
+from client_a.rules import RuleError, Rules
+from fastrelay.config import ConfigError
 from fastrelay.protocol.errors import ControlMessageError, FrameError, HttpError
 from fastrelay.protocol.frames import (
     CONNECTION_FRAMES,
@@ -41,6 +51,13 @@ from fastrelay.protocol.frames import (
     encode_frame,
     encode_header,
     iter_frames,
+)
+from fastrelay.protocol.hostname import (
+    HostnameError,
+    canonical_ipv4,
+    format_ipv4,
+    normalize_hostname,
+    parse_ipv4,
 )
 from fastrelay.protocol.http import (
     MAX_HEADER_BYTES,
@@ -57,11 +74,15 @@ from fastrelay.protocol.messages import (
     OpenStream,
     TunnelError,
 )
+from fastrelay.relay import config as relay_config
 
 # A backstop; the per-call guard below is what stops a spinning parser.
 pytestmark = pytest.mark.timeout(60)
 
 PROPERTY = settings(max_examples=300, deadline=None)
+# Hostnames, rules, egress specs and TOML config: slower per example (IDNA, ipaddress, a
+# config file written and argparse built per example), so fewer examples; `make fuzz` goes far.
+MODEST = settings(max_examples=100, deadline=None)
 U32 = 2**32 - 1
 CALL_LIMIT = 5.0  # seconds; one driver call takes microseconds
 
@@ -116,7 +137,7 @@ def cut(data: bytes, cuts: list[int] | str) -> list[bytes]:
     """`data` in pieces, as `cut_points` says."""
     if cuts == "whole" or not data:
         return [data]
-    if cuts == "bytewise":
+    if isinstance(cuts, str):  # "bytewise"
         return [data[i : i + 1] for i in range(len(data))]
     bounds = [0, *sorted({c * len(data) // 1000 for c in cuts}), len(data)]
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
@@ -425,6 +446,33 @@ def test_junk_before_the_request_line_is_400(raw: bytes, words: str) -> None:
         RequestHeadParser().feed(raw)
     assert info.value.status == 400
     assert words in info.value.reason
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("raw", [b"CONNECT a:1\n\r\n\r\n", b"CONNECT =.e:4M-4\n\r\n\r\nearly"])
+def test_http09_request_line_is_400_in_every_split(raw: bytes) -> None:
+    # Found by fuzz_request_head (issue 10): llhttp ends an HTTP/0.9 request line's head at
+    # "\n\r\n", before the CRLFCRLF the reader waits for; the next feed raised
+    # RuntimeError ("the request head is already complete") instead of a 400.
+    splits = [[raw[:i], raw[i:]] for i in range(len(raw) + 1)]
+    for pieces in [*splits, [raw[i : i + 1] for i in range(len(raw))]]:
+        parser = RequestHeadParser()
+        with pytest.raises(HttpError) as info:
+            for piece in pieces:
+                assert parser.feed(piece) is None
+        assert info.value.status == 400
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("code", [b"000", b"004", b"099"])
+def test_status_code_below_100_is_502(code: bytes) -> None:
+    # Found by fuzz_response_head (issue 10): llhttp reads "004" as 4, which client_a wrote
+    # on as "HTTP/1.0 4 1", a status line no browser can read.
+    raw = b"\r\n\nHTTP/1.0 " + code + b" 1\n\nX\ny\n"
+    assert feed_response([raw]) == ("error", 502)
+    assert feed_response([raw[i : i + 1] for i in range(len(raw))]) == ("error", 502)
+    with pytest.raises(HttpError, match=f"status code {code.decode()} is below 100"):
+        ResponseHeadRewriter().feed(raw)
 
 
 @pytest.mark.timeout(5)
@@ -903,3 +951,423 @@ def test_control_messages_round_trip(message: Any) -> None:
     if isinstance(message, Members):
         expected = Members(tuple(sorted(set(message.instances))))
     assert decoded == expected
+
+
+# --------------------------------------------------------------------------- hostnames
+
+name_labels = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=10).filter(
+    lambda label: not label.isdigit()
+)
+# A last label that is not a number (0x1f and 12 are IPv4 numbers, so the name is an address).
+last_labels = st.text("ghijklmnopqrstuvwxyz", min_size=1, max_size=6)
+host_text = st.one_of(
+    st.text(max_size=30),
+    st.lists(
+        st.sampled_from(
+            [
+                "a",
+                "0x",
+                "0X1f",
+                "1",
+                "09",
+                "255",
+                "256",
+                "4294967295",
+                ".",
+                "..",
+                "[",
+                "]",
+                ":",
+                "::",
+                "%",
+                "xn--",
+                "\uff0e",
+                "\u3002",
+                "\uff52",
+                "\u00df",
+                "\u200d",
+                "_",
+                "-",
+                "\udcff",
+                " ",
+                "é",
+                "A",
+            ]
+        ),
+        max_size=12,
+    ).map("".join),
+)
+
+
+def ipv4_spellings(value: int) -> st.SearchStrategy[str]:
+    """`value` written as browsers read it: 1 to 4 parts, each decimal, 0x hex or 0 octal."""
+
+    def number(n: int, style: str) -> str:
+        return {"dec": str(n), "hex": f"0x{n:x}", "HEX": f"0X{n:X}", "oct": f"0{n:o}"}[style]
+
+    def spell(parts: int, styles: list[str], dot: bool) -> str:
+        octets = list(value.to_bytes(4, "big"))
+        head, tail = octets[: parts - 1], int.from_bytes(bytes(octets[parts - 1 :]), "big")
+        numbers = [*head, tail]
+        return ".".join(map(number, numbers, styles)) + ("." if dot else "")
+
+    styles = st.lists(st.sampled_from(["dec", "hex", "HEX", "oct"]), min_size=4, max_size=4)
+    return st.builds(spell, st.integers(1, 4), styles, st.booleans())
+
+
+@must_return
+def normalised(host: str) -> str | None:
+    """The normalised host, or None if refused with HostnameError (with a message)."""
+    try:
+        return normalize_hostname(host)
+    except HostnameError as exc:
+        assert str(exc).startswith("invalid host "), exc
+        return None
+
+
+@MODEST
+@given(host_text)
+@example("1.2.3.4..")
+@example("0x.0x.0x.0x")
+def test_hostname_arbitrary_text(host: str) -> None:
+    name = normalised(host)
+    value = parse_ipv4(host)
+    assert value is None or 0 <= value < 2**32
+    if name is not None:
+        assert normalised(name) == name  # idempotent: policy and dial see one name
+        if "%" not in name:  # an IPv6 zone is kept as given
+            assert name.isascii() and name == name.lower()
+        if value is not None:
+            assert name == format_ipv4(value)
+
+
+@MODEST
+@given(st.lists(name_labels, max_size=3), last_labels, st.booleans(), st.randoms())
+def test_hostname_built_from_labels_normalises_to_them(
+    labels: list[str], last: str, dot: bool, random: Any
+) -> None:
+    name = ".".join([*labels, last])
+    written = "".join(c.upper() if random.random() < 0.3 else c for c in name)
+    assert normalised(written + ("." if dot else "")) == name
+
+
+@MODEST
+@given(st.integers(0, U32).flatmap(lambda v: st.tuples(st.just(v), ipv4_spellings(v))))
+def test_hostname_ipv4_in_any_spelling_is_its_dotted_quad(case: tuple[int, str]) -> None:
+    value, spelling = case
+    assert parse_ipv4(spelling) == value
+    assert canonical_ipv4(spelling) == format_ipv4(value)
+    assert normalised(spelling) == format_ipv4(value)
+
+
+@MODEST
+@given(st.ip_addresses(v=6), st.booleans(), st.booleans())
+def test_hostname_ipv6_is_unbracketed_and_lowercased(ip: Any, brackets: bool, upper: bool) -> None:
+    text = str(ip).upper() if upper else str(ip)
+    assert normalised(f"[{text}]" if brackets else text) == str(ip)
+
+
+# --------------------------------------------------------------------------- rules files
+
+RULE_TOKENS = [
+    "a.example",
+    "*.",
+    ".",
+    "*",
+    "#",
+    " ",
+    "\t",
+    "\n",
+    "\r\n",
+    "/",
+    "/8",
+    "/33",
+    ":",
+    "::",
+    "::ffff:",
+    "10.0.0.0",
+    "1.2.3",
+    "0x",
+    "1",
+    "256",
+    "2001:db8::",
+    "[",
+    "]",
+    "é",
+    "_",
+    "-",
+    "a" * 64,
+]
+rule_text = st.one_of(
+    st.text(max_size=40),
+    st.lists(st.sampled_from(RULE_TOKENS) | st.text(max_size=3), max_size=20).map("".join),
+)
+
+
+@must_return
+def parsed_rules(text: str) -> Rules | RuleError:
+    try:
+        return Rules.parse(text, "r.txt")
+    except RuleError as exc:
+        assert str(exc).startswith(f"r.txt:{exc.line}: invalid pattern "), exc
+        # The line named is the bad one: it holds a pattern, and every line before it is fine.
+        lines = text.splitlines()
+        assert 1 <= exc.line <= len(lines)
+        assert lines[exc.line - 1].partition("#")[0].strip()
+        Rules.parse("\n".join(lines[: exc.line - 1]))
+        return exc
+
+
+@MODEST
+@given(rule_text, st.lists(st.text(max_size=12), max_size=3))
+@example("0x\n", [])
+@example("a.0x1f", [])
+def test_rules_arbitrary_text(text: str, hosts: list[str]) -> None:
+    rules = parsed_rules(text)
+    # Bytes as a file holds them (UTF-8, maybe a BOM) give the same outcome.
+    for encoded in (text.encode("utf-8", "surrogatepass"), b"\xef\xbb\xbf" + text.encode()):
+        try:
+            again = Rules.decode(encoded, "r.txt")
+        except RuleError as exc:
+            assert isinstance(rules, RuleError) or "UTF-8" in str(exc), exc
+        else:
+            assert not isinstance(rules, RuleError) and len(again) == len(rules)
+    if isinstance(rules, Rules):
+        for host in hosts:
+            assert rules.matches(host) in (True, False)
+
+
+@MODEST
+@given(st.binary(max_size=60))
+def test_rules_arbitrary_bytes(data: bytes) -> None:
+    try:
+        Rules.decode(data, "r.txt")
+    except RuleError as exc:
+        assert exc.source == "r.txt" and exc.line >= 1 and exc.problem
+
+
+pattern_names = st.lists(name_labels, max_size=2).flatmap(
+    lambda labels: last_labels.map(lambda last: ".".join([*labels, last]))
+)
+networks = st.one_of(
+    st.tuples(st.ip_addresses(v=4), st.integers(0, 32)),
+    st.tuples(st.ip_addresses(v=6), st.integers(0, 128)),
+).map(lambda case: ipaddress.ip_network(case, strict=False))
+
+
+@MODEST
+@given(
+    st.lists(st.tuples(st.sampled_from(["", "*.", "."]), pattern_names), max_size=5),
+    st.lists(networks, max_size=3),
+    st.sampled_from(["\n", "\r\n"]),
+    st.sampled_from(["", "   # note", "\t#"]),
+)
+def test_rules_built_from_patterns_match_what_they_name(
+    names: list[tuple[str, str]], nets: list[Any], newline: str, comment: str
+) -> None:
+    lines = [prefix + name.upper() + comment for prefix, name in names]
+    lines += [str(net) for net in nets]
+    rules = Rules.decode(("# rules" + newline + newline.join(lines)).encode(), "r.txt")
+    assert len(rules) == len(names) + len(nets)
+
+    def named(host: str) -> bool:
+        """The spec of matching: exact and domain patterns name the host itself; subdomain
+        and domain patterns every name below it."""
+        return any(
+            (host == n and p != "*.") or (p != "" and host.endswith("." + n)) for p, n in names
+        )
+
+    for _, name in names:
+        for host in (name, "x." + name, name.partition(".")[2]):
+            if host:
+                assert rules.matches(host) == named(host), host
+                assert rules.matches(host.upper() + ".") == named(host), host
+    for net in nets:
+        last = net.broadcast_address
+        host = f"[{last}]" if net.version == 6 else str(last)
+        if not (net.version == 6 and last.ipv4_mapped):
+            assert rules.matches(host), (net, host)
+
+
+# --------------------------------------------------------------------------- egress specs
+
+spec_text = st.one_of(
+    rule_text,
+    st.lists(st.sampled_from([*RULE_TOKENS, ":443", ":0", ":65536", "]:80", ":x"]), max_size=8).map(
+        "".join
+    ),
+)
+
+
+@MODEST
+@given(st.lists(spec_text, max_size=3), st.lists(spec_text, max_size=3), host_text, ports)
+def test_egress_specs_arbitrary_text(
+    allow: list[str], deny: list[str], host: str, port: int
+) -> None:
+    try:
+        policy = must_return(EgressPolicy)(allow=allow, deny=deny, local_addresses=())
+    except PolicyError as exc:
+        assert str(exc).startswith(("invalid --allow spec ", "invalid --deny spec ")), exc
+        return
+    for ip in ("127.0.0.1", "93.184.216.34", "2002:7f00:1::", "::ffff:10.0.0.1"):
+        assert policy.check(host, ip, port).reason
+    decision = policy.check_name(host, port)
+    assert decision is None or not decision.allowed
+
+
+@MODEST
+@given(
+    st.one_of(
+        st.tuples(st.sampled_from(["", "*.", "."]), pattern_names).map("".join),
+        networks.map(str),
+    ),
+    st.none() | ports,
+    ports,
+)
+def test_egress_spec_built_from_values_denies_what_it_names(
+    target: str, port: int | None, other: int
+) -> None:
+    bracketed = f"[{target}]" if ":" in target else target
+    spec = target if port is None else f"{bracketed}:{port}"
+    policy = EgressPolicy(deny=[spec], local_addresses=())
+    assert repr(policy) == f"EgressPolicy(allow=[], deny={[spec]!r})"
+    at = port or other
+    if ":" in target or "/" in target:
+        net = ipaddress.ip_network(target)
+        ip = str(net.network_address)
+        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
+            return
+        decision = policy.check("a.example", ip, at)
+    else:
+        name = target.lstrip("*.") if not target.startswith("*.") else "x." + target[2:]
+        decision = policy.check(name, "93.184.216.34", at)
+        assert policy.check_name(name, at) == decision
+    assert decision == Decision(False, f"denied by --deny {spec}")
+    if port is not None and other != port:
+        assert policy.check("a.example", "93.184.216.34", other).allowed
+
+
+# --------------------------------------------------------------------------- TOML config
+
+CONFIG_DIR = Path(tempfile.mkdtemp(prefix="fastrelay-config-"))
+LOADERS = {"client": client_config.load, "agent": agent_config.load, "relay": relay_config.load}
+TOKENS = {"FASTRELAY_TOKEN": "t", "FASTRELAY_CLIENT_TOKENS": "c", "FASTRELAY_AGENT_TOKENS": "a"}
+TOML_TOKENS = [
+    "listen",
+    "relay",
+    "window",
+    "rules",
+    "token_file",
+    "allow",
+    "deny",
+    "workers",
+    "admin",
+    "max-frame-size",
+    "log_level",
+    " = ",
+    "=",
+    '"',
+    "'",
+    '"""',
+    "[",
+    "]",
+    "[[",
+    "]]",
+    "{",
+    "}",
+    ",",
+    "\n",
+    "#",
+    "1",
+    "0",
+    "-1",
+    "1e400",
+    "nan",
+    "inf",
+    "true",
+    '"64KiB"',
+    '"ws://h:1"',
+    '"127.0.0.1:1"',
+    '"auto"',
+    "1979-05-27",
+    "\\u0000",
+    "é",
+    "\udcff",
+]
+toml_text = st.one_of(
+    st.text(max_size=40),
+    st.lists(st.sampled_from(TOML_TOKENS) | st.text(max_size=3), max_size=24).map("".join),
+)
+
+
+@must_return
+def loaded(program: str, data: bytes) -> Any:
+    """The program's config from a TOML file holding `data`, or None on ConfigError."""
+    path = CONFIG_DIR / "c.toml"
+    path.write_bytes(data)
+    try:
+        return LOADERS[program](["--config", str(path)], TOKENS)
+    except ConfigError as exc:
+        assert str(exc), exc
+        return None
+
+
+@MODEST
+@given(st.sampled_from(sorted(LOADERS)), toml_text)
+@example("client", "x = " + "[" * 3000)
+@example("agent", 'rules = "' + "a/" * 3000 + '"')
+def test_toml_config_arbitrary_text(program: str, text: str) -> None:
+    loaded(program, text.encode("utf-8", "surrogatepass"))
+
+
+@MODEST
+@given(st.sampled_from(sorted(LOADERS)), st.binary(max_size=60))
+def test_toml_config_arbitrary_bytes(program: str, data: bytes) -> None:
+    loaded(program, data)
+
+
+def toml_string(text: str) -> str:
+    return (
+        '"'
+        + "".join(c if c.isalnum() or c in " .:-_/*" else f"\\u{ord(c):04x}" for c in text)
+        + '"'
+    )
+
+
+@MODEST
+@given(
+    st.tuples(st.sampled_from(["127.0.0.1", "::1", "localhost"]), st.integers(0, 65535)),
+    st.tuples(st.integers(1, 1023), st.sampled_from(["", "KiB", "k", "MiB", "m"])),
+    st.floats(min_value=0.001, max_value=1e6, allow_nan=False),
+    st.sampled_from(["debug", "info", "warning", "error"]),
+    st.lists(
+        st.sampled_from(["10.0.0.0/8", ".a.example:443", "[::1]:80", "b.example"]), max_size=3
+    ),
+    st.booleans(),
+)
+def test_toml_config_built_from_values_loads_them(
+    listen: tuple[str, int],
+    window: tuple[int, str],
+    ping: float,
+    level: str,
+    allow: list[str],
+    kebab: bool,
+) -> None:
+    size = window[0] * {"": 1, "KiB": 1024, "k": 1024, "MiB": 1 << 20, "m": 1 << 20}[window[1]]
+    key = (lambda name: name.replace("_", "-")) if kebab else (lambda name: name)
+    address = f"[{listen[0]}]:{listen[1]}" if ":" in listen[0] else f"{listen[0]}:{listen[1]}"
+    common = (
+        f"{key('ping_interval')} = {ping!r}\n{key('log_level')} = {toml_string(level)}\n"
+        f"window = {toml_string(f'{window[0]}{window[1]}')}\n"
+    )
+    client = loaded("client", (f"listen = {toml_string(address)}\n" + common).encode())
+    assert (client.listen, client.window, client.ping_interval, client.log_level) == (
+        listen,
+        size,
+        ping,
+        level,
+    )
+    specs = "[" + ", ".join(map(toml_string, allow)) + "]"
+    agent = loaded("agent", (f"allow = {specs}\n" + common).encode())
+    assert repr(agent.policy) == f"EgressPolicy(allow={allow!r}, deny=[])"
+    assert agent.window == size

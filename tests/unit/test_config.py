@@ -317,3 +317,58 @@ def test_relay_limits_reach_the_switch() -> None:
     assert (limits.streams_per_connection, limits.opens_per_agent) == (10, 3)
     assert limits.max_message == conf.max_frame_size
     assert limits.connection_buffer == conf.max_connection_buffer == 64 * 1024 * 1024
+
+
+# Found by fuzz/fuzz_config.py (issue 10): each of these escaped as a traceback, not ConfigError.
+
+
+def test_toml_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\x0b\xc9")
+    with pytest.raises(ConfigError, match=r"c\.toml is not valid UTF-8"):
+        load_options("t", OPTS, ["--config", str(path)], {})
+
+
+def test_deeply_nested_toml_is_a_config_error(tmp_path: Path) -> None:
+    path = toml(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nests arrays or tables too deeply"):
+        load_options("t", OPTS, ["--config", path], {})
+
+
+@pytest.mark.parametrize("key", ["rules", "ca_file", "token_file", "access_log"])
+def test_a_path_too_long_for_the_os_is_a_config_error(tmp_path: Path, key: str) -> None:
+    path = toml(tmp_path, f'{key} = "{"a/" * 3000}b"\n')
+    with pytest.raises(ConfigError, match=f"{key}: cannot use 'a/a/.*File name too long"):
+        client_config.load(["--config", path], {"FASTRELAY_TOKEN": "t"})
+    with pytest.raises(SystemExit) as info:  # the flag says so too, with argparse's exit 2
+        client_config.load([f"--{key.replace('_', '-')}", "a" * 5000], {"FASTRELAY_TOKEN": "t"})
+    assert info.value.code == 2
+
+
+def test_a_token_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    secret = tmp_path / "tokens"
+    secret.write_bytes(b"ok\n\xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"--x: .*tokens is not valid UTF-8"):
+        read_secret_file(secret, "--x")
+    path = toml(tmp_path, f'token_file = "{secret}"\n')
+    with pytest.raises(ConfigError, match="not valid UTF-8"):
+        client_config.load(["--config", path], {})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        # Found by fuzz_config: '²'.isdigit() is True, so int() raised its own message.
+        ("listen", "127.0.0.1:\u00b2", "expected HOST:PORT"),
+        ("window", "\u00b2KiB", "expected a size such as"),
+        ("carriers", "\u00b2", "expected a positive whole number"),
+        # urlsplit accepted a port no socket takes; the dial would fail much later.
+        ("relay", "ws://relay.example:99999", "port out of range 0-65535"),
+    ],
+)
+def test_values_with_non_ascii_digits_or_a_bad_port_name_the_option(
+    tmp_path: Path, key: str, value: str, words: str
+) -> None:
+    path = toml(tmp_path, f'{key} = "{value}"\n')
+    with pytest.raises(ConfigError, match=f"{key}: {words}"):
+        client_config.load(["--config", path], {"FASTRELAY_TOKEN": "t"})

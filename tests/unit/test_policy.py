@@ -195,6 +195,9 @@ def test_unbracketed_ipv6_never_takes_a_port() -> None:
         ("[::g]:80", "::g"),
         ("::1:80:", "::1:80:"),
         ("x" * 254, "max 253"),
+        # A deny of a name the host normaliser reads as an IPv4 address never matched.
+        ("0x7f.1:80", "last label is a number"),
+        ("foo.0x", "last label is a number"),
     ],
 )
 def test_invalid_specs(spec: str, fragment: str) -> None:

@@ -17,6 +17,7 @@ from client_a.rules import (
     parse_ip,
     parse_pattern,
 )
+from fastrelay.protocol.hostname import ends_in_a_number
 
 SAMPLE = """\
 # whole-line comment
@@ -182,7 +183,14 @@ def test_crlf_line_endings() -> None:
         ("1.2.3\n", 1, "looks like an IPv4 address"),
         ("2001:db8::/129\n", 1, "invalid pattern '2001:db8::/129'"),
         ("2001:db8::zz\n", 1, "2001:db8::zz"),
-        ("example.123\n", 1, "last label is all digits"),
+        ("example.123\n", 1, "last label is a number"),
+        # Found by fuzz_rules (issue 10): names a browser reads as IPv4 addresses, which a
+        # name pattern could never match, were accepted.
+        ("0x\n", 1, "last label is a number (decimal, or 0x hex)"),
+        ("a.0x1f\n", 1, "a browser reads the name as an IPv4 address"),
+        ("*.a.0X10\n", 1, "last label is a number"),
+        ("0.A.0.A\n0x\n", 2, "last label is a number"),
+        ("1.0x1\n", 1, "last label is a number"),
         ("example.com/8\n", 1, "example.com/8"),
         ("[::1]\n", 1, "[::1]"),
     ],
@@ -308,7 +316,12 @@ def test_100k_rules_build_and_match() -> None:
 # --- properties -----------------------------------------------------------------------------
 
 _label = st.from_regex(r"[a-z0-9_-]{1,12}", fullmatch=True).filter(lambda s: not s.isdigit())
-_name = st.lists(_label, min_size=1, max_size=4).map(".".join)
+# A name that ends in a number (12, 0x1f) is an IPv4 address to a browser, never a pattern.
+_name = (
+    st.lists(_label, min_size=1, max_size=4)
+    .map(".".join)
+    .filter(lambda name: not ends_in_a_number(name))
+)
 
 
 @given(domain=_name, prefix=st.lists(_label, max_size=5), upper=st.booleans())
