@@ -151,3 +151,29 @@ def test_help_exits_0(program: str | None) -> None:
         assert all(name in result.stdout for name in ("relay", "agent", "client"))
     else:
         assert "--config" in result.stdout and "FASTRELAY_" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (".example.com\n\n*.bad*.example\n", "invalid pattern"),
+        (b".example.com\n\xff\xfe\n", "not valid UTF-8"),
+    ],
+    ids=["bad-pattern", "not-utf8"],
+)
+def test_bad_rules_file_at_startup_exits_2_naming_file_and_line(
+    tmp_path: Path, content: str | bytes, problem: str
+) -> None:
+    rules = tmp_path / "rules.txt"
+    if isinstance(content, bytes):
+        rules.write_bytes(content)
+    else:
+        rules.write_text(content)
+    line = 3 if problem == "invalid pattern" else 2
+    result = run_cli(
+        "client", *PEER_ARGS, "--listen", "127.0.0.1:0", "--rules", str(rules), env=PEER_TOKEN
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"--rules: {rules}:{line}: {problem}" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
