@@ -141,7 +141,7 @@ def environment(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser = argparse.ArgumentParser(prog="python -m bench", allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (CI)")
     parser.add_argument("--only", nargs="+", choices=list(PLAN), help="scenarios to run")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/<ts>)")

@@ -37,6 +37,11 @@ class Option:
     flag: bool = True  # False for secrets: environment or TOML only
 
     @property
+    def secret(self) -> bool:
+        """A token option (the tokens or their file): its value is never echoed."""
+        return "token" in self.name
+
+    @property
     def flag_name(self) -> str:
         return "--" + self.name.replace("_", "-")
 
@@ -267,13 +272,41 @@ def _convert(opt: Option, raw: Any, origin: str) -> Any:
             raise ValueError("expected a single value, not a list")
         return opt.parse(str(raw))
     except ValueError as exc:
-        raise ConfigError(f"{origin}: {exc}") from None
+        raise ConfigError(f"{origin}: {_scrub(opt, raw, str(exc))}") from None
+
+
+def _scrub(opt: Option, raw: Any, message: str) -> str:
+    """An error about a token option, without the value it was given."""
+    if not opt.secret:
+        return message
+    for item in raw if isinstance(raw, list) else [raw]:
+        text = str(item)
+        if text.strip():
+            message = message.replace(repr(text), "<hidden>").replace(text, "<hidden>")
+    return message
+
+
+def _refuse_secret_flags(
+    parser: argparse.ArgumentParser, options: Sequence[Option], argv: Sequence[str]
+) -> None:
+    """`--token X` names its option and the way to give it, never X."""
+    secret_flags = {opt.flag_name: opt for opt in options if not opt.flag}
+    for arg in argv:
+        if arg == "--":
+            break
+        opt = secret_flags.get(arg.split("=", 1)[0])
+        if opt is not None:
+            parser.error(
+                f"{opt.flag_name}: tokens are never flags (they would show in ps): "
+                f"set {opt.env_name} or use {opt.flag_name}-file"
+            )
 
 
 def _parse_cli(program: str, options: Sequence[Option], argv: Sequence[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog=f"fastrelay {program}", argument_default=argparse.SUPPRESS
+        prog=f"fastrelay {program}", argument_default=argparse.SUPPRESS, allow_abbrev=False
     )
+    _refuse_secret_flags(parser, options, argv)
     parser.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
     for opt in options:
         if not opt.flag:
@@ -286,7 +319,14 @@ def _parse_cli(program: str, options: Sequence[Option], argv: Sequence[str]) -> 
             help=help_text,
             type=_argparse_type(opt),
         )
-    return vars(parser.parse_args(list(argv)))
+    args, extra = parser.parse_known_args(list(argv))
+    if extra:
+        # Only the unknown options are named: a stray value may be a secret.
+        unknown = [arg.split("=", 1)[0] for arg in extra if arg.startswith("-")]
+        if unknown:
+            parser.error(f"unknown option {', '.join(unknown)}")
+        parser.error(f"{len(extra)} unexpected argument(s) without an option")
+    return vars(args)
 
 
 def _argparse_type(opt: Option) -> Callable[[str], str]:
@@ -296,7 +336,7 @@ def _argparse_type(opt: Option) -> Callable[[str], str]:
         try:
             opt.parse(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            raise argparse.ArgumentTypeError(_scrub(opt, text, str(exc))) from None
         return text
 
     return check
@@ -326,11 +366,11 @@ def read_secret_file(path: Path | None, option: str) -> tuple[str, ...]:
         return ()
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{option}: cannot read {path}: {exc.strerror}") from None
+    except OSError as exc:  # the path is not repeated: it was given to a token option
+        raise ConfigError(f"{option}: cannot read the file: {exc.strerror}") from None
     tokens = tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
     if not tokens:
-        raise ConfigError(f"{option}: {path} holds no tokens")
+        raise ConfigError(f"{option}: the file holds no tokens")
     return tokens
 
 

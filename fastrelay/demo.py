@@ -74,7 +74,7 @@ def wait_ready(admin: str, timeout: float = 15.0) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fastrelay demo")
+    parser = argparse.ArgumentParser(prog="fastrelay demo", allow_abbrev=False)
     parser.add_argument(
         "--ephemeral",
         action="store_true",
