@@ -35,6 +35,8 @@ class Option:
     help: str
     repeat: bool = False  # flag may repeat; env is comma-separated; TOML takes a list
     flag: bool = True  # False for secrets: environment or TOML only
+    hidden: bool = False  # internal: accepted, but not shown by --help
+    metavar: str | None = None  # what --help shows for the value; guessed from `parse`
 
     @property
     def secret(self) -> bool:
@@ -172,6 +174,7 @@ def choice(*allowed: str) -> Callable[[str], str]:
             raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
         return text
 
+    parse.allowed = allowed  # type: ignore[attr-defined]  # for --help
     return parse
 
 
@@ -229,7 +232,7 @@ COMMON_OPTIONS = [
     Option("log_format", choice("text", "json"), "text", "log line format"),
     Option("ping_interval", positive_float, 20.0, "WebSocket ping interval, seconds"),
     Option(
-        "access_log", optional_output, None, "append one line per finished tunnel ('-': stderr)"
+        "access_log", optional_output, None, "append one line per finished tunnel (- for stderr)"
     ),
 ]
 
@@ -239,11 +242,12 @@ def load_options(
     options: Sequence[Option],
     argv: Sequence[str],
     environ: Mapping[str, str] | None = None,
+    description: str | None = None,
 ) -> dict[str, Any]:
     """Merge CLI > environment > TOML > defaults, validating every value."""
     environ = os.environ if environ is None else environ
     options = [*options, *COMMON_OPTIONS]
-    args = _parse_cli(program, options, argv)
+    args = _parse_cli(program, options, argv, description)
     config_path = args.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
     file_values = _read_toml(config_path, options) if config_path else {}
     values: dict[str, Any] = {}
@@ -302,21 +306,104 @@ def _refuse_secret_flags(
             )
 
 
-def _parse_cli(program: str, options: Sequence[Option], argv: Sequence[str]) -> dict[str, Any]:
+# --- how --help shows values: as a person writes them ---
+
+_METAVARS: dict[Callable[[str], Any], str] = {
+    host_port: "HOST:PORT",
+    positive_float: "SECONDS",
+    positive_int: "N",
+    boolean: "true|false",
+    size_bytes: "SIZE",
+    ws_url: "URL",
+    redis_url: "URL",
+    name_list: "ID,ID,...",
+    existing_file: "FILE",
+    optional_file: "FILE",
+    optional_output: "FILE",
+    ip_address: "IP",
+}
+
+
+def metavar(opt: Option) -> str:
+    if opt.metavar:
+        return opt.metavar
+    if opt.parse in _METAVARS:
+        return _METAVARS[opt.parse]
+    if getattr(opt.parse, "__qualname__", "").startswith("count_in"):
+        return "N"
+    allowed = getattr(opt.parse, "allowed", None)
+    if allowed:
+        return "|".join(allowed)
+    return "VALUE"
+
+
+def format_size(value: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if value % size == 0:
+            return f"{value // size}{unit}"
+    return str(value)
+
+
+def format_default(opt: Option) -> str | None:
+    """The default as one would type it, or None when there is none to show."""
+    value = opt.default
+    if value is None or value == "" or value == () or value == []:
+        return None
+    if opt.parse is host_port and isinstance(value, tuple):
+        host, port = value
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if opt.parse is size_bytes and isinstance(value, int):
+        return format_size(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def help_epilog(options: Sequence[Option]) -> str:
+    """Every environment variable the program reads, tokens included."""
+    lines = ["environment (a flag beats its variable; the variable beats --config):"]
+    width = max(len(opt.env_name) for opt in options)
+    width = max(width, len(ENV_PREFIX + "CONFIG"))
+    lines.append(f"  {ENV_PREFIX + 'CONFIG':<{width}}  same as --config")
+    for opt in options:
+        if opt.hidden:
+            continue
+        what = opt.flag_name if opt.flag else f"{opt.help} (never a flag)"
+        if opt.repeat and opt.flag:
+            what += ", comma-separated"
+        lines.append(f"  {opt.env_name:<{width}}  {what}")
+    return "\n".join(lines)
+
+
+def _parse_cli(
+    program: str, options: Sequence[Option], argv: Sequence[str], description: str | None = None
+) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog=f"fastrelay {program}", argument_default=argparse.SUPPRESS, allow_abbrev=False
+        prog=f"fastrelay {program}",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+        description=description,
+        epilog=help_epilog(options),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _refuse_secret_flags(parser, options, argv)
     parser.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
     for opt in options:
         if not opt.flag:
             continue
-        help_text = f"{opt.help} (env {opt.env_name}; default {opt.default!r})"
+        default = format_default(opt)
+        help_text = f"{opt.help} (env {opt.env_name}"
+        help_text += f"; default {default})" if default is not None else ")"
         parser.add_argument(
             opt.flag_name,
             dest=opt.name,
             action="append" if opt.repeat else "store",
-            help=help_text,
+            help=argparse.SUPPRESS if opt.hidden else help_text.replace("%", "%%"),
+            metavar=metavar(opt),
             type=_argparse_type(opt),
         )
     args, extra = parser.parse_known_args(list(argv))
