@@ -81,6 +81,26 @@ def raise_fd_limit() -> int:
     return hard
 
 
+_force_exit_hooks: list[Callable[[], None]] = []
+
+
+def on_force_exit(hook: Callable[[], None]) -> None:
+    """Run `hook` (quick, no awaiting) when a second signal ends the process at once,
+    e.g. the relay supervisor SIGKILLs its workers so none outlives it draining."""
+    _force_exit_hooks.append(hook)
+
+
+def force_exit() -> None:
+    """The second Ctrl-C: say so, run the hooks, exit 1 without draining."""
+    with contextlib.suppress(Exception):
+        sys.stderr.write("second signal: stopping now, without waiting for open tunnels\n")
+        sys.stderr.flush()
+    for hook in _force_exit_hooks:
+        with contextlib.suppress(Exception):
+            hook()
+    os._exit(1)
+
+
 def run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
     """Run a program's `main(stop)` on uvloop (after raising the fd limit)."""
     raise_fd_limit()
@@ -94,7 +114,7 @@ def run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
             nonlocal hits
             hits += 1
             if hits > 1:
-                os._exit(1)  # second Ctrl-C: the operator wants out now
+                force_exit()  # second Ctrl-C: the operator wants out now
             stop.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
