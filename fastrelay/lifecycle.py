@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import resource
@@ -32,6 +33,22 @@ def announce_ready(program: str, **addresses: str) -> None:
     line = orjson.dumps({"event": "ready", "program": program, "pid": os.getpid(), **addresses})
     sys.stdout.write(line.decode() + "\n")
     sys.stdout.flush()
+
+
+class BindError(OSError):
+    """A listening address that could not be bound, named by its option:
+    `--listen 127.0.0.1:8080: address already in use`, once, no errno text."""
+
+    def __init__(self, option: str, host: str, port: int, exc: OSError) -> None:
+        reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+        super().__init__(exc.errno, reason)
+        self.option = option
+        self.message = f"{option} {format_address((host, port))}: {reason[:1].lower()}{reason[1:]}"
+        if exc.errno == errno.EADDRINUSE:
+            self.message += " (another program holds that port: choose another with " + option + ")"
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def format_address(sockname: tuple) -> str:
