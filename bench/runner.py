@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     endpoint_args = ["--window", args.window] if args.window else []
     data = uvloop.run(run(args.only or list(PLAN), args.quick, out, endpoint_args))
     data["environment"] = env
+    data["quick"] = args.quick  # the report then judges no target (bench/report.py)
     (out / "results.json").write_text(json.dumps(data, indent=1))
     summary = report.write(data, out)
     print(summary)
