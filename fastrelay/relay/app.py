@@ -95,12 +95,15 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
     readiness.set("draining")
     server.close()
     relay.start_draining()
-    log.info(
-        "shutting down: no new connections; waiting up to %gs for %s to finish "
-        "(Ctrl-C again to stop at once)",
-        config.drain_timeout,
-        drain_state(relay),
-    )
+    if relay.active_streams or relay.clients:
+        log.info(
+            "shutting down: no new connections; waiting up to %gs for %s to finish "
+            "(Ctrl-C again to stop at once)",
+            config.drain_timeout,
+            drain_state(relay),
+        )
+    else:
+        log.info("shutting down: no new connections, nothing open to wait for")
     await relay.membership.leave()
     await membership
     deadline = loop.time() + config.drain_timeout

@@ -20,14 +20,17 @@ from support.procs import ROOT
 DEMO = [sys.executable, "-m", "fastrelay", "demo"]
 
 
-def test_taken_proxy_port_is_named_and_nothing_is_left(tmp_path: Path) -> None:
+def test_taken_port_is_named_and_nothing_is_left(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         taken = sock.getsockname()[1]
-        ports = ["--relay-port", str(free_port()), "--page-port", str(free_port())]
+        # The relay starts first: its admin port (free) binds, then its --listen (taken)
+        # fails; the agent's and client_a's ports are never reached.
+        admin = next(p for p in iter(free_port, None) if p < 65000)
+        ports = ["--port", str(free_port()), "--page-port", str(free_port())]
         result = subprocess.run(
-            [*DEMO, "--port", str(taken), *ports, "--admin-port", str(free_port() - 2)],
+            [*DEMO, "--relay-port", str(taken), "--admin-port", str(admin), *ports],
             cwd=ROOT,
             env={**os.environ, "TMPDIR": str(tmp_path)},
             stdin=subprocess.DEVNULL,
