@@ -10,13 +10,20 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "fastrelay needs Python 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e '.[test,bench]'  # no setuptools editable-install notice
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 ## make run: relay, agent and client_a together on loopback (the embedded demo)
+##   ports: make run PORT=8090 (client_a's proxy) RELAY_PORT=8765 ADMIN_PORT=9101 (relay;
+##   agent +1, client_a +2) PAGE_PORT=8081 (the demo page on 127.0.0.2), or EPHEMERAL=1
+PORT       ?= 8080
+RELAY_PORT ?= 8765
+ADMIN_PORT ?= 9101
+PAGE_PORT  ?= 8081
 run: $(STAMP)
-	$(BIN)/python -m fastrelay demo
+	$(BIN)/python -m fastrelay demo --port $(PORT) --relay-port $(RELAY_PORT) \
+		--admin-port $(ADMIN_PORT) --page-port $(PAGE_PORT) $(if $(EPHEMERAL),--ephemeral)
 
 ## make test: install what the tests need (pip and apt), then lint and run every test
 test: $(STAMP) system-deps lint

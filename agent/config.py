@@ -20,8 +20,22 @@ from fastrelay.config import (
 
 OPTIONS = [
     Option("admin", host_port, ("127.0.0.1", 9102), "admin address for /healthz /readyz /metrics"),
-    Option("allow", text_value, (), "egress allowed: CIDR, host pattern or host:port", repeat=True),
-    Option("deny", text_value, (), "egress denied: CIDR, host pattern or host:port", repeat=True),
+    Option(
+        "allow",
+        text_value,
+        (),
+        "egress allowed: CIDR, host pattern or host:port; repeat for more",
+        repeat=True,
+        metavar="SPEC",
+    ),
+    Option(
+        "deny",
+        text_value,
+        (),
+        "egress denied (wins over --allow): CIDR, host pattern or host:port",
+        repeat=True,
+        metavar="SPEC",
+    ),
     Option("dial_timeout", positive_float, 10.0, "seconds for DNS plus TCP connect"),
     *carrier_options(),
 ]
@@ -47,8 +61,20 @@ class AgentConfig:
         return f"AgentConfig(relay={self.relay!r}, admin={self.admin}, token=<hidden>)"
 
 
+DESCRIPTION = """\
+The agent dials the relay and opens the TCP connections client_a asks for.
+
+Egress policy: by default the agent refuses loopback, private (RFC 1918, fc00::/7),
+link-local (including 169.254.169.254), other special-purpose addresses and the
+host's own interface addresses; public addresses are allowed. --allow lets a target
+in one of those ranges through; --deny refuses more and wins over --allow. A SPEC is
+a CIDR (10.0.0.0/8), a host pattern (example.com, *.example.com, .example.com) or
+either with a port (example.com:443, [2001:db8::/32]:443). The policy is checked
+against the resolved address (docs/OPERATIONS.md, Egress blocklist)."""
+
+
 def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> AgentConfig:
-    v = load_options("agent", OPTIONS, argv, environ)
+    v = load_options("agent", OPTIONS, argv, environ, DESCRIPTION)
     token = load_token(v)
     try:
         policy = EgressPolicy(allow=v.pop("allow"), deny=v.pop("deny"))

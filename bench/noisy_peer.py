@@ -179,7 +179,7 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def cli() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.noisy_peer")
+    parser = argparse.ArgumentParser(prog="python -m bench.noisy_peer", allow_abbrev=False)
     parser.add_argument("--relay", required=True, help="ws://HOST:PORT of the relay")
     parser.add_argument("--target", required=True, help="HOST:PORT of the bench target")
     parser.add_argument("--streams", type=int, default=8)

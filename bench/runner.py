@@ -141,7 +141,7 @@ def environment(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser = argparse.ArgumentParser(prog="python -m bench", allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (CI)")
     parser.add_argument("--only", nargs="+", choices=list(PLAN), help="scenarios to run")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/<ts>)")
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     endpoint_args = ["--window", args.window] if args.window else []
     data = uvloop.run(run(args.only or list(PLAN), args.quick, out, endpoint_args))
     data["environment"] = env
+    data["quick"] = args.quick  # the report then judges no target (bench/report.py)
     (out / "results.json").write_text(json.dumps(data, indent=1))
     summary = report.write(data, out)
     print(summary)

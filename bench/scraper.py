@@ -35,7 +35,7 @@ def stdin_closed(timeout: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.scraper")
+    parser = argparse.ArgumentParser(prog="python -m bench.scraper", allow_abbrev=False)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
     parser.add_argument("--rounds", type=int, help="stop after this many rounds")
     parser.add_argument("targets", nargs="+", metavar="NAME=HOST:PORT")

@@ -90,7 +90,7 @@ async def serve(binds: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--bind", action="append", default=[])
     args = parser.parse_args()
     uvloop.run(serve(args.bind or ["127.0.0.2"]))

@@ -15,6 +15,7 @@ from client_a.proxy import Proxy
 from client_a.rules import RuleError, Rules
 from fastrelay import metrics
 from fastrelay.accesslog import AccessLog
+from fastrelay.config import ConfigError
 from fastrelay.io import listener
 from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.io.carrier import RelayLink
@@ -64,10 +65,17 @@ class RulesWatcher:
 
 
 def load_rules(path: Path | None) -> Rules:
+    """The rules at start-up. A bad file is a config error (exit 2) whose message
+    names the file, the line and the problem, as a reload would log it."""
     if path is None:
         log.warning("no --rules file: every host goes direct")
         return Rules()
-    return Rules.load(path)
+    try:
+        return Rules.load(path)
+    except RuleError as exc:
+        raise ConfigError(f"--rules: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"--rules: cannot read {path}: {exc.strerror}") from None
 
 
 async def serve(config: ClientConfig, stop: asyncio.Event) -> int:

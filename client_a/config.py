@@ -20,7 +20,12 @@ from fastrelay.config import (
 
 OPTIONS = [
     Option("listen", host_port, ("127.0.0.1", 8080), "HTTP proxy listen address"),
-    Option("rules", optional_file, None, "filter list: hosts that go through the relay"),
+    Option(
+        "rules",
+        optional_file,
+        None,
+        "filter list: hosts that go through the relay (optional: without it all go direct)",
+    ),
     Option("admin", host_port, ("127.0.0.1", 9103), "admin address for /healthz /readyz /metrics"),
     Option("open_timeout", positive_float, 15.0, "seconds to wait for a tunnel to open"),
     Option("dial_timeout", positive_float, 10.0, "seconds to connect a direct target"),

@@ -35,6 +35,13 @@ class Option:
     help: str
     repeat: bool = False  # flag may repeat; env is comma-separated; TOML takes a list
     flag: bool = True  # False for secrets: environment or TOML only
+    hidden: bool = False  # internal: accepted, but not shown by --help
+    metavar: str | None = None  # what --help shows for the value; guessed from `parse`
+
+    @property
+    def secret(self) -> bool:
+        """A token option (the tokens or their file): its value is never echoed."""
+        return "token" in self.name
 
     @property
     def flag_name(self) -> str:
@@ -184,6 +191,7 @@ def choice(*allowed: str) -> Callable[[str], str]:
             raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
         return text
 
+    parse.allowed = allowed  # type: ignore[attr-defined]  # for --help
     return parse
 
 
@@ -241,7 +249,7 @@ COMMON_OPTIONS = [
     Option("log_format", choice("text", "json"), "text", "log line format"),
     Option("ping_interval", positive_float, 20.0, "WebSocket ping interval, seconds"),
     Option(
-        "access_log", optional_output, None, "append one line per finished tunnel ('-': stderr)"
+        "access_log", optional_output, None, "append one line per finished tunnel (- for stderr)"
     ),
 ]
 
@@ -251,11 +259,12 @@ def load_options(
     options: Sequence[Option],
     argv: Sequence[str],
     environ: Mapping[str, str] | None = None,
+    description: str | None = None,
 ) -> dict[str, Any]:
     """Merge CLI > environment > TOML > defaults, validating every value."""
     environ = os.environ if environ is None else environ
     options = [*options, *COMMON_OPTIONS]
-    args = _parse_cli(program, options, argv)
+    args = _parse_cli(program, options, argv, description)
     config_path = args.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
     file_values = _read_toml(config_path, options) if config_path else {}
     values: dict[str, Any] = {}
@@ -284,26 +293,144 @@ def _convert(opt: Option, raw: Any, origin: str) -> Any:
             raise ValueError("expected a single value, not a list")
         return opt.parse(str(raw))
     except ValueError as exc:
-        raise ConfigError(f"{origin}: {exc}") from None
+        raise ConfigError(f"{origin}: {_scrub(opt, raw, str(exc))}") from None
 
 
-def _parse_cli(program: str, options: Sequence[Option], argv: Sequence[str]) -> dict[str, Any]:
+def _scrub(opt: Option, raw: Any, message: str) -> str:
+    """An error about a token option, without the value it was given."""
+    if not opt.secret:
+        return message
+    for item in raw if isinstance(raw, list) else [raw]:
+        text = str(item)
+        if text.strip():
+            message = message.replace(repr(text), "<hidden>").replace(text, "<hidden>")
+    return message
+
+
+def _refuse_secret_flags(
+    parser: argparse.ArgumentParser, options: Sequence[Option], argv: Sequence[str]
+) -> None:
+    """`--token X` names its option and the way to give it, never X."""
+    secret_flags = {opt.flag_name: opt for opt in options if not opt.flag}
+    for arg in argv:
+        if arg == "--":
+            break
+        opt = secret_flags.get(arg.split("=", 1)[0])
+        if opt is not None:
+            parser.error(
+                f"{opt.flag_name}: tokens are never flags (they would show in ps): "
+                f"set {opt.env_name} or use {opt.flag_name}-file"
+            )
+
+
+# --- how --help shows values: as a person writes them ---
+
+_METAVARS: dict[Callable[[str], Any], str] = {
+    host_port: "HOST:PORT",
+    positive_float: "SECONDS",
+    positive_int: "N",
+    boolean: "true|false",
+    size_bytes: "SIZE",
+    ws_url: "URL",
+    redis_url: "URL",
+    name_list: "ID,ID,...",
+    existing_file: "FILE",
+    optional_file: "FILE",
+    optional_output: "FILE",
+    ip_address: "IP",
+}
+
+
+def metavar(opt: Option) -> str:
+    if opt.metavar:
+        return opt.metavar
+    if opt.parse in _METAVARS:
+        return _METAVARS[opt.parse]
+    if getattr(opt.parse, "__qualname__", "").startswith("count_in"):
+        return "N"
+    allowed = getattr(opt.parse, "allowed", None)
+    if allowed:
+        return "|".join(allowed)
+    return "VALUE"
+
+
+def format_size(value: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if value % size == 0:
+            return f"{value // size}{unit}"
+    return str(value)
+
+
+def format_default(opt: Option) -> str | None:
+    """The default as one would type it, or None when there is none to show."""
+    value = opt.default
+    if value is None or value == "" or value == () or value == []:
+        return None
+    if opt.parse is host_port and isinstance(value, tuple):
+        host, port = value
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if opt.parse is size_bytes and isinstance(value, int):
+        return format_size(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def help_epilog(options: Sequence[Option]) -> str:
+    """Every environment variable the program reads, tokens included."""
+    lines = ["environment (a flag beats its variable; the variable beats --config):"]
+    width = max(len(opt.env_name) for opt in options)
+    width = max(width, len(ENV_PREFIX + "CONFIG"))
+    lines.append(f"  {ENV_PREFIX + 'CONFIG':<{width}}  same as --config")
+    for opt in options:
+        if opt.hidden:
+            continue
+        what = opt.flag_name if opt.flag else f"{opt.help} (never a flag)"
+        if opt.repeat and opt.flag:
+            what += ", comma-separated"
+        lines.append(f"  {opt.env_name:<{width}}  {what}")
+    return "\n".join(lines)
+
+
+def _parse_cli(
+    program: str, options: Sequence[Option], argv: Sequence[str], description: str | None = None
+) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog=f"fastrelay {program}", argument_default=argparse.SUPPRESS
+        prog=f"fastrelay {program}",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+        description=description,
+        epilog=help_epilog(options),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _refuse_secret_flags(parser, options, argv)
     parser.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
     for opt in options:
         if not opt.flag:
             continue
-        help_text = f"{opt.help} (env {opt.env_name}; default {opt.default!r})"
+        default = format_default(opt)
+        help_text = f"{opt.help} (env {opt.env_name}"
+        help_text += f"; default {default})" if default is not None else ")"
         parser.add_argument(
             opt.flag_name,
             dest=opt.name,
             action="append" if opt.repeat else "store",
-            help=help_text,
+            help=argparse.SUPPRESS if opt.hidden else help_text.replace("%", "%%"),
+            metavar=metavar(opt),
             type=_argparse_type(opt),
         )
-    return vars(parser.parse_args(list(argv)))
+    args, extra = parser.parse_known_args(list(argv))
+    if extra:
+        # Only the unknown options are named: a stray value may be a secret.
+        unknown = [arg.split("=", 1)[0] for arg in extra if arg.startswith("-")]
+        if unknown:
+            parser.error(f"unknown option {', '.join(unknown)}")
+        parser.error(f"{len(extra)} unexpected argument(s) without an option")
+    return vars(args)
 
 
 def _argparse_type(opt: Option) -> Callable[[str], str]:
@@ -313,7 +440,7 @@ def _argparse_type(opt: Option) -> Callable[[str], str]:
         try:
             opt.parse(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            raise argparse.ArgumentTypeError(_scrub(opt, text, str(exc))) from None
         return text
 
     return check
@@ -347,13 +474,13 @@ def read_secret_file(path: Path | None, option: str) -> tuple[str, ...]:
         return ()
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{option}: cannot read {path}: {exc.strerror}") from None
+    except OSError as exc:  # the path is not repeated: it was given to a token option
+        raise ConfigError(f"{option}: cannot read the file: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{option}: {path} is not valid UTF-8: {exc.reason}") from None
+        raise ConfigError(f"{option}: the file is not valid UTF-8: {exc.reason}") from None
     tokens = tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
     if not tokens:
-        raise ConfigError(f"{option}: {path} holds no tokens")
+        raise ConfigError(f"{option}: the file holds no tokens")
     return tokens
 
 

@@ -1,9 +1,10 @@
 """`fastrelay demo`: relay, agent and client_a together on loopback.
 
 It generates fresh tokens (passed through the environment, never argv), writes
-an example rules file, starts a small page on 127.0.0.2 that the rules send
-through the relay, and prints where to point a browser and where /metrics is.
-Ctrl-C (or SIGTERM) stops all three.
+an example rules file and a prometheus.yml for the demo's admin ports into a
+temporary directory (removed on exit), starts a small page on 127.0.0.2 that the
+rules send through the relay, and prints where to point a browser and where
+/metrics is. Ctrl-C (or SIGTERM) stops all three.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
+import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,17 +76,105 @@ def wait_ready(admin: str, timeout: float = 15.0) -> bool:
     return False
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fastrelay demo")
+PROMETHEUS_DEMO = """\
+# Prometheus for `fastrelay demo`: scrapes the demo's three admin ports on loopback.
+# Run: prometheus --config.file={path}
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+{rules}
+scrape_configs:
+  - job_name: fastrelay-relay
+    static_configs:
+      - targets: ["{relay}"]
+  - job_name: fastrelay-agent
+    static_configs:
+      - targets: ["{agent}"]
+  - job_name: fastrelay-client
+    static_configs:
+      - targets: ["{client}"]
+"""
+
+
+def write_prometheus_config(workdir: Path, r: dict, a: dict, c: dict) -> Path:
+    """A prometheus.yml whose targets are this demo's real admin addresses (and,
+    from a source checkout, the shipped alert rules)."""
+    path = workdir / "prometheus.yml"
+    alerts = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
+    rules = f"rule_files:\n  - {alerts}\n" if alerts.is_file() else ""
+    path.write_text(
+        PROMETHEUS_DEMO.format(
+            path=path, rules=rules, relay=r["admin"], agent=a["admin"], client=c["admin"]
+        )
+    )
+    return path
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="fastrelay demo",
+        allow_abbrev=False,
+        description="relay, agent and client_a on loopback with generated tokens and an "
+        "example rules file (what `make run` starts). Ctrl-C stops everything.",
+        epilog="make run takes the same ports: make run PORT=8090 RELAY_PORT=8766 "
+        "ADMIN_PORT=9201 PAGE_PORT=8082 (or EPHEMERAL=1).",
+    )
+    parser.add_argument(
+        "--port", type=int, default=8080, metavar="PORT",
+        help="client_a's proxy port, where the browser points (default 8080)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--relay-port", type=int, default=8765, metavar="PORT",
+        help="the relay's WebSocket port (default 8765)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--admin-port", type=int, default=9101, metavar="PORT",
+        help="the relay's /metrics port; the agent's is PORT+1, client_a's PORT+2 "
+        "(default 9101)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--page-port", type=int, default=8081, metavar="PORT",
+        help=f"the demo page on {DEMO_PAGE_HOST} (default 8081)",
+    )  # fmt: skip
     parser.add_argument(
         "--ephemeral",
         action="store_true",
-        help="use free ports instead of 8080/8765/9101-9103 (for tests)",
+        help="use free ports instead of the ones above (for tests and busy machines)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the JSON ready line after the banner even on a terminal (always printed "
+        "when stdout is not a terminal)",
     )
     args = parser.parse_args(argv)
+    for name in ("port", "relay_port", "admin_port", "page_port"):
+        if not 0 < getattr(args, name) < 65536 - (2 if name == "admin_port" else 0):
+            parser.error(f"--{name.replace('_', '-')}: not a port: {getattr(args, name)}")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    # From here on Ctrl-C/SIGTERM ask for a clean stop (children stopped, files removed),
+    # even while the programs are still starting.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     port = (lambda p: "0") if args.ephemeral else (lambda p: str(p))
+    try:
+        page = http.server.ThreadingHTTPServer(
+            (DEMO_PAGE_HOST, int(port(args.page_port))), DemoPage
+        )
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(
+            f"fastrelay demo: error: --page-port {DEMO_PAGE_HOST}:{args.page_port}: "
+            f"{reason.lower()} (choose another with --page-port, or --ephemeral)",
+            file=sys.stderr,
+        )
+        return 1
     workdir = Path(tempfile.mkdtemp(prefix="fastrelay-demo-"))
-    page = http.server.ThreadingHTTPServer((DEMO_PAGE_HOST, int(port(8081))), DemoPage)
     threading.Thread(target=page.serve_forever, daemon=True).start()
     page_url = f"http://{DEMO_PAGE_HOST}:{page.server_address[1]}/"
     rules = workdir / "rules.txt"
@@ -94,7 +185,12 @@ def main(argv: list[str]) -> int:
     try:
         relay, r = start(
             "relay",
-            ["--listen", f"127.0.0.1:{port(8765)}", "--admin", f"127.0.0.1:{port(9101)}"],
+            [
+                "--listen",
+                f"127.0.0.1:{port(args.relay_port)}",
+                "--admin",
+                f"127.0.0.1:{port(args.admin_port)}",
+            ],
             {"FASTRELAY_CLIENT_TOKENS": client_token, "FASTRELAY_AGENT_TOKENS": agent_token},
         )
         procs.append(relay)
@@ -105,7 +201,7 @@ def main(argv: list[str]) -> int:
                 "--relay",
                 relay_url,
                 "--admin",
-                f"127.0.0.1:{port(9102)}",
+                f"127.0.0.1:{port(args.admin_port + 1)}",
                 "--allow",
                 f"{DEMO_PAGE_HOST}/32",
             ],
@@ -116,13 +212,13 @@ def main(argv: list[str]) -> int:
             "client",
             [
                 "--listen",
-                f"127.0.0.1:{port(8080)}",
+                f"127.0.0.1:{port(args.port)}",
                 "--relay",
                 relay_url,
                 "--rules",
                 str(rules),
                 "--admin",
-                f"127.0.0.1:{port(9103)}",
+                f"127.0.0.1:{port(args.admin_port + 2)}",
             ],
             {"FASTRELAY_TOKEN": client_token},
         )
@@ -130,23 +226,27 @@ def main(argv: list[str]) -> int:
         if not (wait_ready(a["admin"]) and wait_ready(c["admin"])):
             print("fastrelay demo: agent or client_a did not connect", file=sys.stderr)
             return 1
-        print_banner(c["listen"], r, a, c, page_url, rules)
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "event": "ready",
-                    "program": "demo",
-                    "proxy": c["listen"],
-                    "relay": r,
-                    "agent": a,
-                    "client": c,
-                    "page": page_url,
-                }
+        prometheus = write_prometheus_config(workdir, r, a, c)
+        print_banner(c["listen"], r, a, c, page_url, rules, prometheus)
+        if args.json or not sys.stdout.isatty():  # machine output for pipes and supervisors
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "event": "ready",
+                        "program": "demo",
+                        "proxy": c["listen"],
+                        "relay": r,
+                        "agent": a,
+                        "client": c,
+                        "page": page_url,
+                        "workdir": str(workdir),
+                        "prometheus": str(prometheus),
+                    }
+                )
+                + "\n"
             )
-            + "\n"
-        )
-        sys.stdout.flush()
-        return supervise(procs)
+            sys.stdout.flush()
+        return supervise(procs, stop)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -157,13 +257,11 @@ def main(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         page.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)  # rules and prometheus.yml: this run's only
 
 
-def supervise(procs: list[subprocess.Popen]) -> int:
+def supervise(procs: list[subprocess.Popen], stop: threading.Event) -> int:
     """Wait for Ctrl-C/SIGTERM (exit 0) or for a program to die (exit 1)."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):
         for proc in procs:
             if proc.poll() is not None:
@@ -174,7 +272,9 @@ def supervise(procs: list[subprocess.Popen]) -> int:
     return 0
 
 
-def print_banner(proxy: str, r: dict, a: dict, c: dict, page_url: str, rules: Path) -> None:
+def print_banner(
+    proxy: str, r: dict, a: dict, c: dict, page_url: str, rules: Path, prometheus: Path
+) -> None:
     print(
         f"""
 fastrelay demo is running: client_a -> relay -> agent, all on loopback.
@@ -187,8 +287,10 @@ fastrelay demo is running: client_a -> relay -> agent, all on loopback.
   Metrics:    relay    http://{r["admin"]}/metrics
               agent    http://{a["admin"]}/metrics
               client_a http://{c["admin"]}/metrics
-  Grafana:    scrape them with deploy/prometheus/prometheus.yml (targets 127.0.0.1 and
-              the ports above), then import deploy/grafana/fastrelay.json (deploy/README.md)
+  Prometheus: prometheus --config.file={prometheus}
+              (scrapes the three ports above), then import deploy/grafana/fastrelay.json
+              into Grafana (deploy/README.md)
+  Files:      {rules.parent}  (removed when the demo stops)
 
 Ctrl-C stops everything.
 """,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import resource
@@ -32,6 +33,22 @@ def announce_ready(program: str, **addresses: str) -> None:
     line = orjson.dumps({"event": "ready", "program": program, "pid": os.getpid(), **addresses})
     sys.stdout.write(line.decode() + "\n")
     sys.stdout.flush()
+
+
+class BindError(OSError):
+    """A listening address that could not be bound, named by its option:
+    `--listen 127.0.0.1:8080: address already in use`, once, no errno text."""
+
+    def __init__(self, option: str, host: str, port: int, exc: OSError) -> None:
+        reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+        super().__init__(exc.errno, reason)
+        self.option = option
+        self.message = f"{option} {format_address((host, port))}: {reason[:1].lower()}{reason[1:]}"
+        if exc.errno == errno.EADDRINUSE:
+            self.message += " (another program holds that port: choose another with " + option + ")"
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def format_address(sockname: tuple) -> str:
@@ -81,6 +98,26 @@ def raise_fd_limit() -> int:
     return hard
 
 
+_force_exit_hooks: list[Callable[[], None]] = []
+
+
+def on_force_exit(hook: Callable[[], None]) -> None:
+    """Run `hook` (quick, no awaiting) when a second signal ends the process at once,
+    e.g. the relay supervisor SIGKILLs its workers so none outlives it draining."""
+    _force_exit_hooks.append(hook)
+
+
+def force_exit() -> None:
+    """The second Ctrl-C: say so, run the hooks, exit 1 without draining."""
+    with contextlib.suppress(Exception):
+        sys.stderr.write("second signal: stopping now, without waiting for open tunnels\n")
+        sys.stderr.flush()
+    for hook in _force_exit_hooks:
+        with contextlib.suppress(Exception):
+            hook()
+    os._exit(1)
+
+
 def run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
     """Run a program's `main(stop)` on uvloop (after raising the fd limit)."""
     raise_fd_limit()
@@ -94,7 +131,7 @@ def run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
             nonlocal hits
             hits += 1
             if hits > 1:
-                os._exit(1)  # second Ctrl-C: the operator wants out now
+                force_exit()  # second Ctrl-C: the operator wants out now
             stop.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):

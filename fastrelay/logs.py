@@ -54,26 +54,55 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 class RateLimitedLog:
-    """At most `burst` lines per `period` seconds; the rest are counted and
-    summarised in the next line that gets through."""
+    """At most `burst` lines per `period` seconds; the rest are counted. The
+    count is reported in the next line that gets through (`suppressed=N`), or,
+    when the caller calls `flush()` (e.g. from a timer), as a summary line
+    "N more <what> suppressed in the last Ts" once the period is over."""
 
-    def __init__(self, logger: logging.Logger, period: float = 10.0, burst: int = 5) -> None:
+    def __init__(
+        self, logger: logging.Logger, period: float = 10.0, burst: int = 5, what: str = "lines"
+    ) -> None:
         self.logger = logger
         self.period = period
         self.burst = burst
+        self.what = what
         self.window_start = 0.0
         self.sent = 0
         self.suppressed = 0
+        self.level = logging.WARNING  # of the lines being suppressed, for the summary
 
     def warning(self, msg: str, **fields: object) -> None:
+        self.log(logging.WARNING, msg, **fields)
+
+    def info(self, msg: str, **fields: object) -> None:
+        self.log(logging.INFO, msg, **fields)
+
+    def log(self, level: int, msg: str, **fields: object) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
         now = time.monotonic()
         if now - self.window_start >= self.period:
             self.window_start, self.sent = now, 0
         if self.sent >= self.burst:
             self.suppressed += 1
+            self.level = level
             return
         self.sent += 1
         if self.suppressed:
             fields["suppressed"] = self.suppressed
             self.suppressed = 0
-        self.logger.warning(msg, extra={"fields": fields})
+        self.logger.log(level, msg, extra={"fields": fields})
+
+    def flush(self) -> None:
+        """Cheap when there is nothing to say; call it a few times a second."""
+        if not self.suppressed or time.monotonic() - self.window_start < self.period:
+            return
+        count, self.suppressed = self.suppressed, 0
+        self.logger.log(
+            self.level,
+            "%d more %s suppressed in the last %gs",
+            count,
+            self.what,
+            self.period,
+            extra={"fields": {"suppressed": count}},
+        )

@@ -165,7 +165,7 @@ def print_summary(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m loadtest.run", description=__doc__.split("\n")[0]
+        allow_abbrev=False, prog="python -m loadtest.run", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--spawn-rate", type=float, default=20)

@@ -92,7 +92,7 @@ async def serve(target: tuple[str, int]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--target", required=True)
     host, port = parser.parse_args().target.rsplit(":", 1)
     uvloop.run(serve((host, int(port))))

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from fastrelay.io.httphead import HeadLimits, HeadScanner, Refusal, send_and_linger
+from fastrelay.lifecycle import BindError
 from fastrelay.metrics import render
 from fastrelay.protocol.status import phrase
 
@@ -187,4 +188,7 @@ async def start_admin(
 ) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
     limits = AdminLimits(loop, read_timeout, max_connections)
-    return await loop.create_server(lambda: AdminProtocol(registry, ready, limits), host, port)
+    try:
+        return await loop.create_server(lambda: AdminProtocol(registry, ready, limits), host, port)
+    except OSError as exc:
+        raise BindError("--admin", host, port, exc) from None

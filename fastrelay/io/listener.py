@@ -43,7 +43,7 @@ import aiofastnet
 from prometheus_client.core import Metric
 
 from fastrelay import metrics
-from fastrelay.lifecycle import format_address
+from fastrelay.lifecycle import BindError, format_address
 from fastrelay.logs import RateLimitedLog
 
 PAUSE = 0.5  # seconds a listening socket is left alone after running out
@@ -124,7 +124,10 @@ async def create_server(
 ) -> asyncio.AbstractServer:
     """aiofastnet.create_server, with the accept guard described above."""
     global _installed
-    server = await aiofastnet.create_server(loop, protocol_factory, host, port, **kwargs)
+    try:
+        server = await aiofastnet.create_server(loop, protocol_factory, host, port, **kwargs)
+    except OSError as exc:  # every listener here is a program's --listen
+        raise BindError("--listen", host, port, exc) from None
     sockets = getattr(server, "_sockets", None)
     if sockets is None or not hasattr(server, "_accept_connection"):
         log.warning(

@@ -101,7 +101,9 @@ class Socket(Protocol):
     """One stream's local TCP side."""
 
     def write(self, data: bytes | memoryview) -> None: ...
-    def write_eof(self) -> None: ...
+    def write_eof(self) -> None:
+        """Half-close; raises OSError when the connection is gone already."""
+
     def can_write_eof(self) -> bool: ...
     def is_closing(self) -> bool: ...
     def close(self) -> None: ...
@@ -409,7 +411,11 @@ class Stream:
         self.state.apply(self.side.fin_in)
         socket = self.socket
         if socket is not None and not socket.is_closing() and socket.can_write_eof():
-            socket.write_eof()
+            try:
+                socket.write_eof()
+            except OSError as exc:  # the peer is gone already (ENOTCONN)
+                self.socket_lost(exc)
+                return
         if self.state.closed:
             self._finish(End.FINISHED)
         elif self.one_exchange:

@@ -22,6 +22,22 @@ from fastrelay.tls import server_context
 
 log = logging.getLogger("fastrelay.relay")
 DRAIN_POLL = 0.05
+DRAIN_REPORT_EVERY = 5.0  # seconds between "still draining" lines...
+DRAIN_REPORTS = 12  # ...and at most this many, however long --drain-timeout is
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def drain_state(relay: Relay) -> str:
+    """What a shutdown waits for, e.g. '3 tunnels on 2 client_a connections'."""
+    clients = relay.clients
+    busy = sum(1 for conn in clients if conn.sends)
+    text = f"{_plural(relay.active_streams, 'tunnel')} on {_plural(busy, 'client_a connection')}"
+    if len(clients) > busy:
+        text += f" (and {len(clients) - busy} idle, closing)"
+    return text
 
 
 async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
@@ -77,17 +93,37 @@ async def serve(config: RelayConfig, stop: asyncio.Event) -> int:
 
     await stop.wait()
     readiness.set("draining")
-    log.info("shutting down: no new connections, draining %d streams", relay.active_streams)
     server.close()
     relay.start_draining()
+    if relay.active_streams or relay.clients:
+        log.info(
+            "shutting down: no new connections; waiting up to %gs for %s to finish "
+            "(Ctrl-C again to stop at once)",
+            config.drain_timeout,
+            drain_state(relay),
+        )
+    else:
+        log.info("shutting down: no new connections, nothing open to wait for")
     await relay.membership.leave()
     await membership
     deadline = loop.time() + config.drain_timeout
+    # Progress every few seconds while it waits, at most DRAIN_REPORTS lines.
+    every = max(DRAIN_REPORT_EVERY, config.drain_timeout / DRAIN_REPORTS)
+    next_report = loop.time() + every
     # Until the tunnels are done and the client_a carriers closed (client_a
     # closes a carrier once GOAWAY'd and idle): an open sent just before our
     # GOAWAY reached it still gets its 503 "draining", not a dropped connection.
     while (relay.active_streams or relay.clients) and loop.time() < deadline:
         await asyncio.sleep(DRAIN_POLL)
+        if loop.time() >= next_report and loop.time() < deadline:
+            next_report += every
+            log.info(
+                "still draining: %s; %.0fs left (Ctrl-C again to stop at once)",
+                drain_state(relay),
+                deadline - loop.time(),
+            )
+    if relay.active_streams:
+        log.warning("drain timeout (%gs): closing %s", config.drain_timeout, drain_state(relay))
     relay.close_all("relay shutting down")
     relay.close()
     admin.close()

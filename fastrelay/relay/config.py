@@ -92,15 +92,29 @@ OPTIONS = [
         "seconds an open may go unanswered before it moves to another agent, once",
     ),
     Option("drain_timeout", positive_float, 30.0, "seconds open tunnels may finish on shutdown"),
-    Option("instance_id", str, "", "instance id announced in HELLO (default: random)"),
+    Option(
+        "instance_id", str, "", "instance id announced in HELLO (default: random)", metavar="ID"
+    ),
     Option("cluster", redis_url, "", "Redis URL holding the live relay set (scale-out)"),
-    Option("cluster_name", str, "fastrelay", "Redis key prefix: one per deployment"),
+    Option(
+        "cluster_name", str, "fastrelay", "Redis key prefix: one per deployment", metavar="NAME"
+    ),
     Option("cluster_ttl", positive_float, 5.0, "seconds a dead relay stays in the set"),
     Option("peers", name_list, (), "static relay instance ids, comma-separated (no Redis)"),
     Option(
-        "workers", worker_count, 1, "relay processes sharing --listen (N or auto: one per core)"
+        "workers",
+        worker_count,
+        1,
+        "relay processes sharing --listen (N or auto: one per core)",
+        metavar="N|auto",
     ),
-    Option("reuse_port", boolean, False, "SO_REUSEPORT on --listen (set for --workers' children)"),
+    Option(
+        "reuse_port",
+        boolean,
+        False,
+        "SO_REUSEPORT on --listen (set for --workers' children)",
+        hidden=True,
+    ),
 ]
 
 

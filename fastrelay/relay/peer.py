@@ -42,6 +42,8 @@ class Peer(WSListener):
         self.writer: MuxWriter | None = None
         self.conn: Conn | None = None
         self.closed = False
+        self.forwarded_for: str | None = None  # X-Forwarded-For at the upgrade, for logs
+        self.close_reason: str | None = None  # who closed, with what code; for the log
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -52,6 +54,7 @@ class Peer(WSListener):
         transport.underlying_transport.set_write_buffer_limits(high=budget, low=budget // 4)
         self.conn = Conn(self.role, self.writer, self, self.token, self.remote)
         self.switch.attach(self.conn, _now())
+        self.relay.peer_connected(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         conn = self.conn
@@ -62,6 +65,10 @@ class Peer(WSListener):
         elif msg_type is _PONG:
             self.switch.heard(conn, _now())
         elif msg_type is _CLOSE:
+            if self.close_reason is None:
+                message = (frame.get_close_message() or b"").decode("utf-8", "replace")[:120]
+                code = int(frame.get_close_code())
+                self.close_reason = f"closed by peer ({code}{' ' + message if message else ''})"
             transport.send_close(frame.get_close_code())
             transport.disconnect()
         elif msg_type is not _PING:
@@ -81,6 +88,8 @@ class Peer(WSListener):
             # memory until the ping timeout. Past a small queue, drop it now.
             graceful = self.write_buffer_size() <= CLOSE_DRAIN_LIMIT
             self.closed = True
+            if self.close_reason is None:
+                self.close_reason = f"closed by relay ({int(code)} {reason})"
             transport.send_close(WSCloseCode(code), reason.encode()[:120])
             transport.disconnect(graceful=graceful)
         if self.writer is not None:
@@ -109,6 +118,7 @@ class Peer(WSListener):
         self.closed = True
         if self.conn is not None:
             self.switch.detach(self.conn, _now())
+            self.relay.peer_disconnected(self, self.close_reason or "connection lost")
         if self.writer is not None:
             self.writer.close()
 

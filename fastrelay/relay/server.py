@@ -48,6 +48,8 @@ class Relay:
         self.membership: StaticMembership | RedisMembership | None = None  # set by the app
         self.auth_log = RateLimitedLog(log)
         self.limit_log = RateLimitedLog(log)
+        # One line per connect and per disconnect; under churn a burst, then a summary.
+        self.conn_log = RateLimitedLog(log, period=10.0, burst=20, what="connection events")
         self.access_log = access_log
         self._tokens = {
             "client": [t.encode() for t in config.client_tokens],
@@ -87,11 +89,35 @@ class Relay:
             return WSUpgradeResponseWithListener(
                 WSUpgradeResponse.create_error_response(status, message.encode() + b"\n"), None
             )
+        listener = Peer(self, role, peer, token)
+        listener.forwarded_for = fields.get("forwarded_for")
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_101_response(
                 extra_headers={"X-Fastrelay-Instance": self.instance_id}
             ),
-            Peer(self, role, peer, token),
+            listener,
+        )
+
+    # --- connection events: logged once each (rate-limited), never per frame ---
+
+    def _peer_fields(self, peer: Peer) -> dict[str, object]:
+        fields: dict[str, object] = {
+            "role": peer.role,
+            "peer": peer.remote,
+            "instance": self.instance_id,
+        }
+        if peer.forwarded_for:
+            fields["forwarded_for"] = peer.forwarded_for
+        return fields
+
+    def peer_connected(self, peer: Peer) -> None:
+        self.conn_log.info(f"{peer.role} connected from {peer.remote}", **self._peer_fields(peer))
+
+    def peer_disconnected(self, peer: Peer, reason: str) -> None:
+        self.conn_log.info(
+            f"{peer.role} disconnected from {peer.remote}: {reason}",
+            **self._peer_fields(peer),
+            reason=reason,
         )
 
     def head_refused(self, refusal: Refusal, peer: str) -> None:
@@ -115,6 +141,7 @@ class Relay:
     def _tick(self) -> None:
         self._ticker = self.loop.call_later(TICK, self._tick)
         self.switch.tick(time.monotonic())
+        self.conn_log.flush()
 
     def close(self) -> None:
         if self._ticker is not None:

@@ -30,7 +30,7 @@ from prometheus_client.core import Metric
 
 from fastrelay import metrics
 from fastrelay.io.admin import Readiness, start_admin
-from fastrelay.lifecycle import announce_ready, format_address, on_sighup, pause
+from fastrelay.lifecycle import announce_ready, format_address, on_force_exit, on_sighup, pause
 from fastrelay.relay import aggregate
 from fastrelay.relay.config import RelayConfig
 
@@ -206,9 +206,15 @@ async def serve_workers(config: RelayConfig, stop: asyncio.Event) -> int:
         worker_admins=[w.admin for w in supervisor.workers],
         worker_pids=[w.process.pid for w in supervisor.workers if w.process is not None],
     )
+    on_force_exit(lambda: supervisor.signal_all(signal.SIGKILL))  # none outlives us
     await stop.wait()
     readiness.set("draining")
-    log.info("relay supervisor: stopping %d workers (each drains)", len(supervisor.alive))
+    log.info(
+        "relay supervisor: stopping %d workers; each waits up to %gs for its open tunnels "
+        "(Ctrl-C again to stop at once)",
+        len(supervisor.alive),
+        config.drain_timeout,
+    )
     await supervisor.shutdown()
     for watcher in watchers:
         watcher.cancel()

@@ -151,3 +151,91 @@ def test_help_exits_0(program: str | None) -> None:
         assert all(name in result.stdout for name in ("relay", "agent", "client"))
     else:
         assert "--config" in result.stdout and "FASTRELAY_" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (".example.com\n\n*.bad*.example\n", "invalid pattern"),
+        (b".example.com\n\xff\xfe\n", "not valid UTF-8"),
+    ],
+    ids=["bad-pattern", "not-utf8"],
+)
+def test_bad_rules_file_at_startup_exits_2_naming_file_and_line(
+    tmp_path: Path, content: str | bytes, problem: str
+) -> None:
+    rules = tmp_path / "rules.txt"
+    if isinstance(content, bytes):
+        rules.write_bytes(content)
+    else:
+        rules.write_text(content)
+    line = 3 if problem == "invalid pattern" else 2
+    result = run_cli(
+        "client", *PEER_ARGS, "--listen", "127.0.0.1:0", "--rules", str(rules), env=PEER_TOKEN
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"--rules: {rules}:{line}: {problem}" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
+
+
+SECRET = "s3cr3t-value-never-echoed"
+
+
+@pytest.mark.parametrize(
+    ("program", "argv", "names"),
+    [
+        ("agent", ["--token", SECRET], "--token:"),
+        ("client", ["--token", SECRET], "--token:"),
+        ("agent", [f"--token={SECRET}"], "--token:"),
+        ("relay", ["--client-tokens", SECRET], "--client-tokens:"),
+        ("relay", ["--agent-tokens", SECRET], "--agent-tokens:"),
+        ("agent", ["--token-file", SECRET], "--token-file"),
+        ("relay", ["--client-tokens-file", SECRET], "--client-tokens-file"),
+        ("agent", ["--tok", SECRET], "unknown option --tok"),  # no prefix matching
+        ("agent", ["--token-fil", SECRET], "unknown option --token-fil"),
+    ],
+    ids=[
+        "agent-token",
+        "client-token",
+        "token-equals",
+        "client-tokens",
+        "agent-tokens",
+        "token-file",
+        "client-tokens-file",
+        "tok",
+        "token-fil",
+    ],
+)
+def test_token_options_never_echo_the_value(program: str, argv: list[str], names: str) -> None:
+    ports = RELAY_PORTS if program == "relay" else PEER_ARGS
+    env = TOKENS if program == "relay" else {}
+    result = run_cli(program, *ports, *argv, env=env)
+    assert result.returncode == 2, result.stderr
+    assert names in result.stderr, result.stderr
+    assert SECRET not in result.stderr + result.stdout, result.stderr
+    assert "no such file" not in result.stderr or names.endswith("-file"), result.stderr
+
+
+def test_token_file_in_toml_is_not_echoed(tmp_path: Path) -> None:
+    toml = tmp_path / "agent.toml"
+    toml.write_text(f'token_file = "{SECRET}"\n')
+    result = run_cli("agent", *PEER_ARGS, "--config", str(toml))
+    assert result.returncode == 2, result.stderr
+    assert "token_file" in result.stderr and SECRET not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("program", "argv"),
+    [
+        ("relay", ["--lis", "127.0.0.1:0"]),
+        ("client", ["--rule", "rules.txt"]),
+        ("agent", ["--dial-time", "3"]),
+    ],
+)
+def test_option_abbreviations_are_refused(program: str, argv: list[str]) -> None:
+    ports = RELAY_PORTS if program == "relay" else PEER_ARGS
+    env = TOKENS if program == "relay" else PEER_TOKEN
+    result = run_cli(program, *ports, *argv, env=env)
+    assert result.returncode == 2, result.stderr
+    assert f"unknown option {argv[0]}" in result.stderr, result.stderr

@@ -598,3 +598,16 @@ def test_a_bug_in_the_program_costs_one_stream() -> None:
     assert other.end is End.ABORTED and other.error == "internal error"
     assert session.stats.protocol_errors["internal_error"] == 1
     assert bytes(socket.written) == b"fine" and stream.end is None
+
+
+def test_a_half_close_on_a_socket_already_gone_aborts_the_stream_quietly() -> None:
+    stream, session, link, socket = client_stream()
+
+    def gone() -> None:
+        raise OSError(107, "Transport endpoint is not connected")
+
+    socket.write_eof = gone  # type: ignore[method-assign]
+    session.receive(memoryview(encode_frame(FIN, stream.sid)), NOW)
+    assert stream.end is End.ABORTED and "not connected" in stream.error
+    assert [t for t, _ in link.frames()] == [ERROR]
+    assert session.stats.protocol_errors["internal_error"] == 0

@@ -181,7 +181,7 @@ class EchoServer(socketserver.ThreadingTCPServer):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--bind", action="append", required=True)

@@ -348,8 +348,9 @@ def test_a_path_too_long_for_the_os_is_a_config_error(tmp_path: Path, key: str) 
 def test_a_token_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     secret = tmp_path / "tokens"
     secret.write_bytes(b"ok\n\xff\xfe\n")
-    with pytest.raises(ConfigError, match=r"--x: .*tokens is not valid UTF-8"):
+    with pytest.raises(ConfigError, match=r"--x: the file is not valid UTF-8") as info:
         read_secret_file(secret, "--x")
+    assert str(secret) not in str(info.value)  # a token option's value is never repeated
     path = toml(tmp_path, f'token_file = "{secret}"\n')
     with pytest.raises(ConfigError, match="not valid UTF-8"):
         client_config.load(["--config", path], {})
