@@ -1,13 +1,13 @@
 # fastrelay: `make run` starts the demo, `make test` installs everything and runs the tests.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 .PHONY: run test lint unit e2e system-deps bench bench-quick ci clean loadtest loadtest-smoke fuzz
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "fastrelay needs Python 3.11"'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fastrelay needs Python 3.11 or newer (3.11-3.13 are tested): make test PYTHON=python3.13")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e '.[test,bench]'  # no setuptools editable-install notice
@@ -74,4 +74,4 @@ loadtest-smoke: $(STAMP)
 		--out loadtest/results/$$(date +%Y%m%d-%H%M%S)-smoke
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf .venv .venv-* .pytest_cache .ruff_cache .hypothesis .benchmarks

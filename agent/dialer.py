@@ -51,8 +51,9 @@ async def resolve(host: str, port: int) -> list[str]:
         raise DialFailure(Failure.DNS, f"DNS lookup of {host} failed: {exc.strerror}") from None
     addresses: list[str] = []
     for _family, _type, _proto, _canon, sockaddr in infos:
-        if sockaddr[0] not in addresses:
-            addresses.append(sockaddr[0])
+        address = str(sockaddr[0])
+        if address not in addresses:
+            addresses.append(address)
     return addresses
 
 

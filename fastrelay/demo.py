@@ -265,9 +265,8 @@ def supervise(procs: list[subprocess.Popen], stop: threading.Event) -> int:
     while not stop.wait(0.5):
         for proc in procs:
             if proc.poll() is not None:
-                print(
-                    f"fastrelay demo: {proc.args[3]} exited with {proc.returncode}", file=sys.stderr
-                )
+                name = proc.args[3] if isinstance(proc.args, list) else proc.args
+                print(f"fastrelay demo: {name!s} exited with {proc.returncode}", file=sys.stderr)
                 return 1
     return 0
 

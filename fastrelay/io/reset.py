@@ -95,5 +95,5 @@ def reset_when_sent(transport: asyncio.Transport, wait: float = RESET_WAIT) -> N
     reset = _Reset(transport, wait)
     if _unsent(transport, reset.fd):  # a wait: nothing more is read meanwhile
         with contextlib.suppress(Exception):  # after EOF, say: reading has stopped already
-            transport.pause_reading()  # type: ignore[attr-defined]
+            transport.pause_reading()
     reset.poll()

@@ -24,7 +24,7 @@ import ssl
 from collections.abc import Callable
 
 from picows import WSAutoPingStrategy, WSUpgradeRequest
-from picows.picows import WSProtocol
+from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in picows' stubs
 
 from fastrelay.io import listener
 from fastrelay.io.httphead import (

@@ -115,7 +115,9 @@ class _HeadReader:
     def _find_start(self) -> bool:
         """Skip empty lines; True once the start-line's first byte is in `buf`."""
         buf = self.buf
-        pos = self._empty.match(buf, self._skipped).end()
+        empty = self._empty.match(buf, self._skipped)
+        assert empty is not None  # the pattern matches the empty string too
+        pos = empty.end()
         self._skipped = pos
         if pos == len(buf) or (buf[pos] == _CR and pos + 1 == len(buf)):
             return False  # more empty lines, or a CR whose LF is still on its way
@@ -166,7 +168,9 @@ class _HeadReader:
         if match is None:
             # No blank line in buf[_scan:]; the next one may begin in its last
             # 3 bytes (the longest head end is 4) and end in the next read.
-            self._scan = max(self._start, len(self.buf) - 3)
+            start = self._start
+            assert start is not None  # _find_start() set it before the scan
+            self._scan = max(start, len(self.buf) - 3)
             return None
         if not self.done:
             # The start-line is not blank, so its first blank line ends the head.

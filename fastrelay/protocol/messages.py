@@ -48,7 +48,9 @@ def _load(payload: bytes | memoryview, frame_type: FrameType) -> dict[str, Any]:
     return doc
 
 
-def _field(doc: dict[str, Any], name: str, kind: type, frame_type: FrameType, default: Any = ...):
+def _field(
+    doc: dict[str, Any], name: str, kind: type, frame_type: FrameType, default: Any = ...
+) -> Any:
     value = doc.get(name, default)
     if value is ...:
         raise ControlMessageError(f"{frame_type.name} is missing {name!r}")
