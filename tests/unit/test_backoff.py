@@ -12,7 +12,7 @@ import pytest
 
 from agent import mesh as mesh_module
 from fastrelay.io import pool as pool_module
-from fastrelay.io.carrier import Backoff, CarrierStats, RelayLink
+from fastrelay.io.carrier import RECOVERY, Backoff, CarrierStats, RelayLink
 
 INITIAL = 0.1
 CAP = 10.0
@@ -49,6 +49,34 @@ def test_the_first_redial_after_a_healthy_connection_is_lost_is_prompt() -> None
     assert failures(backoff, 1) == [INITIAL]  # jittered in [0, 100 ms]
     # ... and an outage after it grows from there again
     assert failures(backoff, 3) == [0.2, 0.4, 0.8]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_restarting_relay_is_redialled_within_a_second_for_a_while() -> None:
+    clock = Clock()
+    backoff = Backoff(INITIAL, CAP, clock=clock)
+    backoff.connected()
+    backoff.ended(lived=60.0)  # a healthy connection lost: most likely a restart
+    assert failures(backoff, 8) == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
+    clock.now += RECOVERY  # a restart does not take this long: back to doubling
+    assert failures(backoff, 2) == [10.0, 10.0]
+
+
+def test_a_flap_gets_no_short_delays() -> None:
+    clock = Clock()
+    backoff = Backoff(INITIAL, CAP, clock=clock)
+    backoff.connected()
+    backoff.ended(lived=60.0)
+    backoff.connected()
+    backoff.ended(lived=0.01)  # then a relay that drops at once
+    assert failures(backoff, 6) == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4]
 
 
 def test_flaps_in_a_row_grow_the_delay_to_the_cap() -> None:
