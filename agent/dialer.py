@@ -13,6 +13,7 @@ a 502, reason ``dns``.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections import Counter
 from dataclasses import dataclass
@@ -44,6 +45,12 @@ class DialFailure(Exception):
 
 
 async def resolve(host: str, port: int) -> list[str]:
+    """The addresses to dial for host:port. An IP literal is its own answer: no
+    getaddrinfo (a thread-pool round trip) on the open path."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass  # a name
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
