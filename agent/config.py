@@ -50,6 +50,7 @@ class AgentConfig:
     token: str
     dial_timeout: float
     window: int
+    max_window: int
     max_frame_size: int
     reconnect_max: float
     ping_interval: float

@@ -66,6 +66,7 @@ class ClientConfig:
     dial_timeout: float
     response_timeout: float
     window: int
+    max_window: int
     max_header_bytes: int
     header_timeout: float
     max_connections: int

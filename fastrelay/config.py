@@ -217,6 +217,9 @@ def ip_address(text: str) -> str:
 # one bulk tunnel over 1 MiB (bench: 383 -> 506-569 MB/s down); 8 MiB added only
 # ~10 % more while doubling what a stalled reader can pin (docs/OPERATIONS.md).
 ENDPOINT_WINDOW = 4 * 1024 * 1024
+# How far a stream's window grows when its sender runs out of credit while the
+# receiver keeps up (a long path): 16 MiB carries ~330 MB/s at 50 ms RTT.
+ENDPOINT_MAX_WINDOW = 16 * 1024 * 1024
 
 
 def carrier_options() -> list[Option]:
@@ -227,6 +230,12 @@ def carrier_options() -> list[Option]:
         Option("token", text_value, "", "bearer token for the relay", flag=False),
         Option("token_file", optional_file, None, "file holding the bearer token"),
         Option("window", size_bytes, ENDPOINT_WINDOW, "per-stream receive window"),
+        Option(
+            "max_window",
+            size_bytes,
+            ENDPOINT_MAX_WINDOW,
+            "largest a stream's receive window grows to on a long path",
+        ),
         Option("max_frame_size", size_bytes, 1024 * 1024, "largest WebSocket frame accepted"),
         Option("reconnect_max", positive_float, 10.0, "longest pause between relay redials"),
     ]

@@ -98,6 +98,7 @@ class CarrierSettings(Protocol):
     max_frame_size: int
     reconnect_max: float
     window: int
+    max_window: int
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class RelayLink:
     max_frame_size: int
     reconnect_max: float
     window: int  # the receive window a stream asks for; the relay's budget may cut it
+    max_window: int = 0  # how far a stream's window may grow on a long path (0: window)
 
     @classmethod
     def from_config(cls, config: CarrierSettings, role: str) -> RelayLink:
@@ -125,6 +127,7 @@ class RelayLink:
             config.max_frame_size,
             config.reconnect_max,
             config.window,
+            config.max_window,
         )
 
     def __repr__(self) -> str:  # never print the token
@@ -233,6 +236,7 @@ class Carrier:
             stats,
             side=side,
             window=link.window,
+            max_window=link.max_window,
             max_frame_size=link.max_frame_size,
             open_timeout=open_timeout,
             abort_socket=abort_socket,

@@ -37,12 +37,15 @@ class RecvWindow:
     """Credit the peer still holds for data towards this endpoint, and the
     bytes this endpoint has delivered but not yet returned as credit."""
 
-    __slots__ = ("outstanding", "unreturned", "update_threshold", "window")
+    __slots__ = ("outstanding", "target", "unreturned", "update_threshold", "window")
 
     def __init__(self, window: int) -> None:
         self.window = window  # the stream's whole window: outstanding, in flight and undrained
         self.outstanding = window  # bytes the peer may still send
         self.unreturned = 0  # delivered and drained, not yet announced
+        # The window this stream would like (see `grow`); the pool grants it
+        # as far as the connection's budget and fairness allow.
+        self.target = window
         # Batch updates (as h2 does) so a bulk stream sends one WINDOW_UPDATE
         # per quarter window rather than one per chunk.
         self.update_threshold = max(1, window // 4)
@@ -54,22 +57,30 @@ class RecvWindow:
             )
         self.outstanding -= n
 
-    def release(self, n: int, pool: CreditPool | None = None) -> int:
+    def release(self, n: int, pool: CreditPool | None = None, now: bool = False) -> int:
         """Record `n` bytes drained to the socket; return the increment to
         announce now, or 0 while it is below the batching threshold. With a
         `pool`, the window moves towards the connection's fair share here:
         it grows while there is spare credit, and shrinks by returning less
         than was drained (never to 0: the peer always gets some credit)."""
         self.unreturned += n
-        if self.unreturned < self.update_threshold:
+        if self.unreturned < self.update_threshold and not now:
             return 0
         if pool is not None:
-            change = pool.adjust(self.window, self.unreturned - 1)
+            change = pool.adjust(self.window, self.unreturned - 1, self.target)
             if change:
                 self.window += change
                 self.unreturned += change
                 self.update_threshold = max(1, self.window // 4)
         return self.flush()
+
+    def grow(self, pool: CreditPool | None) -> None:
+        """The sender ran out of credit while this end kept up: the window is
+        below the path's bandwidth-delay product. Aim at twice it (up to the
+        pool's `max_window`); releases move the window there as the budget
+        allows, and back towards the fair share when other streams need it."""
+        limit = pool.max_window if pool is not None else self.window
+        self.target = min(limit, max(self.target, self.window) * 2)
 
     def flush(self) -> int:
         """Return all unannounced credit (for when the batch must go now)."""
@@ -100,25 +111,27 @@ class CreditPool:
     so 100 busy streams on one connection move at about the same rate.
     """
 
-    __slots__ = ("budget", "floor", "granted", "max_streams", "streams", "want")
+    __slots__ = ("budget", "floor", "granted", "max_streams", "max_window", "streams", "want")
 
-    def __init__(self, budget: int, max_streams: int, want: int) -> None:
+    def __init__(self, budget: int, max_streams: int, want: int, max_window: int = 0) -> None:
         if budget < 1 or max_streams < 1 or want < 1:
             raise ValueError("budget, max_streams and want must be positive")
         self.budget = budget
         self.max_streams = max_streams
-        self.want = want  # the window a stream asks for (--window)
+        self.want = want  # the window a stream opens with (--window)
+        # The most a stream's window may grow to when its path needs it (--max-window).
+        self.max_window = max(want, max_window)
         self.floor = max(1, min(MIN_WINDOW, want, budget // (2 * max_streams)))
         self.granted = 0  # the sum of the live streams' windows
         self.streams = 0
 
     @classmethod
-    def for_relay(cls, budget: int, max_streams: int, want: int) -> CreditPool:
+    def for_relay(cls, budget: int, max_streams: int, want: int, max_window: int = 0) -> CreditPool:
         """The pool for a relay connection whose HELLO announced `budget` and
         `max_streams` (0: not announced, so only `want` per stream bounds it).
         A quarter of the budget is left for control frames."""
         streams = max_streams or 1024
-        return cls(budget * 3 // 4 if budget else want * streams, streams, want)
+        return cls(budget * 3 // 4 if budget else want * streams, streams, want, max_window)
 
     @property
     def full(self) -> bool:
@@ -127,9 +140,9 @@ class CreditPool:
     def _spare(self) -> int:
         return self.budget - self.granted - self.floor * (self.max_streams - self.streams)
 
-    def _share(self, streams: int) -> int:
+    def _share(self, streams: int, cap: int = 0) -> int:
         usable = self.budget - self.floor * (self.max_streams - streams)
-        return max(self.floor, min(self.want, usable // max(1, streams)))
+        return max(self.floor, min(cap or self.want, usable // max(1, streams)))
 
     def open(self) -> int:
         """The window for a new stream, or 0 when `max_streams` are open."""
@@ -146,11 +159,12 @@ class CreditPool:
         self.streams -= 1
         self.granted -= window
 
-    def adjust(self, window: int, withheld: int) -> int:
-        """How a stream's `window` changes now, towards the fair share: more
-        while credit is spare, less (by at most `withheld`, credit it has not
-        returned yet) when over the share. 0: it stays."""
-        share = self._share(self.streams)
+    def adjust(self, window: int, withheld: int, target: int = 0) -> int:
+        """How a stream's `window` changes now, towards its fair share (at
+        most `want`, or its `target` if it grew past that): more while credit is spare, less (by
+        at most `withheld`, credit it has not returned yet) when over the
+        share. 0: it stays."""
+        share = self._share(self.streams, max(self.want, min(target, self.max_window)))
         if window > share:
             change = -min(window - share, withheld)
         else:

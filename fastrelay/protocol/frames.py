@@ -44,6 +44,10 @@ class FrameType(IntEnum):
     MEMBERS = 0x0A  # the relay's live instance set, for an agent's mesh (JSON), stream id 0
 
 
+# TUNNEL_DATA flag: the sender has more to send than its credit allowed; this
+# frame (possibly empty) used the last of it. The receiver may grow the window.
+FLAG_BLOCKED = 0x01
+
 # Frames that belong to the connection rather than to a stream.
 CONNECTION_FRAMES = frozenset({FrameType.HELLO, FrameType.GOAWAY, FrameType.MEMBERS})
 OPEN_FRAMES = frozenset({FrameType.CONNECT, FrameType.REQUEST})

@@ -38,6 +38,7 @@ from fastrelay.protocol.errors import (
 )
 from fastrelay.protocol.flow import CreditPool, RecvWindow, SendWindow
 from fastrelay.protocol.frames import (
+    FLAG_BLOCKED,
     HEADER,
     HEADER_SIZE,
     FrameType,
@@ -145,6 +146,7 @@ class SessionStats:
         self.flow_control_stalls = 0
         self.backpressure_pauses = 0
         self.protocol_errors: Counter[str] = Counter()
+        self.window_growths = 0  # FLAG_BLOCKED from a sender this end kept up with
         # Bytes of streams that ended; live streams are summed at scrape time.
         self.ended_bytes_up = 0
         self.ended_bytes_down = 0
@@ -326,12 +328,18 @@ class Stream:
     def _send_data(self, view: memoryview) -> None:
         avail = self.send_window.available
         n = len(view)
+        # FLAG_BLOCKED on the frame that uses the last credit while more waits:
+        # a new stall, or a grant that the backlog used up.
+        blocked = 0
         if n > avail:
             self.backlog = view[avail:]
             view = view[:avail]
             n = avail
             self.session.stats.flow_control_stalls += 1
+            blocked = FLAG_BLOCKED
             self._pause(PAUSED_CREDIT)
+        elif n == avail and self.paused & PAUSED_CREDIT:
+            blocked = FLAG_BLOCKED
         if n:
             self.send_window.available = avail - n  # n <= avail: checked above
             self.bytes_out += n
@@ -342,9 +350,12 @@ class Stream:
             # own buffer anyway (docs/PROTOCOL.md, 5.3).
             for start in range(0, n, size):
                 chunk = view[start : start + size]
-                write(_pack(_DATA, 0, sid, len(chunk)) + chunk)
+                flags = blocked if start + size >= n else 0  # on the last chunk
+                write(_pack(_DATA, flags, sid, len(chunk)) + chunk)
             if session.paused and not self.paused & PAUSED_LINK:
                 session.wait_for_room(self)
+        elif blocked:
+            self.session.write(_pack(_DATA, blocked, self.sid, 0))
 
     def eof(self) -> None:
         """The socket reported EOF: FIN, once the backlog is out."""
@@ -376,7 +387,7 @@ class Stream:
 
     # --- relay -> socket ---
 
-    def _deliver(self, payload: memoryview) -> None:
+    def _deliver(self, payload: memoryview, flags: int = 0) -> None:
         if self.state.state not in self.accepts_in:
             raise StreamError(f"data not allowed in state {self.state.state.value}")
         n = len(payload)
@@ -388,13 +399,24 @@ class Stream:
         socket.write(payload)  # aiofastnet copies only what the socket does not take now
         if self.socket_write_paused:
             self.undrained += n
+        elif flags & FLAG_BLOCKED:
+            self._peer_blocked(n)
         else:
             self._return_credit(n)
 
-    def _return_credit(self, n: int) -> None:
-        increment = self.recv_window.release(n, self.session.credit)
+    def _return_credit(self, n: int, now: bool = False) -> None:
+        increment = self.recv_window.release(n, self.session.credit, now)
         if increment and self.state.state in self.accepts_in:
             self.session.write(encode_window_update(self.sid, increment))
+
+    def _peer_blocked(self, n: int) -> None:
+        """The sender ran out of credit (FLAG_BLOCKED) and this end keeps up
+        (its socket took the `n` bytes without backing up): the window is what
+        limits the stream. Aim it higher, and return what is owed now rather
+        than at the batch mark. (A slow reader's window stays as it is.)"""
+        self.recv_window.grow(self.session.credit)
+        self.session.stats.window_growths += 1
+        self._return_credit(n, now=True)
 
     def socket_paused_writing(self) -> None:
         """The socket's write buffer is over its high-water mark: hold the credit."""
@@ -500,6 +522,7 @@ class Session:
         max_frame_size: int,
         open_timeout: float = 0.0,
         abort_socket: Callable[[Socket], None] | None = None,
+        max_window: int = 0,
     ) -> None:
         self.link = link
         # How an aborted stream's socket is ended (the adapter resets it once
@@ -511,6 +534,7 @@ class Session:
         self.stats = stats
         self.side = side
         self.want = window
+        self.max_window = max_window  # how far a stream's window may grow (0: `window`)
         self.max_frame_size = max_frame_size
         # The largest data payload in one frame: within the relay's limit once
         # its HELLO announces one.
@@ -520,7 +544,7 @@ class Session:
         self.hello: Hello | None = None
         # The credit our streams grant on this connection, within the relay's
         # budget (set from HELLO): honest, however slow, is never cut off.
-        self.credit = CreditPool.for_relay(0, 0, window)
+        self.credit = CreditPool.for_relay(0, 0, window, max_window)
         self.goaway = False
         self.leaving = False  # the owner no longer wants it: close once idle
         self.lost = False  # the connection has ended
@@ -666,14 +690,14 @@ class Session:
         total = len(message)
         offset = 0
         while offset < total:
-            frame_type, _flags, sid, start, offset = read_frame(message, offset)
+            frame_type, flags, sid, start, offset = read_frame(message, offset)
             if frame_type == _DATA:
                 stream = streams.get(sid)
                 if stream is None:
                     self.stats.dropped_unknown_stream += 1
                     continue
                 try:
-                    stream._deliver(message[start:offset])
+                    stream._deliver(message[start:offset], flags)
                 except StreamError as exc:
                     self.stats.protocol_errors[exc.kind] += 1
                     stream.abort(str(exc))
@@ -731,7 +755,9 @@ class Session:
         self.hello = hello
         if hello.max_frame_size:
             self.max_chunk = max(1, min(MAX_CHUNK, hello.max_frame_size - HEADER_SIZE))
-        self.credit = CreditPool.for_relay(hello.buffer_budget, hello.max_streams, self.want)
+        self.credit = CreditPool.for_relay(
+            hello.buffer_budget, hello.max_streams, self.want, self.max_window
+        )
         self.events.on_hello(self, hello)
 
     def _incoming_open(self, sid: int, request: OpenStream, now: float) -> None:

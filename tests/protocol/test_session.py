@@ -8,6 +8,7 @@ import pytest
 
 from fastrelay.protocol.errors import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, FrameError
 from fastrelay.protocol.frames import (
+    FLAG_BLOCKED,
     FrameType,
     decode_window_increment,
     encode_frame,
@@ -611,3 +612,63 @@ def test_a_half_close_on_a_socket_already_gone_aborts_the_stream_quietly() -> No
     assert stream.end is End.ABORTED and "not connected" in stream.error
     assert [t for t, _ in link.frames()] == [ERROR]
     assert session.stats.protocol_errors["internal_error"] == 0
+
+
+# --- windows that follow the path (FLAG_BLOCKED) ---
+
+
+def test_the_frame_that_uses_the_last_credit_while_more_waits_is_flagged() -> None:
+    stream, session, link, _socket = client_stream(send_window=1000)
+    stream.send(b"a" * 100)
+    stream.send(b"a" * 1400)  # 900 go, 500 wait
+    stream.send(b"b" * 10)  # a read in flight joins the backlog: no frame
+    assert [(len(m) - 10, m[1]) for m in link.sent] == [(100, 0), (900, FLAG_BLOCKED)]
+    link.clear()
+    session.receive(memoryview(encode_window_update(stream.sid, 200)), NOW)  # not enough
+    assert [(len(m) - 10, m[1]) for m in link.sent] == [(200, FLAG_BLOCKED)]
+    link.clear()
+    session.receive(memoryview(encode_window_update(stream.sid, 310)), NOW)  # exactly enough
+    assert [(len(m) - 10, m[1]) for m in link.sent] == [(310, FLAG_BLOCKED)]
+    link.clear()
+    stream.send(b"c" * 5)  # no credit at all: an empty frame says so
+    assert [(len(m) - 10, m[1]) for m in link.sent] == [(0, FLAG_BLOCKED)]
+    link.clear()
+    session.receive(memoryview(encode_window_update(stream.sid, 1000)), NOW)
+    assert [(len(m) - 10, m[1]) for m in link.sent] == [(5, 0)]  # room to spare: no flag
+
+
+def test_a_blocked_sender_grows_the_window_of_a_receiver_that_keeps_up() -> None:
+    stream, session, link, _socket = client_stream(recv_window=4000)
+    session.credit.max_window = 64_000
+    blocked = encode_frame(DATA, stream.sid, b"x" * 4000, flags=FLAG_BLOCKED)
+    session.receive(memoryview(blocked), NOW)
+    assert stream.recv_window.target == 8000
+    assert window_updates(link) == [8000]  # the 4,000 owed at once, plus the growth
+    assert stream.recv_window.window == 8000 and session.stats.window_growths == 1
+    link.clear()
+    session.receive(memoryview(encode_frame(DATA, stream.sid, b"y" * 8000, flags=1)), NOW)
+    assert stream.recv_window.window == 16000 and window_updates(link) == [16000]
+
+
+def test_a_slow_reader_does_not_grow_its_window() -> None:
+    stream, session, link, _socket = client_stream(recv_window=4000)
+    session.credit.max_window = 64_000
+    stream.socket_paused_writing()
+    session.receive(memoryview(encode_frame(DATA, stream.sid, b"x" * 4000, flags=1)), NOW)
+    assert stream.recv_window.target == 4000 and window_updates(link) == []
+    assert session.stats.window_growths == 0
+
+
+def test_growth_stops_at_max_window_and_within_the_budget() -> None:
+    session, _link, _events = make_session(window=4000, buffer_budget=40_000, max_streams=2)
+    session.credit.max_window = 1 << 20
+    socket = FakeSocket()
+    stream = session.open(OpenStream(FrameType.CONNECT, "s", "t.test", 443), socket, NOW)
+    assert stream is not None
+    answer(session, stream, 1000)
+    for _ in range(12):
+        window = stream.recv_window.outstanding
+        session.receive(memoryview(encode_frame(DATA, stream.sid, bytes(window), flags=1)), NOW)
+    pool = session.credit
+    assert pool.granted + pool.floor * (pool.max_streams - pool.streams) <= pool.budget
+    assert stream.recv_window.window == pool.budget - pool.floor  # room left for one more

@@ -498,3 +498,19 @@ def test_hello_announces_the_largest_message_the_relay_forwards() -> None:
     client, agent = pair.client(), pair.agent()
     assert client.hello is not None and agent.hello is not None
     assert client.hello.max_frame_size == agent.hello.max_frame_size == 512 * 1024
+
+
+def test_a_blocked_sender_grows_the_receivers_window_through_the_relay() -> None:
+    """FLAG_BLOCKED crosses the switch unchanged; the client's window grows
+    towards its max_window, within the relay's budget, and every byte arrives."""
+    pair = Pair(Limits(connection_buffer=8 * MiB))
+    client, agent = pair.client(want=64 * 1024), pair.agent()
+    client.session.credit.max_window = 1 * MiB
+    sid = tunnel(pair, client)
+    start = client.streams[sid].recv.window
+    agent.streams[sid].stream.send(bytes(8 * MiB))  # more than the credit: it waits, flagged
+    pair.run(rounds=10_000)
+    assert client.streams[sid].received == 8 * MiB
+    assert start == 64 * 1024 < client.streams[sid].recv.window <= 1 * MiB
+    assert client.session.stats.window_growths >= 4  # 64 KiB doubled up to 1 MiB
+    assert not client.errors and client.closed is None

@@ -130,7 +130,7 @@ def encode(frame: Decoded) -> bytes:
         return encode_window_update(frame.stream_id, value)
     if frame.frame_type is FrameType.TUNNEL_DATA:
         assert isinstance(value, bytes)
-        return encode_frame(FrameType.TUNNEL_DATA, frame.stream_id, value)
+        return encode_frame(FrameType.TUNNEL_DATA, frame.stream_id, value, flags=frame.flags)
     assert frame.frame_type is FrameType.FIN
     return encode_frame(FrameType.FIN, frame.stream_id)
 
