@@ -25,6 +25,7 @@ from fastrelay.io.carrier import (
 )
 from fastrelay.io.tunnel import attach
 from fastrelay.lifecycle import announce_ready, format_address, on_sighup
+from fastrelay.metrics import by_label
 from fastrelay.protocol.messages import OpenStream, format_authority
 from fastrelay.protocol.session import End, Stream
 from fastrelay.protocol.status import dial_timeout
@@ -119,49 +120,18 @@ class Agent:
         stream.refuse(failure.status, refusal.message, failure.reason)
 
     def collect(self) -> Iterable[Metric]:
-        yield metrics.counter(
-            metrics.AGENT_DIALS,
-            "Target dials by result",
-            ["result"],
-            {(r,): n for r, n in self.dials.items()},
-        )
-        yield metrics.gauge(
-            metrics.STREAMS_ACTIVE,
-            "Streams open at this agent",
-            [],
-            {(): sum(len(c.streams) for c in self.mesh.carriers)},
-        )
-        yield metrics.histogram(
-            metrics.AGENT_DIAL,
-            "DNS lookup plus TCP connect to the target, successful dials",
-            [],
-            {(): self.dial_latency},
-        )
+        yield metrics.F_AGENT_DIALS.build(by_label(self.dials))
+        yield metrics.F_STREAMS_ACTIVE_AGENT.one(sum(len(c.streams) for c in self.mesh.carriers))
+        yield metrics.F_AGENT_DIAL.one(self.dial_latency)
         up, down = carrier_stream_bytes(self.stats, self.mesh.carriers)
-        yield metrics.counter(
-            metrics.STREAM_BYTES,
-            "Tunnel payload bytes",
-            ["direction"],
-            {("upstream",): up, ("downstream",): down},
-        )
-        yield metrics.histogram(
-            metrics.STREAM_DURATION,
-            "Lifetime of tunnels that opened, from open to close",
-            [],
-            {(): self.stats.stream_duration},
-        )
-        yield metrics.counter(
-            metrics.RELAY_DIALS,
-            "Dials of the relay URL by result (duplicate: an instance already held)",
-            ["role", "result"],
-            {("agent", r): n for r, n in self.mesh.dials.items()},
+        yield metrics.by_direction(metrics.F_STREAM_BYTES_AGENT, up, down)
+        yield metrics.stream_duration(self.stats.stream_duration)
+        yield metrics.F_RELAY_DIALS_AGENT.build(
+            {("agent", r): n for r, n in self.mesh.dials.items()}
         )
         wanted = self.mesh.wanted()
-        yield metrics.gauge(
-            metrics.CLUSTER_MEMBERS,
-            "Relay instances the mesh wants (the live set the relays announce)",
-            [],
-            {(): len(wanted) if wanted is not None else len(self.mesh.held)},
+        yield metrics.F_CLUSTER_MEMBERS_AGENT.one(
+            len(wanted) if wanted is not None else len(self.mesh.held)
         )
         yield from carrier_metrics(self.stats, "agent", self.mesh.carriers)
 

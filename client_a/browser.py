@@ -65,13 +65,7 @@ class ConnectionGate:
         self.dropped = {"header_timeout": 0, "max_connections": 0}
 
     def collect(self) -> Iterable[Metric]:
-        yield metrics.counter(
-            metrics.CLIENT_CONNECTIONS_DROPPED,
-            "Browser connections client_a answered itself and closed: header_timeout (408), "
-            "max_connections (503)",
-            ["reason"],
-            {(reason,): n for reason, n in self.dropped.items()},
-        )
+        yield metrics.F_CLIENT_CONNECTIONS_DROPPED.build(metrics.by_label(self.dropped))
 
 
 class BrowserConnection(asyncio.BufferedProtocol):

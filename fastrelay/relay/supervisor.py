@@ -150,15 +150,8 @@ class Supervisor:
             worker.last_counters = aggregate.counter_samples(families)
             per_worker[str(worker.index)] = families
         yield from aggregate.merge(per_worker, self.retired)
-        yield metrics.gauge(
-            metrics.PREFIX + "workers", "Relay worker processes alive", [], {(): len(self.alive)}
-        )
-        yield metrics.counter(
-            metrics.PREFIX + "worker_restarts",
-            "Relay workers restarted after they died",
-            [],
-            {(): self.restarts},
-        )
+        yield metrics.F_WORKERS.one(len(self.alive))
+        yield metrics.F_WORKER_RESTARTS.one(self.restarts)
 
 
 async def serve_workers(config: RelayConfig, stop: asyncio.Event) -> int:
