@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 from prometheus_client.core import Metric
 
@@ -24,7 +25,7 @@ from fastrelay.io.carrier import (
     carrier_stream_bytes,
 )
 from fastrelay.io.tunnel import attach
-from fastrelay.lifecycle import announce_ready, format_address, on_sighup
+from fastrelay.lifecycle import Service, cancel_all, format_address, serve_service
 from fastrelay.metrics import by_label
 from fastrelay.protocol.messages import OpenStream, format_authority
 from fastrelay.protocol.session import End, Stream
@@ -137,26 +138,32 @@ class Agent:
 
 
 async def serve(config: AgentConfig, stop: asyncio.Event) -> int:
-    access_log = None
-    if config.access_log is not None:
-        access_log = AccessLog(config.access_log, config.log_format, "agent")
-    on_sighup(access_log.reopen if access_log is not None else None)
-    agent = Agent(config, access_log)
-    readiness = Readiness(connected=lambda: agent.mesh.ready)
-    registry = metrics.make_registry("agent", agent.collect, readiness.check)
-    admin = await start_admin(*config.admin, registry, readiness.check)
-    readiness.set("ready")
-    admin_at = format_address(admin.sockets[0].getsockname())
-    log.info("agent dialing %s, admin on %s", config.relay, admin_at)
-    announce_ready("agent", admin=admin_at)
-    mesh = asyncio.get_running_loop().create_task(agent.mesh.run(stop))
-    await stop.wait()
-    readiness.set("draining")
-    await mesh
-    for task in list(agent.tasks):
-        task.cancel()
-    admin.close()
-    if access_log is not None:
-        access_log.close()
-    log.info("agent stopped")
-    return 0
+    return await serve_service(AgentService(config), stop)
+
+
+class AgentService(Service):
+    """The agent process: the admin port and the mesh of carriers to the relays."""
+
+    program = name = "agent"
+    log = log
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        if config.access_log is not None:
+            self.access_log = AccessLog(config.access_log, config.log_format, "agent")
+        self.agent = Agent(config, self.access_log)
+        self.readiness = Readiness(connected=lambda: self.agent.mesh.ready)
+
+    async def start(self) -> dict[str, Any]:
+        registry = metrics.make_registry("agent", self.agent.collect, self.readiness.check)
+        self.admin = await start_admin(*self.config.admin, registry, self.readiness.check)
+        admin_at = format_address(self.admin.sockets[0].getsockname())
+        log.info("agent dialing %s, admin on %s", self.config.relay, admin_at)
+        return {"admin": admin_at}
+
+    def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        return [self.agent.mesh.run(stop)]
+
+    async def close(self) -> None:
+        await cancel_all(self.agent.tasks)  # dials still in progress
+        self.admin.close()
