@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 
 from fastrelay.protocol.errors import ProtocolError
-from fastrelay.protocol.flow import CreditPool, RecvWindow, SendWindow
+from fastrelay.protocol.flow import CreditPool, SendWindow
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.messages import (
     DEFAULT_WINDOW,
@@ -125,10 +125,6 @@ class EndStream:
     @property
     def send(self) -> SendWindow:
         return self.stream.send_window
-
-    @property
-    def recv(self) -> RecvWindow:
-        return self.stream.recv_window
 
     @property
     def sent(self) -> int:

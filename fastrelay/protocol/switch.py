@@ -308,7 +308,6 @@ class Switch:
         self.members: tuple[str, ...] = (instance_id,)
         self.draining = False
         self.turn = 0
-        self.connection_budget = limits.connection_buffer
 
     # --- connections ---
 
