@@ -157,7 +157,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
         if not request.is_connect:
             self.tracker = self.parser.body_tracker()
         self.parser = None
-        self.proxy.route(self, request)
+        self.proxy.dispatch(self, request)
 
     def start(self, sink: Sink, stream: Stream | None = None) -> None:
         """The route is open: pass the held bytes on, then everything else.

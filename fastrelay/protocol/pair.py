@@ -262,7 +262,7 @@ class Endpoint:
     def send(self, frames: bytes) -> None:
         """Raw bytes, as one WebSocket message to the relay."""
         if self.wire.closed is None:
-            self.pair.switch.route(self.conn, memoryview(frames), self.pair.now)
+            self.pair.switch.receive(self.conn, memoryview(frames), self.pair.now)
 
     def open(self, host: str = "target.test", port: int = 443) -> int:
         """client_a: a CONNECT on the next stream id (window from the pool)."""
