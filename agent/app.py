@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 from prometheus_client.core import Metric
 
@@ -24,7 +25,8 @@ from fastrelay.io.carrier import (
     carrier_stream_bytes,
 )
 from fastrelay.io.tunnel import attach
-from fastrelay.lifecycle import announce_ready, format_address, on_sighup
+from fastrelay.lifecycle import Service, cancel_all, format_address, serve_service
+from fastrelay.metrics import by_label
 from fastrelay.protocol.messages import OpenStream, format_authority
 from fastrelay.protocol.session import End, Stream
 from fastrelay.protocol.status import dial_timeout
@@ -119,74 +121,49 @@ class Agent:
         stream.refuse(failure.status, refusal.message, failure.reason)
 
     def collect(self) -> Iterable[Metric]:
-        yield metrics.counter(
-            metrics.AGENT_DIALS,
-            "Target dials by result",
-            ["result"],
-            {(r,): n for r, n in self.dials.items()},
-        )
-        yield metrics.gauge(
-            metrics.STREAMS_ACTIVE,
-            "Streams open at this agent",
-            [],
-            {(): sum(len(c.streams) for c in self.mesh.carriers)},
-        )
-        yield metrics.histogram(
-            metrics.AGENT_DIAL,
-            "DNS lookup plus TCP connect to the target, successful dials",
-            [],
-            {(): self.dial_latency},
-        )
+        yield metrics.F_AGENT_DIALS.build(by_label(self.dials))
+        yield metrics.F_STREAMS_ACTIVE_AGENT.one(sum(len(c.streams) for c in self.mesh.carriers))
+        yield metrics.F_AGENT_DIAL.one(self.dial_latency)
         up, down = carrier_stream_bytes(self.stats, self.mesh.carriers)
-        yield metrics.counter(
-            metrics.STREAM_BYTES,
-            "Tunnel payload bytes",
-            ["direction"],
-            {("upstream",): up, ("downstream",): down},
-        )
-        yield metrics.histogram(
-            metrics.STREAM_DURATION,
-            "Lifetime of tunnels that opened, from open to close",
-            [],
-            {(): self.stats.stream_duration},
-        )
-        yield metrics.counter(
-            metrics.RELAY_DIALS,
-            "Dials of the relay URL by result (duplicate: an instance already held)",
-            ["role", "result"],
-            {("agent", r): n for r, n in self.mesh.dials.items()},
+        yield metrics.by_direction(metrics.F_STREAM_BYTES_AGENT, up, down)
+        yield metrics.stream_duration(self.stats.stream_duration)
+        yield metrics.F_RELAY_DIALS_AGENT.build(
+            {("agent", r): n for r, n in self.mesh.dials.items()}
         )
         wanted = self.mesh.wanted()
-        yield metrics.gauge(
-            metrics.CLUSTER_MEMBERS,
-            "Relay instances the mesh wants (the live set the relays announce)",
-            [],
-            {(): len(wanted) if wanted is not None else len(self.mesh.held)},
+        yield metrics.F_CLUSTER_MEMBERS_AGENT.one(
+            len(wanted) if wanted is not None else len(self.mesh.held)
         )
         yield from carrier_metrics(self.stats, "agent", self.mesh.carriers)
 
 
 async def serve(config: AgentConfig, stop: asyncio.Event) -> int:
-    access_log = None
-    if config.access_log is not None:
-        access_log = AccessLog(config.access_log, config.log_format, "agent")
-    on_sighup(access_log.reopen if access_log is not None else None)
-    agent = Agent(config, access_log)
-    readiness = Readiness(connected=lambda: agent.mesh.ready)
-    registry = metrics.make_registry("agent", agent.collect, readiness.check)
-    admin = await start_admin(*config.admin, registry, readiness.check)
-    readiness.set("ready")
-    admin_at = format_address(admin.sockets[0].getsockname())
-    log.info("agent dialing %s, admin on %s", config.relay, admin_at)
-    announce_ready("agent", admin=admin_at)
-    mesh = asyncio.get_running_loop().create_task(agent.mesh.run(stop))
-    await stop.wait()
-    readiness.set("draining")
-    await mesh
-    for task in list(agent.tasks):
-        task.cancel()
-    admin.close()
-    if access_log is not None:
-        access_log.close()
-    log.info("agent stopped")
-    return 0
+    return await serve_service(AgentService(config), stop)
+
+
+class AgentService(Service):
+    """The agent process: the admin port and the mesh of carriers to the relays."""
+
+    program = name = "agent"
+    log = log
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        if config.access_log is not None:
+            self.access_log = AccessLog(config.access_log, config.log_format, "agent")
+        self.agent = Agent(config, self.access_log)
+        self.readiness = Readiness(connected=lambda: self.agent.mesh.ready)
+
+    async def start(self) -> dict[str, Any]:
+        registry = metrics.make_registry("agent", self.agent.collect, self.readiness.check)
+        self.admin = await start_admin(*self.config.admin, registry, self.readiness.check)
+        admin_at = format_address(self.admin.sockets[0].getsockname())
+        log.info("agent dialing %s, admin on %s", self.config.relay, admin_at)
+        return {"admin": admin_at}
+
+    def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        return [self.agent.mesh.run(stop)]
+
+    async def close(self) -> None:
+        await cancel_all(self.agent.tasks)  # dials still in progress
+        self.admin.close()

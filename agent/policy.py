@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from client_a.rules import (
+from fastrelay.protocol.hostname import HostnameError, normalize_hostname
+from fastrelay.protocol.patterns import (
     HostPattern,
     Network,
     Pattern,
@@ -35,7 +36,6 @@ from client_a.rules import (
     parse_ip,
     parse_pattern,
 )
-from fastrelay.protocol.hostname import HostnameError, normalize_hostname
 
 __all__ = [
     "DEFAULT_BLOCKED",

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
+from collections.abc import Coroutine
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 from client_a.browser import BrowserConnection, ConnectionGate
 from client_a.config import ClientConfig
@@ -20,7 +21,7 @@ from fastrelay.io import listener
 from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.io.carrier import RelayLink
 from fastrelay.io.pool import CarrierPool
-from fastrelay.lifecycle import announce_ready, format_address, pause
+from fastrelay.lifecycle import Service, cancel_all, format_address, pause, serve_service
 
 log = logging.getLogger("fastrelay.client")
 
@@ -79,61 +80,71 @@ def load_rules(path: Path | None) -> Rules:
 
 
 async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
-    loop = asyncio.get_running_loop()
-    access_log = None
-    if config.access_log is not None:
-        access_log = AccessLog(config.access_log, config.log_format, "client")
-    proxy = Proxy(config, load_rules(config.rules), access_log)
-    pool = CarrierPool(
-        RelayLink.from_config(config, "client"),
-        proxy,
-        proxy.stats.carrier,
-        config.carriers,
-        open_timeout=config.open_timeout,
-    )
-    proxy.pool = pool
-    watcher = RulesWatcher(proxy, config.rules)
+    return await serve_service(ClientService(config), stop)
 
-    def on_sighup() -> None:
-        watcher.reload()
-        if access_log is not None:
-            access_log.reopen()
 
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    readiness = Readiness(connected=lambda: bool(pool.ready))
-    gate = ConnectionGate(loop, config.max_connections, config.header_timeout)
-    registry = metrics.make_registry(
-        "client",
-        lambda: chain(
-            proxy.stats.collect(pool, len(proxy.rules)), gate.collect(), listener.collect()
-        ),
-        readiness.check,
-    )
-    admin = await start_admin(*config.admin, registry, readiness.check)
-    host, port = config.listen
-    server = await listener.create_server(loop, lambda: BrowserConnection(proxy, gate), host, port)
-    readiness.set("ready")
-    listen = format_address(server.sockets[0].getsockname())
-    admin_at = format_address(admin.sockets[0].getsockname())
-    log.info(
-        "client_a proxy on http://%s (relay %s, %d rules), admin on %s",
-        listen,
-        config.relay,
-        len(proxy.rules),
-        admin_at,
-    )
-    announce_ready("client", listen=listen, admin=admin_at)
-    watch = loop.create_task(watcher.watch(stop, config.rules_poll))
-    pool_task = loop.create_task(pool.run(stop))
-    await stop.wait()
-    readiness.set("draining")
-    server.close()  # no new browser connections while the carrier winds down
-    await pool_task
-    admin.close()
-    watch.cancel()
-    for task in list(proxy.tasks):
-        task.cancel()
-    if access_log is not None:
-        access_log.close()
-    log.info("client_a stopped")
-    return 0
+class ClientService(Service):
+    """client_a: the HTTP proxy listener, the carriers to the relay, the rules and the
+    admin port.  SIGHUP reloads the rules at once and reopens the access log."""
+
+    program = "client"
+    name = "client_a"
+    log = log
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        if config.access_log is not None:
+            self.access_log = AccessLog(config.access_log, config.log_format, "client")
+        self.proxy = proxy = Proxy(config, load_rules(config.rules), self.access_log)
+        self.pool = pool = CarrierPool(
+            RelayLink.from_config(config, "client"),
+            proxy,
+            proxy.stats.carrier,
+            config.carriers,
+            open_timeout=config.open_timeout,
+        )
+        proxy.pool = pool
+        self.watcher = RulesWatcher(proxy, config.rules)
+        self.readiness = Readiness(connected=lambda: bool(pool.ready))
+
+    def on_sighup(self) -> None:
+        self.watcher.reload()
+        if self.access_log is not None:
+            self.access_log.reopen()
+
+    async def start(self) -> dict[str, Any]:
+        config, proxy, pool = self.config, self.proxy, self.pool
+        loop = asyncio.get_running_loop()
+        gate = ConnectionGate(loop, config.max_connections, config.header_timeout)
+        registry = metrics.make_registry(
+            "client",
+            lambda: chain(
+                proxy.stats.collect(pool, len(proxy.rules)), gate.collect(), listener.collect()
+            ),
+            self.readiness.check,
+        )
+        self.admin = await start_admin(*config.admin, registry, self.readiness.check)
+        host, port = config.listen
+        self.server = await listener.create_server(
+            loop, lambda: BrowserConnection(proxy, gate), host, port
+        )
+        listen = format_address(self.server.sockets[0].getsockname())
+        admin_at = format_address(self.admin.sockets[0].getsockname())
+        log.info(
+            "client_a proxy on http://%s (relay %s, %d rules), admin on %s",
+            listen,
+            config.relay,
+            len(proxy.rules),
+            admin_at,
+        )
+        return {"listen": listen, "admin": admin_at}
+
+    def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        return [self.watcher.watch(stop, self.config.rules_poll), self.pool.run(stop)]
+
+    async def drain(self) -> None:
+        self.server.close()  # no new browser connections while the carriers wind down
+
+    async def close(self) -> None:
+        self.admin.close()
+        await cancel_all(self.proxy.tasks)  # opens still in progress

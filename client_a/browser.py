@@ -65,13 +65,7 @@ class ConnectionGate:
         self.dropped = {"header_timeout": 0, "max_connections": 0}
 
     def collect(self) -> Iterable[Metric]:
-        yield metrics.counter(
-            metrics.CLIENT_CONNECTIONS_DROPPED,
-            "Browser connections client_a answered itself and closed: header_timeout (408), "
-            "max_connections (503)",
-            ["reason"],
-            {(reason,): n for reason, n in self.dropped.items()},
-        )
+        yield metrics.F_CLIENT_CONNECTIONS_DROPPED.build(metrics.by_label(self.dropped))
 
 
 class BrowserConnection(asyncio.BufferedProtocol):
@@ -163,7 +157,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
         if not request.is_connect:
             self.tracker = self.parser.body_tracker()
         self.parser = None
-        self.proxy.route(self, request)
+        self.proxy.dispatch(self, request)
 
     def start(self, sink: Sink, stream: Stream | None = None) -> None:
         """The route is open: pass the held bytes on, then everything else.

@@ -77,7 +77,7 @@ class Proxy:
             duration=time.monotonic() - browser.received_at,
         )
 
-    def route(self, browser: BrowserConnection, request: ProxyRequest) -> None:
+    def dispatch(self, browser: BrowserConnection, request: ProxyRequest) -> None:
         # An IPv4 literal goes on as its dotted quad (127.1 is 127.0.0.1), so that the rules,
         # the agent's policy and the direct dial all judge and reach the same address.
         canonical = canonical_ipv4(request.host)

@@ -10,6 +10,7 @@ from prometheus_client.core import Metric
 from fastrelay import metrics
 from fastrelay.io.carrier import CarrierStats, carrier_metrics, carrier_stream_bytes
 from fastrelay.io.pool import CarrierPool
+from fastrelay.metrics import by_label
 from fastrelay.protocol.status import RESULTS
 
 ROUTES = ("relay", "direct")
@@ -33,67 +34,28 @@ class ClientStats:
 
     def collect(self, pool: CarrierPool, rules: int) -> Iterable[Metric]:
         carriers = pool.carriers
-        yield metrics.counter(
-            metrics.CLIENT_REQUESTS,
-            "Browser requests by route and result",
-            ["route", "result"],
-            {k: n for k, n in self.requests.items() if k[0] != "none" or n},
+        yield metrics.F_CLIENT_REQUESTS.build(
+            {k: n for k, n in self.requests.items() if k[0] != "none" or n}
         )
-        yield metrics.gauge(
-            metrics.STREAMS_ACTIVE,
-            "Open tunnels at this client_a, by route",
-            ["route"],
-            {("relay",): sum(len(c.streams) for c in carriers), ("direct",): self.direct_open},
+        relay_open = sum(len(c.streams) for c in carriers)
+        yield metrics.F_STREAMS_ACTIVE_CLIENT.build(
+            by_label({"relay": relay_open, "direct": self.direct_open})
         )
-        up, down = carrier_stream_bytes(self.carrier, carriers)
-        yield metrics.counter(
-            metrics.STREAM_BYTES,
-            "Tunnel payload bytes, by direction and route",
-            ["direction", "route"],
+        yield metrics.stream_bytes_by_route(
             {
-                ("upstream", "relay"): up,
-                ("downstream", "relay"): down,
-                ("upstream", "direct"): self.direct_bytes_up,
-                ("downstream", "direct"): self.direct_bytes_down,
-            },
+                "relay": carrier_stream_bytes(self.carrier, carriers),
+                "direct": (self.direct_bytes_up, self.direct_bytes_down),
+            }
         )
-        yield metrics.histogram(
-            metrics.STREAM_DURATION,
-            "Lifetime of tunnels that opened, from open to close",
-            ["route"],
-            {("relay",): self.carrier.stream_duration, ("direct",): self.direct_duration},
+        yield metrics.stream_duration_by_route(
+            {"relay": self.carrier.stream_duration, "direct": self.direct_duration}
         )
-        yield metrics.histogram(
-            metrics.CLIENT_CONNECT,
-            "Request received to 200 sent to the browser, successful opens",
-            ["route"],
-            {(r,): h for r, h in self.connect_latency.items()},
+        yield metrics.F_CLIENT_CONNECT.build({(r,): h for r, h in self.connect_latency.items()})
+        yield metrics.F_CLIENT_FIRST_BYTE.build({(r,): h for r, h in self.first_byte.items()})
+        yield metrics.F_RULES.one(rules)
+        yield metrics.F_RULES_RELOADS.build(
+            by_label({"ok": self.rules_reloads, "error": self.rules_failures})
         )
-        yield metrics.histogram(
-            metrics.CLIENT_FIRST_BYTE,
-            "200 sent to the browser to the first byte from the target",
-            ["route"],
-            {(r,): h for r, h in self.first_byte.items()},
-        )
-        yield metrics.gauge(
-            metrics.PREFIX + "rules", "Patterns in the filter list", [], {(): rules}
-        )
-        yield metrics.counter(
-            metrics.PREFIX + "rules_reloads",
-            "Rules reloads by result",
-            ["result"],
-            {("ok",): self.rules_reloads, ("error",): self.rules_failures},
-        )
-        yield metrics.counter(
-            metrics.PREFIX + "client_retries",
-            "Relay opens retried on another carrier after a retryable 503",
-            [],
-            {(): self.retries},
-        )
-        yield metrics.counter(
-            metrics.RELAY_DIALS,
-            "Dials of the relay URL by result",
-            ["role", "result"],
-            {("client", r): n for r, n in pool.dials.items()},
-        )
+        yield metrics.F_CLIENT_RETRIES.one(self.retries)
+        yield metrics.F_RELAY_DIALS_CLIENT.build({("client", r): n for r, n in pool.dials.items()})
         yield from carrier_metrics(self.carrier, "client", carriers)

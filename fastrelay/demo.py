@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from fastrelay.lifecycle import spawn_ready
+from fastrelay.programs import Program
 
 DEMO_PAGE_HOST = "127.0.0.2"
 EXAMPLE_RULES = """\
@@ -295,3 +296,8 @@ Ctrl-C stops everything.
 """,
         flush=True,
     )
+
+
+PROGRAM = Program(
+    "demo", "all three on loopback with generated tokens (what `make run` starts)", main
+)

@@ -5,6 +5,9 @@ sets it and the program shuts down cleanly; a second signal exits at once.
 When its sockets are bound, a program prints one JSON line on stdout
 (`{"event": "ready", ...}` with the bound addresses) so supervisors and tests
 that asked for port 0 learn the real ports.
+
+The relay, the agent and client_a each fill in a :class:`Service`, and
+:func:`serve_service` runs it: start, ready, wait for `stop`, drain, close.
 """
 
 from __future__ import annotations
@@ -21,15 +24,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import uvloop
 
+if TYPE_CHECKING:
+    from fastrelay.accesslog import AccessLog
+    from fastrelay.io.admin import Readiness
+
 PR_SET_PDEATHSIG = 1
 
 
-def announce_ready(program: str, **addresses: str) -> None:
+def announce_ready(program: str, **addresses: Any) -> None:
     line = orjson.dumps({"event": "ready", "program": program, "pid": os.getpid(), **addresses})
     sys.stdout.write(line.decode() + "\n")
     sys.stdout.flush()
@@ -148,15 +156,90 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def first_of(*waitables: Awaitable[object]) -> None:
-    """Wait until any of them completes; cancel the waits made here (futures
+    """Wait until any of them completes; cancel and reap the waits made here (futures
     passed in are left alone)."""
     tasks = [asyncio.ensure_future(w) for w in waitables]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task, waitable in zip(tasks, waitables, strict=True):
-            if task is not waitable:
-                task.cancel()
+        await cancel_all(t for t, w in zip(tasks, waitables, strict=True) if t is not w)
+
+
+async def all_of(waitables: Iterable[Awaitable[object]], timeout: float) -> None:
+    """Wait until all of them complete or `timeout` passes, whichever is first; the waits
+    still pending are cancelled and reaped, and their exceptions are not raised here."""
+    tasks = [asyncio.ensure_future(w) for w in waitables]
+    if not tasks:
+        return
+    try:
+        await asyncio.wait(tasks, timeout=max(0.0, timeout))
+    finally:
+        await cancel_all(tasks)
+
+
+async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel the tasks and wait until each has finished (exceptions are swallowed)."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+class Service:
+    """What a program fills in for :func:`serve_service`.
+
+    ``start`` binds the sockets (the admin port first) and returns the addresses for the
+    ready line; ``background`` gives the coroutines that run until `stop` (they end by
+    themselves once it is set); ``drain`` runs after `stop`, while they wind down;
+    ``close`` runs once they have ended.  SIGHUP calls ``on_sighup``.
+    """
+
+    program: str  # the ready line's "program" and the log's "<name> stopped"
+    name: str
+    log: logging.Logger
+    readiness: Readiness
+    access_log: AccessLog | None = None
+
+    async def start(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        return []
+
+    async def drain(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def on_sighup(self) -> None:
+        """Reopen the access log (logrotate); without one, log that there is none."""
+        if self.access_log is None:
+            logging.getLogger("fastrelay").info("SIGHUP: no access log to reopen")
+        else:
+            self.access_log.reopen()
+
+
+async def serve_service(service: Service, stop: asyncio.Event) -> int:
+    """Run a program: start, announce ready, wait for `stop`, drain, close.
+
+    The background coroutines belong to one TaskGroup, so none outlives the program.
+    """
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, service.on_sighup)
+    addresses = await service.start()
+    async with asyncio.TaskGroup() as tasks:
+        for coroutine in service.background(stop):
+            tasks.create_task(coroutine)
+        service.readiness.set("ready")
+        announce_ready(service.program, **addresses)
+        await stop.wait()
+        service.readiness.set("draining")
+        await service.drain()
+    await service.close()
+    if service.access_log is not None:
+        service.access_log.close()
+    service.log.info("%s stopped", service.name)
+    return 0
 
 
 def spawn_ready(

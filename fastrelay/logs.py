@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -57,12 +58,19 @@ class RateLimitedLog:
     """At most `burst` lines per `period` seconds; the rest are counted. The
     count is reported in the next line that gets through (`suppressed=N`), or,
     when the caller calls `flush()` (e.g. from a timer), as a summary line
-    "N more <what> suppressed in the last Ts" once the period is over."""
+    "N more <what> suppressed in the last Ts" once the period is over. `clock`
+    gives the time in seconds (tests pass their own)."""
 
     def __init__(
-        self, logger: logging.Logger, period: float = 10.0, burst: int = 5, what: str = "lines"
+        self,
+        logger: logging.Logger,
+        period: float = 10.0,
+        burst: int = 5,
+        what: str = "lines",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.logger = logger
+        self.clock = clock
         self.period = period
         self.burst = burst
         self.what = what
@@ -80,7 +88,7 @@ class RateLimitedLog:
     def log(self, level: int, msg: str, **fields: object) -> None:
         if not self.logger.isEnabledFor(level):
             return
-        now = time.monotonic()
+        now = self.clock()
         if now - self.window_start >= self.period:
             self.window_start, self.sent = now, 0
         if self.sent >= self.burst:
@@ -95,7 +103,7 @@ class RateLimitedLog:
 
     def flush(self) -> None:
         """Cheap when there is nothing to say; call it a few times a second."""
-        if not self.suppressed or time.monotonic() - self.window_start < self.period:
+        if not self.suppressed or self.clock() - self.window_start < self.period:
             return
         count, self.suppressed = self.suppressed, 0
         self.logger.log(

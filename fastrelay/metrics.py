@@ -1,14 +1,19 @@
-"""Every metric name in one place, exported at scrape time from plain ints.
+"""Every metric name and help text in one place, exported at scrape time from plain ints.
 
 Hot paths increment integer attributes on `__slots__` objects; a custom
 collector turns them into Prometheus families only when /metrics is scraped,
-so no prometheus-client call ever runs per frame.
+so no prometheus-client call ever runs per frame.  Each family is declared
+once below as a :class:`Family` (kind, name, help, labels); a program's
+collector only supplies the values.  Where programs export the same name with
+their own help text or labels, each variant is declared here, next to the others.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Info, generate_latest
 from prometheus_client.core import (
@@ -25,6 +30,14 @@ from prometheus_client.registry import Collector
 from fastrelay import __version__
 
 PREFIX = "fastrelay_"
+
+WORKERS = PREFIX + "workers"
+WORKER_RESTARTS = PREFIX + "worker_restarts"
+CONNECTIONS_ACCEPTED = PREFIX + "connections_accepted"
+RULES = PREFIX + "rules"
+RULES_RELOADS = PREFIX + "rules_reloads"
+CLIENT_RETRIES = PREFIX + "client_retries"
+BUILD = PREFIX + "build"
 
 # Metric names, shared by the programs, tests and docs/OPERATIONS.md.
 CONNECTIONS = PREFIX + "connections"
@@ -80,7 +93,7 @@ LIMITS = (
 )  # fmt: skip
 
 
-def counter(name: str, doc: str, labels: Iterable[str], values: Mapping[tuple, int]) -> Metric:
+def counter(name: str, doc: str, labels: Iterable[str], values: Mapping[tuple, float]) -> Metric:
     family = CounterMetricFamily(name, doc, labels=list(labels))
     for label_values, value in values.items():
         family.add_metric(list(label_values), value)
@@ -113,7 +126,8 @@ class Histogram:
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        out, cumulative = [], 0
+        out: list[tuple[str, float]] = []
+        cumulative = 0
         for bound, n in zip(self.bounds, self.counts, strict=False):
             cumulative += n
             out.append((repr(bound), cumulative))
@@ -128,6 +142,209 @@ def histogram(
     for label_values, hist in values.items():
         family.add_metric(list(label_values), hist.buckets(), hist.total)
     return family
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric family as exported: kind, name, help text and label names.
+
+    ``family.build(values)`` is its builder; ``values`` maps label values to numbers (counters,
+    gauges) or to :class:`Histogram` s (histograms).
+    """
+
+    kind: Literal["counter", "gauge", "histogram"]
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+
+    def build(self, values: Mapping[tuple[str, ...], float | Histogram]) -> Metric:
+        if self.kind == "histogram":
+            hists = {k: v for k, v in values.items() if isinstance(v, Histogram)}
+            return histogram(self.name, self.help, self.labels, hists)
+        numbers = {k: v for k, v in values.items() if not isinstance(v, Histogram)}
+        if self.kind == "counter":
+            return counter(self.name, self.help, self.labels, numbers)
+        return gauge(self.name, self.help, self.labels, numbers)
+
+    def one(self, value: float | Histogram) -> Metric:
+        """The family with a single unlabelled sample."""
+        return self.build({(): value})
+
+
+# --- The families, by who exports them ---
+
+# Every program.
+F_READY = Family("gauge", READY, "1 when /readyz answers 200")
+F_PROTOCOL_ERRORS = Family("counter", PROTOCOL_ERRORS, "Protocol errors by kind", ("kind",))
+F_FRAMES_DROPPED = Family("counter", FRAMES_DROPPED, "Frames dropped, by reason", ("reason",))
+_DURATION_HELP = "Lifetime of tunnels that opened, from open to close"
+F_STREAM_DURATION = Family("histogram", STREAM_DURATION, _DURATION_HELP)
+F_STREAM_DURATION_BY_ROUTE = Family("histogram", STREAM_DURATION, _DURATION_HELP, ("route",))
+F_STREAM_BYTES_RELAY = Family(
+    "counter", STREAM_BYTES, "Tunnel payload bytes forwarded", ("direction",)
+)
+F_STREAM_BYTES_AGENT = Family("counter", STREAM_BYTES, "Tunnel payload bytes", ("direction",))
+F_STREAM_BYTES_CLIENT = Family(
+    "counter", STREAM_BYTES, "Tunnel payload bytes, by direction and route", ("direction", "route")
+)
+F_ACCEPT_PAUSES = Family(
+    "counter",
+    ACCEPT_PAUSES,
+    "Times a listener stopped accepting for a moment, out of fds (or kernel memory)",
+)
+
+# The relay.
+F_WS_WRITE_BUFFER_RELAY = Family(
+    "gauge",
+    WS_WRITE_BUFFER,
+    "Bytes queued on WebSockets, not yet taken by the kernel, by the peer's role",
+    ("role",),
+)
+F_CONNECTIONS = Family("gauge", CONNECTIONS, "Open WebSocket connections by role", ("role",))
+F_CLUSTER_MEMBERS_RELAY = Family(
+    "gauge", CLUSTER_MEMBERS, "Relay instances in the live set this relay announces to agents"
+)
+F_CLUSTER_ERRORS = Family(
+    "counter", CLUSTER_ERRORS, "Failed membership heartbeats (Redis unreachable)"
+)
+F_STREAMS_ACTIVE_RELAY = Family("gauge", STREAMS_ACTIVE, "Streams open through this relay")
+F_STREAMS = Family("counter", STREAMS, "Streams opened, by result", ("result",))
+F_STREAM_FRAMES = Family("counter", STREAM_FRAMES, "TUNNEL_DATA frames forwarded", ("direction",))
+F_AUTH_FAILURES = Family("counter", AUTH_FAILURES, "Rejected WebSocket upgrades by role", ("role",))
+F_LIMIT_HITS = Family(
+    "counter",
+    LIMIT_HITS,
+    "Opens and connections refused, and connections cut off, by the limit they hit",
+    ("limit",),
+)
+F_OPEN_RETRIES = Family("counter", OPEN_RETRIES, "Unanswered opens moved to another agent")
+F_AGENT_STALLS = Family(
+    "counter",
+    AGENT_STALLS,
+    "Agents that left a liveness probe unanswered (no new opens until they answer)",
+)
+F_CONNECTIONS_ACCEPTED = Family(
+    "counter", CONNECTIONS_ACCEPTED, "WebSocket connections accepted by role", ("role",)
+)
+F_RELAY_OPEN = Family(
+    "histogram", RELAY_OPEN, "Open received to CONNECT_RESPONSE received, at the relay"
+)
+F_PING_RTT_RELAY = Family(
+    "histogram",
+    PING_RTT,
+    "WebSocket ping round-trip time, by the role of the non-relay end",
+    ("role",),
+)
+F_WORKERS = Family("gauge", WORKERS, "Relay worker processes alive")
+F_WORKER_RESTARTS = Family("counter", WORKER_RESTARTS, "Relay workers restarted after they died")
+
+# Programs with carriers to the relay (client_a and the agent).
+F_RELAY_CONNECTED = Family("gauge", RELAY_CONNECTED, "Relay WebSockets up and open for new streams")
+F_WS_WRITE_BUFFER_CARRIER = Family(
+    "gauge",
+    WS_WRITE_BUFFER,
+    "Bytes queued on the relay connections, not yet taken by the kernel",
+    ("role",),
+)
+F_RECONNECTS = Family("counter", RECONNECTS, "Relay redials by role", ("role",))
+F_PING_RTT_CARRIER = Family(
+    "histogram", PING_RTT, "WebSocket ping round-trip time to the relay", ("role",)
+)
+F_FLOW_CONTROL_STALLS = Family("counter", FLOW_CONTROL_STALLS, "Times a stream waited for credit")
+F_BACKPRESSURE_PAUSES = Family(
+    "counter", BACKPRESSURE_PAUSES, "Times the relay connection's backlog paused local sockets"
+)
+
+# The agent.
+F_AGENT_DIALS = Family("counter", AGENT_DIALS, "Target dials by result", ("result",))
+F_STREAMS_ACTIVE_AGENT = Family("gauge", STREAMS_ACTIVE, "Streams open at this agent")
+F_AGENT_DIAL = Family(
+    "histogram", AGENT_DIAL, "DNS lookup plus TCP connect to the target, successful dials"
+)
+F_RELAY_DIALS_AGENT = Family(
+    "counter",
+    RELAY_DIALS,
+    "Dials of the relay URL by result (duplicate: an instance already held)",
+    ("role", "result"),
+)
+F_CLUSTER_MEMBERS_AGENT = Family(
+    "gauge",
+    CLUSTER_MEMBERS,
+    "Relay instances the mesh wants (the live set the relays announce)",
+)
+
+# client_a.
+F_CLIENT_REQUESTS = Family(
+    "counter", CLIENT_REQUESTS, "Browser requests by route and result", ("route", "result")
+)
+F_STREAMS_ACTIVE_CLIENT = Family(
+    "gauge", STREAMS_ACTIVE, "Open tunnels at this client_a, by route", ("route",)
+)
+F_CLIENT_CONNECT = Family(
+    "histogram",
+    CLIENT_CONNECT,
+    "Request received to 200 sent to the browser, successful opens",
+    ("route",),
+)
+F_CLIENT_FIRST_BYTE = Family(
+    "histogram",
+    CLIENT_FIRST_BYTE,
+    "200 sent to the browser to the first byte from the target",
+    ("route",),
+)
+F_RULES = Family("gauge", RULES, "Patterns in the filter list")
+F_RULES_RELOADS = Family("counter", RULES_RELOADS, "Rules reloads by result", ("result",))
+F_CLIENT_RETRIES = Family(
+    "counter", CLIENT_RETRIES, "Relay opens retried on another carrier after a retryable 503"
+)
+F_RELAY_DIALS_CLIENT = Family(
+    "counter", RELAY_DIALS, "Dials of the relay URL by result", ("role", "result")
+)
+F_CLIENT_CONNECTIONS_DROPPED = Family(
+    "counter",
+    CLIENT_CONNECTIONS_DROPPED,
+    "Browser connections client_a answered itself and closed: header_timeout (408), "
+    "max_connections (503)",
+    ("reason",),
+)
+
+
+# --- Builders for the families several programs export ---
+
+
+def protocol_errors(by_kind: Mapping[str, int]) -> Metric:
+    return F_PROTOCOL_ERRORS.build({(kind,): n for kind, n in by_kind.items()})
+
+
+def frames_dropped(unknown_stream: int) -> Metric:
+    return F_FRAMES_DROPPED.build({("unknown_stream",): unknown_stream})
+
+
+def stream_duration(hist: Histogram) -> Metric:
+    return F_STREAM_DURATION.one(hist)
+
+
+def stream_duration_by_route(by_route: Mapping[str, Histogram]) -> Metric:
+    return F_STREAM_DURATION_BY_ROUTE.build({(route,): h for route, h in by_route.items()})
+
+
+def by_direction(family: Family, up: int, down: int) -> Metric:
+    """A family with one ``direction`` label (upstream, downstream), as stream bytes are."""
+    return family.build({("upstream",): up, ("downstream",): down})
+
+
+def stream_bytes_by_route(by_route: Mapping[str, tuple[int, int]]) -> Metric:
+    """client_a's ``fastrelay_stream_bytes``: (upstream, downstream) for each route."""
+    values: dict[tuple[str, ...], float] = {}
+    for route, (up, down) in by_route.items():
+        values[("upstream", route)] = up
+        values[("downstream", route)] = down
+    return F_STREAM_BYTES_CLIENT.build(values)
+
+
+def by_label(values: Mapping[str, float]) -> dict[tuple[str, ...], float]:
+    """``{"a": 1}`` as ``{("a",): 1}``: the values of a family with one label."""
+    return {(key,): n for key, n in values.items()}
 
 
 class ScrapeCollector(Collector):
@@ -149,12 +366,12 @@ def make_registry(
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    Info(PREFIX + "build", "fastrelay build", registry=registry).info(
+    Info(BUILD, "fastrelay build", registry=registry).info(
         {"version": __version__, "program": program}
     )
 
     def collect() -> Iterable[Metric]:
-        yield gauge(READY, "1 when /readyz answers 200", [], {(): float(ready()[0])})
+        yield F_READY.one(float(ready()[0]))
         yield from collect_fn()
 
     registry.register(ScrapeCollector(collect))

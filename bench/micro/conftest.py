@@ -8,7 +8,7 @@ Run (pyproject's `testpaths` is `tests`, so bench/ is only collected when named)
 Every benchmark asserts its result, so a broken implementation fails; none asserts on timing.
 
 The relay is the real `Relay`, its peers are real `Peer` listeners connected through
-`Peer.on_ws_connected`, and streams are opened through the relay's `Switch.route` with real
+`Peer.on_ws_connected`, and streams are opened through the relay's `Switch.receive` with real
 CONNECT and CONNECT_RESPONSE frames. Only the picows `WSTransport` below it is replaced by a
 recorder. Streams open with the largest window (2**31 - 1) both ways, and a benchmark that
 moves more than that refills the relay's credit in its untimed setup (`Tunnel.refill`).
@@ -108,7 +108,7 @@ class FakeWSTransport:
 
 
 class Rig:
-    """A `Relay` with fake peers; streams are opened through `Relay.route`."""
+    """A `Relay` with fake peers; streams are opened through `Switch.receive`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -157,10 +157,10 @@ class Rig:
         assert isinstance(peer.transport, FakeWSTransport)
         return peer.transport
 
-    def route(self, peer: Peer, message: memoryview) -> None:
+    def receive(self, peer: Peer, message: memoryview) -> None:
         """What `Peer.on_ws_frame` does with a binary message (at a fixed time)."""
         assert peer.conn is not None
-        self.relay.switch.route(peer.conn, message, 0.0)
+        self.relay.switch.receive(peer.conn, message, 0.0)
 
     def flush(self) -> None:
         """Run the loop once, so the FlushScheduler's pending call runs."""
@@ -168,13 +168,13 @@ class Rig:
 
     def open_stream(self, client: Peer) -> tuple[int, Peer]:
         """CONNECT from `client`, 200 from the agent the relay picked, both through
-        `Relay.route`; (stream id, agent)."""
+        `Switch.receive`; (stream id, agent)."""
         assert client.conn is not None
         sid = client.conn.id_base + 1 + len(client.conn.sends)
         assert sid not in client.conn.sends
         session_id = f"bench-{self.next_session}"
         self.next_session += 1
-        self.flush()  # whatever earlier routing left pending goes out before the recording
+        self.flush()  # whatever earlier messages left pending goes out before the recording
         transports = [self.transport_of(client)]
         transports += [self.transport_of(a.link) for a in self.relay.switch.agents]  # type: ignore[arg-type]
         for transport in transports:
@@ -183,7 +183,7 @@ class Rig:
         connect = OpenStream(
             FrameType.CONNECT, session_id, "target.example", 443, window=MAX_CREDIT
         ).encode(sid)
-        self.route(client, memoryview(connect))
+        self.receive(client, memoryview(connect))
         self.flush()
         stream = client.conn.sends[sid].stream
         agent = stream.agent.link
@@ -193,7 +193,7 @@ class Rig:
         assert sum(len(t.copies) for t in transports) == 1
 
         response = ConnectResponse(session_id, 200, window=MAX_CREDIT).encode(sid)
-        self.route(agent, memoryview(response))
+        self.receive(agent, memoryview(response))
         self.flush()
         assert self.transport_of(client).copies == [response], "the answer must reach client_a"
         assert sum(len(t.copies) for t in transports) == 2

@@ -1,7 +1,7 @@
-"""The relay's per-message forward path, `Switch.route`, with in-memory picows transports.
+"""The relay's per-message forward path, `Switch.receive`, with in-memory picows transports.
 
 A real `Relay` with a client_a peer and an agent peer (see conftest.py); one stream is
-opened through `Switch.route` with CONNECT / CONNECT_RESPONSE 200, then TUNNEL_DATA
+opened through `Switch.receive` with CONNECT / CONNECT_RESPONSE 200, then TUNNEL_DATA
 messages are routed upstream (client_a -> agent) and downstream (agent -> client_a).
 `Peer.on_ws_frame` adds one `time.monotonic()` per message (~40 ns) to what is timed here.
 
@@ -71,18 +71,18 @@ def test_forward_one_64k_frame(benchmark: Benchmark, tunnel: Any, direction: str
 def _bench_flushed(
     benchmark: Any, tunnel: Any, src: Any, message: memoryview, messages: int, frames: int
 ) -> None:
-    """Time `messages` x (route one message + flush), as one event-loop iteration would.
+    """Time `messages` x (receive one message + flush), as one event-loop iteration would.
 
     Each flush re-arms FlushScheduler's `call_soon`; the loop runs those (no-op) handles
     between rounds, outside the timing, so they never pile up on the idle loop (a pile of a
     million handles costs ~200 MB and makes every `call_soon` several times slower).
     """
-    route, flush_all = tunnel.relay.switch.route, tunnel.relay.scheduler.flush_all
+    receive, flush_all = tunnel.relay.switch.receive, tunnel.relay.scheduler.flush_all
     conn = src.conn
 
     def forward() -> None:
         for _ in range(messages):
-            route(conn, message, 0.0)
+            receive(conn, message, 0.0)
             flush_all()  # what the loop runs after the iteration that read the message
 
     def setup() -> None:
@@ -132,7 +132,7 @@ def test_forward_100_messages_of_one_100b_frame(
     _bench_coalesced(benchmark, tunnel, direction, frames=1, payload=100, messages=100)
 
 
-def test_route_100_window_updates(benchmark: Benchmark, tunnel: Any, direction: str) -> None:
+def test_forward_100_window_updates(benchmark: Benchmark, tunnel: Any, direction: str) -> None:
     """100 messages of one WINDOW_UPDATE per round: the control path (read_frame,
     next_state, the credit grant), each flushed."""
     src, dest_t = tunnel.ends(direction)

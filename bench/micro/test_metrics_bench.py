@@ -102,8 +102,8 @@ def test_scrape_relay_registry(benchmark: Benchmark, rig: Any) -> None:
     for n, (client, _) in enumerate(clients):
         for i in range(STREAMS_PER_CLIENT):
             sid, agent = rig.open_stream(client)
-            rig.route(client, memoryview(rig.data_message(sid, 2, 1000 + i)))
-            rig.route(agent, memoryview(rig.data_message(sid, 1, 5000 + n)))
+            rig.receive(client, memoryview(rig.data_message(sid, 2, 1000 + i)))
+            rig.receive(agent, memoryview(rig.data_message(sid, 1, 5000 + n)))
             up += 2 * (1000 + i)
             down += 5000 + n
     rig.flush()

@@ -503,51 +503,16 @@ def describe_dial_error(exc: BaseException, role: str = "this program") -> str:
 
 def carrier_metrics(stats: CarrierStats, role: str, carriers: list[Carrier]) -> Iterable[Metric]:
     """The metrics every program with carriers exports (client_a and the agent)."""
-    yield metrics.gauge(
-        metrics.RELAY_CONNECTED,
-        "Relay WebSockets up and open for new streams",
-        [],
-        {(): sum(1 for c in carriers if c.ready)},
+    yield metrics.F_RELAY_CONNECTED.one(sum(1 for c in carriers if c.ready))
+    yield metrics.F_WS_WRITE_BUFFER_CARRIER.build(
+        {(role,): sum(c.write_buffer_size() for c in carriers)}
     )
-    yield metrics.gauge(
-        metrics.WS_WRITE_BUFFER,
-        "Bytes queued on the relay connections, not yet taken by the kernel",
-        ["role"],
-        {(role,): sum(c.write_buffer_size() for c in carriers)},
-    )
-    yield metrics.counter(
-        metrics.RECONNECTS, "Relay redials by role", ["role"], {(role,): stats.reconnects}
-    )
-    yield metrics.histogram(
-        metrics.PING_RTT,
-        "WebSocket ping round-trip time to the relay",
-        ["role"],
-        {(role,): stats.ping_rtt},
-    )
-    yield metrics.counter(
-        metrics.FRAMES_DROPPED,
-        "Frames dropped, by reason",
-        ["reason"],
-        {("unknown_stream",): stats.dropped_unknown_stream},
-    )
-    yield metrics.counter(
-        metrics.FLOW_CONTROL_STALLS,
-        "Times a stream waited for credit",
-        [],
-        {(): stats.flow_control_stalls},
-    )
-    yield metrics.counter(
-        metrics.BACKPRESSURE_PAUSES,
-        "Times the relay connection's backlog paused local sockets",
-        [],
-        {(): stats.backpressure_pauses},
-    )
-    yield metrics.counter(
-        metrics.PROTOCOL_ERRORS,
-        "Protocol errors by kind",
-        ["kind"],
-        {(k,): n for k, n in stats.protocol_errors.items()},
-    )
+    yield metrics.F_RECONNECTS.build({(role,): stats.reconnects})
+    yield metrics.F_PING_RTT_CARRIER.build({(role,): stats.ping_rtt})
+    yield metrics.frames_dropped(stats.dropped_unknown_stream)
+    yield metrics.F_FLOW_CONTROL_STALLS.one(stats.flow_control_stalls)
+    yield metrics.F_BACKPRESSURE_PAUSES.one(stats.backpressure_pauses)
+    yield metrics.protocol_errors(stats.protocol_errors)
 
 
 def carrier_stream_bytes(stats: CarrierStats, carriers: list[Carrier]) -> tuple[int, int]:

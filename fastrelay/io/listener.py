@@ -145,9 +145,4 @@ async def create_server(
 
 def collect() -> Iterable[Metric]:
     if _installed:
-        yield metrics.counter(
-            metrics.ACCEPT_PAUSES,
-            "Times a listener stopped accepting for a moment, out of fds (or kernel memory)",
-            [],
-            {(): _pauses},
-        )
+        yield metrics.F_ACCEPT_PAUSES.one(_pauses)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 
 from fastrelay.protocol.errors import ProtocolError
-from fastrelay.protocol.flow import CreditPool, RecvWindow, SendWindow
+from fastrelay.protocol.flow import CreditPool, SendWindow
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.messages import (
     DEFAULT_WINDOW,
@@ -125,10 +125,6 @@ class EndStream:
     @property
     def send(self) -> SendWindow:
         return self.stream.send_window
-
-    @property
-    def recv(self) -> RecvWindow:
-        return self.stream.recv_window
 
     @property
     def sent(self) -> int:
@@ -266,7 +262,7 @@ class Endpoint:
     def send(self, frames: bytes) -> None:
         """Raw bytes, as one WebSocket message to the relay."""
         if self.wire.closed is None:
-            self.pair.switch.route(self.conn, memoryview(frames), self.pair.now)
+            self.pair.switch.receive(self.conn, memoryview(frames), self.pair.now)
 
     def open(self, host: str = "target.test", port: int = 443) -> int:
         """client_a: a CONNECT on the next stream id (window from the pool)."""

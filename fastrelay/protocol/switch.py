@@ -13,7 +13,7 @@ What the switch decides:
 
 * **Admission.** Connections per token and in total (`admission`, `attach`),
   and a stream-id range for every client_a connection.
-* **Routing.** Every frame of a message from one connection (`route`): data is
+* **Routing.** Every frame of a message from one connection (`receive`): data is
   forwarded as slices of the received message, control frames drive the
   stream's state through `state.next_state`, the one transition table.
 * **Credit.** The relay keeps each direction of each stream within the credit
@@ -30,7 +30,7 @@ What the switch decides:
   unanswered, gets no new opens and its pending opens move to another agent
   (`tick`); an open unanswered for `open_retry_after` moves once too.
 
-The data path (`route`'s loop) allocates nothing but the slices it forwards:
+The data path (`receive`'s loop) allocates nothing but the slices it forwards:
 a TUNNEL_DATA frame for a known stream with enough credit costs one dict
 look-up and one subtraction. Every other frame goes through `read_frame`, the
 codec's one frame walker, so every vector in docs/PROTOCOL.md holds here too.
@@ -308,7 +308,6 @@ class Switch:
         self.members: tuple[str, ...] = (instance_id,)
         self.draining = False
         self.turn = 0
-        self.connection_budget = limits.connection_buffer
 
     # --- connections ---
 
@@ -451,7 +450,7 @@ class Switch:
 
     # --- the hot path ---
 
-    def route(self, src: Conn, message: memoryview, now: float) -> None:
+    def receive(self, src: Conn, message: memoryview, now: float) -> None:
         """Handle every mux frame of one WebSocket message from `src`.
 
         Consecutive TUNNEL_DATA frames bound for the same connection leave as

@@ -15,12 +15,13 @@ from collections.abc import Iterable, Mapping
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-PREFIX = "fastrelay_"
+from fastrelay.metrics import BUILD, CLUSTER_MEMBERS, PREFIX, READY
+
 # Gauges that describe the deployment, not a share of the work: one value, not a sum.
 NOT_SUMMED = {
-    "fastrelay_build_info": "first",
-    "fastrelay_cluster_members": "max",
-    "fastrelay_ready": "min",
+    BUILD + "_info": "first",
+    CLUSTER_MEMBERS: "max",
+    READY: "min",
 }
 
 Key = tuple[str, tuple[tuple[str, str], ...]]

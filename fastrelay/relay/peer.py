@@ -1,7 +1,7 @@
 """One WebSocket at the relay (a client_a or an agent), as a thin picows listener.
 
 The listener only sorts picows events for the switch: whole binary messages
-go to `Switch.route` with the time, pongs prove the peer alive, CLOSE frames
+go to `Switch.receive` with the time, pongs prove the peer alive, CLOSE frames
 get their reply, and anything else a peer must not send (text, fragments)
 fails the connection. It is also the switch's `Link` (close, ping) for this
 connection, and reports a write buffer past the budget (`pause_writing`).
@@ -61,7 +61,7 @@ class Peer(WSListener):
         assert conn is not None
         msg_type = frame.msg_type  # one enum conversion per frame (~0.2 us each)
         if msg_type is _BINARY and frame.fin:
-            self.switch.route(conn, frame.get_payload_as_memoryview(), _now())
+            self.switch.receive(conn, frame.get_payload_as_memoryview(), _now())
         elif msg_type is _PONG:
             self.switch.heard(conn, _now())
         elif msg_type is _CLOSE:

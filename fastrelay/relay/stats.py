@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import Metric
 
 from fastrelay import metrics
+from fastrelay.metrics import by_label
 from fastrelay.protocol.switch import Conn
 from fastrelay.relay.peer import Peer
 
@@ -31,115 +32,36 @@ class RelayStats:
         switch = relay.switch
         counts = switch.stats
         conns = {"client": list(switch.clients), "agent": list(switch.agents)}
-        yield metrics.gauge(
-            metrics.WS_WRITE_BUFFER,
-            "Bytes queued on WebSockets, not yet taken by the kernel, by the peer's role",
-            ["role"],
-            {(r,): sum(_queued(c) for c in cs) for r, cs in conns.items()},
+        yield metrics.F_WS_WRITE_BUFFER_RELAY.build(
+            by_label({r: sum(_queued(c) for c in cs) for r, cs in conns.items()})
         )
-        yield metrics.gauge(
-            metrics.CONNECTIONS,
-            "Open WebSocket connections by role",
-            ["role"],
-            {(r,): len(cs) for r, cs in conns.items()},
-        )
-        yield metrics.gauge(
-            metrics.CLUSTER_MEMBERS,
-            "Relay instances in the live set this relay announces to agents",
-            [],
-            {(): len(switch.members)},
-        )
-        yield metrics.counter(
-            metrics.CLUSTER_ERRORS,
-            "Failed membership heartbeats (Redis unreachable)",
-            [],
-            {(): relay.membership_errors()},
-        )
-        yield metrics.gauge(
-            metrics.STREAMS_ACTIVE,
-            "Streams open through this relay",
-            [],
-            {(): switch.active_streams},
-        )
-        results = {r: counts.results[r] for r in metrics.STREAM_RESULTS}
-        yield metrics.counter(
-            metrics.STREAMS,
-            "Streams opened, by result",
-            ["result"],
-            {(r,): n for r, n in results.items()},
+        yield metrics.F_CONNECTIONS.build(by_label({r: len(cs) for r, cs in conns.items()}))
+        yield metrics.F_CLUSTER_MEMBERS_RELAY.one(len(switch.members))
+        yield metrics.F_CLUSTER_ERRORS.one(relay.membership_errors())
+        yield metrics.F_STREAMS_ACTIVE_RELAY.one(switch.active_streams)
+        yield metrics.F_STREAMS.build(
+            by_label({r: counts.results[r] for r in metrics.STREAM_RESULTS})
         )
         # Live connections hold their own counts; closed ones' were folded in.
-        for name, doc, attr, closed in (
-            (metrics.STREAM_BYTES, "Tunnel payload bytes forwarded", "data_bytes",
-             counts.closed_bytes),
-            (metrics.STREAM_FRAMES, "TUNNEL_DATA frames forwarded", "data_frames",
-             counts.closed_frames),
-        ):  # fmt: skip
+        for family, attr, closed in (
+            (metrics.F_STREAM_BYTES_RELAY, "data_bytes", counts.closed_bytes),
+            (metrics.F_STREAM_FRAMES, "data_frames", counts.closed_frames),
+        ):
             up = closed["client"] + sum(getattr(c, attr) for c in conns["client"])
             down = closed["agent"] + sum(getattr(a, attr) for a in conns["agent"])
-            yield metrics.counter(
-                name, doc, ["direction"], {("upstream",): up, ("downstream",): down}
-            )
-        yield metrics.counter(
-            metrics.AUTH_FAILURES,
-            "Rejected WebSocket upgrades by role",
-            ["role"],
-            {(r,): n for r, n in self.auth_failures.items()},
+            yield metrics.by_direction(family, up, down)
+        yield metrics.F_AUTH_FAILURES.build(by_label(self.auth_failures))
+        yield metrics.protocol_errors(counts.protocol_errors)
+        yield metrics.frames_dropped(counts.dropped_unknown_stream)
+        yield metrics.F_LIMIT_HITS.build(
+            by_label({k: counts.limits[k] + self.head_refusals[k] for k in metrics.LIMITS})
         )
-        yield metrics.counter(
-            metrics.PROTOCOL_ERRORS,
-            "Protocol errors by kind",
-            ["kind"],
-            {(k,): n for k, n in counts.protocol_errors.items()},
-        )
-        yield metrics.counter(
-            metrics.FRAMES_DROPPED,
-            "Frames dropped, by reason",
-            ["reason"],
-            {("unknown_stream",): counts.dropped_unknown_stream},
-        )
-        yield metrics.counter(
-            metrics.LIMIT_HITS,
-            "Opens and connections refused, and connections cut off, by the limit they hit",
-            ["limit"],
-            {(k,): counts.limits[k] + self.head_refusals[k] for k in metrics.LIMITS},
-        )
-        yield metrics.counter(
-            metrics.OPEN_RETRIES,
-            "Unanswered opens moved to another agent",
-            [],
-            {(): counts.open_retries},
-        )
-        yield metrics.counter(
-            metrics.AGENT_STALLS,
-            "Agents that left a liveness probe unanswered (no new opens until they answer)",
-            [],
-            {(): counts.agent_stalls},
-        )
-        yield metrics.counter(
-            metrics.PREFIX + "connections_accepted",
-            "WebSocket connections accepted by role",
-            ["role"],
-            {(r,): n for r, n in counts.connections_opened.items()},
-        )
-        yield metrics.histogram(
-            metrics.RELAY_OPEN,
-            "Open received to CONNECT_RESPONSE received, at the relay",
-            [],
-            {(): self.open_latency},
-        )
-        yield metrics.histogram(
-            metrics.STREAM_DURATION,
-            "Lifetime of tunnels that opened, from open to close",
-            [],
-            {(): self.stream_duration},
-        )
-        yield metrics.histogram(
-            metrics.PING_RTT,
-            "WebSocket ping round-trip time, by the role of the non-relay end",
-            ["role"],
-            {(r,): h for r, h in self.ping_rtt.items()},
-        )
+        yield metrics.F_OPEN_RETRIES.one(counts.open_retries)
+        yield metrics.F_AGENT_STALLS.one(counts.agent_stalls)
+        yield metrics.F_CONNECTIONS_ACCEPTED.build(by_label(counts.connections_opened))
+        yield metrics.F_RELAY_OPEN.one(self.open_latency)
+        yield metrics.stream_duration(self.stream_duration)
+        yield metrics.F_PING_RTT_RELAY.build({(r,): h for r, h in self.ping_rtt.items()})
 
 
 def _queued(conn: Conn) -> int:

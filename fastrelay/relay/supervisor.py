@@ -30,7 +30,15 @@ from prometheus_client.core import Metric
 
 from fastrelay import metrics
 from fastrelay.io.admin import Readiness, start_admin
-from fastrelay.lifecycle import announce_ready, format_address, on_force_exit, on_sighup, pause
+from fastrelay.lifecycle import (
+    all_of,
+    announce_ready,
+    cancel_all,
+    format_address,
+    on_force_exit,
+    on_sighup,
+    pause,
+)
 from fastrelay.relay import aggregate
 from fastrelay.relay.config import RelayConfig
 
@@ -38,6 +46,7 @@ log = logging.getLogger("fastrelay.supervisor")
 READY_TIMEOUT = 20.0
 RESTART_DELAY_MAX = 10.0
 SCRAPE_TIMEOUT = 2.0
+READER_LINGER = 1.0  # seconds to read what a worker wrote before it exited
 SUPERVISOR_ENV = "FASTRELAY_SUPERVISOR_PID"  # tells a worker whose death to follow
 
 
@@ -60,6 +69,7 @@ class Supervisor:
         self.retired: dict[aggregate.Key, float] = {}
         self.restarts = 0
         self.stopping = False
+        self.readers: set[asyncio.Task[None]] = set()  # each worker's stdout, read to EOF
 
     def worker_argv(self, worker: Worker) -> list[str]:
         argv = [sys.executable, "-m", "fastrelay", "relay", *self.config.argv]
@@ -90,7 +100,9 @@ class Supervisor:
         worker.process = process
         worker.admin = ready["admin"]
         # Drain its stdout so a stray write can never block the worker.
-        asyncio.get_running_loop().create_task(_drain(process.stdout))
+        reader = asyncio.get_running_loop().create_task(_drain(process.stdout))
+        self.readers.add(reader)
+        reader.add_done_callback(self.readers.discard)
 
     async def watch(self, worker: Worker, stop: asyncio.Event) -> None:
         """Restart the worker whenever it dies, until shutdown."""
@@ -133,6 +145,7 @@ class Supervisor:
         for worker in self.workers:
             if worker.process is not None:
                 await worker.process.wait()
+        await all_of(list(self.readers), READER_LINGER)  # EOF follows the exit
 
     @property
     def alive(self) -> list[Worker]:
@@ -150,15 +163,8 @@ class Supervisor:
             worker.last_counters = aggregate.counter_samples(families)
             per_worker[str(worker.index)] = families
         yield from aggregate.merge(per_worker, self.retired)
-        yield metrics.gauge(
-            metrics.PREFIX + "workers", "Relay worker processes alive", [], {(): len(self.alive)}
-        )
-        yield metrics.counter(
-            metrics.PREFIX + "worker_restarts",
-            "Relay workers restarted after they died",
-            [],
-            {(): self.restarts},
-        )
+        yield metrics.F_WORKERS.one(len(self.alive))
+        yield metrics.F_WORKER_RESTARTS.one(self.restarts)
 
 
 async def serve_workers(config: RelayConfig, stop: asyncio.Event) -> int:
@@ -216,8 +222,7 @@ async def serve_workers(config: RelayConfig, stop: asyncio.Event) -> int:
         config.drain_timeout,
     )
     await supervisor.shutdown()
-    for watcher in watchers:
-        watcher.cancel()
+    await cancel_all(watchers)
     admin.close()
     return 0
 

@@ -136,7 +136,6 @@ def test_auth_failures_are_logged_with_the_peer_and_rate_limited(make_chain) -> 
     started = time.monotonic()  # the relay's 10 s window starts after this
     assert upgrade_status(listen, "/v1/client", bad, xff) == 401
     wait_until(lambda: rejected_lines(relay.log_path), what="the first rejection logged")
-    window_seen = time.monotonic()  # ... and before this
     [first] = rejected_lines(relay.log_path)
     assert "forwarded_for=203.0.113.7" in first and "role=client" in first
     assert re.search(r"peer=127\.0\.0\.1:\d+", first), first
@@ -155,13 +154,4 @@ def test_auth_failures_are_logged_with_the_peer_and_rate_limited(make_chain) -> 
     assert sum("forwarded_for=" in x for x in lines) == 1
     assert bad not in relay.log_path.read_text()
 
-    # The next window's first line reports how many were left out.
-    time.sleep(max(0.0, window_seen + 10.2 - time.monotonic()))
-    assert upgrade_status(listen, "/v1/agent", bad) == 401
-    wait_until(lambda: len(rejected_lines(relay.log_path)) > len(lines), what="a new window")
-    final = rejected_lines(relay.log_path)
-    suppressed = sum(int(m) for x in final for m in re.findall(r"suppressed=(\d+)", x))
-    assert len(final) + suppressed == 9, final  # every failure logged or counted
-    if one_window:
-        assert len(final) == 6 and final[-1].endswith("suppressed=3"), final
-    assert metric(admin, "fastrelay_auth_failures_total") == 9
+    # What the next window says about the rest: tests/unit/test_rate_limited_log.py, on a clock.

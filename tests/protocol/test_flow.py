@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastrelay.protocol.errors import FlowControlError, ProtocolError, StreamError
+from fastrelay.protocol.errors import FlowControlError
 from fastrelay.protocol.flow import CreditPool, RecvWindow, SendWindow
+from fastrelay.protocol.frames import FrameType, encode_frame
 from fastrelay.protocol.messages import DEFAULT_WINDOW
+from fastrelay.protocol.pair import Pair
 
 MAX_WINDOW = 2**31 - 1
 
@@ -115,10 +117,22 @@ def test_flush_returns_a_partial_batch() -> None:
 
 
 def test_flow_control_error_aborts_one_stream_only() -> None:
-    error = FlowControlError("x")
-    assert isinstance(error, StreamError)
-    assert not isinstance(error, ProtocolError)
-    assert error.kind == "flow_control"
+    """Data past the receiver's credit ends that stream (TUNNEL_ERROR at both ends); the
+    connections stay up and the stream beside it keeps moving bytes."""
+    pair = Pair()
+    client, agent = pair.client(), pair.agent(want=64 * 1024)
+    greedy, kept = client.open(), client.open()
+    pair.run()
+    credit = client.streams[greedy].send.available
+    client.send(encode_frame(FrameType.TUNNEL_DATA, greedy, bytes(credit + 1)))
+    pair.run()
+    assert client.closed is None and agent.closed is None
+    assert greedy not in client.streams and "credit" in (client.ended[-1].error or "")
+    assert greedy not in agent.streams
+    assert pair.switch.stats.protocol_errors["flow_control"] == 1
+    assert client.write(kept, 5000) == 5000
+    pair.run()
+    assert agent.streams[kept].received == 5000
 
 
 def test_a_peer_that_ignores_credit_is_caught() -> None:

@@ -453,10 +453,39 @@ def rejects(kind: FrameType, payload: bytes, reason: str) -> None:
     assert info.value.kind == "malformed_control"
 
 
+DECODED: dict[FrameType, object] = {
+    FrameType.CONNECT: OpenStream(
+        FrameType.CONNECT,
+        "s",
+        "example.com",
+        443,
+        method="CONNECT",
+        url="https://example.com:443",
+        headers={"Host": "example.com:443"},
+        window=65536,
+    ),
+    FrameType.REQUEST: OpenStream(
+        FrameType.REQUEST,
+        "s",
+        "example.com",
+        80,
+        method="GET",
+        url="http://example.com/",
+        window=65536,
+    ),
+    FrameType.CONNECT_RESPONSE: ConnectResponse("s", 200, error="none", window=65536),
+    FrameType.TUNNEL_ERROR: TunnelError("s", "x"),
+    FrameType.HELLO: Hello("r", version=1, stream_id_base=1, stream_id_count=10),
+    FrameType.GOAWAY: GoAway("bye"),
+    FrameType.MEMBERS: Members(("relay-a", "relay-b")),
+}
+
+
 @pytest.mark.parametrize("kind", CONTROL_TYPES, ids=lambda k: k.name)
 def test_good_payloads_decode(kind: FrameType) -> None:
-    _decoder(kind)(orjson.dumps(GOOD[kind]))
-    _decoder(kind)(memoryview(orjson.dumps(GOOD[kind])))
+    payload = orjson.dumps(GOOD[kind])
+    assert _decoder(kind)(payload) == DECODED[kind]
+    assert _decoder(kind)(memoryview(payload)) == DECODED[kind]
 
 
 @pytest.mark.parametrize("kind", CONTROL_TYPES, ids=lambda k: k.name)

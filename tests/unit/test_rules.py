@@ -7,17 +7,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client_a.rules import (
+from client_a.rules import RuleError, Rules
+from fastrelay.protocol.hostname import ends_in_a_number
+from fastrelay.protocol.patterns import (
     HostPattern,
     PatternError,
     PatternKind,
-    RuleError,
-    Rules,
     normalize_host,
     parse_ip,
     parse_pattern,
 )
-from fastrelay.protocol.hostname import ends_in_a_number
 
 SAMPLE = """\
 # whole-line comment
