@@ -25,7 +25,7 @@ from fastrelay.io.carrier import (
     carrier_stream_bytes,
 )
 from fastrelay.io.tunnel import attach
-from fastrelay.lifecycle import Service, cancel_all, format_address, serve_service
+from fastrelay.lifecycle import Service, bound_address, cancel_all, serve_service
 from fastrelay.metrics import by_label
 from fastrelay.protocol.messages import OpenStream, format_authority
 from fastrelay.protocol.session import End, Stream
@@ -157,7 +157,7 @@ class AgentService(Service):
     async def start(self) -> dict[str, Any]:
         registry = metrics.make_registry("agent", self.agent.collect, self.readiness.check)
         self.admin = await start_admin(*self.config.admin, registry, self.readiness.check)
-        admin_at = format_address(self.admin.sockets[0].getsockname())
+        admin_at = bound_address(self.admin)
         log.info("agent dialing %s, admin on %s", self.config.relay, admin_at)
         return {"admin": admin_at}
 

@@ -390,9 +390,9 @@ class EgressPolicy:
                 return Decision(False, f"denied by {spec.text}")
         allowed_by: _Spec | None = None
         for cand, shown in candidates:
-            spec = next((s for s in self._allow if s.matches(name_or_none, cand, port)), None)
-            if spec is not None:
-                allowed_by = allowed_by or spec
+            match = next((s for s in self._allow if s.matches(name_or_none, cand, port)), None)
+            if match is not None:
+                allowed_by = allowed_by or match
                 continue
             label = self._default_label(cand)
             if label is not None:

@@ -21,7 +21,13 @@ from fastrelay.io import listener
 from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.io.carrier import RelayLink
 from fastrelay.io.pool import CarrierPool
-from fastrelay.lifecycle import Service, cancel_all, format_address, pause, serve_service
+from fastrelay.lifecycle import (
+    Service,
+    bound_address,
+    cancel_all,
+    pause,
+    serve_service,
+)
 
 log = logging.getLogger("fastrelay.client")
 
@@ -128,8 +134,8 @@ class ClientService(Service):
         self.server = await listener.create_server(
             loop, lambda: BrowserConnection(proxy, gate), host, port
         )
-        listen = format_address(self.server.sockets[0].getsockname())
-        admin_at = format_address(self.admin.sockets[0].getsockname())
+        listen = bound_address(self.server)
+        admin_at = bound_address(self.admin)
         log.info(
             "client_a proxy on http://%s (relay %s, %d rules), admin on %s",
             listen,

@@ -21,6 +21,7 @@ import os
 import resource
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -57,6 +58,12 @@ class BindError(OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def bound_address(server: asyncio.AbstractServer) -> str:
+    """The address a server's first listening socket is bound to, as `host:port`."""
+    sockets: list[socket.socket] = list(getattr(server, "sockets", None) or [])  # not on the ABC
+    return format_address(sockets[0].getsockname()) if sockets else "unknown"
 
 
 def format_address(sockname: tuple) -> str:

@@ -50,6 +50,7 @@ PROTOCOL_ERRORS = PREFIX + "protocol_errors"
 AUTH_FAILURES = PREFIX + "auth_failures"
 BACKPRESSURE_PAUSES = PREFIX + "backpressure_pauses"
 FLOW_CONTROL_STALLS = PREFIX + "flow_control_stalls"
+WINDOW_GROWTHS = PREFIX + "window_growths"
 RECONNECTS = PREFIX + "reconnects"
 WS_WRITE_BUFFER = PREFIX + "ws_write_buffer_bytes"
 RELAY_CONNECTED = PREFIX + "relay_connected"
@@ -251,6 +252,12 @@ F_PING_RTT_CARRIER = Family(
     "histogram", PING_RTT, "WebSocket ping round-trip time to the relay", ("role",)
 )
 F_FLOW_CONTROL_STALLS = Family("counter", FLOW_CONTROL_STALLS, "Times a stream waited for credit")
+F_WINDOW_GROWTHS = Family(
+    "counter",
+    WINDOW_GROWTHS,
+    "Times a stream's receive window was aimed higher: its sender ran out of credit while this "
+    "end kept up (a long path)",
+)
 F_BACKPRESSURE_PAUSES = Family(
     "counter", BACKPRESSURE_PAUSES, "Times the relay connection's backlog paused local sockets"
 )

@@ -91,14 +91,24 @@ class CarrierOwner(Protocol):
 
 
 class CarrierSettings(Protocol):
-    relay: str
-    token: str
-    ca_file: Path | None
-    ping_interval: float
-    max_frame_size: int
-    reconnect_max: float
-    window: int
-    max_window: int
+    """What a program's (frozen) config gives its carriers."""
+
+    @property
+    def relay(self) -> str: ...
+    @property
+    def token(self) -> str: ...
+    @property
+    def ca_file(self) -> Path | None: ...
+    @property
+    def ping_interval(self) -> float: ...
+    @property
+    def max_frame_size(self) -> int: ...
+    @property
+    def reconnect_max(self) -> float: ...
+    @property
+    def window(self) -> int: ...
+    @property
+    def max_window(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -511,6 +521,7 @@ def carrier_metrics(stats: CarrierStats, role: str, carriers: list[Carrier]) -> 
     yield metrics.F_PING_RTT_CARRIER.build({(role,): stats.ping_rtt})
     yield metrics.frames_dropped(stats.dropped_unknown_stream)
     yield metrics.F_FLOW_CONTROL_STALLS.one(stats.flow_control_stalls)
+    yield metrics.F_WINDOW_GROWTHS.one(stats.window_growths)
     yield metrics.F_BACKPRESSURE_PAUSES.one(stats.backpressure_pauses)
     yield metrics.protocol_errors(stats.protocol_errors)
 

@@ -68,9 +68,20 @@ _DATA = int(FrameType.TUNNEL_DATA)
 _pack = HEADER.pack
 _pack_into = HEADER.pack_into
 
-PAUSED_CREDIT = 1  # no send credit left
-PAUSED_LINK = 2  # the relay connection's write buffer is over its high-water mark
-PAUSED_OPENING = 4  # the stream is not open yet
+
+class Paused(enum.IntFlag):
+    """Why a stream's socket is not being read (`Stream.paused`); reading
+    resumes when no reason is left."""
+
+    CREDIT = 1  # no send credit left
+    LINK = 2  # the relay connection's write buffer is over its high-water mark
+    OPENING = 4  # the stream is not open yet
+
+
+# Plain ints on the data path (IntFlag operations cost a method call each).
+PAUSED_CREDIT = int(Paused.CREDIT)
+PAUSED_LINK = int(Paused.LINK)
+PAUSED_OPENING = int(Paused.OPENING)
 
 
 class End(enum.Enum):
@@ -221,7 +232,7 @@ class Stream:
         self.send_window = SendWindow(0)  # granted by the peer's open or CONNECT_RESPONSE
         self.recv_window = RecvWindow(recv_window)
         self.socket: Socket | None = None
-        self.paused = PAUSED_OPENING
+        self.paused = PAUSED_OPENING  # Paused bits: why the socket is not read
         self.backlog: memoryview | None = None  # read from the socket, waiting for credit
         self.eof_pending = False  # the socket's EOF, behind the backlog
         # The socket reported EOF: never pause or resume its reading again. A

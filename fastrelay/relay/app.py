@@ -14,7 +14,13 @@ from fastrelay.accesslog import AccessLog
 from fastrelay.io import listener
 from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.io.wsserver import create_ws_server
-from fastrelay.lifecycle import Service, all_of, follow_parent, format_address, serve_service
+from fastrelay.lifecycle import (
+    Service,
+    all_of,
+    bound_address,
+    follow_parent,
+    serve_service,
+)
 from fastrelay.metrics import make_registry
 from fastrelay.relay.cluster import RedisMembership, StaticMembership
 from fastrelay.relay.config import RelayConfig
@@ -86,7 +92,9 @@ class RelayService(Service):
         )
         # The admin port answers first, so a load balancer sees "starting", not a refused port.
         self.admin = await start_admin(*config.admin, registry, self.readiness.check)
-        tls = server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+        tls = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            tls = server_context(config.tls_cert, config.tls_key)
         host, port = config.listen
         self.server = await create_ws_server(
             relay.listener_factory,
@@ -98,8 +106,8 @@ class RelayService(Service):
             reuse_port=config.reuse_port,
             on_refused=relay.head_refused,
         )
-        listen = format_address(self.server.sockets[0].getsockname())
-        admin_at = format_address(self.admin.sockets[0].getsockname())
+        listen = bound_address(self.server)
+        admin_at = bound_address(self.admin)
         log.info(
             "relay %s listening on %s%s, admin on %s",
             self.instance_id,

@@ -67,7 +67,7 @@ class Peer(WSListener):
         elif msg_type is _CLOSE:
             if self.close_reason is None:
                 message = (frame.get_close_message() or b"").decode("utf-8", "replace")[:120]
-                code = int(frame.get_close_code())
+                code = int(frame.get_close_code().value)
                 self.close_reason = f"closed by peer ({code}{' ' + message if message else ''})"
             transport.send_close(frame.get_close_code())
             transport.disconnect()

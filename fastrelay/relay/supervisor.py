@@ -33,6 +33,7 @@ from fastrelay.io.admin import Readiness, start_admin
 from fastrelay.lifecycle import (
     all_of,
     announce_ready,
+    bound_address,
     cancel_all,
     format_address,
     on_force_exit,
@@ -198,7 +199,7 @@ async def serve_workers(config: RelayConfig, stop: asyncio.Event) -> int:
     watchers = [asyncio.ensure_future(supervisor.watch(w, stop)) for w in supervisor.workers]
     on_sighup(lambda: supervisor.signal_all(signal.SIGHUP))  # each reopens its access log
     readiness.set("ready")
-    admin_at = format_address(admin.sockets[0].getsockname())
+    admin_at = bound_address(admin)
     listen = format_address((host, port))
     log.info(
         "relay supervisor: %d workers on %s, admin on %s", len(supervisor.workers), listen, admin_at

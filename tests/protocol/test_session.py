@@ -100,6 +100,7 @@ class Events:
         self.log.append(("open", stream.sid, request.host))
         if self.accept:
             socket = self.sockets[stream.sid] = FakeSocket()
+            stream.owner = socket  # the sid may be reused: each stream keeps its own
             stream.attach(socket)
             stream.accept(request.window, NOW)
 

@@ -507,10 +507,10 @@ def test_a_blocked_sender_grows_the_receivers_window_through_the_relay() -> None
     client, agent = pair.client(want=64 * 1024), pair.agent()
     client.session.credit.max_window = 1 * MiB
     sid = tunnel(pair, client)
-    start = client.streams[sid].recv.window
+    start = client.streams[sid].stream.recv_window.window
     agent.streams[sid].stream.send(bytes(8 * MiB))  # more than the credit: it waits, flagged
     pair.run(rounds=10_000)
     assert client.streams[sid].received == 8 * MiB
-    assert start == 64 * 1024 < client.streams[sid].recv.window <= 1 * MiB
+    assert start == 64 * 1024 < client.streams[sid].stream.recv_window.window <= 1 * MiB
     assert client.session.stats.window_growths >= 4  # 64 KiB doubled up to 1 MiB
     assert not client.errors and client.closed is None
