@@ -31,6 +31,7 @@ import json
 import signal
 import sys
 from collections import deque
+from typing import cast
 
 import uvloop
 
@@ -128,9 +129,9 @@ class Side(asyncio.Protocol):
     def __init__(self, inbox: Lane, outbox: Lane) -> None:
         self.inbox, self.outbox = inbox, outbox
         self.transport: asyncio.Transport | None = None
-        self.peer: Side | None = None
 
-    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         # At most half the cap, so that a lane holding nothing and an outgoing buffer below
         # its high-water mark is always below the resume point (no missed wake-up).
@@ -167,7 +168,7 @@ class Inbound(Side):
         super().__init__(Lane(delay, cap), Lane(delay, cap))
         self.target = target
 
-    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         asyncio.get_running_loop().create_task(self.dial())
 
@@ -182,7 +183,6 @@ class Inbound(Side):
             if self.transport is not None:
                 self.transport.close()
             return
-        out.peer, self.peer = self, out
         if self.transport is None or self.transport.is_closing():
             out.transport.close()  # type: ignore[union-attr]
             return

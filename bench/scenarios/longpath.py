@@ -128,7 +128,9 @@ async def long_path(ctx: Context, _topo: Topology) -> dict:
             out[f"loadavg_{tag}"] = _loadavg()
             direct_line = via(line(target_addr, rtt, f"delayline-direct-{tag}"))
 
-            def agent_path(relay_listen: str, rtt: float = rtt, tag: str = tag):  # type: ignore[no-untyped-def]
+            def agent_path(
+                relay_listen: str, rtt: float = rtt, tag: str = tag
+            ) -> tuple[str, Process]:
                 proc = delay_line(relay_listen, rtt, ctx.log_dir, f"delayline-agent-{tag}")
                 return proc.ready["listen"], proc
 
