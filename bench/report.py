@@ -241,8 +241,8 @@ def long_path_section(data: dict) -> list[str]:
         f" Load average: {m['loadavg_start']} at the start, {m['loadavg_end']} at the end.",
         "",
         "| RTT | direction | direct across the line, MB/s | chain, MB/s | chain / direct |"
-        " window / RTT, MB/s | load average |",
-        "|---|---|---|---|---|---|---|",
+        " chain / chain at 0 ms | window / RTT, MB/s | load average |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for rtt in m["rtts_ms"]:
         tag = f"{rtt:g}ms"
@@ -251,12 +251,14 @@ def long_path_section(data: dict) -> list[str]:
             lines.append(
                 f"| {rtt:g} ms | {d} | {_fmt(m[f'direct_{tag}_{d}_MBps'])} |"
                 f" {_fmt(m[f'chain_{tag}_{d}_MBps'])} | {m[f'ratio_{tag}_{d}']:.2f} |"
+                f" {m.get(f'chain_{tag}_{d}_vs_0ms', float('nan')):.2f} |"
                 f" {_fmt(bound)} | {m.get(f'loadavg_{tag}', '-')} |"
             )
     lines += [
         "",
         "Direct across the line at 0 ms is the line's own cap; the chain at 0 ms is the chain's"
-        " own ceiling on this machine (both share the cores with the line). The window / RTT"
+        " own ceiling on this machine (both share the cores with the line), so chain / chain at"
+        " 0 ms is what the RTT alone costs the tunnel (its windows). The window / RTT"
         " column is the bound one stream's credit window sets at that RTT, before the chain's"
         " own hops add to the round trip.",
     ]

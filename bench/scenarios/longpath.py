@@ -167,6 +167,12 @@ async def long_path(ctx: Context, _topo: Topology) -> dict:
                 out[f"ratio_{tag}_{d}"] = cm / dm if dm else float("nan")
             out[f"window_bound_{tag}_MBps"] = window / (rtt / 1000) / MB if rtt else None
         out["runs_MBps"] = runs
+        # What the RTT alone costs the chain: against the chain across the line at 0 ms.
+        for rtt in out["rtts_ms"]:
+            for d in DIRECTIONS:
+                zero = out["chain_0ms_" + d + "_MBps"]
+                value = out[f"chain_{rtt:g}ms_{d}_MBps"]
+                out[f"chain_{rtt:g}ms_{d}_vs_0ms"] = value / zero if zero else float("nan")
     finally:
         for proc in reversed(procs):
             proc.stop()
