@@ -23,7 +23,7 @@ from pathlib import Path
 import uvloop
 
 from bench import report
-from bench.scenarios import basic, heavy, noisy, scrape, workers
+from bench.scenarios import basic, heavy, longpath, noisy, scrape, workers
 from bench.scenarios.common import FULL_SIZES, QUICK_SIZES, Context, progress
 from bench.topology import (
     Topology,
@@ -49,6 +49,7 @@ PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "scrape": (scrape.scrape, ("fastrelay",)),
     "workers": (workers.workers, ("fastrelay",)),
     "noisy_neighbour": (noisy.noisy_neighbour, ("fastrelay",)),
+    "long_path": (longpath.long_path, ("fastrelay",)),
 }
 
 
@@ -56,14 +57,20 @@ PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
 # kept) their heaps before: a fresh chain for every repeat.
 FRESH_CHAIN = {"many_idle"}
 # Scenarios that interleave their own repeats (scrape: off, on, off, on, ...): run once.
-OWN_REPEATS = {"scrape", "workers", "noisy_neighbour"}
+OWN_REPEATS = {"scrape", "workers", "noisy_neighbour", "long_path"}
 # Scenarios that start their own chains (workers: relay --workers 1 and 2, a fresh chain
 # per repeat; noisy_neighbour: one it may leave stalled): the runner starts none for them and
-# hands them a topology with no process.
-OWN_CHAINS = {"workers", "noisy_neighbour"}
+# hands them a topology with no process; long_path: one per RTT, the agent behind a delay line).
+OWN_CHAINS = {"workers", "noisy_neighbour", "long_path"}
 
 
-async def run(names: list[str], quick: bool, out: Path, endpoint_args: list[str]) -> dict:
+async def run(
+    names: list[str],
+    quick: bool,
+    out: Path,
+    endpoint_args: list[str],
+    extra: dict | None = None,
+) -> dict:
     sizes = QUICK_SIZES if quick else FULL_SIZES
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +90,14 @@ async def run(names: list[str], quick: bool, out: Path, endpoint_args: list[str]
                 for topo_name in PLAN[name][1]:
                     if topo_name not in topologies:
                         topologies[topo_name] = factories[topo_name]()
-        ctx = Context(port, sizes, log_dir, target_pid=target.pid, chain_args=tuple(endpoint_args))
+        ctx = Context(
+            port,
+            sizes,
+            log_dir,
+            extra=dict(extra or {}),
+            target_pid=target.pid,
+            chain_args=tuple(endpoint_args),
+        )
         for index, name in enumerate(names, 1):
             scenario, applies_to = PLAN[name]
             results[name] = {}
@@ -139,6 +153,17 @@ def environment(argv: list[str]) -> dict:
     }
 
 
+def _rtts(text: str) -> list[float]:
+    """'20,50' -> [20.0, 50.0]: milliseconds, each 0 to 1000."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ms such as 20,50, got {text!r}") from None
+    if not values or any(not 0 <= v <= 1000 for v in values):
+        raise argparse.ArgumentTypeError(f"expected ms from 0 to 1000, such as 20,50: {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m bench", allow_abbrev=False)
@@ -146,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(PLAN), help="scenarios to run")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/<ts>)")
     parser.add_argument("--window", help="per-stream window for client_a and the agent")
+    parser.add_argument(
+        "--rtts",
+        type=_rtts,
+        help="long_path: round-trip times in ms to measure across (default 20,50)",
+    )
     args = parser.parse_args(argv)
     raise_fd_limit()
     out = args.out or Path("bench/results") / time.strftime("%Y%m%d-%H%M%S")
@@ -153,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(argv)
     progress(f"writing {out}; load average {' '.join(env['loadavg_at_start'])}")
     endpoint_args = ["--window", args.window] if args.window else []
-    data = uvloop.run(run(args.only or list(PLAN), args.quick, out, endpoint_args))
+    extra = {"rtts": args.rtts} if args.rtts else {}
+    data = uvloop.run(run(args.only or list(PLAN), args.quick, out, endpoint_args, extra))
     data["environment"] = env
     data["quick"] = args.quick  # the report then judges no target (bench/report.py)
     (out / "results.json").write_text(json.dumps(data, indent=1))

@@ -14,6 +14,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,12 +135,16 @@ def chain(
     relay_args: tuple[str, ...] = (),
     client_args: tuple[str, ...] = (),
     log_prefix: str = "",
+    agent_path: Callable[[str], tuple[str, Process | None]] | None = None,
 ) -> Topology:
     """client_a -> relay -> agent, with the target's address on the filter list.
 
     `extra` options go to both client_a and the agent (say, --window 4MiB);
     `relay_args` to the relay only (say, --workers 2), `client_args` to client_a
-    only (say, --carriers 8). Logs go to `<log_prefix><program>.log`."""
+    only (say, --carriers 8). Logs go to `<log_prefix><program>.log`.
+    `agent_path`, given the relay's listen address, returns the address the agent dials
+    instead and the process that carries it there, if any (scenario 11: a delay line, for an
+    agent in another network); that process is part of the topology."""
     client_token, agent_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     rules = Path(tempfile.mkdtemp(prefix="fastrelay-bench-")) / "rules.txt"
     rules.write_text(f"{TARGET_HOST}/32\n")
@@ -164,13 +169,19 @@ def chain(
         )
         started.append(relay)
         url = f"ws://{relay.ready['listen']}"
+        agent_url = url
+        if agent_path is not None:
+            agent_addr, path_proc = agent_path(relay.ready["listen"])
+            if path_proc is not None:
+                started.append(path_proc)
+            agent_url = f"ws://{agent_addr}"
         agent = start(
             "agent",
             [
                 *fr,
                 "agent",
                 "--relay",
-                url,
+                agent_url,
                 "--admin",
                 "127.0.0.1:0",
                 "--allow",
@@ -205,9 +216,7 @@ def chain(
             log_dir / f"{log_prefix}client_a.log",
         )
         started.append(client)
-        topo = Topology(
-            "fastrelay", _addr(client.ready["listen"]), True, [relay, agent, client], client_token
-        )
+        topo = Topology("fastrelay", _addr(client.ready["listen"]), True, started, client_token)
         _wait_ready([agent.ready["admin"], client.ready["admin"]])
         return topo
     except BaseException:
@@ -269,3 +278,15 @@ def scrape(admin: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def _addr(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+DELAY_HOST = "127.0.0.5"
+
+
+def delay_line(
+    to: str, rtt_ms: float, log_dir: Path, name: str = "delayline", cap: str = ""
+) -> Process:
+    """bench/delayline.py on DELAY_HOST, forwarding to `to` (HOST:PORT) with `rtt_ms` added."""
+    argv = [sys.executable, "-m", "bench.delayline", "--listen", f"{DELAY_HOST}:0"]
+    argv += ["--to", to, "--rtt-ms", f"{rtt_ms:g}", *(["--cap", cap] if cap else [])]
+    return start(name, argv, log=log_dir / f"{name}.log")

@@ -29,6 +29,9 @@ FULL_SIZES = {
     "noisy_b_download_bytes": 32 << 20,  # each download, through a fresh tunnel
     "noisy_download_timeout": 4.0,  # a B download slower than this failed
     "noisy_setup_timeout": 2.0,  # a B setup slower than this failed
+    "long_path_bytes": 256 << 20,  # each download and upload across the delay line
+    "long_path_repeats": 3,  # direct and chain, alternating, at each RTT
+    "long_path_timeout": 120.0,  # one transfer slower than this fails the scenario
     "repeats": 3,
 }
 QUICK_SIZES = {
@@ -52,6 +55,9 @@ QUICK_SIZES = {
     "noisy_b_download_bytes": 8 << 20,
     "noisy_download_timeout": 2.0,
     "noisy_setup_timeout": 1.0,
+    "long_path_bytes": 8 << 20,
+    "long_path_repeats": 1,
+    "long_path_timeout": 20.0,
     "repeats": 1,
 }
 
