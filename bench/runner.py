@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/<ts>)")
     parser.add_argument("--window", help="per-stream window for client_a and the agent")
     parser.add_argument(
+        "--max-window", help="largest a stream's window grows to, client_a and the agent"
+    )
+    parser.add_argument(
         "--rtts",
         type=_rtts,
         help="long_path: round-trip times in ms to measure across (default 20,50)",
@@ -183,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(argv)
     progress(f"writing {out}; load average {' '.join(env['loadavg_at_start'])}")
     endpoint_args = ["--window", args.window] if args.window else []
+    if args.max_window:
+        endpoint_args += ["--max-window", args.max_window]
     extra = {"rtts": args.rtts} if args.rtts else {}
     data = uvloop.run(run(args.only or list(PLAN), args.quick, out, endpoint_args, extra))
     data["environment"] = env

@@ -82,14 +82,15 @@ class OpenStream:
     headers: dict[str, str] = field(default_factory=dict)
     window: int = DEFAULT_WINDOW
 
-    def encode(self, stream_id: int) -> bytes:
+    def encode(self, stream_id: int, window: int | None = None) -> bytes:
+        """The frame; `window` overrides the message's own (the session sets it)."""
         body = {
             "type": self.kind.name,
             "sessionId": self.session_id,
             "method": self.method,
             "url": self.url or f"https://{format_authority(self.host, self.port)}",
             "headers": self.headers,
-            "window": self.window,
+            "window": self.window if window is None else window,
         }
         return encode_frame(self.kind, stream_id, orjson.dumps(body))
 

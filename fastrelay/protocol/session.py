@@ -25,7 +25,6 @@ a clean end (both FINs) closes the socket and any other end aborts it.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections import Counter, deque
 from collections.abc import Callable
@@ -621,7 +620,7 @@ class Session:
         initial = State.CONNECT_REQUEST if request.kind is FrameType.CONNECT else State.REQUEST
         stream = Stream(self, sid, request.session_id, initial, self.credit.open(), now)
         self.streams[sid] = stream
-        self.write(dataclasses.replace(request, window=stream.recv_window.window).encode(sid))
+        self.write(request.encode(sid, stream.recv_window.window))
         stream.attach(socket)
         if self.open_timeout > 0:
             stream.deadline = now + self.open_timeout
