@@ -478,6 +478,50 @@ def workers_section(data: dict) -> list[str]:
     return lines
 
 
+# Who carried the tunnels in scenarios 1-3, in the order summary.md lists them: the
+# baselines, the peers (programs a user could install instead; no target is a ratio to one),
+# then fastrelay.
+CHAINS = (
+    ("direct", "direct (no proxy)", "baseline"),
+    ("forwarder", "one-hop forwarder (bench/baselines, uvloop)", "baseline"),
+    ("connect_proxy", "one-hop CONNECT proxy (bench/baselines, uvloop)", "baseline"),
+    ("pproxy", "pproxy, one CONNECT hop (Python, uvloop)", "peer"),
+    ("fastrelay", "**fastrelay** (client_a -> relay -> agent)", "this project"),
+)
+
+
+def peers_section(data: dict) -> list[str]:
+    """Scenarios 1-3 side by side: every chain that ran them, peers included."""
+    res = data["results"]
+    if not any(s in res for s in ("bulk", "round_trip", "setup")):
+        return []
+    g = lambda s, t, k: _fmt(_get(data, s, t, k))  # noqa: E731
+    lines = [
+        "",
+        "## Side by side: baselines, peers and fastrelay (scenarios 1-3)",
+        "",
+        "The same load client, target and sizes for every chain, in this run. A peer is a"
+        " program a user could install for the job; it is measured, not a target's"
+        " denominator (those are the baselines). '-': the chain does not run that scenario.",
+        "",
+        "| chain | kind | bulk MB/s down | bulk MB/s up | round trip p50 us | round trip p99 us"
+        " | setups/s | setup p50 ms | setup p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for topo, label, kind in CHAINS:
+        if not any(topo in res.get(s, {}) for s in ("bulk", "round_trip", "setup")):
+            continue
+        lines.append(
+            f"| {label} | {kind} | {g('bulk', topo, 'down_MBps')} | {g('bulk', topo, 'up_MBps')}"
+            f" | {g('round_trip', topo, 'p50_us')} | {g('round_trip', topo, 'p99_us')}"
+            f" | {g('setup', topo, 'tunnels_per_s')} | {g('setup', topo, 'setup_p50_ms')}"
+            f" | {g('setup', topo, 'setup_p99_ms')} |"
+        )
+    for topo, why in data.get("skipped", {}).items():
+        lines += ["", f"Peer **{topo}** skipped: {why}."]
+    return lines
+
+
 def _fmt(v: float | None) -> str:
     if v is None:
         return "-"
@@ -495,6 +539,7 @@ def write(data: dict, out: Path) -> str:
         " run. Processes sharing the cores: "
         + ", ".join(f"{topo}: {procs}" for topo, procs in data["processes"].items())
         + ".",
+        *(f"Skipped peer {topo}: {why}." for topo, why in data.get("skipped", {}).items()),
         "",
     ]
     quick = bool(data.get("quick"))
@@ -520,6 +565,7 @@ def write(data: dict, out: Path) -> str:
             f"| {name} | {metric} | {_fmt(chain)} | {_fmt(base)} | {_fmt(value)} | "
             f"{target} | {met} |"
         )
+    lines += peers_section(data)
     lines += scrape_section(data)
     lines += workers_section(data)
     lines += noisy_section(data)

@@ -31,6 +31,8 @@ from bench.topology import (
     connect_proxy,
     direct,
     forwarder,
+    pproxy,
+    pproxy_missing,
     raise_fd_limit,
     start_target,
 )
@@ -39,9 +41,9 @@ Scenario = Callable[[Context, Topology], Awaitable[dict]]
 
 # name -> (function, topologies it runs against)
 PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
-    "bulk": (basic.bulk, ("direct", "forwarder", "connect_proxy", "fastrelay")),
-    "round_trip": (basic.round_trip, ("direct", "forwarder", "fastrelay")),
-    "setup": (basic.setup, ("connect_proxy", "fastrelay")),
+    "bulk": (basic.bulk, ("direct", "forwarder", "connect_proxy", "pproxy", "fastrelay")),
+    "round_trip": (basic.round_trip, ("direct", "forwarder", "pproxy", "fastrelay")),
+    "setup": (basic.setup, ("connect_proxy", "pproxy", "fastrelay")),
     "many_active": (heavy.many_active, ("forwarder", "fastrelay")),
     "many_idle": (heavy.many_idle, ("fastrelay",)),
     "head_of_line": (heavy.head_of_line, ("fastrelay",)),
@@ -62,6 +64,10 @@ OWN_REPEATS = {"scrape", "workers", "noisy_neighbour", "long_path"}
 # per repeat; noisy_neighbour: one it may leave stalled): the runner starts none for them and
 # hands them a topology with no process; long_path: one per RTT, the agent behind a delay line).
 OWN_CHAINS = {"workers", "noisy_neighbour", "long_path"}
+# Peers: programs a user could install instead, measured beside fastrelay and the baselines
+# but never a target's denominator. One that is not installed, or does not start, is skipped
+# with the reason in summary.md; a baseline that does not start fails the run.
+PEERS = {"pproxy"}
 
 
 async def run(
@@ -79,17 +85,26 @@ async def run(
         "direct": lambda: direct(port),
         "forwarder": lambda: forwarder(port, log_dir),
         "connect_proxy": lambda: connect_proxy(log_dir),
+        "pproxy": lambda: pproxy(log_dir),
         "fastrelay": lambda: chain(log_dir, tuple(endpoint_args)),
     }
     topologies: dict[str, Topology] = {}
     results: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
     try:
         # Start, before any measurement, only what the chosen scenarios run against.
         for name in names:
             if name not in OWN_CHAINS:
                 for topo_name in PLAN[name][1]:
-                    if topo_name not in topologies:
-                        topologies[topo_name] = factories[topo_name]()
+                    if topo_name in topologies or topo_name in skipped:
+                        continue
+                    if topo_name in PEERS:
+                        why = _start_peer(topo_name, factories[topo_name], topologies)
+                        if why:
+                            skipped[topo_name] = why
+                            progress(f"skipping peer {topo_name}: {why}")
+                        continue
+                    topologies[topo_name] = factories[topo_name]()
         ctx = Context(
             port,
             sizes,
@@ -102,6 +117,8 @@ async def run(
             scenario, applies_to = PLAN[name]
             results[name] = {}
             for topo_name in applies_to:
+                if topo_name in skipped:
+                    continue
                 if name in OWN_CHAINS:
                     topo = Topology(topo_name, ("127.0.0.1", 0), uses_connect=True)
                 else:
@@ -122,7 +139,20 @@ async def run(
     return {
         "results": results,
         "processes": {n: t.describe() for n, t in topologies.items()} | {"target": target.pid},
+        "skipped": skipped,
     }
+
+
+def _start_peer(name: str, factory: Callable[[], Topology], topologies: dict[str, Topology]) -> str:
+    """Start a peer into `topologies`; return why it was skipped, or "" if it started."""
+    missing = {"pproxy": pproxy_missing}[name]()
+    if missing:
+        return missing
+    try:
+        topologies[name] = factory()
+    except (RuntimeError, OSError, KeyError, ValueError) as exc:
+        return f"did not start ({exc}; see logs/{name}.log)"
+    return ""
 
 
 def _median(runs: list[dict]) -> dict:

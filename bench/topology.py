@@ -128,6 +128,27 @@ def connect_proxy(log_dir: Path) -> Topology:
     return Topology("connect_proxy", _addr(proc.ready["listen"]), True, [proc])
 
 
+PPROXY_LABEL = "pproxy, one CONNECT hop (Python, uvloop)"
+
+
+def pproxy_missing() -> str:
+    """Why the pproxy peer cannot run here ("" if it can): it is in the bench extra, not a
+    dependency of fastrelay, so a venv without it skips the peer rather than failing."""
+    import importlib.util
+
+    if importlib.util.find_spec("pproxy") is None:
+        return "pproxy is not installed (pip install -e '.[bench]', or pip install pproxy)"
+    return ""
+
+
+def pproxy(log_dir: Path) -> Topology:
+    """A peer: pproxy (PyPI), a one-hop HTTP CONNECT proxy in Python on uvloop, run through
+    its own command line by bench/baselines/pproxy_peer.py, quiet (no -v), on loopback."""
+    argv = [sys.executable, "-m", "bench.baselines.pproxy_peer", "-l", "http://127.0.0.1:0"]
+    proc = start("pproxy", argv, log=log_dir / "pproxy.log")
+    return Topology("pproxy", _addr(proc.ready["listen"]), True, [proc])
+
+
 def chain(
     log_dir: Path,
     extra: tuple[str, ...] = (),
