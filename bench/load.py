@@ -50,10 +50,13 @@ class Tunnel(asyncio.BufferedProtocol):
             status = self.head.split(b" ", 2)[1] if b" " in self.head else b"?"
             extra = len(self.head) - end - 4
             self.head = None
+            opened = self.opened
             if status != b"200":
-                self.opened.set_exception(ConnectionError(f"CONNECT answered {status!r}"))
+                if not opened.done():  # the opener may have given up (a timeout cancels it)
+                    opened.set_exception(ConnectionError(f"CONNECT answered {status!r}"))
                 return
-            self.opened.set_result(None)
+            if not opened.done():
+                opened.set_result(None)
             nbytes = extra
         self.received += nbytes
         waiter = self.waiter
