@@ -51,9 +51,11 @@ def read_buffer(session: Session) -> memoryview:
 
 
 def filled(stream: Stream, n: int) -> None:
-    """`n` bytes arrived in `read_buffer()`: a full read leaves as one frame
-    from the buffer itself, anything else is copied once."""
-    if n == READ_SIZE and stream.send_in_place(_READ_BUF, WS_HEADROOM, n):
+    """`n` bytes arrived in `read_buffer()`, behind room for the mux header: a
+    full read leaves as its own frame from the buffer itself, a short one is
+    copied once, header and all, into the coalesced batch. Without the credit
+    for all of it, the stream takes a copy and sends what it may."""
+    if stream.send_in_place(_READ_BUF, WS_HEADROOM, n, n == READ_SIZE):
         return
     stream.send(bytes(_READ_VIEW[:n]))
 

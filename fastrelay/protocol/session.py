@@ -308,10 +308,13 @@ class Stream:
 
     # --- socket -> relay ---
 
-    def send_in_place(self, buf: bytearray, at: int, n: int) -> bool:
+    def send_in_place(self, buf: bytearray, at: int, n: int, alone: bool = True) -> bool:
         """`n` bytes were read into `buf` behind room for the mux header at
-        `at`: write the header there and send the frame from `buf` itself (no
-        copy), if the credit allows it. False: the caller copies and `send`s."""
+        `at`: write the header there and send the frame from `buf`, if the
+        credit allows it. `alone`: as its own WebSocket message, with no copy
+        (a full read); else through `write`, which coalesces it with the other
+        small frames of this loop iteration (its one copy). False: the caller
+        copies and `send`s."""
         if self.state.state not in self.accepts_out:
             return True  # the stream ended while the read was in flight
         session = self.session
@@ -320,7 +323,10 @@ class Stream:
         _pack_into(buf, at, _DATA, 0, self.sid, n)
         self.send_window.available -= n
         self.bytes_out += n
-        session.write_external(buf, at)
+        if alone:
+            session.write_external(buf, at)
+        else:
+            session.write(memoryview(buf)[at : at + HEADER_SIZE + n])
         if session.paused:
             session.wait_for_room(self)
         return True
