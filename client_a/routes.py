@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from client_a.browser import BrowserConnection
@@ -31,15 +30,43 @@ ESTABLISHED = render_response(200, CONNECTION_ESTABLISHED)
 RETRYABLE = frozenset({Failure.NO_AGENT, Failure.DRAINING, Failure.OPEN_LIMIT})
 
 
-def response_timer(proxy: Proxy, expired: Callable[[], None]) -> asyncio.TimerHandle | None:
-    """The response-head timer of a plain-HTTP request (--response-timeout; 0: none)."""
-    timeout = proxy.config.response_timeout
-    if timeout <= 0:
-        return None
-    return asyncio.get_running_loop().call_later(timeout, expired)
+class ResponseDeadline:
+    """The response-head deadline of a plain-HTTP request (--response-timeout),
+    shared by both routes: past it, with nothing of the response sent on,
+    the route fails with RESPONSE_TIMEOUT (504)."""
+
+    proxy: Proxy
+    request: ProxyRequest
+    response_started: bool
+    response_timer: asyncio.TimerHandle | None = None
+
+    def fail(self, failure: Failure, detail: str) -> None:
+        raise NotImplementedError
+
+    def start_response_timer(self) -> None:
+        timeout = self.proxy.config.response_timeout
+        if timeout > 0:
+            self.response_timer = asyncio.get_running_loop().call_later(
+                timeout, self.response_timed_out
+            )
+
+    def head_arrived(self) -> None:
+        if self.response_timer is not None:
+            self.response_timer.cancel()
+            self.response_timer = None
+
+    def response_timed_out(self) -> None:
+        self.response_timer = None
+        if not self.response_started:
+            timeout = self.proxy.config.response_timeout
+            self.fail(
+                Failure.RESPONSE_TIMEOUT,
+                f"no response head from {self.request.host} within {timeout:g} s "
+                "(--response-timeout)",
+            )
 
 
-class RelayRoute:
+class RelayRoute(ResponseDeadline):
     """A browser request carried by a session `Stream` (its `owner`): answers
     the browser as the stream's open turns out, and is the browser
     connection's sink once the tunnel is open."""
@@ -60,7 +87,6 @@ class RelayRoute:
         self.stream: Stream | None = None
         self.result = ""  # why it failed, for the access log
         self.response_started = False  # some of the response reached the browser
-        self.response_timer: asyncio.TimerHandle | None = None
 
     def opened(self, stream: Stream) -> None:
         """The agent answered 200."""
@@ -72,7 +98,7 @@ class RelayRoute:
             browser.transport.write(ESTABLISHED)
         else:
             stream.send(self.request.head)
-            self.response_timer = response_timer(self.proxy, self.response_timed_out)
+            self.start_response_timer()
         self.proxy.count("relay", "ok")
         self.proxy.stats.connect_latency["relay"].observe(time.monotonic() - browser.received_at)
         browser.start(self, stream)
@@ -133,21 +159,6 @@ class RelayRoute:
     def bad_request(self, failure: Failure, reason: str) -> None:
         """The request body is malformed."""
         self.fail(failure, reason)
-
-    def head_arrived(self) -> None:
-        if self.response_timer is not None:
-            self.response_timer.cancel()
-            self.response_timer = None
-
-    def response_timed_out(self) -> None:
-        self.response_timer = None
-        if not self.response_started:
-            timeout = self.proxy.config.response_timeout
-            self.fail(
-                Failure.RESPONSE_TIMEOUT,
-                f"no response head from {self.request.host} within {timeout:g} s "
-                "(--response-timeout)",
-            )
 
     # --- the browser connection's sink ---
 
@@ -227,7 +238,7 @@ class BrowserSocket:
         self.transport.resume_reading()
 
 
-class DirectPipe:
+class DirectPipe(ResponseDeadline):
     """Browser <-> target over plain TCP, with pause/resume and half-close."""
 
     def __init__(self, proxy: Proxy, browser: BrowserConnection, request: ProxyRequest) -> None:
@@ -243,14 +254,13 @@ class DirectPipe:
         self.aborted = False
         self.result = ""  # why it failed, for the access log
         self.response_started = False  # some of the response reached the browser
-        self.response_timer: asyncio.TimerHandle | None = None
 
     def opened(self) -> None:
         self.opened_at = time.monotonic()
         self.stats.direct_open += 1
         self.stats.connect_latency["direct"].observe(self.opened_at - self.browser.received_at)
         if not self.request.is_connect:
-            self.response_timer = response_timer(self.proxy, self.response_timed_out)
+            self.start_response_timer()
 
     def ended(self, exc: BaseException | None) -> None:
         """The target socket closed: the pipe is over (every end closes it)."""
@@ -260,21 +270,6 @@ class DirectPipe:
         stats.direct_duration.observe(time.monotonic() - self.opened_at)
         result = self.result or ("aborted" if exc is not None or self.aborted else "ok")
         self.proxy.log_access(self.browser, "direct", result, "-", self.bytes_up, self.bytes_down)
-
-    def head_arrived(self) -> None:
-        if self.response_timer is not None:
-            self.response_timer.cancel()
-            self.response_timer = None
-
-    def response_timed_out(self) -> None:
-        self.response_timer = None
-        if not self.response_started:
-            timeout = self.proxy.config.response_timeout
-            self.fail(
-                Failure.RESPONSE_TIMEOUT,
-                f"no response head from {self.request.host} within {timeout:g} s "
-                "(--response-timeout)",
-            )
 
     # browser -> target (the Sink interface)
     def tcp_data(self, data: bytes) -> None:
