@@ -130,7 +130,7 @@ class Proxy:
             return
         if carrier is None or not self._open_on(carrier, browser, request, retry_of):
             detail = "client_a is not connected to the relay"
-            if pool is not None and pool.last_failure is not None:
+            if pool is not None and pool.unavailable(asyncio.get_running_loop().time()):
                 detail = f"{detail}: {pool.last_failure}"
             self._relay_failed(browser, Failure.NOT_CONNECTED, detail)
 

@@ -34,6 +34,7 @@ from fastrelay.protocol.messages import Members
 
 log = logging.getLogger("fastrelay.pool")
 BACKOFF_INITIAL = 0.1
+FAILING_GRACE = 2.0  # dials failing this long (no success between) mean the relay is unavailable
 
 
 class CarrierPool:
@@ -55,12 +56,23 @@ class CarrierPool:
         self.dials = {"ok": 0, "error": 0}
         self.changed = asyncio.Event()  # a carrier became ready, was lost or got GOAWAY
         self.dial_log = RateLimitedLog(log, period=10.0, burst=3)
-        # Why the last dial of the relay failed; None once one succeeds. With
-        # it set and no carrier ready, a request is answered within
-        # NOT_CONNECTED_WAIT rather than after the whole open timeout.
+        # Why the last dial of the relay failed; None once one succeeds. While
+        # the relay is `unavailable` and no carrier is ready, a request is
+        # answered within NOT_CONNECTED_WAIT rather than after the open timeout.
         self.last_failure: str | None = None
+        self.failing_since: float | None = None  # the first failed dial since a success
+        self.rejected = False  # the last failure was the relay refusing the token
 
     # --- choosing ---
+
+    def unavailable(self, now: float) -> bool:
+        """The relay refuses the token, or every dial has failed for
+        FAILING_GRACE seconds: a request should hear why rather than wait.
+        (One failed dial alone is not enough: in a rolling restart a dial may
+        land on a relay that is going away while the next one succeeds.)"""
+        if self.last_failure is None or self.failing_since is None:
+            return False
+        return self.rejected or now - self.failing_since >= FAILING_GRACE
 
     @property
     def ready(self) -> list[Carrier]:
@@ -93,13 +105,12 @@ class CarrierPool:
     ) -> Carrier | None:
         """pick(), waiting up to `timeout` for a carrier (after a restart or a
         GOAWAY a replacement is usually moments away). With `failing_wait`,
-        once a dial of the relay has failed (`last_failure`), wait at most
-        that much longer."""
+        once the relay is `unavailable`, wait at most that much longer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         shortened = False
         while (carrier := self.pick(avoid)) is None:
-            if failing_wait is not None and not shortened and self.last_failure is not None:
+            if failing_wait is not None and not shortened and self.unavailable(loop.time()):
                 shortened = True
                 deadline = min(deadline, loop.time() + failing_wait)
             remaining = deadline - loop.time()
@@ -136,8 +147,11 @@ class CarrierPool:
             except (TimeoutError, OSError, WSError, ConnectionError) as exc:
                 self.dials["error"] += 1
                 self.last_failure = describe_dial_error(exc, "client_a")
+                self.rejected = dial_rejected(exc)
+                if self.failing_since is None:
+                    self.failing_since = loop.time()
                 delay = backoff.next_delay()
-                if dial_rejected(exc):
+                if self.rejected:
                     self.dial_log.warning(
                         "the relay rejected the token: check --token-file or FASTRELAY_TOKEN",
                         url=self.link.url,
@@ -153,6 +167,8 @@ class CarrierPool:
                 await pause(stop, delay)
                 continue
             self.last_failure = None
+            self.failing_since = None
+            self.rejected = False
             hello_at = loop.time()
             backoff.connected()
             self.dials["ok"] += 1
