@@ -119,7 +119,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
         tunnel = self.tunnel
         if tunnel is not None and not tunnel.ended:
             self.reading_into_tunnel = True
-            return read_buffer(tunnel.session)
+            return read_buffer(tunnel)
         self.reading_into_tunnel = False
         return _OWN_VIEW
 

@@ -127,7 +127,7 @@ class EndpointRig:
     def read(self, n: int) -> None:
         """One TCP read of `n` bytes (n <= READ_SIZE) into the shared buffer."""
         stream = self.stream
-        view = read_buffer(stream.session)
+        view = read_buffer(stream)
         assert len(view) == READ_SIZE
         filled(stream, n)
 

@@ -320,8 +320,17 @@ class Stream:
         session = self.session
         if self.backlog is not None or self.send_window.available < n or n > session.max_chunk:
             return False
-        _pack_into(buf, at, _DATA, 0, self.sid, n)
-        self.send_window.available -= n
+        # A read that takes the last credit (the adapter reads no more than the
+        # credit) most likely left more behind: FLAG_BLOCKED, as for a backlog,
+        # and no more reads until a grant.
+        blocked = 0
+        avail = self.send_window.available - n
+        if avail == 0:
+            blocked = FLAG_BLOCKED
+            session.stats.flow_control_stalls += 1
+            self._pause(PAUSED_CREDIT)
+        _pack_into(buf, at, _DATA, blocked, self.sid, n)
+        self.send_window.available = avail
         self.bytes_out += n
         if alone:
             session.write_external(buf, at)

@@ -28,6 +28,7 @@ from fastrelay.protocol.session import (
     CLIENT_SIDE,
     MAX_CHUNK,
     End,
+    Paused,
     Session,
     SessionStats,
     Side,
@@ -271,6 +272,21 @@ def test_a_full_read_goes_out_from_the_read_buffer_itself() -> None:
     assert ftype is DATA and payload == b"r" * 300 and stream.bytes_out == 300
     stream.send_window.available = 10  # not enough credit: the caller copies instead
     assert not stream.send_in_place(buf, 4, 300)
+
+
+def test_a_read_that_takes_the_last_credit_is_flagged_and_pauses_until_a_grant() -> None:
+    stream, session, link, socket = client_stream(send_window=500)
+    buf = bytearray(4 + 10 + 500)
+    buf[14:] = b"q" * 500
+    assert stream.send_in_place(buf, 4, 200, alone=False)  # credit left: no flag, reading on
+    assert stream.send_in_place(buf, 4, 300, alone=False)  # the last 300: flagged, paused
+    assert [(len(m) - 10, m[1]) for m in link.sent] == [(200, 0), (300, FLAG_BLOCKED)]
+    assert socket.calls == ["pause_reading"] and stream.paused & Paused.CREDIT
+    assert session.stats.flow_control_stalls == 1 and stream.send_window.available == 0
+    link.clear()
+    session.receive(memoryview(encode_window_update(stream.sid, 100)), NOW)
+    assert socket.calls == ["pause_reading", "resume_reading"] and not stream.paused
+    assert link.sent == []  # nothing was held back: the bytes wait in the socket
 
 
 def test_frames_stay_within_the_relays_announced_message_size() -> None:
