@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import struct
 import sys
 
@@ -20,6 +21,9 @@ import uvloop
 REQUEST = struct.Struct("!cQ")
 BLOCK = bytes(range(256)) * 1024  # 256 KiB
 OK = b"K"
+
+
+SNDBUF = 0  # SO_SNDBUF of every connection (--sndbuf); 0: the kernel's autotuning
 
 
 class TargetProtocol(asyncio.Protocol):
@@ -33,6 +37,9 @@ class TargetProtocol(asyncio.Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
         self.transport = transport
         transport.set_write_buffer_limits(high=1 << 20, low=1 << 18)  # uvloop's low is 16 B
+        if SNDBUF:
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
 
     def data_received(self, data: bytes) -> None:
         if not self.mode:
@@ -92,7 +99,16 @@ async def serve(binds: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--bind", action="append", default=[])
+    parser.add_argument(
+        "--sndbuf",
+        type=int,
+        default=0,
+        help="SO_SNDBUF per connection, bytes (0: kernel autotuning). A remote server's send "
+        "queues are not this host's memory; on one host they are (bench/README.md, scenario 4)",
+    )
     args = parser.parse_args()
+    global SNDBUF
+    SNDBUF = args.sndbuf
     uvloop.run(serve(args.bind or ["127.0.0.2"]))
 
 

@@ -91,10 +91,10 @@ class Topology:
         return {p.name: p.pid for p in self.processes}
 
 
-def start_target(log_dir: Path) -> tuple[Process, int]:
+def start_target(log_dir: Path, sndbuf: int = 0) -> tuple[Process, int]:
     proc = start(
         "target",
-        [sys.executable, "-m", "bench.target", "--bind", TARGET_HOST],
+        [sys.executable, "-m", "bench.target", "--bind", TARGET_HOST, "--sndbuf", str(sndbuf)],
         log=log_dir / "target.log",
     )
     return proc, int(proc.ready["ports"][TARGET_HOST])

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 import urllib.request
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -53,6 +54,56 @@ class RssSampler:
             self.task.cancel()
 
 
+def tcp_memory_pages() -> int:
+    """Pages of memory the kernel's TCP stack holds now (/proc/net/sockstat)."""
+    with open("/proc/net/sockstat") as fh:
+        for line in fh:
+            if line.startswith("TCP:"):
+                fields = line.split()
+                return int(fields[fields.index("mem") + 1])
+    return 0
+
+
+def tcp_memory_pressures() -> int:
+    """How many times the kernel's TCP stack has entered memory pressure
+    (TcpExt TCPMemoryPressures in /proc/net/netstat)."""
+    with open("/proc/net/netstat") as fh:
+        lines = fh.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("TCPMemoryPressures", 0))
+    return 0
+
+
+class TcpMemorySampler:
+    """The kernel's TCP memory while a scenario runs: the peak of what the stack
+    held (sampled every 50 ms), the pressure mark from tcp_mem, and how many
+    times the stack entered pressure. Under pressure the kernel shrinks every
+    socket's window on the host, the WebSockets' included."""
+
+    def __init__(self) -> None:
+        self.peak = tcp_memory_pages()
+        self.pressure_mark = int(Path("/proc/sys/net/ipv4/tcp_mem").read_text().split()[1])
+        self.pressures_before = tcp_memory_pressures()
+        self.pressures = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            self.peak = max(self.peak, tcp_memory_pages())
+            await asyncio.sleep(0.05)
+
+    def __enter__(self) -> TcpMemorySampler:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.pressures = tcp_memory_pressures() - self.pressures_before
+
+
 async def download_all(tunnels: list[Tunnel], each: int) -> tuple[float, list[float]]:
     """All tunnels download `each` bytes at once; (wall seconds, per-tunnel MB/s)."""
     start = time.perf_counter()
@@ -87,12 +138,15 @@ async def many_active(ctx: Context, topo: Topology) -> dict:
     out: dict = {}
     for n in ctx.sizes["active_tunnels"]:
         tunnels = await open_many(topo, ctx.target_port, n)
-        with RssSampler(topo.processes) as rss:
+        with RssSampler(topo.processes) as rss, TcpMemorySampler() as tcp:
             elapsed, moved = await steady_download(tunnels, ctx.sizes["active_seconds"])
         for t in tunnels:
             t.close()
         out[f"aggregate_MBps_{n}"] = sum(moved) / elapsed / MB
         out[f"jain_{n}"] = jain([float(m) for m in moved])
+        out[f"tcp_mem_peak_pages_{n}"] = tcp.peak
+        out[f"tcp_mem_pressure_mark_pages_{n}"] = tcp.pressure_mark
+        out[f"tcp_memory_pressures_{n}"] = tcp.pressures
         for name, kib in rss.peak.items():
             out[f"peak_rss_MiB_{name}_{n}"] = kib / 1024
         await asyncio.sleep(1.0)  # let the closes settle before the next size
