@@ -28,7 +28,12 @@ from fastrelay.io.tunnel import TCP_LOW_WATER
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.hostname import HostnameError, canonical_ipv4, normalize_hostname
 from fastrelay.protocol.http import ProxyRequest
-from fastrelay.protocol.messages import OpenStream, format_authority, new_session_id
+from fastrelay.protocol.messages import (
+    DEFAULT_POOL,
+    OpenStream,
+    format_authority,
+    new_session_id,
+)
 from fastrelay.protocol.session import End, Stream
 from fastrelay.protocol.status import Failure, dial_failure, dial_timeout
 
@@ -94,13 +99,21 @@ class Proxy:
     # --- through the relay ---
 
     def open_relay(
-        self, browser: BrowserConnection, request: ProxyRequest, retry_of: RelayRoute | None = None
+        self,
+        browser: BrowserConnection,
+        request: ProxyRequest,
+        retry_of: RelayRoute | None = None,
+        agent_pool: str = DEFAULT_POOL,
     ) -> None:
         """Open on the least-busy ready carrier (another relay than `retry_of`'s
-        if there is one); with none ready, wait for one up to --open-timeout."""
+        if there is one); with none ready, wait for one up to --open-timeout.
+        The relay routes the open to an agent of `agent_pool` (a retry keeps
+        its first try's)."""
+        if retry_of is not None:
+            agent_pool = retry_of.agent_pool
         pool = self.pool
         carrier = None if pool is None else pool.pick(retry_of.carrier if retry_of else None)
-        if carrier is not None and self._open_on(carrier, browser, request, retry_of):
+        if carrier is not None and self._open_on(carrier, browser, request, retry_of, agent_pool):
             return
         if pool is not None and pool.ready and all(c.full for c in pool.ready):
             limit = pool.ready[0].credit.max_streams
@@ -111,13 +124,17 @@ class Proxy:
             )
             return
         task = asyncio.get_running_loop().create_task(
-            self._open_when_ready(browser, request, retry_of)
+            self._open_when_ready(browser, request, retry_of, agent_pool)
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _open_when_ready(
-        self, browser: BrowserConnection, request: ProxyRequest, retry_of: RelayRoute | None
+        self,
+        browser: BrowserConnection,
+        request: ProxyRequest,
+        retry_of: RelayRoute | None,
+        agent_pool: str = DEFAULT_POOL,
     ) -> None:
         pool = self.pool
         avoid = retry_of.carrier if retry_of is not None else None
@@ -128,7 +145,7 @@ class Proxy:
             carrier = await pool.wait_pick(self.config.open_timeout, avoid, NOT_CONNECTED_WAIT)
         if browser.closed:
             return
-        if carrier is None or not self._open_on(carrier, browser, request, retry_of):
+        if carrier is None or not self._open_on(carrier, browser, request, retry_of, agent_pool):
             detail = "client_a is not connected to the relay"
             if pool is not None and pool.unavailable(asyncio.get_running_loop().time()):
                 detail = f"{detail}: {pool.last_failure}"
@@ -145,6 +162,7 @@ class Proxy:
         browser: BrowserConnection,
         request: ProxyRequest,
         retry_of: RelayRoute | None,
+        agent_pool: str = DEFAULT_POOL,
     ) -> bool:
         transport = browser.transport
         if transport is None or transport.is_closing():
@@ -161,8 +179,11 @@ class Proxy:
             request.method,
             request.url,
             headers,
+            pool=agent_pool,
         )
-        route = RelayRoute(self, browser, carrier, request, retried=retry_of is not None)
+        route = RelayRoute(
+            self, browser, carrier, request, retried=retry_of is not None, agent_pool=agent_pool
+        )
         transport.set_write_buffer_limits(high=TCP_LOW_WATER, low=TCP_LOW_WATER)
         stream = carrier.session.open(message, BrowserSocket(route, transport), time.monotonic())
         if stream is None:

@@ -18,6 +18,7 @@ from client_a.browser import BrowserConnection
 from fastrelay.io.reset import reset_when_sent
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import ProxyRequest, ResponseHeadRewriter, render_response
+from fastrelay.protocol.messages import DEFAULT_POOL
 from fastrelay.protocol.session import End, Stream
 from fastrelay.protocol.status import CONNECTION_ESTABLISHED, Failure, failure_of
 
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
 
 ESTABLISHED = render_response(200, CONNECTION_ESTABLISHED)
 # Refusals that another relay (or carrier) may not share: retried once.
-RETRYABLE = frozenset({Failure.NO_AGENT, Failure.DRAINING, Failure.OPEN_LIMIT})
+RETRYABLE = frozenset(
+    {Failure.NO_AGENT, Failure.NO_POOL_AGENT, Failure.DRAINING, Failure.OPEN_LIMIT}
+)
 
 
 class ResponseDeadline:
@@ -78,8 +81,10 @@ class RelayRoute(ResponseDeadline):
         carrier: Carrier,
         request: ProxyRequest,
         retried: bool,
+        agent_pool: str = DEFAULT_POOL,
     ) -> None:
         self.proxy = proxy
+        self.agent_pool = agent_pool  # the agent pool the open names
         self.browser = browser
         self.carrier = carrier
         self.request = request

@@ -73,6 +73,8 @@ class Failure(enum.Enum):
     # The relay route only.
     NOT_CONNECTED = ("not_connected", 503, "no_agent")
     NO_AGENT = ("no_agent", 503, "no_agent")
+    # No agent of the open's pool (another pool may have some).
+    NO_POOL_AGENT = ("no_agent_in_pool", 503, "no_agent")
     DRAINING = ("draining", 503, "no_agent")
     STREAM_LIMIT = ("stream_limit", 503, "limited")
     OPEN_LIMIT = ("open_limit", 503, "limited")
