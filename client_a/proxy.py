@@ -89,8 +89,9 @@ class Proxy:
         if canonical is not None and canonical != request.host:
             request = dataclasses.replace(request, host=canonical)
             browser.request = request
-        if self.rules.matches(request.host):
-            self.open_relay(browser, request)
+        rule = self.rules.lookup(request.host)
+        if rule is not None:
+            self.open_relay(browser, request, agent_pool=rule.pool)
         else:
             task = asyncio.get_running_loop().create_task(self.open_direct(browser, request))
             self.tasks.add(task)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastrelay.protocol.hostname import parse_ipv4
+from fastrelay.protocol.messages import DEFAULT_POOL, pool_error
 from fastrelay.protocol.patterns import (
     HostPattern,
     Pattern,
@@ -62,9 +63,7 @@ __all__ = [
 
 _V4_BITS = 32
 _V6_BITS = 128
-DEFAULT_POOL = "default"
 MAX_POOL_LENGTH = 64
-_POOL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _SECTION_RE = re.compile(r"\[\s*([A-Za-z]+)\b\s*(.*?)\s*\]")
 
 
@@ -118,7 +117,8 @@ class Entry:
 
 def check_pool_name(name: str) -> str | None:
     """Why ``name`` is not a valid pool name, or None if it is."""
-    if _POOL_RE.fullmatch(name):
+    # The grammar is the wire's (messages.pool_error): what a rule names, the relay accepts.
+    if pool_error(name) is None:
         return None
     if not name:
         return "empty pool name"
