@@ -514,7 +514,15 @@ def describe_dial_error(exc: BaseException, role: str = "this program") -> str:
         status = int(response.status)
         if status in (401, 403):
             return f"the relay rejected {role}'s token (HTTP {status})"
-        return f"the relay answered HTTP {status}"
+        # The relay's refusals say why in one plain-text line (a limit, a bad pool name).
+        body = getattr(exc, "raw_body", None)
+        first = bytes(body).split(b"\n", 1)[0] if isinstance(body, bytes | bytearray) else b""
+        why = first[:200].decode("utf-8", "replace").strip()
+        return (
+            f"the relay answered HTTP {status}: {why}"
+            if why
+            else f"the relay answered HTTP {status}"
+        )
     if isinstance(exc, OSError) and exc.errno:
         return f"relay unreachable: {os.strerror(exc.errno).lower()}"
     if isinstance(exc, TimeoutError):
