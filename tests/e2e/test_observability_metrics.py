@@ -282,6 +282,7 @@ def test_spec_label_values_are_preinitialised(pinged: Chain) -> None:
         "opens_per_connection",
         "opens_per_agent",
         "connection_buffer",
+        "pools",  # an agent of one pool too many (--max-pools)
         "head_size",  # upgrade heads answered 431
         "head_line",
         "head_fields",
