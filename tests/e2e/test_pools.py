@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 from conftest import DENIED, LISTED, Chain, Target, curl_path
-from helpers import curl, proxy_status
-from support.procs import AGENT_TOKEN, Proc, fastrelay, metric, wait_until
+from helpers import curl, curl_via, proxy_status
+from support.cluster import RELAYS, Cluster, require_tools
+from support.procs import AGENT_TOKEN, Proc, agent_argv, fastrelay, metric, wait_until
 
 CORP = DENIED  # 127.0.0.4: a second target address, routed to the corp pool here
 REQUESTS = 6
@@ -172,3 +173,66 @@ def test_an_upgrade_with_a_malformed_pool_gets_400(make_chain, pool: str) -> Non
     assert result.stdout.startswith(b"HTTP/1.1 400"), result.stdout[:300]
     assert f"X-Fastrelay-Pool: pool name {pool!r} is not".encode() in result.stdout
     assert metric(relay.ready["admin"], "fastrelay_connections", role="agent") == 0
+
+
+@pytest.mark.timeout(150)
+def test_pools_across_a_relay_cluster(
+    tmp_path_factory: pytest.TempPathFactory, target: Target, pool_rules: Path
+) -> None:
+    """Three relays (Redis membership) behind HAProxy: both agents mesh with
+    every relay, and each relay routes by pool."""
+    require_tools()
+    cluster = Cluster(tmp_path_factory.mktemp("cluster-logs"), tmp_path_factory.mktemp("data"))
+    try:
+        cluster.start_backends()
+        agents = {}
+        for pool, allow in (("default", LISTED), ("corp", CORP)):
+            argv = agent_argv(cluster.url, "--pool", pool, "--allow", f"{allow}/32")
+            agents[pool] = proc = Proc(
+                f"agent-{pool}", argv, {"FASTRELAY_TOKEN": AGENT_TOKEN}, cluster.log_dir
+            )
+            cluster.procs.append(proc)
+            wait_until(
+                lambda proc=proc: (
+                    metric(proc.ready["admin"], "fastrelay_relay_connected") == RELAYS
+                ),
+                timeout=20,
+                what=f"the {pool} agent holds every relay",
+            )
+        for slot in cluster.relays:  # a dial that landed twice is closed soon
+            for pool in agents:
+                wait_until(
+                    lambda slot=slot, pool=pool: (
+                        slot.metric("fastrelay_pool_agents", pool=pool) == 1
+                    ),
+                    what=f"one {pool} agent at {slot.instance_id}",
+                )
+        client = cluster.start_client(pool_rules, "--carriers", "6")
+        proxy = f"http://{client.ready['listen']}"
+        for _ in range(REQUESTS):
+            for addr in (LISTED, CORP):
+                result = curl_via(proxy, target, target.https(addr, "/hello"))
+                assert f"hello from the target at {addr}".encode() in result.stdout, result.stderr
+        assert dials(agents["default"]) == REQUESTS and dials(agents["corp"]) == REQUESTS
+        served = [
+            slot.metric("fastrelay_pool_streams_total", pool="corp", result="ok")
+            for slot in cluster.relays
+        ]
+        assert sum(served) == REQUESTS
+        agents["corp"].kill()
+        for slot in cluster.relays:
+            wait_until(
+                lambda slot=slot: slot.metric("fastrelay_pool_agents", pool="corp") == 0,
+                what=f"{slot.instance_id} saw the corp agent go",
+            )
+        for _ in range(3):
+            page = curl_via(proxy, target, target.http(CORP, "/hello"), "-w", "\n%{http_code}")
+            assert page.stdout.endswith(b"\n503"), page.stdout
+            assert b"no agent in pool 'corp' (no_agent_in_pool)" in page.stdout
+            result = curl_via(proxy, target, target.https(LISTED, "/hello"))
+            assert f"hello from the target at {LISTED}".encode() in result.stdout, result.stderr
+    except BaseException:
+        print(cluster.log_tails())
+        raise
+    finally:
+        cluster.stop()
