@@ -121,10 +121,12 @@ class OpenStream:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
             raise ControlMessageError(f"{kind.name} headers must map strings to strings")
         host, port = split_url(url, kind)
-        pool = _field(doc, "pool", str, kind, DEFAULT_POOL)
-        why = pool_error(pool)
-        if why is not None:
-            raise ControlMessageError(f"{kind.name} {why}")
+        pool = DEFAULT_POOL
+        if "pool" in doc:  # most opens name no pool: no look-up, no match for them
+            pool = _field(doc, "pool", str, kind)
+            why = pool_error(pool)
+            if why is not None:
+                raise ControlMessageError(f"{kind.name} {why}")
         return cls(
             kind=kind,
             session_id=_field(doc, "sessionId", str, kind),
