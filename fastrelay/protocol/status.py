@@ -87,6 +87,13 @@ class Failure(enum.Enum):
 
 
 BY_REASON = {failure.reason: failure for failure in Failure}
+# Relay-route failures that mean no relay or no agent could take the request, all decided
+# before the open succeeded (so nothing of the request reached a target through the relay).
+# A rule with fallback=direct dials the host directly on these; every other failure (the
+# agent's 403 above all) reaches the browser whatever the rule says.
+NO_RELAY_OR_AGENT = frozenset(
+    {Failure.NOT_CONNECTED, Failure.NO_AGENT, Failure.DRAINING, Failure.RELAY_LOST}
+)
 # Results a request can be counted under, in the order metrics list them.
 RESULTS = ("ok", *dict.fromkeys(failure.result for failure in Failure))
 
