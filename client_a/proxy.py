@@ -23,6 +23,7 @@ import aiofastnet
 
 from client_a.browser import BrowserConnection
 from client_a.config import ClientConfig
+from client_a.pac import PAC_PATH, PacServer
 from client_a.routes import ESTABLISHED, BrowserSocket, DirectPipe, DirectUpstream, RelayRoute
 from client_a.rules import DEFAULT_RULE, Fallback, Rule, Rules
 from client_a.stats import ClientStats
@@ -32,7 +33,7 @@ from fastrelay.io.pool import CarrierPool
 from fastrelay.io.tunnel import TCP_LOW_WATER
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.hostname import HostnameError, canonical_ipv4, normalize_hostname
-from fastrelay.protocol.http import ProxyRequest
+from fastrelay.protocol.http import OriginFormRequest, ProxyRequest
 from fastrelay.protocol.messages import OpenStream, format_authority, new_session_id
 from fastrelay.protocol.session import End, Stream
 from fastrelay.protocol.status import NO_RELAY_OR_AGENT, Failure, dial_failure, dial_timeout
@@ -54,6 +55,18 @@ class Proxy:
         self.access_log = access_log
         self.tasks: set[asyncio.Task[None]] = set()
         self.pool: CarrierPool | None = None
+        self.pac = PacServer()  # its listen address is set once the proxy port is bound
+
+    def serve_pac(self, method: str, headers: dict[str, str], local_host: str | None) -> bytes:
+        """The response to a request for /proxy.pac (proxy port or admin port)."""
+        return self.pac.respond(self.rules, method, headers, local_host)
+
+    def local_request(self, request: OriginFormRequest, sockname: object) -> bytes | None:
+        """client_a's answer to an origin-form request on the proxy port, or None (a 400)."""
+        if request.target.partition("?")[0] != PAC_PATH:
+            return None
+        local = sockname[0] if isinstance(sockname, tuple) else None
+        return self.serve_pac(request.method, request.headers, local)
 
     def count(self, route: str | None, result: str) -> None:
         self.stats.requests[route or "none", result] += 1

@@ -22,6 +22,7 @@ import errno
 
 PHRASES = {
     200: "OK",
+    304: "Not Modified",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
