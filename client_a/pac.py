@@ -12,7 +12,8 @@ It stays fast at 100,000 rules, with no linear scan:
 
 - exact names and suffixes are keys of two JS objects (``N`` and ``S``, each key with a leading
   dot so that no key can be an ``Object.prototype`` property such as ``constructor`` or
-  ``__proto__``); the host's suffixes are walked longest first, one lookup each;
+  ``__proto__``); the host's suffixes are walked longest first, one lookup each, and only
+  those with at most as many labels as the deepest suffix rule (``D``);
 - a CIDR rule matches only an IP literal: the host is tested against an IPv4 or IPv6 literal
   form first, and never resolved (no ``dnsResolve``, no ``isInNet``), so the browser does no
   DNS lookup for the PAC;
@@ -58,7 +59,7 @@ _V4_FULL = 0xFFFFFFFF
 _CODE = r"""
 var OCTET = "(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)";
 var IPV4 = new RegExp("^" + OCTET + "\\." + OCTET + "\\." + OCTET + "\\." + OCTET + "$");
-var HEX4 = /^[0-9a-f]{1,4}$/;
+var HEX4 = /^[0-9a-f]+$/;
 var ZEROS = "0000";
 var MAPPED = "00000000000000000000ffff";  // ::ffff:0:0/96, the IPv4-mapped addresses
 function v4int(m) {
@@ -70,6 +71,9 @@ function byV4(a) {
     if (r !== undefined) return R[r];
   }
   return "DIRECT";
+}
+function hex4(g) {
+  return g.length > 0 && g.length < 5 && HEX4.test(g) ? ZEROS.substring(g.length) + g : null;
 }
 function v6hex(h) {
   var z = h.indexOf("%");
@@ -84,24 +88,32 @@ function v6hex(h) {
   var halves = h.split("::");
   if (halves.length > 2) return null;
   var head = halves[0] ? halves[0].split(":") : [];
-  var tail = halves.length == 2 ? (halves[1] ? halves[1].split(":") : []) : [];
+  var tail = halves.length == 2 && halves[1] ? halves[1].split(":") : [];
   var missing = 8 - head.length - tail.length;
   if (halves.length == 2 ? missing < 1 : missing != 0) return null;
-  var groups = head;
-  for (var k = 0; k < missing; k++) groups = groups.concat(["0"]);
-  groups = groups.concat(tail);
-  var out = "";
-  for (var j = 0; j < 8; j++) {
-    var g = groups[j];
-    if (!HEX4.test(g)) return null;
-    out += ZEROS.substring(g.length) + g;
+  var out = "", g, i;
+  for (i = 0; i < head.length; i++) {
+    if ((g = hex4(head[i])) === null) return null;
+    out += g;
+  }
+  for (i = 0; i < missing; i++) out += ZEROS;
+  for (i = 0; i < tail.length; i++) {
+    if ((g = hex4(tail[i])) === null) return null;
+    out += g;
   }
   return out;
 }
+// NIBBLE[b][c]: hex digit c with only its top b bits kept, for prefixes not on a digit boundary.
+var NIBBLE = [null, {}, {}, {}];
+for (var nb = 1; nb < 4; nb++) {
+  for (var nv = 0; nv < 16; nv++) {
+    NIBBLE[nb][nv.toString(16)] = (nv & (15 << (4 - nb)) & 15).toString(16);
+  }
+}
 function byV6(x) {
   for (var i = 0; i < V6.length; i++) {
-    var p = V6[i][0], n = p >> 2, b = p & 3, key = x.substring(0, n);
-    if (b) key += (parseInt(x.charAt(n), 16) & (15 << (4 - b)) & 15).toString(16);
+    var p = V6[i][0], n = p >> 2, b = p & 3;
+    var key = b ? x.substring(0, n) + NIBBLE[b][x.charAt(n)] : x.substring(0, n);
     var r = V6[i][1][key];
     if (r !== undefined) return R[r];
   }
@@ -111,7 +123,8 @@ function FindProxyForURL(url, host) {
   var h = host.toLowerCase();
   if (h.charAt(0) == "[" && h.charAt(h.length - 1) == "]") h = h.substring(1, h.length - 1);
   else if (h.charAt(h.length - 1) == ".") h = h.substring(0, h.length - 1);
-  var m = IPV4.exec(h);
+  var last = h.charCodeAt(h.length - 1);
+  var m = last >= 48 && last <= 57 ? IPV4.exec(h) : null;  // an IPv4 literal ends in a digit
   if (m) return byV4(v4int(m));
   if (h.indexOf(":") >= 0) {
     var x = v6hex(h);
@@ -122,7 +135,14 @@ function FindProxyForURL(url, host) {
   }
   var r = N["." + h];
   if (r !== undefined) return R[r];
-  for (var i = h.indexOf("."); i >= 0; i = h.indexOf(".", i + 1)) {
+  // Suffixes longest first, but only those of at most D labels: no rule has more.
+  var start = -1, j = h.length;
+  for (var k = 0; k < D && j > 0; k++) {
+    j = h.lastIndexOf(".", j - 1);
+    if (j < 0) break;
+    start = j;
+  }
+  for (var i = start; i >= 0; i = h.indexOf(".", i + 1)) {
     r = S[h.substring(i)];
     if (r !== undefined) return R[r];
   }
@@ -172,6 +192,7 @@ def generate(rules: Rules, proxy: str) -> str:
         f"var R = {json.dumps(answers)};\n"
         f"var N = {_table(names)};\n"
         f"var S = {_table(suffixes)};\n"
+        f"var D = {rules.max_depth};\n"
         f"var V4 = [{v4}];\n"
         f"var V6 = [{v6}];\n" + _CODE
     )
