@@ -83,6 +83,10 @@ def test_pac_on_both_ports_etag_304_and_reload(pac_chain: tuple[Chain, Path]) ->
     # HEAD: the fields, no body.
     status, fields, empty = fetch(f"http://{listen}/proxy.pac", "-I")
     assert (status, empty, fields["etag"]) == (200, b"", etag)
+    status, _, text = fetch(f"http://{admin}/nope")
+    assert status == 404 and b"/proxy.pac" in text  # the admin port names it
+    status, fields, empty = fetch(f"http://{admin}/proxy.pac", "-I")
+    assert (status, empty, fields["content-type"]) == (200, b"", PAC_TYPE)
     # Any other origin-form request on the proxy port keeps its 400.
     status, _, text = fetch(f"http://{listen}/other.pac")
     assert status == 400 and b"origin-form request target '/other.pac'" in text
