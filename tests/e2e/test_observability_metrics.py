@@ -295,6 +295,7 @@ def test_spec_label_values_are_preinitialised(pinged: Chain) -> None:
     assert labels(admins["client"], "fastrelay_client_requests_total", "route") == {
         "relay",
         "direct",
+        "fallback",  # a fallback=direct rule's request dialled directly (issue 13 part 4)
     }
     for program, admin in admins.items():
         assert labels(admin, "fastrelay_frames_dropped_total", "reason") >= {"unknown_stream"}
