@@ -236,3 +236,22 @@ def test_pools_across_a_relay_cluster(
         raise
     finally:
         cluster.stop()
+
+
+def test_a_fallback_direct_rule_dials_direct_when_its_pool_has_no_agent(
+    make_chain, target: Target, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.txt"
+    rules.write_text(f"{LISTED}/32 @corp\n{CORP}/32 @corp fallback=direct\n")
+    chain = make_chain()
+    chain.start_relay("--connect-timeout", "30")
+    default = chain.start_agent("--allow", "127.0.0.0/8")  # pool default: never corp's
+    client = chain.start_client(rules)
+    # Fail closed (the default): the 503 naming the pool.
+    page = curl(chain, target, target.http(LISTED, "/hello"), "-w", "\n%{http_code}")
+    assert page.stdout.endswith(b"\n503") and b"no agent in pool 'corp'" in page.stdout
+    # Fail open: client_a dials the host itself, and counts it.
+    assert f"hello from the target at {CORP}".encode() in get(chain, target, CORP)
+    admin = client.ready["admin"]
+    assert metric(admin, "fastrelay_client_requests_total", route="fallback", result="ok") == 1
+    assert dials(default) == 0 and dials(default, "denied") == 0
