@@ -52,7 +52,7 @@ class Agent:
         self.dial_latency = metrics.Histogram()
         self.access_log = access_log
         self.tasks: set[asyncio.Task[None]] = set()
-        self.mesh = AgentMesh(RelayLink.from_config(config, "agent"), self, self.stats)
+        self.mesh = AgentMesh(RelayLink.from_config(config, "agent", config.pool), self, self.stats)
 
     # --- the carriers' events (CarrierHandler) ---
 
@@ -158,7 +158,12 @@ class AgentService(Service):
         registry = metrics.make_registry("agent", self.agent.collect, self.readiness.check)
         self.admin = await start_admin(*self.config.admin, registry, self.readiness.check)
         admin_at = bound_address(self.admin)
-        log.info("agent dialing %s, admin on %s", self.config.relay, admin_at)
+        log.info(
+            "agent in pool %s dialing %s, admin on %s",
+            self.config.pool,
+            self.config.relay,
+            admin_at,
+        )
         return {"admin": admin_at}
 
     def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:

@@ -17,6 +17,15 @@ from fastrelay.config import (
     positive_float,
     text_value,
 )
+from fastrelay.protocol.messages import DEFAULT_POOL, pool_error
+
+
+def pool_name(text: str) -> str:
+    why = pool_error(text)
+    if why is not None:
+        raise ValueError(why)
+    return text
+
 
 OPTIONS = [
     Option("admin", host_port, ("127.0.0.1", 9102), "admin address for /healthz /readyz /metrics"),
@@ -37,6 +46,13 @@ OPTIONS = [
         metavar="SPEC",
     ),
     Option("dial_timeout", positive_float, 10.0, "seconds for DNS plus TCP connect"),
+    Option(
+        "pool",
+        pool_name,
+        DEFAULT_POOL,
+        "the agent pool to join: opens naming it come here (1-64 of a-z 0-9 _ -)",
+        metavar="NAME",
+    ),
     *carrier_options(),
 ]
 
@@ -49,6 +65,7 @@ class AgentConfig:
     ca_file: Path | None
     token: str
     dial_timeout: float
+    pool: str
     window: int
     max_window: int
     max_frame_size: int
@@ -59,7 +76,10 @@ class AgentConfig:
     access_log: Path | None
 
     def __repr__(self) -> str:  # never print the token
-        return f"AgentConfig(relay={self.relay!r}, admin={self.admin}, token=<hidden>)"
+        return (
+            f"AgentConfig(relay={self.relay!r}, pool={self.pool!r}, admin={self.admin}, "
+            "token=<hidden>)"
+        )
 
 
 DESCRIPTION = """\

@@ -12,6 +12,7 @@ from typing import Any
 
 from client_a.browser import BrowserConnection, ConnectionGate
 from client_a.config import ClientConfig
+from client_a.pac import PAC_PATH
 from client_a.proxy import Proxy
 from client_a.rules import RuleError, Rules
 from fastrelay import metrics
@@ -30,6 +31,7 @@ from fastrelay.lifecycle import (
 )
 
 log = logging.getLogger("fastrelay.client")
+PAC_ROUTE = PAC_PATH.encode()
 
 
 class RulesWatcher:
@@ -61,6 +63,7 @@ class RulesWatcher:
             log.error("rules not reloaded, keeping %d old rules: %s", len(self.proxy.rules), exc)
             return
         self.proxy.rules = rules
+        self.proxy.pac.file(rules)  # regenerate the PAC now, not on the next fetch
         self.proxy.stats.rules_reloads += 1
         log.info("rules reloaded from %s: %d patterns", self.path, len(rules))
 
@@ -129,12 +132,17 @@ class ClientService(Service):
             ),
             self.readiness.check,
         )
-        self.admin = await start_admin(*config.admin, registry, self.readiness.check)
+        self.admin = await start_admin(
+            *config.admin, registry, self.readiness.check, routes={PAC_ROUTE: proxy.serve_pac}
+        )
         host, port = config.listen
         self.server = await listener.create_server(
             loop, lambda: BrowserConnection(proxy, gate), host, port
         )
         listen = bound_address(self.server)
+        bound, _, bound_port = listen.rpartition(":")
+        proxy.pac.listen = (bound.strip("[]"), int(bound_port))
+        proxy.pac.file(proxy.rules)
         admin_at = bound_address(self.admin)
         log.info(
             "client_a proxy on http://%s (relay %s, %d rules), admin on %s",
@@ -143,7 +151,7 @@ class ClientService(Service):
             len(proxy.rules),
             admin_at,
         )
-        return {"listen": listen, "admin": admin_at}
+        return {"listen": listen, "admin": admin_at, "pac": f"http://{listen}{PAC_PATH}"}
 
     def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
         return [self.watcher.watch(stop, self.config.rules_poll), self.pool.run(stop)]

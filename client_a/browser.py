@@ -21,6 +21,7 @@ from fastrelay.io.tunnel import filled, read_buffer
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import (
+    OriginFormRequest,
     ProxyRequest,
     RequestBodyTracker,
     RequestHeadParser,
@@ -141,6 +142,17 @@ class BrowserConnection(asyncio.BufferedProtocol):
         assert self.parser is not None and self.transport is not None
         try:
             request = self.parser.feed(data)
+        except OriginFormRequest as exc:
+            # Not a proxy request; client_a answers a few itself (GET /proxy.pac).
+            answer = self.proxy.local_request(exc, self.transport.get_extra_info("sockname"))
+            if answer is not None:
+                self.parser = None
+                self.transport.write(answer)
+                self.transport.close()
+                return
+            self.proxy.count(None, exc.failure.result)
+            self.reply(exc.failure, exc.reason)
+            return
         except HttpError as exc:
             self.proxy.count(None, exc.failure.result)
             self.reply(exc.failure, exc.reason)

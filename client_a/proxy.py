@@ -4,6 +4,11 @@ A listed host (see `rules.py`) goes through the relay, anything else
 direct. The browser hears the true outcome: `200 Connection Established` only
 after the agent's CONNECT_RESPONSE 200, and the relay's or agent's failure
 status (403, 502, 503, 504) otherwise.
+
+A rule with ``fallback=direct`` fails open: when no relay or no agent can take
+the request (`NO_RELAY_OR_AGENT`, always before the open succeeded, so nothing
+of the request went through the relay), client_a dials the host itself and
+counts the request under route "fallback".
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import aiofastnet
 
 from client_a.browser import BrowserConnection
 from client_a.config import ClientConfig
+from client_a.pac import PAC_PATH, PacServer
 from client_a.routes import ESTABLISHED, BrowserSocket, DirectPipe, DirectUpstream, RelayRoute
-from client_a.rules import Rules
+from client_a.rules import DEFAULT_RULE, Fallback, Rule, Rules
 from client_a.stats import ClientStats
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.carrier import Carrier
@@ -27,10 +33,10 @@ from fastrelay.io.pool import CarrierPool
 from fastrelay.io.tunnel import TCP_LOW_WATER
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.hostname import HostnameError, canonical_ipv4, normalize_hostname
-from fastrelay.protocol.http import ProxyRequest
+from fastrelay.protocol.http import OriginFormRequest, ProxyRequest
 from fastrelay.protocol.messages import OpenStream, format_authority, new_session_id
 from fastrelay.protocol.session import End, Stream
-from fastrelay.protocol.status import Failure, dial_failure, dial_timeout
+from fastrelay.protocol.status import NO_RELAY_OR_AGENT, Failure, dial_failure, dial_timeout
 
 log = logging.getLogger("fastrelay.client")
 
@@ -49,6 +55,18 @@ class Proxy:
         self.access_log = access_log
         self.tasks: set[asyncio.Task[None]] = set()
         self.pool: CarrierPool | None = None
+        self.pac = PacServer()  # its listen address is set once the proxy port is bound
+
+    def serve_pac(self, method: str, headers: dict[str, str], local_host: str | None) -> bytes:
+        """The response to a request for /proxy.pac (proxy port or admin port)."""
+        return self.pac.respond(self.rules, method, headers, local_host)
+
+    def local_request(self, request: OriginFormRequest, sockname: object) -> bytes | None:
+        """client_a's answer to an origin-form request on the proxy port, or None (a 400)."""
+        if request.target.partition("?")[0] != PAC_PATH:
+            return None
+        local = sockname[0] if isinstance(sockname, tuple) else None
+        return self.serve_pac(request.method, request.headers, local)
 
     def count(self, route: str | None, result: str) -> None:
         self.stats.requests[route or "none", result] += 1
@@ -84,23 +102,55 @@ class Proxy:
         if canonical is not None and canonical != request.host:
             request = dataclasses.replace(request, host=canonical)
             browser.request = request
-        if self.rules.matches(request.host):
-            self.open_relay(browser, request)
+        rule = self.rules.lookup(request.host)
+        if rule is not None:
+            self.open_relay(browser, request, rule=rule)
         else:
-            task = asyncio.get_running_loop().create_task(self.open_direct(browser, request))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.start_direct(browser, request, "direct")
+
+    def start_direct(self, browser: BrowserConnection, request: ProxyRequest, route: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.open_direct(browser, request, route))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def fall_back(
+        self, browser: BrowserConnection, rule: Rule, failure: Failure, detail: str
+    ) -> bool:
+        """With a fallback=direct rule and a failure that means no relay or agent could take
+        the request, dial the host directly instead (True); else False: the browser gets the
+        failure.  Only ever called before the relay open succeeded."""
+        if rule.fallback is not Fallback.DIRECT or failure not in NO_RELAY_OR_AGENT:
+            return False
+        request = browser.request
+        if browser.closed or request is None:
+            return True  # nobody to answer
+        log.info(
+            "%s: %s (%s); fallback=direct, dialling it directly",
+            format_authority(request.host, request.port),
+            detail,
+            failure.reason,
+        )
+        self.start_direct(browser, request, "fallback")
+        return True
 
     # --- through the relay ---
 
     def open_relay(
-        self, browser: BrowserConnection, request: ProxyRequest, retry_of: RelayRoute | None = None
+        self,
+        browser: BrowserConnection,
+        request: ProxyRequest,
+        retry_of: RelayRoute | None = None,
+        rule: Rule = DEFAULT_RULE,
     ) -> None:
         """Open on the least-busy ready carrier (another relay than `retry_of`'s
-        if there is one); with none ready, wait for one up to --open-timeout."""
+        if there is one); with none ready, wait for one up to --open-timeout.
+        The relay routes the open to an agent of the rule's pool (a retry keeps
+        its first try's rule)."""
         pool = self.pool
+        if retry_of is not None:
+            rule = retry_of.rule
         carrier = None if pool is None else pool.pick(retry_of.carrier if retry_of else None)
-        if carrier is not None and self._open_on(carrier, browser, request, retry_of):
+        if carrier is not None and self._open_on(carrier, browser, request, retry_of, rule):
             return
         if pool is not None and pool.ready and all(c.full for c in pool.ready):
             limit = pool.ready[0].credit.max_streams
@@ -111,28 +161,38 @@ class Proxy:
             )
             return
         task = asyncio.get_running_loop().create_task(
-            self._open_when_ready(browser, request, retry_of)
+            self._open_when_ready(browser, request, retry_of, rule)
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _open_when_ready(
-        self, browser: BrowserConnection, request: ProxyRequest, retry_of: RelayRoute | None
+        self,
+        browser: BrowserConnection,
+        request: ProxyRequest,
+        retry_of: RelayRoute | None,
+        rule: Rule,
     ) -> None:
         pool = self.pool
         avoid = retry_of.carrier if retry_of is not None else None
         carrier = None
-        if pool is not None:
+        loop = asyncio.get_running_loop()
+        # A fail-open rule does not wait for a redial of a relay known to be unavailable.
+        skip_wait = rule.fallback is Fallback.DIRECT and (
+            pool is None or pool.unavailable(loop.time())
+        )
+        if pool is not None and not skip_wait:
             # While the relay cannot be reached (or refuses the token) a request
             # waits only briefly for a redial, then hears why.
             carrier = await pool.wait_pick(self.config.open_timeout, avoid, NOT_CONNECTED_WAIT)
         if browser.closed:
             return
-        if carrier is None or not self._open_on(carrier, browser, request, retry_of):
+        if carrier is None or not self._open_on(carrier, browser, request, retry_of, rule):
             detail = "client_a is not connected to the relay"
-            if pool is not None and pool.unavailable(asyncio.get_running_loop().time()):
+            if pool is not None and pool.unavailable(loop.time()):
                 detail = f"{detail}: {pool.last_failure}"
-            self._relay_failed(browser, Failure.NOT_CONNECTED, detail)
+            if not self.fall_back(browser, rule, Failure.NOT_CONNECTED, detail):
+                self._relay_failed(browser, Failure.NOT_CONNECTED, detail)
 
     def _relay_failed(self, browser: BrowserConnection, failure: Failure, detail: str) -> None:
         self.count("relay", failure.result)
@@ -145,6 +205,7 @@ class Proxy:
         browser: BrowserConnection,
         request: ProxyRequest,
         retry_of: RelayRoute | None,
+        rule: Rule,
     ) -> bool:
         transport = browser.transport
         if transport is None or transport.is_closing():
@@ -161,8 +222,9 @@ class Proxy:
             request.method,
             request.url,
             headers,
+            pool=rule.pool,
         )
-        route = RelayRoute(self, browser, carrier, request, retried=retry_of is not None)
+        route = RelayRoute(self, browser, carrier, request, retry_of is not None, rule)
         transport.set_write_buffer_limits(high=TCP_LOW_WATER, low=TCP_LOW_WATER)
         stream = carrier.session.open(message, BrowserSocket(route, transport), time.monotonic())
         if stream is None:
@@ -184,7 +246,7 @@ class Proxy:
         route = stream.owner
         assert isinstance(route, RelayRoute)
         route.ended(stream)
-        if route.result == "retried":  # the retry's own line follows
+        if route.result in ("retried", "fallback"):  # the retry's own line follows
             return
         result = route.result or ("ok" if stream.end is End.FINISHED else "aborted")
         self.log_access(
@@ -198,14 +260,18 @@ class Proxy:
 
     # --- direct ---
 
-    async def open_direct(self, browser: BrowserConnection, request: ProxyRequest) -> None:
+    async def open_direct(
+        self, browser: BrowserConnection, request: ProxyRequest, route: str = "direct"
+    ) -> None:
+        """Dial the target ourselves; `route` is "direct" (an unlisted host) or "fallback"
+        (a fallback=direct rule's host that no relay or agent could take)."""
         loop = asyncio.get_running_loop()
         try:
             normalize_hostname(request.host)  # the resolver's IDNA codec would raise, uncaught
         except HostnameError as exc:
-            self._direct_failed(browser, Failure.DNS, str(exc))
+            self._direct_failed(browser, Failure.DNS, str(exc), route)
             return
-        pipe = DirectPipe(self, browser, request)
+        pipe = DirectPipe(self, browser, request, route)
         try:
             transport, _ = await asyncio.wait_for(
                 aiofastnet.create_connection(
@@ -214,20 +280,19 @@ class Proxy:
                 self.config.dial_timeout,
             )
         except TimeoutError:
-            self._direct_failed(
-                browser, *dial_timeout(request.host, request.port, self.config.dial_timeout)
-            )
+            failure, detail = dial_timeout(request.host, request.port, self.config.dial_timeout)
+            self._direct_failed(browser, failure, detail, route)
             return
         except socket.gaierror as exc:
-            self._direct_failed(
-                browser, Failure.DNS, f"DNS lookup of {request.host} failed: {exc.strerror}"
-            )
+            detail = f"DNS lookup of {request.host} failed: {exc.strerror}"
+            self._direct_failed(browser, Failure.DNS, detail, route)
             return
         except UnicodeError as exc:  # a name the resolver's IDNA 2003 codec refuses
-            self._direct_failed(browser, Failure.DNS, f"invalid host {request.host!r}: {exc}")
+            detail = f"invalid host {request.host!r}: {exc}"
+            self._direct_failed(browser, Failure.DNS, detail, route)
             return
         except OSError as exc:
-            self._direct_failed(browser, *dial_failure(exc, request.host, request.port))
+            self._direct_failed(browser, *dial_failure(exc, request.host, request.port), route)
             return
         if browser.closed or browser.transport is None:
             transport.close()
@@ -237,13 +302,15 @@ class Proxy:
             browser.transport.write(ESTABLISHED)
         else:
             transport.write(request.head)
-        self.count("direct", "ok")
+        self.count(route, "ok")
         pipe.opened()
         browser.start(pipe)  # may answer 400 already: a malformed body in the held bytes
         if not browser.transport.is_closing():
             browser.transport.resume_reading()
 
-    def _direct_failed(self, browser: BrowserConnection, failure: Failure, detail: str) -> None:
-        self.count("direct", failure.result)
-        self.log_access(browser, "direct", failure.result)
+    def _direct_failed(
+        self, browser: BrowserConnection, failure: Failure, detail: str, route: str = "direct"
+    ) -> None:
+        self.count(route, failure.result)
+        self.log_access(browser, route, failure.result)
         browser.reply(failure, detail)

@@ -23,11 +23,14 @@ from fastrelay.protocol.status import CONNECTION_ESTABLISHED, Failure, failure_o
 
 if TYPE_CHECKING:
     from client_a.proxy import Proxy
+    from client_a.rules import Rule
     from fastrelay.io.carrier import Carrier
 
 ESTABLISHED = render_response(200, CONNECTION_ESTABLISHED)
 # Refusals that another relay (or carrier) may not share: retried once.
-RETRYABLE = frozenset({Failure.NO_AGENT, Failure.DRAINING, Failure.OPEN_LIMIT})
+RETRYABLE = frozenset(
+    {Failure.NO_AGENT, Failure.NO_POOL_AGENT, Failure.DRAINING, Failure.OPEN_LIMIT}
+)
 
 
 class ResponseDeadline:
@@ -78,12 +81,14 @@ class RelayRoute(ResponseDeadline):
         carrier: Carrier,
         request: ProxyRequest,
         retried: bool,
+        rule: Rule,
     ) -> None:
         self.proxy = proxy
         self.browser = browser
         self.carrier = carrier
         self.request = request
         self.retried = retried  # this is the one retry after a retryable failure
+        self.rule = rule  # the host's rule: its pool and its fallback
         self.stream: Stream | None = None
         self.result = ""  # why it failed, for the access log
         self.response_started = False  # some of the response reached the browser
@@ -138,6 +143,11 @@ class RelayRoute(ResponseDeadline):
         self.proxy.open_relay(self.browser, self.request, retry_of=self)
 
     def fail_open(self, failure: Failure, detail: str) -> None:
+        """The open failed: the browser hears it, or (a fallback=direct rule, and no relay
+        or agent could take it) client_a dials the host itself."""
+        if self.proxy.fall_back(self.browser, self.rule, failure, detail):
+            self.result = "fallback"
+            return
         self.result = failure.result
         self.proxy.count("relay", failure.result)
         self.browser.reply(failure, detail)
@@ -241,11 +251,14 @@ class BrowserSocket:
 class DirectPipe(ResponseDeadline):
     """Browser <-> target over plain TCP, with pause/resume and half-close."""
 
-    def __init__(self, proxy: Proxy, browser: BrowserConnection, request: ProxyRequest) -> None:
+    def __init__(
+        self, proxy: Proxy, browser: BrowserConnection, request: ProxyRequest, route: str = "direct"
+    ) -> None:
         self.proxy = proxy
         self.stats = proxy.stats
         self.browser = browser
         self.request = request
+        self.route = route  # "direct", or "fallback" (for the access log)
         self.upstream: asyncio.Transport | None = None
         self.rewriter = None if request.is_connect else ResponseHeadRewriter()
         self.eof_up = self.eof_down = False
@@ -269,7 +282,7 @@ class DirectPipe(ResponseDeadline):
         stats.direct_open -= 1
         stats.direct_duration.observe(time.monotonic() - self.opened_at)
         result = self.result or ("aborted" if exc is not None or self.aborted else "ok")
-        self.proxy.log_access(self.browser, "direct", result, "-", self.bytes_up, self.bytes_down)
+        self.proxy.log_access(self.browser, self.route, result, "-", self.bytes_up, self.bytes_down)
 
     # browser -> target (the Sink interface)
     def tcp_data(self, data: bytes) -> None:

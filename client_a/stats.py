@@ -14,13 +14,16 @@ from fastrelay.metrics import by_label
 from fastrelay.protocol.status import RESULTS
 
 ROUTES = ("relay", "direct")
+# Requests are also counted under "fallback": a fallback=direct rule's request that no relay or
+# agent could take, dialled directly (its tunnel's bytes and timings count as "direct").
+REQUEST_ROUTES = (*ROUTES, "fallback")
 
 
 class ClientStats:
     def __init__(self) -> None:
         self.carrier = CarrierStats()  # the relay route's streams
         self.requests: Counter[tuple[str, str]] = Counter(
-            {(route, result): 0 for route in ROUTES for result in RESULTS}
+            {(route, result): 0 for route in REQUEST_ROUTES for result in RESULTS}
         )
         self.connect_latency = {route: metrics.Histogram() for route in ROUTES}
         self.first_byte = {route: metrics.Histogram() for route in ROUTES}

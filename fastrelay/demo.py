@@ -240,6 +240,7 @@ def main(argv: list[str]) -> int:
                         "agent": a,
                         "client": c,
                         "page": page_url,
+                        "pac": c["pac"],
                         "workdir": str(workdir),
                         "prometheus": str(prometheus),
                     }
@@ -280,6 +281,8 @@ def print_banner(
 fastrelay demo is running: client_a -> relay -> agent, all on loopback.
 
   Point a browser's HTTP and HTTPS proxy at:  http://{proxy}
+  or its automatic proxy configuration (PAC) URL at:  {c["pac"]}
+              (listed hosts to client_a, everything else direct)
   Try it:     curl -x http://{proxy} {page_url}
               (127.0.0.2 is on the filter list, so it goes through the relay;
                other hosts go direct)

@@ -59,6 +59,8 @@ AGENT_DIALS = PREFIX + "agent_dials"
 LIMIT_HITS = PREFIX + "limit_hits"
 OPEN_RETRIES = PREFIX + "open_retries"
 AGENT_STALLS = PREFIX + "agent_stalls"
+POOL_AGENTS = PREFIX + "pool_agents"
+POOL_STREAMS = PREFIX + "pool_streams"  # exported as fastrelay_pool_streams_total
 ACCEPT_PAUSES = PREFIX + "accept_pauses"  # relay and client_a listeners out of fds
 CLIENT_CONNECTIONS_DROPPED = PREFIX + "client_connections_dropped"  # 408 / 503 by client_a
 
@@ -89,7 +91,7 @@ STREAM_RESULTS = (
 # last three are upgrade heads answered 431 (fastrelay/io/httphead.py).
 LIMITS = (
     "connections", "connections_per_token", "streams_per_connection", "streams_per_agent",
-    "opens_per_connection", "opens_per_agent", "connection_buffer",
+    "opens_per_connection", "opens_per_agent", "connection_buffer", "pools",
     "head_size", "head_line", "head_fields",
 )  # fmt: skip
 
@@ -210,6 +212,13 @@ F_CLUSTER_ERRORS = Family(
 )
 F_STREAMS_ACTIVE_RELAY = Family("gauge", STREAMS_ACTIVE, "Streams open through this relay")
 F_STREAMS = Family("counter", STREAMS, "Streams opened, by result", ("result",))
+F_POOL_AGENTS = Family("gauge", POOL_AGENTS, "Agents connected, by pool", ("pool",))
+F_POOL_STREAMS = Family(
+    "counter",
+    POOL_STREAMS,
+    "Streams opened, by the agent pool they named and result",
+    ("pool", "result"),
+)
 F_STREAM_FRAMES = Family("counter", STREAM_FRAMES, "TUNNEL_DATA frames forwarded", ("direction",))
 F_AUTH_FAILURES = Family("counter", AUTH_FAILURES, "Rejected WebSocket upgrades by role", ("role",))
 F_LIMIT_HITS = Family(

@@ -92,6 +92,8 @@ def seeds() -> dict[str, list[bytes]]:
         b"# comment\nexact.example.com\n*.sub.example.org  # subdomains\n.domain.net\n"
         b"203.0.113.0/24\n10.9.8.7\n2001:db8::/32\n::ffff:10.0.0.0/104\n",
         b"\xef\xbb\xbfa.example\r\n",
+        b".corp.example @corp\n*.shop.example fallback=direct\n[pool lab]\n.lab.example\n"
+        b"10.0.0.0/8 @edge fallback=closed\n[pool default]\nz.example\n",
     ]
     policy = [
         b"10.20.0.0/16\n.intranet.example.com:443\n-10.20.99.0/24",

@@ -260,11 +260,13 @@ def check_rules(data: bytes) -> None:
         return
     lines = data.decode("utf-8-sig").splitlines() or [""]
     for host in (lines[-1], lines[0].strip(), "a.example", "127.0.0.1", "[::1]"):
-        assert rules.matches(host) in (True, False)
+        rule = rules.lookup(host)
+        assert rules.matches(host) is (rule is not None)
     # Every pattern line matches (as a host) what it names, for the exact patterns.
     for line in lines:
-        pattern = line.partition("#")[0].strip()
-        if pattern and "/" not in pattern and not pattern.startswith(("*", ".")):
+        words = line.partition("#")[0].split()
+        pattern = words[0] if words else ""
+        if pattern and "/" not in pattern and not pattern.startswith(("*", ".", "[")):
             assert rules.matches(pattern), pattern
 
 

@@ -14,6 +14,9 @@ command -v chromium >/dev/null || need+=(chromium)
 # Debian puts haproxy in /usr/sbin, which is not on every user's PATH.
 { command -v haproxy || [ -x /usr/sbin/haproxy ]; } >/dev/null || need+=(haproxy)
 command -v redis-server >/dev/null || need+=(redis-server)
+# node: tests/unit/test_pac_file.py and bench/micro/test_pac_bench.py run client_a's PAC file
+# in V8, the engine of Chromium's PAC resolver.
+{ command -v node || command -v nodejs; } >/dev/null || need+=(nodejs)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "installing Debian packages: ${need[*]}"

@@ -1,4 +1,5 @@
-"""The admin HTTP endpoint of every program: /healthz, /readyz and /metrics.
+"""The admin HTTP endpoint of every program: /healthz, /readyz and /metrics, plus the
+program's own `routes` (client_a's /proxy.pac).
 
 A tiny HTTP/1.1 responder on its own port (one request per connection), so
 health checks and scrapes never share a socket with tunnel traffic and need
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -34,6 +35,9 @@ HEAD_LIMITS = HeadLimits(head=MAX_REQUEST_HEAD, line=MAX_REQUEST_LINE, fields=MA
 READ_TIMEOUT = 5.0  # seconds per connection, request and response together
 MAX_CONNECTIONS = 64  # open admin connections; the excess get 503
 log = logging.getLogger("fastrelay.admin")
+# A program's own GET/HEAD path: (method, header fields with lowercase names, the local
+# address the request came to) -> the whole HTTP response; the connection closes after it.
+Route = Callable[[str, dict[str, str], str | None], bytes]
 
 
 class Readiness:
@@ -81,7 +85,9 @@ class AdminProtocol(asyncio.Protocol):
         registry: CollectorRegistry,
         ready: Callable[[], tuple[bool, str]],
         limits: AdminLimits,
+        routes: Mapping[bytes, Route] | None = None,
     ) -> None:
+        self.routes = routes or {}
         self.registry = registry
         self.ready = ready
         self.limits = limits
@@ -151,8 +157,29 @@ class AdminProtocol(asyncio.Protocol):
                 self.respond(500, b"metrics collection failed; see the log\n")
                 return
             self.respond(200, body, content_type=CONTENT_TYPE_LATEST)
+        elif target in self.routes:
+            self.answer_route(self.routes[target], method.decode("ascii", "replace"))
         else:
-            self.respond(404, b"not found: try /healthz, /readyz or /metrics\n")
+            paths = ", ".join(
+                ["/healthz", "/readyz", "/metrics", *(p.decode() for p in self.routes)]
+            )
+            self.respond(404, f"not found: try {paths}\n".encode())
+
+    def answer_route(self, route: Route, method: str) -> None:
+        assert self.transport is not None
+        head = bytes(self.buffer).replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+        headers: dict[str, str] = {}
+        for line in head.split(b"\n")[1:]:
+            name, sep, value = line.partition(b":")
+            if sep:
+                key = name.strip().decode("latin-1").lower()
+                text = value.strip().decode("latin-1")
+                headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        sockname = self.transport.get_extra_info("sockname")
+        local = sockname[0] if isinstance(sockname, tuple) else None
+        self.answered = True
+        self.transport.write(route(method, headers, local))
+        self.transport.close()
 
     def respond(
         self,
@@ -185,10 +212,13 @@ async def start_admin(
     *,
     read_timeout: float = READ_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
+    routes: Mapping[bytes, Route] | None = None,
 ) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
     limits = AdminLimits(loop, read_timeout, max_connections)
     try:
-        return await loop.create_server(lambda: AdminProtocol(registry, ready, limits), host, port)
+        return await loop.create_server(
+            lambda: AdminProtocol(registry, ready, limits, routes), host, port
+        )
     except OSError as exc:
         raise BindError("--admin", host, port, exc) from None

@@ -39,7 +39,7 @@ from fastrelay.io.tunnel import abort_socket
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, ProtocolError
 from fastrelay.protocol.flow import CreditPool
-from fastrelay.protocol.messages import Hello, Members, OpenStream
+from fastrelay.protocol.messages import POOL_HEADER, Hello, Members, OpenStream
 from fastrelay.protocol.session import (
     AGENT_SIDE,
     CLIENT_SIDE,
@@ -124,9 +124,10 @@ class RelayLink:
     reconnect_max: float
     window: int  # the receive window a stream asks for; the relay's budget may cut it
     max_window: int = 0  # how far a stream's window may grow on a long path (0: window)
+    pool: str = ""  # an agent's pool, sent in the upgrade ("": none, the default pool)
 
     @classmethod
-    def from_config(cls, config: CarrierSettings, role: str) -> RelayLink:
+    def from_config(cls, config: CarrierSettings, role: str, pool: str = "") -> RelayLink:
         tls = client_context(config.ca_file) if config.relay.startswith("wss://") else None
         return cls(
             f"{config.relay}/v1/{role}",
@@ -138,6 +139,7 @@ class RelayLink:
             config.reconnect_max,
             config.window,
             config.max_window,
+            pool,
         )
 
     def __repr__(self) -> str:  # never print the token
@@ -250,6 +252,7 @@ class Carrier:
             max_frame_size=link.max_frame_size,
             open_timeout=open_timeout,
             abort_socket=abort_socket,
+            pool=link.pool,
         )
         self.streams = self.session.streams
         self.ticker: asyncio.TimerHandle | None = None
@@ -294,6 +297,9 @@ class Carrier:
         """Dial, upgrade, and wait for HELLO. Raises OSError, WSError,
         TimeoutError or ConnectionError (closed before HELLO)."""
         link = self.link
+        headers = {"Authorization": f"Bearer {link.token}"}
+        if link.pool:
+            headers[POOL_HEADER] = link.pool
         await ws_connect(
             lambda: CarrierListener(self),
             link.url,
@@ -305,7 +311,7 @@ class Carrier:
             auto_ping_reply_timeout=link.ping_interval,
             auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY,
             max_frame_size=link.max_frame_size,
-            extra_headers={"Authorization": f"Bearer {link.token}"},
+            extra_headers=headers,
             websocket_handshake_timeout=5,
         )
         try:
@@ -354,7 +360,12 @@ class Carrier:
     # --- the session's events ---
 
     def on_hello(self, session: Session, hello: Hello) -> None:
-        log.info("connected to relay %s (%s)", hello.instance_id, self.link.url)
+        if hello.pool:
+            log.info(
+                "connected to relay %s (%s), pool %s", hello.instance_id, self.link.url, hello.pool
+            )
+        else:
+            log.info("connected to relay %s (%s)", hello.instance_id, self.link.url)
         if self.session.open_timeout > 0 and self.ticker is None:
             self.ticker = self.loop.call_later(TICK, self._tick)
         if not self.got_hello.done():
@@ -503,7 +514,15 @@ def describe_dial_error(exc: BaseException, role: str = "this program") -> str:
         status = int(response.status)
         if status in (401, 403):
             return f"the relay rejected {role}'s token (HTTP {status})"
-        return f"the relay answered HTTP {status}"
+        # The relay's refusals say why in one plain-text line (a limit, a bad pool name).
+        body = getattr(exc, "raw_body", None)
+        first = bytes(body).split(b"\n", 1)[0] if isinstance(body, bytes | bytearray) else b""
+        why = first[:200].decode("utf-8", "replace").strip()
+        return (
+            f"the relay answered HTTP {status}: {why}"
+            if why
+            else f"the relay answered HTTP {status}"
+        )
     if isinstance(exc, OSError) and exc.errno:
         return f"relay unreachable: {os.strerror(exc.errno).lower()}"
     if isinstance(exc, TimeoutError):

@@ -55,6 +55,18 @@ class ProxyRequest:
         return self.method == "CONNECT"
 
 
+class OriginFormRequest(HttpError):
+    """An origin-form request (``GET /proxy.pac``): not a proxy request, so a 400 for the
+    proxy, but client_a answers a few of them itself (its PAC file).  Carries the method,
+    the request target and the header fields (lowercase names)."""
+
+    def __init__(self, method: str, target: str, headers: dict[str, str], reason: str) -> None:
+        super().__init__(400, reason)
+        self.method = method
+        self.target = target
+        self.headers = headers
+
+
 class _HeadReader:
     """Buffers one message head and feeds llhttp exactly up to its end.
 
@@ -267,7 +279,9 @@ class RequestHeadParser:
             )
         if url.startswith("/") or url == "*":
             hint = "a proxy needs an absolute URL (http://host/path) or CONNECT host:port"
-            raise HttpError(400, f"origin-form request target {url!r}: {hint}")
+            lowered = {name.lower(): value for name, value in headers.items()}
+            reason = f"origin-form request target {url!r}: {hint}"
+            raise OriginFormRequest(method, url, lowered, reason)
         try:
             parsed = httptools.parse_url(reader.url)
         except httptools.HttpParserInvalidURLError:

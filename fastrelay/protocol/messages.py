@@ -23,6 +23,22 @@ from fastrelay.protocol.status import CONNECTION_ESTABLISHED, phrase
 PROTOCOL_VERSION = 1
 DEFAULT_WINDOW = 1024 * 1024
 MAX_MEMBERS = 1024  # relay instances in one MEMBERS frame
+# Agent pools: an agent joins one (the X-Fastrelay-Pool upgrade header), an
+# open names one (`pool`), and the relay routes the open to that pool's agents.
+DEFAULT_POOL = "default"
+POOL_HEADER = "X-Fastrelay-Pool"
+_POOL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def pool_error(name: str) -> str | None:
+    """Why `name` is not a pool name (1-64 of [a-z0-9_-], starting with a
+    letter or digit), or None when it is one."""
+    if _POOL_NAME.fullmatch(name) is None:
+        return (
+            f"pool name {name[:80]!r} is not 1-64 characters of a-z, 0-9, '_' and '-' "
+            "starting with a letter or digit"
+        )
+    return None
 
 
 def status_description(status: int) -> str:
@@ -81,10 +97,11 @@ class OpenStream:
     url: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     window: int = DEFAULT_WINDOW
+    pool: str = DEFAULT_POOL  # the agent pool to route to; sent only when not the default
 
     def encode(self, stream_id: int, window: int | None = None) -> bytes:
         """The frame; `window` overrides the message's own (the session sets it)."""
-        body = {
+        body: dict[str, Any] = {
             "type": self.kind.name,
             "sessionId": self.session_id,
             "method": self.method,
@@ -92,6 +109,8 @@ class OpenStream:
             "headers": self.headers,
             "window": self.window if window is None else window,
         }
+        if self.pool != DEFAULT_POOL:
+            body["pool"] = self.pool
         return encode_frame(self.kind, stream_id, orjson.dumps(body))
 
     @classmethod
@@ -102,6 +121,12 @@ class OpenStream:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
             raise ControlMessageError(f"{kind.name} headers must map strings to strings")
         host, port = split_url(url, kind)
+        pool = DEFAULT_POOL
+        if "pool" in doc:  # most opens name no pool: no look-up, no match for them
+            pool = _field(doc, "pool", str, kind)
+            why = pool_error(pool)
+            if why is not None:
+                raise ControlMessageError(f"{kind.name} {why}")
         return cls(
             kind=kind,
             session_id=_field(doc, "sessionId", str, kind),
@@ -111,6 +136,7 @@ class OpenStream:
             url=url,
             headers=headers,
             window=_window(doc, kind),
+            pool=pool,
         )
 
 
@@ -199,6 +225,10 @@ class Hello:
     # The largest WebSocket message the relay accepts, and so forwards (0: not
     # announced). The receiver's own limit must be at least this.
     max_frame_size: int = 0
+    # To an agent: the pool the relay put it in, from its X-Fastrelay-Pool
+    # header ("": not announced, a relay without pools). An agent of another
+    # pool than "default" hangs up on a relay that does not confirm its pool.
+    pool: str = ""
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {
@@ -214,6 +244,8 @@ class Hello:
             body["maxStreams"] = self.max_streams
         if self.max_frame_size:
             body["maxFrameSize"] = self.max_frame_size
+        if self.pool:
+            body["pool"] = self.pool
         return encode_frame(FrameType.HELLO, 0, orjson.dumps(body))
 
     @classmethod
@@ -228,6 +260,7 @@ class Hello:
             buffer_budget=_field(doc, "bufferBudget", int, kind, 0),
             max_streams=_field(doc, "maxStreams", int, kind, 0),
             max_frame_size=_field(doc, "maxFrameSize", int, kind, 0),
+            pool=_field(doc, "pool", str, kind, ""),
         )
         if hello.version != PROTOCOL_VERSION:
             raise ControlMessageError(
@@ -245,6 +278,10 @@ class Hello:
             raise ControlMessageError(
                 "HELLO bufferBudget, maxStreams or maxFrameSize is out of range"
             )
+        if hello.pool:
+            why = pool_error(hello.pool)
+            if why is not None:
+                raise ControlMessageError(f"HELLO {why}")
         return hello
 
 

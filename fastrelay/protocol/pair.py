@@ -27,6 +27,7 @@ from fastrelay.protocol.errors import ProtocolError
 from fastrelay.protocol.flow import CreditPool, SendWindow
 from fastrelay.protocol.frames import FrameType
 from fastrelay.protocol.messages import (
+    DEFAULT_POOL,
     DEFAULT_WINDOW,
     ConnectResponse,
     Hello,
@@ -172,7 +173,14 @@ class Endpoint:
     sockets are in memory."""
 
     def __init__(
-        self, pair: Pair, role: str, name: str, token: int, want: int, open_timeout: float
+        self,
+        pair: Pair,
+        role: str,
+        name: str,
+        token: int,
+        want: int,
+        open_timeout: float,
+        pool: str = DEFAULT_POOL,
     ) -> None:
         self.pair = pair
         self.role = role
@@ -180,7 +188,7 @@ class Endpoint:
         self.want = want
         self.wire = Wire()
         self.wire.endpoint = self
-        self.conn = Conn(role, self.wire, self.wire, token, name)
+        self.conn = Conn(role, self.wire, self.wire, token, name, pool)
         self.session = Session(
             _EndpointLink(self),
             self,
@@ -189,11 +197,13 @@ class Endpoint:
             window=want,
             max_frame_size=pair.limits.max_message,
             open_timeout=open_timeout,
+            pool=pool if role == "agent" else "",
         )
         self.streams: dict[int, EndStream] = {}
         self.ended: list[EndStream] = []
         self.reading = True  # False: stalled (reads nothing, answers no ping)
         self.answers = True  # agents: False never answers an open (but reads and pongs)
+        self.opened: list[OpenStream] = []  # agents: every open that arrived
         self.refuse_with: int | None = None  # agents: answer opens with this status
         self.pongs = 0
         self.errors: list[Exception] = []  # what this endpoint's session raised
@@ -238,6 +248,7 @@ class Endpoint:
     def on_open(self, session: Session, stream: Stream, request: OpenStream) -> None:
         socket = MemorySocket()
         self.streams[stream.sid] = EndStream(stream, socket)
+        self.opened.append(request)
         if not self.answers:
             return  # a rogue agent: the open stays unanswered
         if self.refuse_with is not None:
@@ -264,12 +275,13 @@ class Endpoint:
         if self.wire.closed is None:
             self.pair.switch.receive(self.conn, memoryview(frames), self.pair.now)
 
-    def open(self, host: str = "target.test", port: int = 443) -> int:
-        """client_a: a CONNECT on the next stream id (window from the pool)."""
+    def open(self, host: str = "target.test", port: int = 443, pool: str = DEFAULT_POOL) -> int:
+        """client_a: a CONNECT on the next stream id (window from the credit
+        pool), for an agent of agent pool `pool`."""
         assert self.is_client
         socket = MemorySocket()
         session_id = f"{self.name}-{self.session.sid_cursor}"
-        request = OpenStream(FrameType.CONNECT, session_id, host, port)
+        request = OpenStream(FrameType.CONNECT, session_id, host, port, pool=pool)
         # An open may cross the relay's GOAWAY on the wire: send it regardless.
         goaway, self.session.goaway = self.session.goaway, False
         try:
@@ -335,9 +347,9 @@ class Pair:
         self.switch = Switch(self.limits, "relay-test")
         self.endpoints: list[Endpoint] = []
 
-    def _join(self, role: str, token: int, want: int) -> Endpoint:
+    def _join(self, role: str, token: int, want: int, pool: str = DEFAULT_POOL) -> Endpoint:
         name = f"{role}-{len(self.endpoints)}"
-        endpoint = Endpoint(self, role, name, token, want, self.open_timeout)
+        endpoint = Endpoint(self, role, name, token, want, self.open_timeout, pool)
         self.endpoints.append(endpoint)
         self.switch.attach(endpoint.conn, self.now)
         endpoint.read()
@@ -346,8 +358,11 @@ class Pair:
     def client(self, token: int = 0, want: int = DEFAULT_WINDOW) -> Endpoint:
         return self._join("client", token, want)
 
-    def agent(self, token: int = 0, want: int = DEFAULT_WINDOW) -> Endpoint:
-        return self._join("agent", token, want)
+    def agent(
+        self, token: int = 0, want: int = DEFAULT_WINDOW, pool: str = DEFAULT_POOL
+    ) -> Endpoint:
+        """An agent in agent pool `pool` (as its upgrade named it)."""
+        return self._join("agent", token, want, pool)
 
     def wrote(self, endpoint: Endpoint) -> None:
         """The relay queued bytes for `endpoint`: past the budget, the adapter

@@ -47,6 +47,7 @@ from fastrelay.protocol.frames import (
     read_frame,
 )
 from fastrelay.protocol.messages import (
+    DEFAULT_POOL,
     ConnectResponse,
     GoAway,
     Hello,
@@ -548,8 +549,12 @@ class Session:
         open_timeout: float = 0.0,
         abort_socket: Callable[[Socket], None] | None = None,
         max_window: int = 0,
+        pool: str = "",
     ) -> None:
         self.link = link
+        # An agent's pool: a relay's HELLO must confirm it, unless it is the
+        # default one (a relay without pools routes every open to every agent).
+        self.pool = pool
         # How an aborted stream's socket is ended (the adapter resets it once
         # the bytes already written are through); plain `abort()` by default.
         self.abort_socket = abort_socket or _abort
@@ -776,6 +781,16 @@ class Session:
                 f"({self.max_frame_size}): set it to at least {hello.max_frame_size}",
             )
             self.close(CLOSE_POLICY_VIOLATION, "max frame size below the relay's")
+            return
+        if self.pool and self.pool != DEFAULT_POOL and hello.pool != self.pool:
+            self.stats.protocol_errors["config_mismatch"] += 1
+            said = f"put it in pool {hello.pool!r}" if hello.pool else "does not support pools"
+            self.events.on_hello_refused(
+                self,
+                f"relay {hello.instance_id} {said}, but this agent is in pool {self.pool!r}: "
+                "it would be sent other pools' opens (upgrade the relay)",
+            )
+            self.close(CLOSE_POLICY_VIOLATION, "relay did not confirm the agent's pool")
             return
         self.hello = hello
         if hello.max_frame_size:

@@ -22,6 +22,7 @@ import errno
 
 PHRASES = {
     200: "OK",
+    304: "Not Modified",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
@@ -73,6 +74,8 @@ class Failure(enum.Enum):
     # The relay route only.
     NOT_CONNECTED = ("not_connected", 503, "no_agent")
     NO_AGENT = ("no_agent", 503, "no_agent")
+    # No agent of the open's pool (another pool may have some).
+    NO_POOL_AGENT = ("no_agent_in_pool", 503, "no_agent")
     DRAINING = ("draining", 503, "no_agent")
     STREAM_LIMIT = ("stream_limit", 503, "limited")
     OPEN_LIMIT = ("open_limit", 503, "limited")
@@ -87,6 +90,19 @@ class Failure(enum.Enum):
 
 
 BY_REASON = {failure.reason: failure for failure in Failure}
+# Relay-route failures that mean no relay or no agent could take the request, all decided
+# before the open succeeded (so nothing of the request reached a target through the relay).
+# A rule with fallback=direct dials the host directly on these; every other failure (the
+# agent's 403 above all) reaches the browser whatever the rule says.
+NO_RELAY_OR_AGENT = frozenset(
+    {
+        Failure.NOT_CONNECTED,
+        Failure.NO_AGENT,
+        Failure.NO_POOL_AGENT,  # none in the rule's pool: as if there were no agent
+        Failure.DRAINING,
+        Failure.RELAY_LOST,
+    }
+)
 # Results a request can be counted under, in the order metrics list them.
 RESULTS = ("ok", *dict.fromkeys(failure.result for failure in Failure))
 

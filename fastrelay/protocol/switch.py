@@ -23,6 +23,12 @@ What the switch decides:
   the credit that connection granted. A connection whose queued bytes pass
   `Limits.connection_buffer` anyway (it granted more than it reads) is cut off
   (`over_budget`, close 1008). Nothing ever pauses a shared connection.
+* **Pools.** Every agent is in one pool (named at its upgrade), every open
+  names one (`OpenStream.pool`), and an open only ever reaches an agent of
+  its pool: `pools` maps a pool to its agents, so picking costs a walk of
+  that pool's agents, not of every agent. An open for a pool without a
+  serving agent gets 503 `no_agent_in_pool`. The number of pools is capped
+  (`Limits.max_pools`): they label metrics, so the set must stay bounded.
 * **Limits.** Streams per connection, opens in flight per agent: an open over
   a limit gets CONNECT_RESPONSE 503 with a `reason`.
 * **Agent health.** Opens in flight count as load; an agent that owes an
@@ -39,6 +45,7 @@ codec's one frame walker, so every vector in docs/PROTOCOL.md holds here too.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +67,7 @@ from fastrelay.protocol.frames import (
     read_frame,
 )
 from fastrelay.protocol.messages import (
+    DEFAULT_POOL,
     ConnectResponse,
     GoAway,
     Hello,
@@ -79,6 +87,9 @@ SLOT_COUNT = 1 << (32 - SLOT_BITS)  # slot 0 is never handed out: stream id 0 is
 MAX_CREDIT = 2**31 - 1
 # An open in flight weighs this many established streams when picking an agent.
 OPEN_WEIGHT = 8
+# The `pool` label of opens for a pool no agent ever joined (client_a's choice,
+# not a name an agent authenticated with: it never becomes a label of its own).
+UNKNOWN_POOL = "_unknown"
 
 _TUNNEL_DATA = int(FrameType.TUNNEL_DATA)
 _WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
@@ -107,6 +118,7 @@ class Limits:
     open_retry_after: float = 2.0  # an unanswered open moves to another agent once
     probe_after: float = 0.5  # an agent that owes an answer and is this quiet gets a ping
     stall_timeout: float = 1.0  # an unanswered probe this old: the agent is stalled
+    max_pools: int = 64  # distinct agent pools (the default one included)
 
     def __post_init__(self) -> None:
         if not 0 < self.connections < SLOT_COUNT:
@@ -117,6 +129,8 @@ class Limits:
             raise ValueError("streams_per_agent must be at least streams_per_connection")
         if self.max_message > MAX_PAYLOAD:
             raise ValueError(f"max_message must be at most {MAX_PAYLOAD}")
+        if self.max_pools < 1:
+            raise ValueError("max_pools must be at least 1")
 
 
 class Output(Protocol):
@@ -166,6 +180,7 @@ class Conn:
         "link",
         "opening",
         "out",
+        "pool",
         "probation",
         "probe_at",
         "remote",
@@ -176,9 +191,16 @@ class Conn:
     )
 
     def __init__(
-        self, role: str, out: Output, link: Link, token: int = 0, remote: str = ""
+        self,
+        role: str,
+        out: Output,
+        link: Link,
+        token: int = 0,
+        remote: str = "",
+        pool: str = DEFAULT_POOL,
     ) -> None:
         self.role = role
+        self.pool = pool  # an agent's pool (client_a connections name one per open)
         self.is_client = role == "client"
         self.out = out
         self.link = link
@@ -199,7 +221,7 @@ class Conn:
         self.probation = False  # an open timed out or moved away: one open in flight at most
 
     def __repr__(self) -> str:
-        return f"<Conn {self.role} {self.remote} streams={len(self.sends)}>"
+        return f"<Conn {self.role} {self.pool} {self.remote} streams={len(self.sends)}>"
 
 
 class Half:
@@ -228,6 +250,7 @@ class Stream:
         "down",
         "open_frame",
         "opened_at",
+        "pool",
         "retried",
         "sent_at",
         "session_id",
@@ -242,6 +265,7 @@ class Stream:
     ) -> None:
         self.sid = sid
         self.session_id = request.session_id
+        self.pool = request.pool
         self.target = format_authority(request.host, request.port)
         self.client = client
         self.agent = agent
@@ -287,6 +311,8 @@ class SwitchStats:
         self.limits: Counter[str] = Counter()  # refusals and cut-offs, by limit
         self.connections_opened: Counter[str] = Counter({"client": 0, "agent": 0})
         self.connections_closed: Counter[str] = Counter({"client": 0, "agent": 0})
+        # Opens by (pool, result): pools agents joined, else UNKNOWN_POOL.
+        self.pool_results: Counter[tuple[str, str]] = Counter()
         self.dropped_unknown_stream = 0
         self.open_retries = 0  # opens moved to another agent
         self.agent_stalls = 0  # agents that stopped answering probes
@@ -302,6 +328,9 @@ class Switch:
         self.stats = SwitchStats()
         self.clients: dict[Conn, None] = {}
         self.agents: list[Conn] = []
+        # pool -> its agents. A pool stays once an agent joined it (its
+        # metrics go on), up to Limits.max_pools; "default" is always one.
+        self.pools: dict[str, list[Conn]] = {DEFAULT_POOL: []}
         self.per_token: Counter[tuple[str, int]] = Counter()
         self.slots = StreamIdSlots()
         self.opening: dict[Stream, None] = {}  # every unanswered open, oldest first
@@ -311,11 +340,18 @@ class Switch:
 
     # --- connections ---
 
-    def admission(self, role: str, token: int) -> tuple[int, str] | None:
+    def admission(self, role: str, token: int, pool: str = DEFAULT_POOL) -> tuple[int, str] | None:
         """At the upgrade: None to accept, or (HTTP status, message) to refuse."""
         limits = self.limits
         if self.draining:
             return 503, "relay is shutting down"
+        if role == "agent" and pool not in self.pools and len(self.pools) >= limits.max_pools:
+            self.stats.limits["pools"] += 1
+            return (
+                503,
+                f"relay serves at most {limits.max_pools} agent pools (--max-pools); "
+                f"pool {pool!r} would be one more",
+            )
         if len(self.clients) + len(self.agents) >= limits.connections:
             self.stats.limits["connections"] += 1
             return 503, f"relay is at its connection limit ({limits.connections})"
@@ -330,7 +366,7 @@ class Switch:
     def attach(self, conn: Conn, now: float) -> bool:
         """The WebSocket is open: register it and send HELLO. False if a limit
         was reached since the upgrade (the connection was closed with 1013)."""
-        refusal = self.admission(conn.role, conn.token)
+        refusal = self.admission(conn.role, conn.token, conn.pool)
         base = self.slots.acquire() if conn.is_client and refusal is None else 0
         if refusal is None and base is None:
             refusal = 503, "no stream id range free"
@@ -358,11 +394,13 @@ class Switch:
             conn.out.write(hello.encode())
         else:
             self.agents.append(conn)
+            self.pools.setdefault(conn.pool, []).append(conn)
             hello = Hello(
                 self.instance_id,
                 buffer_budget=limits.connection_buffer,
                 max_streams=limits.streams_per_agent,
                 max_frame_size=limits.max_message,
+                pool=conn.pool,
             )
             conn.out.write(hello.encode())
             conn.out.write(Members(self.members).encode())
@@ -419,6 +457,7 @@ class Switch:
             self.clients.pop(conn, None)
         elif conn in self.agents:
             self.agents.remove(conn)
+            self.pools[conn.pool].remove(conn)
         for half in list(conn.sends.values()):
             stream = half.stream
             # An open the agent never answered: client_a has been told nothing yet.
@@ -626,11 +665,16 @@ class Switch:
                 f"(limit {limits.opens_per_connection})"
             )
         else:
-            agent = self._pick(None)
+            pool = request.pool
+            agents = self.pools.get(pool, ())
+            agent = self._pick(agents, None)
             if agent is None:
-                serving = [a for a in self.agents if not a.draining]
+                serving = [a for a in agents if not a.draining]
                 if not serving:
-                    refusal, why = Failure.NO_AGENT, "no agent connected"
+                    if pool == DEFAULT_POOL and all(a.draining for a in self.agents):
+                        refusal, why = Failure.NO_AGENT, "no agent connected"
+                    else:
+                        refusal, why = Failure.NO_POOL_AGENT, f"no agent in pool {pool!r}"
                 else:
                     refusal, why = Failure.AGENT_BUSY, "every agent is busy or not answering"
                     if all(len(a.sends) >= limits.streams_per_agent for a in serving):
@@ -646,6 +690,8 @@ class Switch:
                 ).encode(sid),
             )
             self.stats.results[failure.result] += 1
+            label = request.pool if request.pool in self.pools else UNKNOWN_POOL
+            self.stats.pool_results[label, failure.result] += 1
             self.observer.open_refused(src, request, failure.result)
             return
         stream = Stream(sid, request, src, agent, bytes(raw), now)
@@ -667,7 +713,7 @@ class Switch:
     def _move(self, stream: Stream, now: float) -> bool:
         """Retry an unanswered open once on another agent; False if none can take it."""
         old = stream.agent
-        new = self._pick(old)
+        new = self._pick(self.pools[stream.pool], old)
         if new is None:
             return False
         stream.retried = True
@@ -683,15 +729,15 @@ class Switch:
         self._give(stream, new, now)
         return True
 
-    def _pick(self, exclude: Conn | None) -> Conn | None:
-        """The agent for a new open: the least loaded of those that may take
-        one, ties broken round-robin. Load is streams plus opens in flight,
-        weighted; stalled, draining, full and (when busy) probation agents
-        are skipped."""
+    def _pick(self, agents: Sequence[Conn], exclude: Conn | None) -> Conn | None:
+        """The agent for a new open, among `agents` (one pool's): the least
+        loaded of those that may take one, ties broken round-robin. Load is
+        streams plus opens in flight, weighted; stalled, draining, full and
+        (when busy) probation agents are skipped."""
         limits = self.limits
         tied: list[Conn] = []
         least = 0
-        for agent in self.agents:
+        for agent in agents:
             if agent is exclude or agent.draining or agent.stalled or agent.failed:
                 continue
             opening = len(agent.opening)
@@ -723,6 +769,7 @@ class Switch:
         self._send(stream.client, raw)
         if response.ok:
             self.stats.results["ok"] += 1
+            self.stats.pool_results[stream.pool, "ok"] += 1
             self._answered(stream)
         else:
             self._end(stream, None, now, failure_of(response.status_code, response.reason).result)
@@ -767,6 +814,7 @@ class Switch:
                 result = "aborted" if event is Event.ABORT else "ok"
         if opening:  # an open that succeeded was counted "ok" when answered
             self.stats.results[result] += 1
+            self.stats.pool_results[stream.pool, result] += 1
         self.observer.stream_ended(stream, result, now - stream.opened_at)
 
     def _send(self, conn: Conn, frames: bytes | memoryview) -> None:

@@ -86,6 +86,12 @@ OPTIONS = [
         "opens in flight (dials) per agent connection",
     ),
     Option(
+        "max_pools",
+        count_in(1, 4096),
+        Limits.max_pools,
+        "distinct agent pools (agents of one more: HTTP 503 at the upgrade)",
+    ),
+    Option(
         "open_retry_after",
         positive_float,
         Limits.open_retry_after,
@@ -135,6 +141,7 @@ class RelayConfig:
     max_connections: int
     max_connections_per_token: int
     max_opens_per_agent: int
+    max_pools: int
     open_retry_after: float
     drain_timeout: float
     instance_id: str
@@ -161,6 +168,7 @@ class RelayConfig:
             connections=self.max_connections,
             connections_per_token=self.max_connections_per_token,
             opens_per_agent=self.max_opens_per_agent,
+            max_pools=self.max_pools,
             connect_timeout=self.connect_timeout,
             open_retry_after=self.open_retry_after,
         )

@@ -16,6 +16,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from fastrelay.io.mux import MuxWriter
 from fastrelay.protocol.errors import ProtocolError
+from fastrelay.protocol.messages import DEFAULT_POOL
 from fastrelay.protocol.switch import Conn
 
 if TYPE_CHECKING:
@@ -30,8 +31,16 @@ CLOSE_DRAIN_LIMIT = 64 * 1024  # a closing connection's queue sent before it han
 
 
 class Peer(WSListener):
-    def __init__(self, relay: Relay, role: str, remote: str = "unknown", token: int = 0) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        role: str,
+        remote: str = "unknown",
+        token: int = 0,
+        pool: str = DEFAULT_POOL,
+    ) -> None:
         super().__init__()
+        self.pool = pool  # an agent's, from its X-Fastrelay-Pool header
         self.relay = relay
         self.switch = relay.switch
         self.role = role
@@ -52,7 +61,7 @@ class Peer(WSListener):
         # connection off; nothing else is ever paused for it.
         budget = self.relay.config.max_connection_buffer
         transport.underlying_transport.set_write_buffer_limits(high=budget, low=budget // 4)
-        self.conn = Conn(self.role, self.writer, self, self.token, self.remote)
+        self.conn = Conn(self.role, self.writer, self, self.token, self.remote, self.pool)
         self.switch.attach(self.conn, _now())
         self.relay.peer_connected(self)
 

@@ -22,7 +22,13 @@ from fastrelay.io.httphead import Refusal
 from fastrelay.io.mux import FlushScheduler
 from fastrelay.logs import RateLimitedLog
 from fastrelay.protocol.errors import CLOSE_GOING_AWAY, ProtocolError
-from fastrelay.protocol.messages import OpenStream, format_authority
+from fastrelay.protocol.messages import (
+    DEFAULT_POOL,
+    POOL_HEADER,
+    OpenStream,
+    format_authority,
+    pool_error,
+)
 from fastrelay.protocol.switch import Conn, Stream, Switch
 from fastrelay.relay.cluster import RedisMembership, StaticMembership
 from fastrelay.relay.config import RelayConfig
@@ -81,7 +87,20 @@ class Relay:
                 ),
                 None,
             )
-        refusal = self.switch.admission(role, token)
+        pool = DEFAULT_POOL
+        if role == "agent":
+            pool = request.headers.get(POOL_HEADER) or DEFAULT_POOL
+            why = pool_error(pool)
+            if why is not None:
+                self.limit_log.warning(f"refused WebSocket upgrade: {POOL_HEADER}: {why}", **fields)
+                return WSUpgradeResponseWithListener(
+                    WSUpgradeResponse.create_error_response(
+                        400, f"{POOL_HEADER}: {why}\n".encode()
+                    ),
+                    None,
+                )
+            fields["pool"] = pool
+        refusal = self.switch.admission(role, token, pool)
         if refusal is not None:
             status, message = refusal
             if status != 503 or not self.switch.draining:
@@ -89,7 +108,7 @@ class Relay:
             return WSUpgradeResponseWithListener(
                 WSUpgradeResponse.create_error_response(status, message.encode() + b"\n"), None
             )
-        listener = Peer(self, role, peer, token)
+        listener = Peer(self, role, peer, token, pool)
         listener.forwarded_for = fields.get("forwarded_for")
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_101_response(
@@ -108,6 +127,8 @@ class Relay:
         }
         if peer.forwarded_for:
             fields["forwarded_for"] = peer.forwarded_for
+        if peer.role == "agent":
+            fields["pool"] = peer.pool
         return fields
 
     def peer_connected(self, peer: Peer) -> None:

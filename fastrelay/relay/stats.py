@@ -10,7 +10,7 @@ from prometheus_client.core import Metric
 
 from fastrelay import metrics
 from fastrelay.metrics import by_label
-from fastrelay.protocol.switch import Conn
+from fastrelay.protocol.switch import UNKNOWN_POOL, Conn
 from fastrelay.relay.peer import Peer
 
 if TYPE_CHECKING:
@@ -41,6 +41,13 @@ class RelayStats:
         yield metrics.F_STREAMS_ACTIVE_RELAY.one(switch.active_streams)
         yield metrics.F_STREAMS.build(
             by_label({r: counts.results[r] for r in metrics.STREAM_RESULTS})
+        )
+        yield metrics.F_POOL_AGENTS.build(
+            {(pool,): len(agents) for pool, agents in switch.pools.items()}
+        )
+        pools = [*switch.pools, UNKNOWN_POOL]
+        yield metrics.F_POOL_STREAMS.build(
+            {(p, r): counts.pool_results[p, r] for p in pools for r in metrics.STREAM_RESULTS}
         )
         # Live connections hold their own counts; closed ones' were folded in.
         for family, attr, closed in (

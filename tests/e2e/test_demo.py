@@ -23,8 +23,10 @@ def test_demo_carries_a_page_through_the_relay_and_stops_cleanly() -> None:
     try:
         assert demo.stdout is not None
         ready = None
+        banner = []
         for _ in range(100):  # the banner, then one JSON line
             line = demo.stdout.readline()
+            banner.append(line)
             if not line:
                 break
             if line.startswith("{"):
@@ -44,6 +46,17 @@ def test_demo_carries_a_page_through_the_relay_and_stops_cleanly() -> None:
             metric(ready["relay"]["admin"], "fastrelay_stream_bytes_total", direction="downstream")
             > 0
         )
+        # The PAC URL the demo shows serves the PAC, sending the page's host to client_a.
+        assert ready["pac"] == f"http://{banner_proxy}/proxy.pac"
+        assert any(ready["pac"] in line for line in banner), banner
+        pac = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--noproxy", "*", ready["pac"]],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert "FindProxyForURL" in pac.stdout, pac.stderr
+        assert f'"PROXY {banner_proxy}"' in pac.stdout
         demo.send_signal(signal.SIGTERM)
         assert demo.wait(15) == 0
         wait_until(

@@ -282,6 +282,7 @@ def test_spec_label_values_are_preinitialised(pinged: Chain) -> None:
         "opens_per_connection",
         "opens_per_agent",
         "connection_buffer",
+        "pools",  # an agent of one pool too many (--max-pools)
         "head_size",  # upgrade heads answered 431
         "head_line",
         "head_fields",
@@ -294,6 +295,7 @@ def test_spec_label_values_are_preinitialised(pinged: Chain) -> None:
     assert labels(admins["client"], "fastrelay_client_requests_total", "route") == {
         "relay",
         "direct",
+        "fallback",  # a fallback=direct rule's request dialled directly (issue 13 part 4)
     }
     for program, admin in admins.items():
         assert labels(admin, "fastrelay_frames_dropped_total", "reason") >= {"unknown_stream"}

@@ -1093,6 +1093,12 @@ RULE_TOKENS = [
     "2001:db8::",
     "[",
     "]",
+    "[pool ",
+    "@",
+    "@corp",
+    "fallback=",
+    "direct",
+    "=",
     "é",
     "_",
     "-",
@@ -1109,7 +1115,13 @@ def parsed_rules(text: str) -> Rules | RuleError:
     try:
         return Rules.parse(text, "r.txt")
     except RuleError as exc:
-        assert str(exc).startswith(f"r.txt:{exc.line}: invalid pattern "), exc
+        prefixes = (
+            "invalid pattern ",
+            "invalid rule ",
+            "invalid section header ",
+            "unknown section ",
+        )
+        assert str(exc).startswith(tuple(f"r.txt:{exc.line}: {p}" for p in prefixes)), exc
         # The line named is the bad one: it holds a pattern, and every line before it is fine.
         lines = text.splitlines()
         assert 1 <= exc.line <= len(lines)
@@ -1134,7 +1146,8 @@ def test_rules_arbitrary_text(text: str, hosts: list[str]) -> None:
             assert not isinstance(rules, RuleError) and len(again) == len(rules)
     if isinstance(rules, Rules):
         for host in hosts:
-            assert rules.matches(host) in (True, False)
+            rule = rules.lookup(host)
+            assert rules.matches(host) is (rule is not None)
 
 
 @MODEST

@@ -25,6 +25,7 @@ from fastrelay.protocol.frames import (
     iter_frames,
 )
 from fastrelay.protocol.messages import (
+    DEFAULT_POOL,
     DEFAULT_WINDOW,
     ConnectResponse,
     GoAway,
@@ -149,6 +150,7 @@ def expected_message(doc: dict[str, Any]) -> Message:
             url=p["url"],
             headers=p.get("headers", {}),
             window=p.get("window", DEFAULT_WINDOW),
+            pool=p.get("pool", DEFAULT_POOL),
         )
     if kind is FrameType.CONNECT_RESPONSE:
         assert p["statusDescription"] == status_description(p["statusCode"])
@@ -157,6 +159,7 @@ def expected_message(doc: dict[str, Any]) -> Message:
             status_code=p["statusCode"],
             error=p.get("error"),
             window=p.get("window", DEFAULT_WINDOW),
+            reason=p.get("reason"),
         )
     if kind is FrameType.TUNNEL_ERROR:
         return TunnelError(session_id=p["sessionId"], error=p["error"])
@@ -169,6 +172,7 @@ def expected_message(doc: dict[str, Any]) -> Message:
             buffer_budget=p.get("bufferBudget", 0),
             max_streams=p.get("maxStreams", 0),
             max_frame_size=p.get("maxFrameSize", 0),
+            pool=p.get("pool", ""),
         )
     if kind is FrameType.MEMBERS:
         return Members(instances=tuple(p["instances"]))
@@ -210,6 +214,10 @@ def test_doc_has_the_vectors_the_spec_promises() -> None:
         "hello_nonzero_stream",
         "fin_with_payload",
         "window_update_zero",
+        "connect_open_pool",
+        "connect_response_503_pool",
+        "hello_agent_pool",
+        "connect_bad_pool",
     } <= names
     # Every frame type appears in at least one valid vector.
     seen = {frame["type"] for v in VALID for frame in v.expected}

@@ -88,3 +88,19 @@ def test_operations_md_lists_every_row_of_the_table() -> None:
     for failure in Failure:
         row = f"| `{failure.reason}` | {failure.status} | `{failure.result}` |"
         assert row in text, f"OPERATIONS.md lacks the row for {failure.name}: {row}"
+
+
+def test_fallback_failures_are_only_no_relay_or_agent() -> None:
+    """fallback=direct dials directly on exactly these (docs/OPERATIONS.md, "Fail closed or
+    fail open"): never on an answer from an agent or on a limit."""
+    from fastrelay.protocol.status import NO_RELAY_OR_AGENT
+
+    assert {f.reason for f in NO_RELAY_OR_AGENT} == {
+        "not_connected",
+        "no_agent",
+        "no_agent_in_pool",
+        "draining",
+        "relay_lost",
+    }
+    for failure in (Failure.DENIED, Failure.REFUSED, Failure.DIAL_TIMEOUT, Failure.AGENT_BUSY):
+        assert failure not in NO_RELAY_OR_AGENT
