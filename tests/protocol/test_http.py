@@ -6,6 +6,7 @@ import pytest
 
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import (
+    OriginFormRequest,
     ProxyRequest,
     RequestBodyTracker,
     RequestHeadParser,
@@ -469,3 +470,20 @@ def test_error_page_uses_standard_phrase_precise_detail_and_reason_word() -> Non
     page = error_page(Failure.RESPONSE_TIMEOUT, "é")
     assert page.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
     assert page.endswith(b"\r\n\r\n\xc3\xa9 (response_timeout)\n")
+
+
+def test_origin_form_request_carries_method_target_and_headers() -> None:
+    """client_a answers GET /proxy.pac itself; the parser hands it the request, still a 400
+    HttpError for anything client_a does not serve."""
+    raw = (
+        b"HEAD /proxy.pac?v=2 HTTP/1.1\r\nHost: a\r\n"
+        b'If-None-Match: "x"\r\nIF-NONE-MATCH: "y"\r\n\r\n'
+    )
+    with pytest.raises(OriginFormRequest) as info:
+        RequestHeadParser().feed(raw)
+    error = info.value
+    assert isinstance(error, HttpError) and error.status == 400
+    assert error.failure is Failure.BAD_REQUEST
+    assert (error.method, error.target) == ("HEAD", "/proxy.pac?v=2")
+    assert error.headers == {"host": "a", "if-none-match": '"x", "y"'}
+    assert "origin-form request target '/proxy.pac?v=2'" in error.reason
