@@ -23,15 +23,18 @@ from fastrelay.io.mux import FlushScheduler
 from fastrelay.logs import RateLimitedLog
 from fastrelay.protocol.errors import CLOSE_GOING_AWAY, ProtocolError
 from fastrelay.protocol.messages import OpenStream, format_authority
+from fastrelay.protocol.seed import SeedStats
 from fastrelay.protocol.switch import Conn, Stream, Switch
 from fastrelay.relay.cluster import RedisMembership, StaticMembership
 from fastrelay.relay.config import RelayConfig
 from fastrelay.relay.peer import Peer
+from fastrelay.relay.seedpeer import SeedPeer
 from fastrelay.relay.stats import RelayStats
 
 log = logging.getLogger("fastrelay.relay")
 
-ROLE_PATHS = {b"/v1/client": "client", b"/v1/agent": "agent"}
+ROLE_PATHS = {b"/v1/client": "client", b"/v1/agent": "agent", b"/v1/seed": "client"}
+SEED_PATH = b"/v1/seed"  # the seed dialect (fastrelay/protocol/seed.py), with client tokens
 TICK = 0.1  # seconds between the switch's timeout and liveness checks
 
 
@@ -44,6 +47,8 @@ class Relay:
         self.loop = asyncio.get_running_loop()
         self.scheduler = FlushScheduler(self.loop)
         self.stats = RelayStats()
+        self.seed_stats = SeedStats()
+        self.seed_peers: dict[SeedPeer, None] = {}  # live seed-dialect connections
         self.switch = Switch(config.limits(), instance_id, observer=self)
         self.membership: StaticMembership | RedisMembership | None = None  # set by the app
         self.auth_log = RateLimitedLog(log)
@@ -62,10 +67,11 @@ class Relay:
     def listener_factory(
         self, request: WSUpgradeRequest, peer: str
     ) -> WSUpgradeResponseWithListener | None:
-        role = ROLE_PATHS.get(request.path.split(b"?", 1)[0])
+        path = request.path.split(b"?", 1)[0]
+        role = ROLE_PATHS.get(path)
         if role is None:
             return None  # picows answers 404
-        fields = {"role": role, "peer": peer}
+        fields = {"role": "seed" if path == SEED_PATH else role, "peer": peer}
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:  # behind a load balancer the socket peer is the balancer
             fields["forwarded_for"] = forwarded[:200]
@@ -89,7 +95,9 @@ class Relay:
             return WSUpgradeResponseWithListener(
                 WSUpgradeResponse.create_error_response(status, message.encode() + b"\n"), None
             )
-        listener = Peer(self, role, peer, token)
+        listener = (
+            SeedPeer(self, peer, token) if path == SEED_PATH else Peer(self, role, peer, token)
+        )
         listener.forwarded_for = fields.get("forwarded_for")
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_101_response(
