@@ -54,6 +54,15 @@ def rows(data: dict) -> list[Row]:
             f"<= {limit}",
             lambda r, lim=limit: r <= lim,
         )
+    for d in ("down", "up"):
+        add(
+            f"1. bulk {d}, seed dialect",
+            "MB/s, ratio to fastrelay's binary protocol",
+            g("bulk", "seed", f"{d}_MBps"),
+            g("bulk", "fastrelay", f"{d}_MBps"),
+            "reported",
+            None,
+        )
     add(
         "3. setup rate",
         "tunnels/s, ratio to CONNECT proxy",
@@ -487,6 +496,7 @@ CHAINS = (
     ("connect_proxy", "one-hop CONNECT proxy (bench/baselines, uvloop)", "baseline"),
     ("pproxy", "pproxy, one CONNECT hop (Python, uvloop)", "peer"),
     ("fastrelay", "**fastrelay** (client_a -> relay -> agent)", "this project"),
+    ("seed", "the seed dialect (seed Client A -> relay /v1/seed -> agent)", "this project"),
 )
 
 

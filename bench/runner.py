@@ -34,6 +34,7 @@ from bench.topology import (
     pproxy,
     pproxy_missing,
     raise_fd_limit,
+    seed,
     start_target,
 )
 
@@ -41,8 +42,11 @@ Scenario = Callable[[Context, Topology], Awaitable[dict]]
 
 # name -> (function, topologies it runs against)
 PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
-    "bulk": (basic.bulk, ("direct", "forwarder", "connect_proxy", "pproxy", "fastrelay")),
-    "round_trip": (basic.round_trip, ("direct", "forwarder", "pproxy", "fastrelay")),
+    "bulk": (
+        basic.bulk,
+        ("direct", "forwarder", "connect_proxy", "pproxy", "fastrelay", "seed"),
+    ),
+    "round_trip": (basic.round_trip, ("direct", "forwarder", "pproxy", "fastrelay", "seed")),
     "setup": (basic.setup, ("connect_proxy", "pproxy", "fastrelay")),
     "many_active": (heavy.many_active, ("forwarder", "fastrelay")),
     "many_idle": (heavy.many_idle, ("fastrelay",)),
@@ -87,6 +91,8 @@ async def run(
         "connect_proxy": lambda: connect_proxy(log_dir),
         "pproxy": lambda: pproxy(log_dir),
         "fastrelay": lambda: chain(log_dir, tuple(endpoint_args)),
+        # The seed dialect through the same relay and agent (started after "fastrelay").
+        "seed": lambda: seed(log_dir, topologies["fastrelay"]),
     }
     topologies: dict[str, Topology] = {}
     results: dict[str, dict] = {}
