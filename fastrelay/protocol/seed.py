@@ -36,6 +36,7 @@ import orjson
 
 from fastrelay.protocol.errors import (
     CLOSE_PROTOCOL_ERROR,
+    BudgetExceeded,
     ControlMessageError,
     ProtocolError,
     StreamError,
@@ -335,6 +336,7 @@ class SeedConnection:
         self.max_data = max_data  # largest TUNNEL_DATA length (the WebSocket message limit)
         self.max_frame = max(max_data, 2 * HEADER_SIZE)  # largest message to the switch
         self.pool = CreditPool.for_relay(budget, max_sessions, window)
+        self.budget = budget  # held bytes past this close the connection (1008)
         self.hold_limit = window  # upstream bytes held per session before reads pause
         self.conn_hold_limit = max(window, budget // 4)
         self.stats = stats if stats is not None else SeedStats()
@@ -494,8 +496,8 @@ class SeedConnection:
     def _close(self, session_id: str) -> None:
         session = self.sessions.get(session_id)
         if session is None:
+            # A close crossing the relay's own close or abort is normal: count it only.
             self.stats.unknown_session += 1
-            self.sink.to_client(encode_tunnel_error(session_id, "unknown session"))
             return
         if session.held:
             session.fin_pending = True
@@ -545,10 +547,13 @@ class SeedConnection:
         session.held.append(held)
         session.held_bytes += len(held)
         self.held_total += len(held)
-        if session.held_bytes > 2 * self.hold_limit + self.max_data:
-            # Reading pauses long before this; only a client that ignores it gets here.
-            self._abort(session, f"over {self.hold_limit} bytes held beyond the agent's credit")
-            return
+        if self.held_total > self.budget:
+            # Reading paused long before this: picows still delivers what its last read
+            # buffered (bounded by the socket's receive buffer, a few MiB), and no more.
+            raise BudgetExceeded(
+                f"{self.held_total} bytes held for this seed connection beyond the agents' "
+                f"credit, over the relay's budget of {self.budget}"
+            )
         if not self.paused and (
             session.held_bytes >= self.hold_limit or self.held_total >= self.conn_hold_limit
         ):

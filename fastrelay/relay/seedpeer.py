@@ -19,10 +19,12 @@ agent's credit lets the held bytes go.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from picows import WSFrame, WSMsgType, WSTransport
 
+from fastrelay.protocol.errors import BudgetExceeded, ProtocolError
 from fastrelay.protocol.seed import OP_BINARY, OP_CONTINUATION, OP_TEXT, SeedConnection, SeedError
 from fastrelay.protocol.switch import Conn
 from fastrelay.relay.peer import Peer, _now
@@ -36,6 +38,7 @@ _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 _PONG = WSMsgType.PONG
 _PING = WSMsgType.PING
+log = logging.getLogger("fastrelay.relay")
 _OPCODES = {_TEXT: OP_TEXT, _BINARY: OP_BINARY, _CONTINUATION: OP_CONTINUATION}
 # The seed WebSocket's write-buffer watermarks: credit is returned only below LOW.
 HIGH_WATER = 256 * 1024
@@ -57,8 +60,10 @@ class SeedOut:
         peer.inside = True
         try:
             peer.machine.from_switch(memoryview(frames))
-        except SeedError as exc:  # pragma: no cover - the switch only routes valid frames
-            peer.fail(exc)
+        except Exception:  # a bug here must not close the agent's connection, which is
+            # the one whose message the switch is routing: close this seed connection only
+            log.exception("seed bridge failed on frames from the switch")
+            peer.fail(ProtocolError("internal error in the seed bridge"))
         finally:
             peer.inside = False
 
@@ -104,7 +109,9 @@ class SeedPeer(Peer):
             conn.last_rx = _now()
             try:
                 self.machine.frame(opcode, frame.get_payload_as_memoryview(), frame.fin)
-            except SeedError as exc:
+            except ProtocolError as exc:  # SeedError (1002), BudgetExceeded (1008)
+                if isinstance(exc, BudgetExceeded):
+                    self.switch.stats.limits["connection_buffer"] += 1
                 self.fail(exc)
         elif msg_type is _PONG:
             self.switch.heard(conn, _now())
@@ -122,7 +129,7 @@ class SeedPeer(Peer):
         self.relay.seed_peers.pop(self, None)
         super().on_ws_disconnected(transport)
 
-    def fail(self, exc: SeedError) -> None:
+    def fail(self, exc: ProtocolError) -> None:
         assert self.conn is not None
         self.switch.fail(self.conn, exc, _now())
 
@@ -147,7 +154,8 @@ class SeedPeer(Peer):
         conn = self.conn
         if conn is None or conn.failed:
             return
-        if self.inside:  # called from the switch's routing: let that finish first
+        if self.inside or self.deferred:  # called from the switch's routing, or frames
+            # from there still wait: let that finish first, and keep the bytes in order
             self.deferred.append(frames)
             if len(self.deferred) == 1:
                 self.relay.loop.call_soon(self._flush_deferred)

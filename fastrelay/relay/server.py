@@ -110,7 +110,7 @@ class Relay:
 
     def _peer_fields(self, peer: Peer) -> dict[str, object]:
         fields: dict[str, object] = {
-            "role": peer.role,
+            "role": "seed" if isinstance(peer, SeedPeer) else peer.role,
             "peer": peer.remote,
             "instance": self.instance_id,
         }
@@ -119,13 +119,13 @@ class Relay:
         return fields
 
     def peer_connected(self, peer: Peer) -> None:
-        self.conn_log.info(f"{peer.role} connected from {peer.remote}", **self._peer_fields(peer))
+        fields = self._peer_fields(peer)
+        self.conn_log.info(f"{fields['role']} connected from {peer.remote}", **fields)
 
     def peer_disconnected(self, peer: Peer, reason: str) -> None:
+        fields = self._peer_fields(peer)
         self.conn_log.info(
-            f"{peer.role} disconnected from {peer.remote}: {reason}",
-            **self._peer_fields(peer),
-            reason=reason,
+            f"{fields['role']} disconnected from {peer.remote}: {reason}", **fields, reason=reason
         )
 
     def head_refused(self, refusal: Refusal, peer: str) -> None:
@@ -196,7 +196,7 @@ class Relay:
     def conn_failed(self, conn: Conn, exc: ProtocolError) -> None:
         log.warning(
             "closing %s connection from %s: %s",
-            conn.role,
+            "seed" if isinstance(conn.link, SeedPeer) else conn.role,
             conn.remote,
             exc,
             extra={"fields": {"kind": exc.kind}},

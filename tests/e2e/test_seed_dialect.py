@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,6 +236,8 @@ def test_malformed_messages_close_only_that_connection(chain: Chain, target: Tar
     assert chain.relay is not None and chain.relay.alive()
     admin = chain.relay.ready["admin"]
     assert metric(admin, "fastrelay_protocol_errors_total", kind="seed_malformed") >= 5
+    log = chain.relay.log_tail(400)
+    assert "closing seed connection from" in log and "text message is not JSON" in log
     wait_until(
         lambda: metric(admin, "fastrelay_streams_active") == 0, what="every victim session gone"
     )
@@ -291,3 +295,87 @@ def test_agent_killed_mid_tunnel_gives_tunnel_error(
     assert answer["statusCode"] == 200
     assert error["type"] == "TUNNEL_ERROR" and error["sessionId"] == "doomed"
     assert error["error"].startswith("Connection lost"), error
+
+
+def test_unanswered_connect_gets_the_seeds_timeout(make_chain, target: Target) -> None:
+    """The agent is frozen (SIGSTOP): the relay answers the seed's CONNECT itself after its
+    10 s connect timeout (the default, as in the seed), with the seed's message."""
+    chain = make_chain()
+    chain.start_relay()
+    agent = chain.start_agent("--allow", "127.0.0.0/8")
+    echo = target.port(LISTED, "echo")
+
+    async def go() -> dict:
+        wire = await open_wire(seed_url(chain), CLIENT_TOKEN)
+        try:
+            agent.signal(signal.SIGSTOP)
+            return await connect(wire, "frozen", LISTED, echo)
+        finally:
+            agent.signal(signal.SIGCONT)
+            wire.transport.disconnect()  # type: ignore[union-attr]
+
+    assert run(go()) == {
+        "type": "CONNECT_RESPONSE",
+        "sessionId": "frozen",
+        "statusCode": 504,
+        "error": "Connection to target server failed: connection timeout",
+    }
+    assert chain.relay is not None
+    admin = chain.relay.ready["admin"]
+    assert metric(admin, "fastrelay_streams_total", result="timeout") == 1
+
+
+def test_upload_into_a_stalled_target_pauses_the_seed_client_and_loses_nothing(
+    chain: Chain,
+) -> None:
+    """The seed dialect has no credit of its own: a target that stops reading makes
+    the relay stop reading the seed client (counted), and every byte arrives, in
+    order, once the target reads again."""
+    assert chain.relay is not None
+    admin = chain.relay.ready["admin"]
+    pauses_before = metric(admin, "fastrelay_seed_read_pauses_total")
+    listener = socket.create_server((LISTED, 0))
+    port = listener.getsockname()[1]
+    payload = os.urandom(24 * 1024 * 1024)
+
+    async def go() -> tuple[str, list]:
+        loop = asyncio.get_running_loop()
+        wire = await open_wire(seed_url(chain), CLIENT_TOKEN)
+        try:
+            answer = await connect(wire, "stalled", LISTED, port)
+            assert answer["statusCode"] == 200, answer
+            conn, _ = await loop.run_in_executor(None, listener.accept)
+            for offset in range(0, len(payload), 64 * 1024):
+                wire.send_data("stalled", payload[offset : offset + 64 * 1024])
+            wire.send_json({"type": "TUNNEL_CLOSE", "sessionId": "stalled"})
+            await loop.run_in_executor(
+                None,
+                lambda: wait_until(
+                    lambda: metric(admin, "fastrelay_seed_read_pauses_total") > pauses_before,
+                    timeout=30,
+                    what="the relay pausing the seed client",
+                ),
+            )
+
+            def drain() -> str:
+                digest = hashlib.sha256()
+                conn.settimeout(30)
+                with conn:
+                    while chunk := conn.recv(1 << 20):
+                        digest.update(chunk)
+                return digest.hexdigest()
+
+            digest = await loop.run_in_executor(None, drain)
+            others = []
+            while not wire.queue.empty():
+                others.append(wire.queue.get_nowait())
+            return digest, others
+        finally:
+            wire.transport.disconnect()  # type: ignore[union-attr]
+
+    try:
+        digest, others = run(go())
+    finally:
+        listener.close()
+    assert digest == hashlib.sha256(payload).hexdigest()
+    assert not [m for m in others if isinstance(m, dict) and m["type"] == "TUNNEL_ERROR"]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastrelay.protocol.errors import CLOSE_PROTOCOL_ERROR
+from fastrelay.protocol.errors import CLOSE_PROTOCOL_ERROR, BudgetExceeded
 from fastrelay.protocol.pair import Pair
 from fastrelay.protocol.seed import (
     OP_BINARY,
@@ -504,3 +504,15 @@ def test_a_binary_message_is_accepted_only_after_a_header_of_its_length(
             assert not ok
             return
         assert ok
+
+
+def test_a_client_that_keeps_sending_while_paused_is_cut_off_at_the_budget() -> None:
+    rig = Rig(window=64 * 1024, agent_window=16 * 1024)
+    rig.connect()
+    rig.agent.reading = False
+    with pytest.raises(BudgetExceeded, match="over the relay's budget of 4194304") as caught:
+        for _ in range(100):  # the rig ignores the pause: a client the relay cannot stop
+            rig.data(bytes(64 * 1024))
+    assert rig.paused
+    assert caught.value.close_code == 1008
+    assert rig.machine.held_total > 4 << 20
