@@ -408,6 +408,8 @@ class SeedConnection:
 
     def _binary(self, payload: memoryview, fin: bool, continuation: bool) -> None:
         if not continuation:
+            if self.data_started:
+                raise SeedError("a new binary message before the previous one ended")
             if self.data_length < 0:
                 raise SeedError("binary message without a TUNNEL_DATA header before it")
             if self.text is not None:

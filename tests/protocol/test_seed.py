@@ -358,6 +358,21 @@ def test_fragmented_binary_message_streams_and_checks_its_length() -> None:
         rig.send(b"", opcode=OP_CONTINUATION, fin=True)
 
 
+def test_a_new_message_inside_a_fragmented_one_is_malformed() -> None:
+    rig = Rig()
+    rig.connect()
+    rig.send({"type": "TUNNEL_DATA", "sessionId": SID, "length": 4})
+    rig.send(b"ab", fin=False)
+    with pytest.raises(SeedError, match="a new binary message before the previous one ended"):
+        rig.send(b"cd")
+    rig = Rig()
+    rig.machine.frame(OP_TEXT, memoryview(b'{"type":'), False)
+    with pytest.raises(SeedError, match="a new text message before the previous one ended"):
+        rig.machine.frame(OP_TEXT, memoryview(b"{}"), True)
+    with pytest.raises(SeedError, match="continuation frame with no message in progress"):
+        Rig().machine.frame(OP_CONTINUATION, memoryview(b"x"), True)
+
+
 def test_fragmented_text_message_is_reassembled() -> None:
     rig = Rig()
     text = orjson.dumps(
