@@ -94,7 +94,7 @@ OPTIONS = [
     Option(
         "seed_window",
         size_bytes,
-        256 * 1024,
+        1024 * 1024,
         "receive window the relay grants an agent per seed-dialect session (/v1/seed)",
     ),
     Option("drain_timeout", positive_float, 30.0, "seconds open tunnels may finish on shutdown"),
