@@ -11,6 +11,7 @@ import hashlib
 import os
 import signal
 import socket
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -379,3 +380,36 @@ def test_upload_into_a_stalled_target_pauses_the_seed_client_and_loses_nothing(
         listener.close()
     assert digest == hashlib.sha256(payload).hexdigest()
     assert not [m for m in others if isinstance(m, dict) and m["type"] == "TUNNEL_ERROR"]
+
+
+def test_target_reset_mid_tunnel_gives_tunnel_error(chain: Chain) -> None:
+    """The target resets the connection (RST) mid-tunnel: the agent aborts the stream and
+    the seed client gets the seed's TUNNEL_ERROR; the session is gone at the relay."""
+    assert chain.relay is not None
+    admin = chain.relay.ready["admin"]
+    listener = socket.create_server((LISTED, 0))
+    port = listener.getsockname()[1]
+
+    async def go() -> tuple[dict, bytes, dict]:
+        loop = asyncio.get_running_loop()
+        wire = await open_wire(seed_url(chain), CLIENT_TOKEN)
+        try:
+            answer = await connect(wire, "reset", LISTED, port)
+            conn, _ = await loop.run_in_executor(None, listener.accept)
+            conn.sendall(b"first bytes")
+            first = await read_data(wire, "reset", b"first bytes")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # with SO_LINGER 0: an RST, not a FIN
+            return answer, first, await wire.next()
+        finally:
+            wire.transport.disconnect()  # type: ignore[union-attr]
+
+    try:
+        answer, first, error = run(go())
+    finally:
+        listener.close()
+    assert answer["statusCode"] == 200
+    assert first == b"first bytes"
+    assert error["type"] == "TUNNEL_ERROR" and error["sessionId"] == "reset", error
+    assert error["error"].startswith("Connection lost: "), error
+    wait_until(lambda: metric(admin, "fastrelay_streams_active") == 0, what="the session gone")
