@@ -54,6 +54,23 @@ def rows(data: dict) -> list[Row]:
             f"<= {limit}",
             lambda r, lim=limit: r <= lim,
         )
+    for d in ("down", "up"):
+        add(
+            f"12. bulk {d}, seed dialect",
+            "MB/s, ratio to the binary protocol (alternating runs)",
+            g("seed_dialect", "fastrelay", f"seed_{d}_MBps"),
+            g("seed_dialect", "fastrelay", f"binary_{d}_MBps"),
+            "reported",
+            None,
+        )
+    add(
+        "12. relay CPU, seed dialect",
+        "relay CPU s per GB, ratio to the binary protocol",
+        g("seed_dialect", "fastrelay", "seed_relay_cpu_s_per_GB"),
+        g("seed_dialect", "fastrelay", "binary_relay_cpu_s_per_GB"),
+        "reported",
+        None,
+    )
     add(
         "3. setup rate",
         "tunnels/s, ratio to CONNECT proxy",
@@ -497,6 +514,7 @@ CHAINS = (
     ("connect_proxy", "one-hop CONNECT proxy (bench/baselines, uvloop)", "baseline"),
     ("pproxy", "pproxy, one CONNECT hop (Python, uvloop)", "peer"),
     ("fastrelay", "**fastrelay** (client_a -> relay -> agent)", "this project"),
+    ("seed", "the seed dialect (seed Client A -> relay /v1/seed -> agent)", "this project"),
 )
 
 

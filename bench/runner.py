@@ -23,7 +23,7 @@ from pathlib import Path
 import uvloop
 
 from bench import report
-from bench.scenarios import basic, heavy, longpath, noisy, scrape, workers
+from bench.scenarios import basic, heavy, longpath, noisy, scrape, seeddialect, workers
 from bench.scenarios.common import FULL_SIZES, QUICK_SIZES, Context, progress
 from bench.topology import (
     Topology,
@@ -34,6 +34,7 @@ from bench.topology import (
     pproxy,
     pproxy_missing,
     raise_fd_limit,
+    seed,
     start_target,
 )
 from fastrelay.config import size_bytes
@@ -43,7 +44,7 @@ Scenario = Callable[[Context, Topology], Awaitable[dict]]
 # name -> (function, topologies it runs against)
 PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "bulk": (basic.bulk, ("direct", "forwarder", "connect_proxy", "pproxy", "fastrelay")),
-    "round_trip": (basic.round_trip, ("direct", "forwarder", "pproxy", "fastrelay")),
+    "round_trip": (basic.round_trip, ("direct", "forwarder", "pproxy", "fastrelay", "seed")),
     "setup": (basic.setup, ("connect_proxy", "pproxy", "fastrelay")),
     "many_active": (heavy.many_active, ("forwarder", "fastrelay")),
     "many_idle": (heavy.many_idle, ("fastrelay",)),
@@ -53,6 +54,7 @@ PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "workers": (workers.workers, ("fastrelay",)),
     "noisy_neighbour": (noisy.noisy_neighbour, ("fastrelay",)),
     "long_path": (longpath.long_path, ("fastrelay",)),
+    "seed_dialect": (seeddialect.seed_dialect, ("fastrelay",)),
 }
 
 
@@ -60,7 +62,7 @@ PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
 # kept) their heaps before: a fresh chain for every repeat.
 FRESH_CHAIN = {"many_idle"}
 # Scenarios that interleave their own repeats (scrape: off, on, off, on, ...): run once.
-OWN_REPEATS = {"scrape", "workers", "noisy_neighbour", "long_path"}
+OWN_REPEATS = {"scrape", "workers", "noisy_neighbour", "long_path", "seed_dialect"}
 # Scenarios that start their own chains (workers: relay --workers 1 and 2, a fresh chain
 # per repeat; noisy_neighbour: one it may leave stalled): the runner starts none for them and
 # hands them a topology with no process; long_path: one per RTT, the agent behind a delay line).
@@ -88,6 +90,8 @@ async def run(
         "connect_proxy": lambda: connect_proxy(log_dir),
         "pproxy": lambda: pproxy(log_dir),
         "fastrelay": lambda: chain(log_dir, tuple(endpoint_args)),
+        # The seed dialect through the same relay and agent (started after "fastrelay").
+        "seed": lambda: seed(log_dir, topologies["fastrelay"]),
     }
     topologies: dict[str, Topology] = {}
     results: dict[str, dict] = {}

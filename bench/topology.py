@@ -246,6 +246,23 @@ def chain(
         raise
 
 
+SEED_CLIENT = Path(__file__).resolve().parents[1] / "tests" / "support" / "seed_client.py"
+
+
+def seed(log_dir: Path, chain_topo: Topology) -> Topology:
+    """The seed dialect on the same relay and agent as `chain_topo`: the seed Client A
+    written from the seed document alone (tests/support/seed_client.py, a local CONNECT
+    proxy) speaking JSON + binary messages to the relay's /v1/seed."""
+    relay = next(p for p in chain_topo.processes if p.name == "relay")
+    proc = start(
+        "seed_client",
+        [sys.executable, str(SEED_CLIENT), "--relay", f"ws://{relay.ready['listen']}"],
+        {"FASTRELAY_TOKEN": chain_topo.client_token},
+        log_dir / "seed_client.log",
+    )
+    return Topology("seed", _addr(proc.ready["listen"]), True, [proc])
+
+
 def _wait_ready(admins: list[str], timeout: float = 15.0) -> None:
     import time
     import urllib.request

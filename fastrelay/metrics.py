@@ -64,6 +64,11 @@ POOL_STREAMS = PREFIX + "pool_streams"  # exported as fastrelay_pool_streams_tot
 ACCEPT_PAUSES = PREFIX + "accept_pauses"  # relay and client_a listeners out of fds
 CLIENT_CONNECTIONS_DROPPED = PREFIX + "client_connections_dropped"  # 408 / 503 by client_a
 
+SEED_CONNECTIONS = PREFIX + "seed_connections"
+SEED_SESSIONS = PREFIX + "seed_sessions"
+SEED_UNKNOWN_SESSION = PREFIX + "seed_unknown_session"
+SEED_READ_PAUSES = PREFIX + "seed_read_pauses"
+
 READY = PREFIX + "ready"
 CLUSTER_MEMBERS = PREFIX + "cluster_members"
 CLUSTER_ERRORS = PREFIX + "cluster_errors"
@@ -247,6 +252,27 @@ F_PING_RTT_RELAY = Family(
 )
 F_WORKERS = Family("gauge", WORKERS, "Relay worker processes alive")
 F_WORKER_RESTARTS = Family("counter", WORKER_RESTARTS, "Relay workers restarted after they died")
+
+# The relay's seed dialect (/v1/seed, fastrelay/protocol/seed.py).
+F_SEED_CONNECTIONS = Family(
+    "gauge", SEED_CONNECTIONS, "Seed-dialect WebSockets open (also counted as role client)"
+)
+F_SEED_SESSIONS = Family(
+    "counter",
+    SEED_SESSIONS,
+    "Seed-dialect CONNECTs: opened (handed to the switch) or refused by the bridge itself",
+    ("result",),
+)
+F_SEED_UNKNOWN_SESSION = Family(
+    "counter",
+    SEED_UNKNOWN_SESSION,
+    "Seed-dialect TUNNEL_DATA or TUNNEL_CLOSE for no open session (answered TUNNEL_ERROR)",
+)
+F_SEED_READ_PAUSES = Family(
+    "counter",
+    SEED_READ_PAUSES,
+    "Times the relay stopped reading a seed client: its bytes ran past the agent's credit",
+)
 
 # Programs with carriers to the relay (client_a and the agent).
 F_RELAY_CONNECTED = Family("gauge", RELAY_CONNECTED, "Relay WebSockets up and open for new streams")

@@ -107,7 +107,21 @@ def seeds() -> dict[str, list[bytes]]:
         example = re.sub(rb'(?m)^(\w*(?:file|rules|cert|key)\w*) = ".*"\n', b"", example)
         configs.append(bytes([index | 4]) + example)
     configs.append(b"\x00" + b'listen = "[::1]:8080"\nwindow = 65536\nlog-level = "debug"\n')
+    seed_messages = [
+        (1, b'{"type":"CONNECT","sessionId":"guid-string","method":"CONNECT",'
+         b'"url":"https://example.com:443","headers":{"Host":"example.com:443"}}'),
+        (1, b'{"type":"TUNNEL_DATA","sessionId":"guid-string","length":5}'),
+        (2, b"hello"),
+        (1, b'{"type":"TUNNEL_CLOSE","sessionId":"guid-string"}'),
+        (1, b'{"type":"TUNNEL_ERROR","sessionId":"guid-string","error":"Connection lost"}'),
+    ]  # fmt: skip
+    seed = [
+        b"".join(bytes([op]) + len(p).to_bytes(2, "big") + p for op, p in seed_messages),
+        seed_messages[0][1],
+        b"\x05\x00\x0a" + seed_messages[1][1][:10] + b"\x00\x00\x05" + seed_messages[1][1][10:],
+    ]
     return {
+        "seed": seed,
         "frames": frames,
         "messages": [bytes([kind]) + payload for kind, payload in messages],
         "request_head": requests,

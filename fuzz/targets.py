@@ -21,7 +21,7 @@ from typing import Any
 from agent.policy import EgressPolicy, PolicyError
 from client_a.rules import RuleError, Rules
 from fastrelay.config import ConfigError
-from fastrelay.protocol.errors import ControlMessageError, FrameError, HttpError
+from fastrelay.protocol.errors import BudgetExceeded, ControlMessageError, FrameError, HttpError
 from fastrelay.protocol.frames import (
     CONNECTION_FRAMES,
     HEADER_SIZE,
@@ -45,8 +45,9 @@ from fastrelay.protocol.messages import (
     OpenStream,
     TunnelError,
 )
+from fastrelay.protocol.seed import SeedConnection, SeedError, SeedRefusal, decode_text
 
-__all__ = ["TARGETS"]
+__all__ = ["TARGETS", "seed_frames"]
 
 
 def _text(data: bytes) -> str:
@@ -336,9 +337,75 @@ def check_config(data: bytes) -> None:
     assert "<hidden>" in repr(config), repr(config)  # tokens never printed
 
 
+# --------------------------------------------------------------------------- seed dialect
+
+
+def seed_frames(data: bytes) -> list[tuple[int, bool, bytes]]:
+    """The WebSocket frames an input stands for: each is a byte (low 2 bits: opcode 0
+    continuation, 1 text, 2 binary; bit 2 set: not the last frame of its message), a
+    u16 big-endian length and that many payload bytes (fewer at the end of the input)."""
+    frames = []
+    offset = 0
+    while offset + 3 <= len(data):
+        head = data[offset]
+        length = int.from_bytes(data[offset + 1 : offset + 3], "big")
+        payload = data[offset + 3 : offset + 3 + length]
+        frames.append((head & 3, not head & 4, payload))
+        offset += 3 + length
+    return frames
+
+
+class _SeedSink:
+    """Stands in for the relay: what the machine writes must be well formed."""
+
+    def __init__(self) -> None:
+        self.switch_frames = 0
+
+    def to_switch(self, frames: bytes | bytearray) -> None:
+        self.switch_frames += len(list(iter_frames(memoryview(frames))))
+
+    def to_client(self, text: bytes) -> None:
+        assert text.startswith(b'{"type":"'), text
+
+    def to_client_data(self, header: bytes, data: memoryview) -> None:
+        raise AssertionError("no agent here: nothing flows towards Client A")
+
+    def backed_up(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def check_seed(data: bytes) -> None:
+    """The seed dialect (fastrelay/protocol/seed.py): `decode_text` on the whole input
+    raises only SeedError or SeedRefusal; fed as WebSocket frames (`seed_frames`), a
+    connection raises only SeedError (1002) or BudgetExceeded (1008), with a message."""
+    try:
+        decode_text(data, 1 << 20)
+    except SeedError as exc:
+        assert exc.kind == "seed_malformed" and exc.close_code == 1002 and str(exc), exc
+    except SeedRefusal as exc:
+        assert exc.session_id and exc.error and exc.failure.status == 400, exc
+    machine = SeedConnection(
+        _SeedSink(), window=65536, budget=1 << 20, max_sessions=16, max_data=1 << 16
+    )
+    machine.id_base = 1 << 16
+    try:
+        for opcode, fin, payload in seed_frames(data):
+            machine.frame(opcode, memoryview(payload), fin)
+    except (SeedError, BudgetExceeded) as exc:
+        assert str(exc), exc
+    assert all(s.sid >> 16 == 1 for s in machine.sessions.values())
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "frames": check_frames,
     "messages": check_messages,
+    "seed": check_seed,
     "request_head": check_request_head,
     "response_head": check_response_head,
     "chunked_body": check_chunked_body,

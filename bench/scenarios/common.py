@@ -31,6 +31,7 @@ FULL_SIZES = {
     "noisy_setup_timeout": 2.0,  # a B setup slower than this failed
     "long_path_bytes": 256 << 20,  # each download and upload across the delay line
     "long_path_repeats": 3,  # direct and chain, alternating, at each RTT
+    "seed_repeats": 3,  # scenario 12: binary and seed dialect, alternating
     "long_path_timeout": 120.0,  # one transfer slower than this fails the scenario
     "repeats": 3,
 }
@@ -57,6 +58,7 @@ QUICK_SIZES = {
     "noisy_setup_timeout": 1.0,
     "long_path_bytes": 8 << 20,
     "long_path_repeats": 1,
+    "seed_repeats": 1,
     "long_path_timeout": 20.0,
     "repeats": 1,
 }

@@ -97,6 +97,12 @@ OPTIONS = [
         Limits.open_retry_after,
         "seconds an open may go unanswered before it moves to another agent, once",
     ),
+    Option(
+        "seed_window",
+        size_bytes,
+        1024 * 1024,
+        "receive window the relay grants an agent per seed-dialect session (/v1/seed)",
+    ),
     Option("drain_timeout", positive_float, 30.0, "seconds open tunnels may finish on shutdown"),
     Option(
         "instance_id", str, "", "instance id announced in HELLO (default: random)", metavar="ID"
@@ -143,6 +149,7 @@ class RelayConfig:
     max_opens_per_agent: int
     max_pools: int
     open_retry_after: float
+    seed_window: int
     drain_timeout: float
     instance_id: str
     cluster: str

@@ -29,15 +29,18 @@ from fastrelay.protocol.messages import (
     format_authority,
     pool_error,
 )
+from fastrelay.protocol.seed import SeedStats
 from fastrelay.protocol.switch import Conn, Stream, Switch
 from fastrelay.relay.cluster import RedisMembership, StaticMembership
 from fastrelay.relay.config import RelayConfig
 from fastrelay.relay.peer import Peer
+from fastrelay.relay.seedpeer import SeedPeer
 from fastrelay.relay.stats import RelayStats
 
 log = logging.getLogger("fastrelay.relay")
 
-ROLE_PATHS = {b"/v1/client": "client", b"/v1/agent": "agent"}
+ROLE_PATHS = {b"/v1/client": "client", b"/v1/agent": "agent", b"/v1/seed": "client"}
+SEED_PATH = b"/v1/seed"  # the seed dialect (fastrelay/protocol/seed.py), with client tokens
 TICK = 0.1  # seconds between the switch's timeout and liveness checks
 
 
@@ -50,6 +53,8 @@ class Relay:
         self.loop = asyncio.get_running_loop()
         self.scheduler = FlushScheduler(self.loop)
         self.stats = RelayStats()
+        self.seed_stats = SeedStats()
+        self.seed_peers: dict[SeedPeer, None] = {}  # live seed-dialect connections
         self.switch = Switch(config.limits(), instance_id, observer=self)
         self.membership: StaticMembership | RedisMembership | None = None  # set by the app
         self.auth_log = RateLimitedLog(log)
@@ -68,10 +73,11 @@ class Relay:
     def listener_factory(
         self, request: WSUpgradeRequest, peer: str
     ) -> WSUpgradeResponseWithListener | None:
-        role = ROLE_PATHS.get(request.path.split(b"?", 1)[0])
+        path = request.path.split(b"?", 1)[0]
+        role = ROLE_PATHS.get(path)
         if role is None:
             return None  # picows answers 404
-        fields = {"role": role, "peer": peer}
+        fields = {"role": "seed" if path == SEED_PATH else role, "peer": peer}
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:  # behind a load balancer the socket peer is the balancer
             fields["forwarded_for"] = forwarded[:200]
@@ -108,7 +114,11 @@ class Relay:
             return WSUpgradeResponseWithListener(
                 WSUpgradeResponse.create_error_response(status, message.encode() + b"\n"), None
             )
-        listener = Peer(self, role, peer, token, pool)
+        listener = (
+            SeedPeer(self, peer, token)
+            if path == SEED_PATH
+            else Peer(self, role, peer, token, pool)
+        )
         listener.forwarded_for = fields.get("forwarded_for")
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_101_response(
@@ -121,7 +131,7 @@ class Relay:
 
     def _peer_fields(self, peer: Peer) -> dict[str, object]:
         fields: dict[str, object] = {
-            "role": peer.role,
+            "role": "seed" if isinstance(peer, SeedPeer) else peer.role,
             "peer": peer.remote,
             "instance": self.instance_id,
         }
@@ -132,13 +142,13 @@ class Relay:
         return fields
 
     def peer_connected(self, peer: Peer) -> None:
-        self.conn_log.info(f"{peer.role} connected from {peer.remote}", **self._peer_fields(peer))
+        fields = self._peer_fields(peer)
+        self.conn_log.info(f"{fields['role']} connected from {peer.remote}", **fields)
 
     def peer_disconnected(self, peer: Peer, reason: str) -> None:
+        fields = self._peer_fields(peer)
         self.conn_log.info(
-            f"{peer.role} disconnected from {peer.remote}: {reason}",
-            **self._peer_fields(peer),
-            reason=reason,
+            f"{fields['role']} disconnected from {peer.remote}: {reason}", **fields, reason=reason
         )
 
     def head_refused(self, refusal: Refusal, peer: str) -> None:
@@ -209,7 +219,7 @@ class Relay:
     def conn_failed(self, conn: Conn, exc: ProtocolError) -> None:
         log.warning(
             "closing %s connection from %s: %s",
-            conn.role,
+            "seed" if isinstance(conn.link, SeedPeer) else conn.role,
             conn.remote,
             exc,
             extra={"fields": {"kind": exc.kind}},

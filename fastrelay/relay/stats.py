@@ -69,6 +69,13 @@ class RelayStats:
         yield metrics.F_RELAY_OPEN.one(self.open_latency)
         yield metrics.stream_duration(self.stream_duration)
         yield metrics.F_PING_RTT_RELAY.build({(r,): h for r, h in self.ping_rtt.items()})
+        seed = relay.seed_stats
+        yield metrics.F_SEED_CONNECTIONS.one(len(relay.seed_peers))
+        yield metrics.F_SEED_SESSIONS.build(
+            by_label({"opened": seed.sessions, "refused": seed.refused})
+        )
+        yield metrics.F_SEED_UNKNOWN_SESSION.one(seed.unknown_session)
+        yield metrics.F_SEED_READ_PAUSES.one(seed.read_pauses)
 
 
 def _queued(conn: Conn) -> int:

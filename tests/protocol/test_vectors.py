@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fastrelay.protocol import errors
+from fastrelay.protocol import errors, seed
 from fastrelay.protocol.frames import (
     FrameType,
     decode_window_increment,
@@ -290,3 +290,78 @@ def parse_transition_table() -> dict[tuple[State, Event], State]:
 
 def test_doc_transition_table_equals_code() -> None:
     assert parse_transition_table() == TRANSITIONS
+
+
+# --- §13: the seed dialect's vectors (the seed document's own JSON examples) ---
+
+SEED_VECTOR_RE = re.compile(
+    r"<!-- seed-vector: (?P<name>[a-z0-9_]+) -->\s*"
+    r"```json\n(?P<message>.*?)```\s*"
+    r"```json\n(?P<meaning>.*?)```",
+    re.DOTALL,
+)
+SEED_MARKER_RE = re.compile(r"<!-- seed-vector: ([a-z0-9_]+) -->")
+SEED_VECTORS = [
+    (m["name"], m["message"], json.loads(m["meaning"]))
+    for m in SEED_VECTOR_RE.finditer(DOC.read_text(encoding="utf-8"))
+]
+SEED_MAX_DATA = 1024 * 1024  # the relay's default --max-frame-size
+
+
+def test_every_seed_vector_marker_is_well_formed() -> None:
+    markers = SEED_MARKER_RE.findall(DOC.read_text(encoding="utf-8"))
+    assert markers == [name for name, _, _ in SEED_VECTORS]
+    assert len(set(markers)) == len(markers) >= 12
+    # The seed document's examples are all there.
+    assert {
+        "seed_connect",
+        "seed_connect_response_200",
+        "seed_connect_response_502",
+        "seed_connect_failed_timeout",
+        "seed_tunnel_data",
+        "seed_tunnel_error",
+    } <= set(markers)
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "meaning"), SEED_VECTORS, ids=[v[0] for v in SEED_VECTORS]
+)
+def test_seed_vector(name: str, message: str, meaning: dict[str, Any]) -> None:
+    raw = message.encode()
+    if "encode" in meaning:
+        assert meaning["from"] == "relay"
+        function, *args = meaning["encode"]
+        encoded = getattr(seed, f"encode_{function}")(*args)
+        # Compact, keys in the seed's order: the example re-serialised as it stands.
+        assert encoded == orjson.dumps(json.loads(raw))
+        return
+    assert meaning["from"] == "client"
+    if "error" in meaning:
+        with pytest.raises(seed.SeedError) as caught:
+            seed.decode_text(raw, SEED_MAX_DATA)
+        assert type(caught.value).__name__ == meaning["error"]
+        assert caught.value.close_code == meaning["closeCode"]
+        assert meaning["reason"] in str(caught.value)
+        return
+    decoded = seed.decode_text(raw, SEED_MAX_DATA)
+    expected = dict(meaning["decoded"])
+    kind = expected.pop("type")
+    classes = {
+        "CONNECT": seed.SeedConnect,
+        "TUNNEL_DATA": seed.SeedDataHeader,
+        "TUNNEL_ERROR": seed.SeedAbort,
+        "TUNNEL_CLOSE": seed.SeedClose,
+    }
+    assert type(decoded) is classes[kind]
+    fields = {
+        "sessionId": "session_id",
+        "method": "method",
+        "url": "url",
+        "host": "host",
+        "port": "port",
+        "headers": "headers",
+        "length": "length",
+        "error": "error",
+    }
+    assert {key: getattr(decoded, fields[key]) for key in expected} == expected
+    assert len(expected) == len(decoded.__slots__)  # type: ignore[union-attr]
