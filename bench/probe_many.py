@@ -1,0 +1,183 @@
+"""Probe one many-tunnel download: where the bytes, the CPU and the kernel's memory go.
+
+`python -m bench.probe_many [--tunnels 1000] [--seconds 4] [--target-sndbuf 256KiB]
+[--client-args "--carriers 8"] [--ss FILE] [--pyspy PROGRAM] [--out DIR]`
+
+Starts the target and one fastrelay chain exactly as `python -m bench` does
+(bench/topology.py), opens the tunnels 50 at a time, lets them all download for
+`--seconds` (scenario 4's `steady_download`), and prints one line each for:
+
+- aggregate MB/s, Jain's index over the bytes each tunnel moved, tunnels that moved nothing;
+- the kernel's TCP memory: peak pages against the `tcp_mem` pressure mark, and how often the
+  stack entered pressure;
+- per program, seconds on a CPU and seconds runnable but waiting for one
+  (/proc/PID/schedstat), and times scheduled in;
+- every program's `/metrics` lines that show where bytes wait (`ws_write_buffer_bytes`,
+  stalls, pauses, window growths).
+
+`--ss FILE` saves `ss -tmni` halfway through (per-socket queues, windows, drops) with a summary
+by address pair; `--pyspy PROGRAM` records that program with py-spy for the window and prints
+its hottest lines (root needed). Used for bench/README.md's notes on scenario 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import re
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import uvloop
+
+from bench.load import open_tunnel
+from bench.scenarios.common import jain
+from bench.scenarios.heavy import TcpMemorySampler, steady_download
+from bench.topology import chain, raise_fd_limit, start_target
+from fastrelay.config import size_bytes
+
+PY_SPY = str(Path(sys.executable).parent / "py-spy")
+WATCHED = re.compile(r"ws_write_buffer|stalls_total|pauses_total|growths_total")
+
+
+def schedstat(pid: int) -> tuple[int, int, int]:
+    fields = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(fields[0]), int(fields[1]), int(fields[2])
+
+
+def summarize_ss(text: str) -> list[str]:
+    """Receive queue, send queue and drops of every socket, summed by address pair."""
+    sums: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
+    pair: tuple[str, str] | None = None
+    for line in text.splitlines():
+        head = re.match(r"^\S+\s+\d+\s+\d+\s+(\S+):\d+\s+(\S+):\d+", line)
+        if head:
+            pair = (head.group(1), head.group(2))
+            continue
+        mem = re.search(r"skmem:\(r(\d+),rb\d+,t\d+,tb\d+,f\d+,w(\d+),o\d+,bl\d+,d(\d+)", line)
+        if mem and pair is not None:
+            row = sums[pair]
+            row[0] += int(mem.group(1))
+            row[1] += int(mem.group(2))
+            row[2] += int(mem.group(3))
+            row[3] += 1
+            pair = None
+    return [
+        f"  {local} -> {remote}: {n} sockets, receive queues {r / 1e6:.1f} MB, "
+        f"send queues {w / 1e6:.1f} MB, drops {d}"
+        for (local, remote), (r, w, d, n) in sorted(
+            sums.items(), key=lambda kv: -kv[1][0] - kv[1][1]
+        )
+    ]
+
+
+def hottest(raw: Path, top: int = 15) -> list[str]:
+    """py-spy's raw format: the lines with the most samples at the top of the stack."""
+    leaf: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        total += int(count)
+        leaf[stack.split(";")[-1]] += int(count)
+    return [f"  {100 * n / max(1, total):5.1f} % {name}" for name, n in leaf.most_common(top)]
+
+
+async def probe(args: argparse.Namespace) -> None:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    target, port = start_target(out, args.target_sndbuf)
+    topo = None
+    try:
+        topo = chain(out, client_args=tuple(shlex.split(args.client_args)))
+        tunnels = []
+        while len(tunnels) < args.tunnels:
+            batch = min(50, args.tunnels - len(tunnels))
+            tunnels += await asyncio.gather(*(open_tunnel(topo, port) for _ in range(batch)))
+        procs = {p.name: p for p in topo.processes}
+        before = {name: schedstat(p.pid) for name, p in procs.items()}
+        spy = None
+        if args.pyspy:
+            spy = subprocess.Popen(
+                [PY_SPY, "record", "-p", str(procs[args.pyspy].pid), "-d",
+                 str(max(1, int(args.seconds))), "-r", "500", "-f", "raw",
+                 "-o", str(out / f"{args.pyspy}.pyspy.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+
+        async def snapshot() -> None:
+            await asyncio.sleep(args.seconds / 2)
+            ss = subprocess.run(["ss", "-tmniH"], capture_output=True, text=True, check=False)
+            args.ss.write_text(ss.stdout)
+
+        snap = asyncio.ensure_future(snapshot()) if args.ss else None
+        start = time.perf_counter()
+        with TcpMemorySampler() as tcp:
+            elapsed, moved = await steady_download(tunnels, args.seconds)
+        wall = time.perf_counter() - start
+        after = {name: schedstat(p.pid) for name, p in procs.items()}
+        if snap is not None:
+            await snap
+        metrics = {
+            name: urllib.request.urlopen(f"http://{p.ready['admin']}/metrics", timeout=10)
+            .read()
+            .decode()
+            for name, p in procs.items()
+        }
+        for t in tunnels:
+            t.close()
+        if spy is not None:
+            spy.wait(timeout=60)
+        print(
+            f"{args.tunnels} tunnels for {elapsed:.1f} s: {sum(moved) / elapsed / 1e6:.0f} MB/s, "
+            f"Jain {jain([float(m) for m in moved]):.3f}, {sum(1 for m in moved if not m)} moved "
+            f"nothing"
+        )
+        print(
+            f"kernel TCP memory: peak {tcp.peak:,} pages, pressure mark {tcp.pressure_mark:,}, "
+            f"entered pressure {tcp.pressures} times"
+        )
+        for name in procs:
+            cpu, wait, slices = (a - b for a, b in zip(after[name], before[name], strict=True))
+            print(
+                f"{name}: {cpu / 1e9:.2f} s on CPU, {wait / 1e9:.2f} s waiting for one, "
+                f"{slices} times scheduled, over {wall:.1f} s"
+            )
+            for line in metrics[name].splitlines():
+                if WATCHED.search(line) and not line.startswith("#"):
+                    print(f"  {line}")
+        if args.ss:
+            print(f"ss -tmni halfway ({args.ss}), by address pair:")
+            print("\n".join(summarize_ss(args.ss.read_text())))
+        if args.pyspy:
+            print(f"py-spy, {args.pyspy}, hottest lines:")
+            print("\n".join(hottest(out / f"{args.pyspy}.pyspy.txt")))
+    finally:
+        if topo is not None:
+            topo.stop()
+        target.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.probe_many", allow_abbrev=False)
+    parser.add_argument("--tunnels", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--target-sndbuf", type=size_bytes, default=0)
+    parser.add_argument("--client-args", default="", help="extra options for client_a only")
+    parser.add_argument("--ss", type=Path, help="save `ss -tmni` halfway to this file")
+    parser.add_argument("--pyspy", choices=("relay", "agent", "client_a"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/probe-many"))
+    args = parser.parse_args(argv)
+    raise_fd_limit()
+    uvloop.run(probe(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
