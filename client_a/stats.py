@@ -57,8 +57,7 @@ class ClientStats:
         yield metrics.F_CLIENT_CONNECT.build({(r,): h for r, h in self.connect_latency.items()})
         yield metrics.F_CLIENT_FIRST_BYTE.build({(r,): h for r, h in self.first_byte.items()})
         yield metrics.F_RULES.build(by_label(rules.counts()))
-        if rules.pushed is not None:
-            yield metrics.F_RULES_VERSION.build({("pushed", rules.pushed.version): 1})
+        yield metrics.rules_version(rules.pushed.version if rules.pushed else None)
         yield metrics.F_RULES_RELOADS.build(by_label(reloads))
         yield metrics.F_CLIENT_RETRIES.one(self.retries)
         yield metrics.F_RELAY_DIALS_CLIENT.build({("client", r): n for r, n in pool.dials.items()})

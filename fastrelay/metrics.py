@@ -322,6 +322,13 @@ F_RULES_VERSION = Family(
     "1 for the version (SHA-256) of the rules the relay pushes (--client-rules)",
     ("source", "version"),
 )
+
+
+def rules_version(version: str | None) -> Metric:
+    """1 labelled with the pushed rules' version; 0 with version "" while there are none."""
+    return F_RULES_VERSION.build({("pushed", version or ""): 1 if version else 0})
+
+
 # The relay: the rules it pushes to client_a (--client-rules).
 F_RULES_RELAY = Family(
     "gauge", RULES, "Rules this relay pushes to client_a (--client-rules)", ("source",)

@@ -69,11 +69,11 @@ class RelayStats:
         yield metrics.F_RELAY_OPEN.one(self.open_latency)
         yield metrics.stream_duration(self.stream_duration)
         yield metrics.F_PING_RTT_RELAY.build({(r,): h for r, h in self.ping_rtt.items()})
+        # Without --client-rules: 0 rules, version "" (0), no reloads.
         pushed = relay.client_rules
-        if pushed is not None:
-            yield metrics.F_RULES_RELAY.build({("pushed",): len(pushed.entries)})
-            yield metrics.F_RULES_VERSION.build({("pushed", pushed.version): 1})
-            yield metrics.F_RULES_RELOADS_RELAY.build(by_label(relay.rules_reloads))
+        yield metrics.F_RULES_RELAY.build({("pushed",): len(pushed.entries) if pushed else 0})
+        yield metrics.rules_version(pushed.version if pushed else None)
+        yield metrics.F_RULES_RELOADS_RELAY.build(by_label(relay.rules_reloads))
 
 
 def _queued(conn: Conn) -> int:

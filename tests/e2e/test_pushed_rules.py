@@ -46,7 +46,7 @@ def pushed_version(proc: Proc) -> str | None:
         if labels.get("source") == "pushed"
     ]
     assert len(found) <= 1, found
-    return found[0] if found else None
+    return found[0] or None if found else None  # version "" (value 0): none yet
 
 
 def _samples(admin: str, name: str) -> list[tuple[str, dict[str, str]]]:
