@@ -252,26 +252,32 @@ def test_pac_follows_pushed_rules(make_chain, tmp_path: Path) -> None:
     assert pac_answers(client, hosts) == ["DIRECT", proxy]
 
 
-def test_bad_client_rules_at_startup_exits_2_naming_file_and_line(tmp_path: Path) -> None:
-    rules = tmp_path / "client-rules.txt"
-    rules.write_text(".ok.example\n\n*.bad*.example\n")
-    argv = fastrelay("relay", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0")
+@pytest.mark.parametrize(
+    ("content", "args", "problem"),
+    [
+        (".ok.example\n\n*.bad*.example\n", (), "{path}:3: invalid pattern '*.bad*.example'"),
+        ("[pushed off]\n", (), "{path}:1: '[pushed off]' belongs in client_a's own rules file"),
+        (
+            "".join(f"h{n:07d}.example.com\n" for n in range(20_000)),
+            ("--max-frame-size", "4MiB"),
+            "20000 rules are 420000 bytes in canonical form, over the 262144-byte limit",
+        ),
+        (
+            ".a.example\n.b.example\n",
+            ("--max-frame-size", "128"),
+            "the RULES frame would be 138 bytes, over --max-frame-size (128)",
+        ),
+    ],
+    ids=["bad-line", "directive", "over-rules-limit", "over-frame-size"],
+)
+def test_bad_client_rules_at_startup_exits_2(
+    tmp_path: Path, content: str, args: tuple[str, ...], problem: str
+) -> None:
+    path = tmp_path / "client-rules.txt"
+    path.write_text(content)
+    argv = fastrelay("relay", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", *args)
     result = subprocess.run(
-        [*argv, "--client-rules", str(rules)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        env={**os.environ, **TOKENS},
-        check=False,
-    )
-    assert result.returncode == 2, result.stderr
-    assert f"--client-rules: {rules}:3: invalid pattern" in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    # Over the RULES size limit: refused with the limit named.
-    rules.write_text("".join(f"h{n:07d}.example.com\n" for n in range(20_000)))
-    result = subprocess.run(
-        [*argv, "--client-rules", str(rules), "--max-frame-size", "4MiB"],
+        [*argv, "--client-rules", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -280,4 +286,6 @@ def test_bad_client_rules_at_startup_exits_2_naming_file_and_line(tmp_path: Path
         check=False,
     )
     assert result.returncode == 2, result.stderr
-    assert "over the 262144-byte limit of a RULES frame" in result.stderr, result.stderr
+    assert "--client-rules: " in result.stderr, result.stderr
+    assert problem.format(path=path) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
