@@ -233,6 +233,11 @@ def test_local_wins_and_pushed_off(make_chain, tmp_path: Path, target: Target) -
         "DIRECT",
     ]
     assert pac_answers(off, [LISTED, UNLISTED]) == ["DIRECT", f"PROXY {off.ready['listen']}"]
+    # Dropping the directive from the local file (reloaded on SIGHUP) turns them back on.
+    rewrite(off_rules, f"{UNLISTED}/32\n")
+    off.signal(signal.SIGHUP)
+    wait_until(lambda: rules_count(off, "pushed") == 1, what="pushed rules back on")
+    assert via_relay(chain, off, target, LISTED)
 
 
 def test_pac_follows_pushed_rules(make_chain, tmp_path: Path) -> None:
