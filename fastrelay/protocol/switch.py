@@ -52,7 +52,6 @@ from typing import Protocol
 from fastrelay.protocol.errors import (
     CLOSE_TRY_AGAIN_LATER,
     BudgetExceeded,
-    ControlMessageError,
     FlowControlError,
     MessageTooBig,
     ProtocolError,
@@ -77,6 +76,7 @@ from fastrelay.protocol.messages import (
     TunnelError,
     format_authority,
 )
+from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.state import ACCEPTS_DATA_DOWN, ACCEPTS_DATA_UP, Event, State, next_state
 from fastrelay.protocol.status import Failure, failure_of
 
@@ -603,7 +603,8 @@ class Switch:
             Members.decode(payload)  # only relays send it; nothing to do with one
             return end
         elif frame_type == _RULES:
-            raise ControlMessageError(f"only a relay sends RULES, not a {src.role}")
+            PushedRules.decode(payload)  # as MEMBERS: only relays send it; nothing to do
+            return end
         half = src.sends.get(sid)
         if half is None:
             self.stats.dropped_unknown_stream += 1

@@ -277,12 +277,16 @@ def test_a_relay_without_rules_sends_none() -> None:
     assert client.hello is not None and client.pushed == []
 
 
-def test_rules_from_a_client_close_its_connection() -> None:
+def test_rules_from_a_client_are_ignored_and_malformed_ones_close_it() -> None:
     pair = Pair()
     client, bystander = pair.client(rules=True), pair.client()
     pair.run()
     frame = PushedRules.from_entries(()).encode()
     pair.switch.receive(client.conn, memoryview(frame), pair.now)
+    assert not client.conn.failed  # as MEMBERS from a peer: decoded, nothing to do
+    assert bystander.pushed == [] and client.pushed == []
+    bad = encode_frame(FrameType.RULES, 0, b'{"type":"RULES"}')
+    pair.switch.receive(client.conn, memoryview(bad), pair.now)
     assert client.conn.failed
     assert pair.switch.stats.protocol_errors["malformed_control"] == 1
     assert bystander.closed is None and not bystander.conn.failed
