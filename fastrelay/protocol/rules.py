@@ -289,6 +289,10 @@ def merge(local: RulesFile, pushed: Sequence[Entry]) -> tuple[list[Entry], int]:
 # The canonical text a RULES frame may carry, in bytes.  About 10,000 rules of 25 characters;
 # a relay refuses a larger --client-rules file, client_a a larger frame.
 MAX_PUSHED_RULES_BYTES = 256 * 1024
+# The whole JSON payload, checked before it is parsed: JSON writes each newline as two bytes,
+# so canonical text at the limit (one rule per line, lines of 2 bytes or more) takes at most
+# 1.5 times its size, plus the type and the version.
+MAX_RULES_PAYLOAD = 2 * MAX_PUSHED_RULES_BYTES + 1024
 _VERSION_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -323,10 +327,9 @@ class PushedRules:
     def decode(cls, payload: bytes | memoryview) -> PushedRules:
         """A RULES payload; :class:`ControlMessageError` names what is wrong with it."""
         kind = FrameType.RULES
-        if len(payload) > MAX_PUSHED_RULES_BYTES + 1024:  # before parsing any of it
+        if len(payload) > MAX_RULES_PAYLOAD:  # before parsing any of it
             raise ControlMessageError(
-                f"RULES payload is {len(payload)} bytes, over the limit of "
-                f"{MAX_PUSHED_RULES_BYTES} bytes of rules"
+                f"RULES payload is {len(payload)} bytes, over the limit of {MAX_RULES_PAYLOAD}"
             )
         doc: dict[str, Any] = load_control(payload, kind)
         version = control_field(doc, "version", str, kind)

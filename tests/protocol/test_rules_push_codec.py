@@ -18,6 +18,7 @@ from fastrelay.protocol.pair import Pair
 from fastrelay.protocol.patterns import HostPattern, PatternKind
 from fastrelay.protocol.rules import (
     MAX_PUSHED_RULES_BYTES,
+    MAX_RULES_PAYLOAD,
     Entry,
     Fallback,
     PushedRules,
@@ -86,6 +87,22 @@ def test_rules_frame_round_trips(items: list[Entry]) -> None:
     assert decoded.version == hashlib.sha256(pushed.text.encode()).hexdigest()
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a\n" * (MAX_PUSHED_RULES_BYTES // 2),  # the shortest lines: the most escaping
+        "".join(f"h{n:06d}.example.com @corp\n" for n in range(10_000)),  # 260,000 bytes
+    ],
+    ids=["short-lines", "10000-rules"],
+)
+def test_rules_up_to_the_limit_decode(text: str) -> None:
+    pushed = PushedRules.from_entries(parse_rules_file(text, local=False).entries)
+    assert pushed.size <= MAX_PUSHED_RULES_BYTES
+    frame = pushed.encode()
+    assert len(frame) - 10 <= MAX_RULES_PAYLOAD
+    assert PushedRules.decode(frame[10:]) == pushed
+
+
 def test_same_rules_written_differently_have_one_version() -> None:
     a = "# corp hosts\n[pool corp]\n.corp.example\n10.0.0.0/8   fallback=direct\n"
     b = ".corp.example @corp\n\n10.0.0.0/8 fallback=direct @corp  # the lab\n"
@@ -130,7 +147,7 @@ def _sha(text: str) -> str:
         ),
         (
             _payload(version=_sha("a\n" * 200_000), rules="a\n" * 200_000),
-            f"over the limit of {MAX_PUSHED_RULES_BYTES} bytes of rules",
+            f"bytes, over the limit of {MAX_RULES_PAYLOAD}",
         ),
         (
             _payload(
