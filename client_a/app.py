@@ -14,78 +14,83 @@ from client_a.browser import BrowserConnection, ConnectionGate
 from client_a.config import ClientConfig
 from client_a.pac import PAC_PATH
 from client_a.proxy import Proxy
-from client_a.rules import RuleError, Rules
+from client_a.rules import PushedRules, Rules, RulesFile, RuleSources, read_rules_file
 from fastrelay import metrics
 from fastrelay.accesslog import AccessLog
-from fastrelay.config import ConfigError
 from fastrelay.io import listener
 from fastrelay.io.admin import Readiness, start_admin
-from fastrelay.io.carrier import RelayLink
+from fastrelay.io.carrier import Carrier, RelayLink
 from fastrelay.io.pool import CarrierPool
 from fastrelay.lifecycle import (
     Service,
     bound_address,
     cancel_all,
-    pause,
     serve_service,
 )
+from fastrelay.reload import FileReloader, load_at_start
 
 log = logging.getLogger("fastrelay.client")
 PAC_ROUTE = PAC_PATH.encode()
 
 
 class RulesWatcher:
-    """Reloads the rules on SIGHUP and when the file changes; a bad file keeps
-    the old rules (and open tunnels are never touched by a reload)."""
+    """The rules client_a routes by, from two sources: its local file (reloaded on SIGHUP and
+    when it changes) and the rules the relay pushes (RULES).  Either change rebuilds the
+    merged rules and the PAC at once; a bad local file keeps the old rules, and open tunnels
+    are never touched."""
 
-    def __init__(self, proxy: Proxy, path: Path | None) -> None:
+    def __init__(self, proxy: Proxy, path: Path | None, sources: RuleSources) -> None:
         self.proxy = proxy
-        self.path = path
-        self.stamp = self._stamp()
+        self.sources = sources
+        self.file: FileReloader[RulesFile] | None = None
+        if path is not None:
+            self.file = FileReloader(path, "rules", read_rules_file, self.set_local, log)
 
-    def _stamp(self) -> tuple[float, int] | None:
-        if self.path is None:
-            return None
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime, st.st_size)
+    @property
+    def counts(self) -> dict[str, int]:
+        """Local file reloads by result."""
+        return self.file.counts if self.file is not None else {"ok": 0, "error": 0}
 
-    def reload(self) -> None:
-        if self.path is None:
-            return
-        self.stamp = self._stamp()
-        try:
-            rules = Rules.load(self.path)
-        except (RuleError, OSError) as exc:
-            self.proxy.stats.rules_failures += 1
-            log.error("rules not reloaded, keeping %d old rules: %s", len(self.proxy.rules), exc)
-            return
+    def set_local(self, local: RulesFile) -> None:
+        self._apply(self.sources.set_local(local))
+        log.info(
+            "rules reloaded from %s: %d patterns", self.file and self.file.path, len(local.entries)
+        )
+
+    def set_pushed(self, carrier: Carrier, pushed: PushedRules) -> None:
+        held = self.sources.pushed
+        if held is not None and held.version == pushed.version:
+            return  # the same rules again (another carrier, another relay of the deployment)
+        self._apply(self.sources.set_pushed(pushed))
+        log.info(
+            "relay %s pushed rules version %s: %d rules, %d in effect%s",
+            carrier.instance_id,
+            pushed.version[:12],
+            len(pushed.entries),
+            self.sources.pushed_in_effect,
+            "" if self.sources.local.pushed else " ([pushed off] in the local file)",
+        )
+
+    def _apply(self, rules: Rules) -> None:
         self.proxy.rules = rules
         self.proxy.pac.file(rules)  # regenerate the PAC now, not on the next fetch
-        self.proxy.stats.rules_reloads += 1
-        log.info("rules reloaded from %s: %d patterns", self.path, len(rules))
+
+    def reload(self) -> None:
+        if self.file is not None:
+            self.file.reload()
 
     async def watch(self, stop: asyncio.Event, interval: float) -> None:
-        while not stop.is_set():
-            await pause(stop, interval)
-            if self._stamp() != self.stamp:
-                self.reload()
+        if self.file is not None:
+            await self.file.watch(stop, interval)
 
 
-def load_rules(path: Path | None) -> Rules:
-    """The rules at start-up. A bad file is a config error (exit 2) whose message
-    names the file, the line and the problem, as a reload would log it."""
+def load_rules(path: Path | None) -> RuleSources:
+    """The rules at start-up. A bad file is a config error (exit 2) whose message names the
+    file, the line and the problem, as a reload would log it."""
     if path is None:
-        log.warning("no --rules file: every host goes direct")
-        return Rules()
-    try:
-        return Rules.load(path)
-    except RuleError as exc:
-        raise ConfigError(f"--rules: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"--rules: cannot read {path}: {exc.strerror}") from None
+        log.warning("no --rules file: every host goes direct (unless the relay pushes rules)")
+        return RuleSources()
+    return RuleSources(load_at_start("--rules", path, read_rules_file))
 
 
 async def serve(config: ClientConfig, stop: asyncio.Event) -> int:
@@ -104,16 +109,18 @@ class ClientService(Service):
         self.config = config
         if config.access_log is not None:
             self.access_log = AccessLog(config.access_log, config.log_format, "client")
-        self.proxy = proxy = Proxy(config, load_rules(config.rules), self.access_log)
+        sources = load_rules(config.rules)
+        self.proxy = proxy = Proxy(config, sources.rules, self.access_log)
         self.pool = pool = CarrierPool(
-            RelayLink.from_config(config, "client"),
+            RelayLink.from_config(config, "client", rules=True),
             proxy,
             proxy.stats.carrier,
             config.carriers,
             open_timeout=config.open_timeout,
         )
         proxy.pool = pool
-        self.watcher = RulesWatcher(proxy, config.rules)
+        self.watcher = watcher = RulesWatcher(proxy, config.rules, sources)
+        pool.on_rules = watcher.set_pushed
         self.readiness = Readiness(connected=lambda: bool(pool.ready))
 
     def on_sighup(self) -> None:
@@ -122,13 +129,15 @@ class ClientService(Service):
             self.access_log.reopen()
 
     async def start(self) -> dict[str, Any]:
-        config, proxy, pool = self.config, self.proxy, self.pool
+        config, proxy, pool, watcher = self.config, self.proxy, self.pool, self.watcher
         loop = asyncio.get_running_loop()
         gate = ConnectionGate(loop, config.max_connections, config.header_timeout)
         registry = metrics.make_registry(
             "client",
             lambda: chain(
-                proxy.stats.collect(pool, len(proxy.rules)), gate.collect(), listener.collect()
+                proxy.stats.collect(pool, watcher.sources, watcher.counts),
+                gate.collect(),
+                listener.collect(),
             ),
             self.readiness.check,
         )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client.core import Metric
 
+from client_a.rules import RuleSources
 from fastrelay import metrics
 from fastrelay.io.carrier import CarrierStats, carrier_metrics, carrier_stream_bytes
 from fastrelay.io.pool import CarrierPool
@@ -32,10 +33,10 @@ class ClientStats:
         self.direct_open = 0
         self.direct_bytes_up = 0
         self.direct_bytes_down = 0
-        self.rules_reloads = 0
-        self.rules_failures = 0
 
-    def collect(self, pool: CarrierPool, rules: int) -> Iterable[Metric]:
+    def collect(
+        self, pool: CarrierPool, rules: RuleSources, reloads: Mapping[str, int]
+    ) -> Iterable[Metric]:
         carriers = pool.carriers
         yield metrics.F_CLIENT_REQUESTS.build(
             {k: n for k, n in self.requests.items() if k[0] != "none" or n}
@@ -55,10 +56,9 @@ class ClientStats:
         )
         yield metrics.F_CLIENT_CONNECT.build({(r,): h for r, h in self.connect_latency.items()})
         yield metrics.F_CLIENT_FIRST_BYTE.build({(r,): h for r, h in self.first_byte.items()})
-        yield metrics.F_RULES.one(rules)
-        yield metrics.F_RULES_RELOADS.build(
-            by_label({"ok": self.rules_reloads, "error": self.rules_failures})
-        )
+        yield metrics.F_RULES.build(by_label(rules.counts()))
+        yield metrics.rules_version(rules.pushed.version if rules.pushed else None)
+        yield metrics.F_RULES_RELOADS.build(by_label(reloads))
         yield metrics.F_CLIENT_RETRIES.one(self.retries)
         yield metrics.F_RELAY_DIALS_CLIENT.build({("client", r): n for r, n in pool.dials.items()})
         yield from carrier_metrics(self.carrier, "client", carriers)

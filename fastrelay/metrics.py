@@ -36,6 +36,7 @@ WORKER_RESTARTS = PREFIX + "worker_restarts"
 CONNECTIONS_ACCEPTED = PREFIX + "connections_accepted"
 RULES = PREFIX + "rules"
 RULES_RELOADS = PREFIX + "rules_reloads"
+RULES_VERSION = PREFIX + "rules_version"  # info-style: 1, with the pushed rules' version
 CLIENT_RETRIES = PREFIX + "client_retries"
 BUILD = PREFIX + "build"
 
@@ -334,8 +335,33 @@ F_CLIENT_FIRST_BYTE = Family(
     "200 sent to the browser to the first byte from the target",
     ("route",),
 )
-F_RULES = Family("gauge", RULES, "Patterns in the filter list")
+F_RULES = Family(
+    "gauge",
+    RULES,
+    "Rules in effect by source: client_a's own file (local) and the relay's (pushed)",
+    ("source",),
+)
 F_RULES_RELOADS = Family("counter", RULES_RELOADS, "Rules reloads by result", ("result",))
+F_RULES_VERSION = Family(
+    "gauge",
+    RULES_VERSION,
+    "1 for the version (SHA-256) of the rules the relay pushes (--client-rules)",
+    ("source", "version"),
+)
+
+
+def rules_version(version: str | None) -> Metric:
+    """1 labelled with the pushed rules' version; 0 with version "" while there are none."""
+    return F_RULES_VERSION.build({("pushed", version or ""): 1 if version else 0})
+
+
+# The relay: the rules it pushes to client_a (--client-rules).
+F_RULES_RELAY = Family(
+    "gauge", RULES, "Rules this relay pushes to client_a (--client-rules)", ("source",)
+)
+F_RULES_RELOADS_RELAY = Family(
+    "counter", RULES_RELOADS, "--client-rules reloads by result", ("result",)
+)
 F_CLIENT_RETRIES = Family(
     "counter", CLIENT_RETRIES, "Relay opens retried on another carrier after a retryable 503"
 )

@@ -39,7 +39,15 @@ from fastrelay.io.tunnel import abort_socket
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, ProtocolError
 from fastrelay.protocol.flow import CreditPool
-from fastrelay.protocol.messages import POOL_HEADER, Hello, Members, OpenStream
+from fastrelay.protocol.messages import (
+    FEATURE_RULES,
+    FEATURES_HEADER,
+    POOL_HEADER,
+    Hello,
+    Members,
+    OpenStream,
+)
+from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.session import (
     AGENT_SIDE,
     CLIENT_SIDE,
@@ -125,9 +133,12 @@ class RelayLink:
     window: int  # the receive window a stream asks for; the relay's budget may cut it
     max_window: int = 0  # how far a stream's window may grow on a long path (0: window)
     pool: str = ""  # an agent's pool, sent in the upgrade ("": none, the default pool)
+    rules: bool = False  # (client_a) ask the relay for the rules it pushes (RULES frames)
 
     @classmethod
-    def from_config(cls, config: CarrierSettings, role: str, pool: str = "") -> RelayLink:
+    def from_config(
+        cls, config: CarrierSettings, role: str, pool: str = "", rules: bool = False
+    ) -> RelayLink:
         tls = client_context(config.ca_file) if config.relay.startswith("wss://") else None
         return cls(
             f"{config.relay}/v1/{role}",
@@ -140,6 +151,7 @@ class RelayLink:
             config.window,
             config.max_window,
             pool,
+            rules,
         )
 
     def __repr__(self) -> str:  # never print the token
@@ -231,8 +243,10 @@ class Carrier:
         owner: CarrierOwner,
         stats: CarrierStats,
         open_timeout: float = 0.0,
+        on_rules: Callable[[Carrier, PushedRules], None] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
+        self.on_rules_pushed = on_rules
         self.loop = loop
         self.link = link
         self.handler = handler
@@ -300,6 +314,8 @@ class Carrier:
         headers = {"Authorization": f"Bearer {link.token}"}
         if link.pool:
             headers[POOL_HEADER] = link.pool
+        if link.rules:
+            headers[FEATURES_HEADER] = FEATURE_RULES
         await ws_connect(
             lambda: CarrierListener(self),
             link.url,
@@ -384,6 +400,19 @@ class Carrier:
 
     def on_members(self, session: Session, members: Members) -> None:
         self.owner.carrier_members(self, members)
+
+    def on_rules(self, session: Session, pushed: PushedRules) -> None:
+        if self.on_rules_pushed is None or not self.link.rules:
+            # Never asked for: a relay that sends them anyway is ignored, not obeyed.
+            self.stats.protocol_errors["unexpected_rules"] += 1
+            log.warning("relay %s sent RULES, which this program did not ask for", self.instance_id)
+            return
+        self.on_rules_pushed(self, pushed)
+
+    def on_rules_refused(self, session: Session, why: str) -> None:
+        log.error(
+            "refused the rules relay %s pushed, keeping the current ones: %s", self.instance_id, why
+        )
 
     def on_open(self, session: Session, stream: Stream, request: OpenStream) -> None:
         self.handler.on_open(self, stream, request)

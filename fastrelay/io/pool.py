@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from picows import WSError
 
@@ -31,6 +32,7 @@ from fastrelay.io.carrier import (
 from fastrelay.lifecycle import first_of, pause
 from fastrelay.logs import RateLimitedLog
 from fastrelay.protocol.messages import Members
+from fastrelay.protocol.rules import PushedRules
 
 log = logging.getLogger("fastrelay.pool")
 BACKOFF_INITIAL = 0.1
@@ -62,6 +64,8 @@ class CarrierPool:
         self.last_failure: str | None = None
         self.failing_since: float | None = None  # the first failed dial since a success
         self.rejected = False  # the last failure was the relay refusing the token
+        # Rules a relay pushed (RULES), for whoever set this; the link must ask for them.
+        self.on_rules: Callable[[Carrier, PushedRules], None] | None = None
 
     # --- choosing ---
 
@@ -141,7 +145,9 @@ class CarrierPool:
             if not first:
                 self.stats.reconnects += 1
             first = False
-            carrier = Carrier(self.link, self.handler, self, self.stats, self.open_timeout)
+            carrier = Carrier(
+                self.link, self.handler, self, self.stats, self.open_timeout, self.on_rules
+            )
             try:
                 await carrier.open()
             except (TimeoutError, OSError, WSError, ConnectionError) as exc:

@@ -8,7 +8,7 @@ A WebSocket binary message carries one or more mux frames back to back:
     +--------+--------+------------------+------------------+----------------+
 
 The header is 10 bytes. Stream id 0 is the connection itself (HELLO, GOAWAY,
-MEMBERS);
+MEMBERS, RULES);
 every other frame names a stream. `docs/PROTOCOL.md` has the same layout with
 byte-exact test vectors, which `tests/protocol/test_vectors.py` checks.
 
@@ -42,6 +42,7 @@ class FrameType(IntEnum):
     HELLO = 0x08  # session start: version, instance id (JSON), stream id 0
     GOAWAY = 0x09  # the sender opens and accepts no new streams (JSON), stream id 0
     MEMBERS = 0x0A  # the relay's live instance set, for an agent's mesh (JSON), stream id 0
+    RULES = 0x0B  # rules the relay pushes to a client_a that asked for them (JSON), stream id 0
 
 
 # TUNNEL_DATA flag: the sender has more to send than its credit allowed; this
@@ -49,7 +50,9 @@ class FrameType(IntEnum):
 FLAG_BLOCKED = 0x01
 
 # Frames that belong to the connection rather than to a stream.
-CONNECTION_FRAMES = frozenset({FrameType.HELLO, FrameType.GOAWAY, FrameType.MEMBERS})
+CONNECTION_FRAMES = frozenset(
+    {FrameType.HELLO, FrameType.GOAWAY, FrameType.MEMBERS, FrameType.RULES}
+)
 OPEN_FRAMES = frozenset({FrameType.CONNECT, FrameType.REQUEST})
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 _CONNECTION_TYPES = frozenset(int(t) for t in CONNECTION_FRAMES)
@@ -85,7 +88,7 @@ def check_header(frame_type: int, stream_id: int, length: int, available: int) -
     if (frame_type in _CONNECTION_TYPES) != (stream_id == 0):
         raise FrameError(
             f"{FrameType(frame_type).name} frame with stream id {stream_id}"
-            " (stream id 0 is for HELLO, GOAWAY and MEMBERS only)"
+            " (stream id 0 is for HELLO, GOAWAY, MEMBERS and RULES only)"
         )
     if frame_type == FrameType.WINDOW_UPDATE and length != 4:
         raise FrameError(f"WINDOW_UPDATE payload must be 4 bytes, got {length}")

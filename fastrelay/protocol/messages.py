@@ -27,6 +27,10 @@ MAX_MEMBERS = 1024  # relay instances in one MEMBERS frame
 # open names one (`pool`), and the relay routes the open to that pool's agents.
 DEFAULT_POOL = "default"
 POOL_HEADER = "X-Fastrelay-Pool"
+# What client_a can take beyond version 1's frames, announced in its upgrade request as
+# comma-separated tokens (unknown ones are ignored): "rules" asks for RULES frames.
+FEATURES_HEADER = "X-Fastrelay-Features"
+FEATURE_RULES = "rules"
 _POOL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
@@ -76,6 +80,11 @@ def _field(
     if kind is int and isinstance(value, bool):
         raise ControlMessageError(f"{frame_type.name} field {name!r} must be int")
     return value
+
+
+# For control messages defined next to their own codecs (fastrelay/protocol/rules.py's RULES).
+load_control = _load
+control_field = _field
 
 
 def _window(doc: dict[str, Any], frame_type: FrameType) -> int:

@@ -34,6 +34,7 @@ from fastrelay.protocol.messages import (
     Members,
     OpenStream,
 )
+from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.session import (
     AGENT_SIDE,
     CLIENT_SIDE,
@@ -181,6 +182,7 @@ class Endpoint:
         want: int,
         open_timeout: float,
         pool: str = DEFAULT_POOL,
+        rules: bool = False,
     ) -> None:
         self.pair = pair
         self.role = role
@@ -188,7 +190,7 @@ class Endpoint:
         self.want = want
         self.wire = Wire()
         self.wire.endpoint = self
-        self.conn = Conn(role, self.wire, self.wire, token, name, pool)
+        self.conn = Conn(role, self.wire, self.wire, token, name, pool, rules)
         self.session = Session(
             _EndpointLink(self),
             self,
@@ -207,6 +209,8 @@ class Endpoint:
         self.refuse_with: int | None = None  # agents: answer opens with this status
         self.pongs = 0
         self.errors: list[Exception] = []  # what this endpoint's session raised
+        self.pushed: list[PushedRules] = []  # clients: every RULES the relay sent
+        self.rules_refused: list[str] = []  # clients: why a RULES frame was refused
 
     @property
     def is_client(self) -> bool:
@@ -244,6 +248,12 @@ class Endpoint:
 
     def on_members(self, session: Session, members: Members) -> None:
         pass
+
+    def on_rules(self, session: Session, pushed: PushedRules) -> None:
+        self.pushed.append(pushed)
+
+    def on_rules_refused(self, session: Session, why: str) -> None:
+        self.rules_refused.append(why)
 
     def on_open(self, session: Session, stream: Stream, request: OpenStream) -> None:
         socket = MemorySocket()
@@ -347,16 +357,19 @@ class Pair:
         self.switch = Switch(self.limits, "relay-test")
         self.endpoints: list[Endpoint] = []
 
-    def _join(self, role: str, token: int, want: int, pool: str = DEFAULT_POOL) -> Endpoint:
+    def _join(
+        self, role: str, token: int, want: int, pool: str = DEFAULT_POOL, rules: bool = False
+    ) -> Endpoint:
         name = f"{role}-{len(self.endpoints)}"
-        endpoint = Endpoint(self, role, name, token, want, self.open_timeout, pool)
+        endpoint = Endpoint(self, role, name, token, want, self.open_timeout, pool, rules)
         self.endpoints.append(endpoint)
         self.switch.attach(endpoint.conn, self.now)
         endpoint.read()
         return endpoint
 
-    def client(self, token: int = 0, want: int = DEFAULT_WINDOW) -> Endpoint:
-        return self._join("client", token, want)
+    def client(self, token: int = 0, want: int = DEFAULT_WINDOW, rules: bool = False) -> Endpoint:
+        """A client_a; `rules`: its upgrade asked for RULES."""
+        return self._join("client", token, want, rules=rules)
 
     def agent(
         self, token: int = 0, want: int = DEFAULT_WINDOW, pool: str = DEFAULT_POOL

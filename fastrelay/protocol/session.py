@@ -33,6 +33,7 @@ from typing import Protocol
 from fastrelay.protocol.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY_VIOLATION,
+    ControlMessageError,
     StreamError,
 )
 from fastrelay.protocol.flow import CreditPool, RecvWindow, SendWindow
@@ -55,6 +56,7 @@ from fastrelay.protocol.messages import (
     OpenStream,
     TunnelError,
 )
+from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.state import (
     ACCEPTS_DATA_DOWN,
     ACCEPTS_DATA_UP,
@@ -134,6 +136,12 @@ class SessionEvents(Protocol):
 
     def on_goaway(self, session: Session, reason: str) -> None: ...
     def on_members(self, session: Session, members: Members) -> None: ...
+
+    def on_rules(self, session: Session, pushed: PushedRules) -> None:
+        """The relay pushed rules (a well-formed RULES frame)."""
+
+    def on_rules_refused(self, session: Session, why: str) -> None:
+        """A RULES frame that could not be used; the connection stays up."""
 
     def on_open(self, session: Session, stream: Stream, request: OpenStream) -> None:
         """(agent) An open arrived and has a stream: dial, then `stream.accept`
@@ -749,6 +757,9 @@ class Session:
         if frame_type == FrameType.MEMBERS:
             self.events.on_members(self, Members.decode(payload))
             return
+        if frame_type == FrameType.RULES:
+            self._rules(payload)
+            return
         if frame_type == FrameType.CONNECT or frame_type == FrameType.REQUEST:
             self._incoming_open(sid, OpenStream.decode(FrameType(frame_type), payload), now)
             return
@@ -770,6 +781,19 @@ class Session:
             stream.abort(str(exc))
         except Exception as exc:  # a bug must cost one stream, not the link
             self._crashed(stream, exc)
+
+    def _rules(self, payload: memoryview) -> None:
+        """RULES: unlike other control messages, a malformed one does not close the link.
+        It is configuration, not stream state: the frame's bounds were sound, so nothing
+        else on the connection is in doubt, and closing would cost every open tunnel only
+        for the relay to send the same frame again on the next connection."""
+        try:
+            pushed = PushedRules.decode(payload)
+        except ControlMessageError as exc:
+            self.stats.protocol_errors["bad_rules"] += 1
+            self.events.on_rules_refused(self, str(exc))
+            return
+        self.events.on_rules(self, pushed)
 
     def _hello(self, hello: Hello) -> None:
         if hello.max_frame_size > self.max_frame_size:

@@ -76,6 +76,7 @@ from fastrelay.protocol.messages import (
     TunnelError,
     format_authority,
 )
+from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.state import ACCEPTS_DATA_DOWN, ACCEPTS_DATA_UP, Event, State, next_state
 from fastrelay.protocol.status import Failure, failure_of
 
@@ -98,6 +99,7 @@ _TUNNEL_ERROR = int(FrameType.TUNNEL_ERROR)
 _HELLO = int(FrameType.HELLO)
 _GOAWAY = int(FrameType.GOAWAY)
 _MEMBERS = int(FrameType.MEMBERS)
+_RULES = int(FrameType.RULES)
 _OPENING = frozenset({State.REQUEST, State.CONNECT_REQUEST})
 _unpack = HEADER.unpack_from
 
@@ -185,6 +187,7 @@ class Conn:
         "probe_at",
         "remote",
         "role",
+        "rules",
         "sends",
         "stalled",
         "token",
@@ -198,9 +201,11 @@ class Conn:
         token: int = 0,
         remote: str = "",
         pool: str = DEFAULT_POOL,
+        rules: bool = False,
     ) -> None:
         self.role = role
         self.pool = pool  # an agent's pool (client_a connections name one per open)
+        self.rules = rules and role == "client"  # a client_a that asked for RULES
         self.is_client = role == "client"
         self.out = out
         self.link = link
@@ -337,6 +342,9 @@ class Switch:
         self.members: tuple[str, ...] = (instance_id,)
         self.draining = False
         self.turn = 0
+        # The RULES frame (--client-rules) every client_a that asked for it gets after HELLO
+        # and again on each change; None: this relay pushes no rules.
+        self.rules_frame: bytes | None = None
 
     # --- connections ---
 
@@ -392,6 +400,8 @@ class Switch:
                 max_frame_size=limits.max_message,
             )
             conn.out.write(hello.encode())
+            if conn.rules and self.rules_frame is not None:
+                conn.out.write(self.rules_frame)
         else:
             self.agents.append(conn)
             self.pools.setdefault(conn.pool, []).append(conn)
@@ -476,6 +486,15 @@ class Switch:
         frame = Members(members).encode()
         for agent in self.agents:
             self._send(agent, frame)
+
+    def set_rules(self, frame: bytes) -> None:
+        """New pushed rules (an encoded RULES frame): every client_a that asked hears them."""
+        if frame == self.rules_frame:
+            return
+        self.rules_frame = frame
+        for client in self.clients:
+            if client.rules:
+                self._send(client, frame)
 
     def start_draining(self) -> None:
         self.draining = True
@@ -582,6 +601,9 @@ class Switch:
             return end
         elif frame_type == _MEMBERS:
             Members.decode(payload)  # only relays send it; nothing to do with one
+            return end
+        elif frame_type == _RULES:
+            PushedRules.decode(payload)  # as MEMBERS: only relays send it; nothing to do
             return end
         half = src.sends.get(sid)
         if half is None:

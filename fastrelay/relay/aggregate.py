@@ -15,13 +15,15 @@ from collections.abc import Iterable, Mapping
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastrelay.metrics import BUILD, CLUSTER_MEMBERS, PREFIX, READY
+from fastrelay.metrics import BUILD, CLUSTER_MEMBERS, PREFIX, READY, RULES, RULES_VERSION
 
 # Gauges that describe the deployment, not a share of the work: one value, not a sum.
 NOT_SUMMED = {
     BUILD + "_info": "first",
     CLUSTER_MEMBERS: "max",
     READY: "min",
+    RULES: "max",  # every worker pushes the same file
+    RULES_VERSION: "max",  # 1 per version; two during a reload that reached some workers
 }
 
 Key = tuple[str, tuple[tuple[str, str], ...]]

@@ -22,11 +22,14 @@ from fastrelay.lifecycle import (
     serve_service,
 )
 from fastrelay.metrics import make_registry
+from fastrelay.protocol.rules import PushedRules
 from fastrelay.relay.cluster import RedisMembership, StaticMembership
 from fastrelay.relay.config import RelayConfig
 from fastrelay.relay.peer import Peer
+from fastrelay.relay.rules import load_client_rules
 from fastrelay.relay.server import Relay
 from fastrelay.relay.supervisor import SUPERVISOR_ENV, serve_workers
+from fastrelay.reload import FileReloader, load_at_start
 from fastrelay.tls import server_context
 
 log = logging.getLogger("fastrelay.relay")
@@ -82,6 +85,26 @@ class RelayService(Service):
             relay.membership = StaticMembership(self.instance_id, config.peers)
             relay.set_members(relay.membership.members)
         self.readiness = Readiness()
+        self.client_rules: FileReloader[PushedRules] | None = None
+        if config.client_rules is not None:
+            path, size = config.client_rules, config.max_frame_size
+            relay.set_client_rules(
+                load_at_start("--client-rules", path, lambda p: load_client_rules(p, size))
+            )
+            self.client_rules = FileReloader(
+                path,
+                "--client-rules",
+                lambda p: load_client_rules(p, size),
+                relay.set_client_rules,
+                log,
+            )
+            relay.rules_reloads = self.client_rules.counts
+
+    def on_sighup(self) -> None:
+        """Reload --client-rules at once, and reopen the access log."""
+        if self.client_rules is not None:
+            self.client_rules.reload()
+        super().on_sighup()
 
     async def start(self) -> dict[str, Any]:
         config, relay = self.config, self.relay
@@ -119,7 +142,10 @@ class RelayService(Service):
 
     def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
         assert self.relay.membership is not None
-        return [self.relay.membership.run(stop)]
+        tasks = [self.relay.membership.run(stop)]
+        if self.client_rules is not None:
+            tasks.append(self.client_rules.watch(stop, self.config.client_rules_poll))
+        return tasks
 
     async def drain(self) -> None:
         config, relay = self.config, self.relay

@@ -24,6 +24,8 @@ from fastrelay.config import (
 )
 from fastrelay.protocol.frames import MAX_PAYLOAD
 from fastrelay.protocol.switch import SLOT_COUNT, SLOT_SIZE, Limits
+from fastrelay.relay.rules import load_client_rules
+from fastrelay.reload import load_at_start
 
 
 def worker_count(text: str) -> int:
@@ -103,6 +105,13 @@ OPTIONS = [
         1024 * 1024,
         "receive window the relay grants an agent per seed-dialect session (/v1/seed)",
     ),
+    Option(
+        "client_rules",
+        optional_file,
+        None,
+        "rules file pushed to every client_a (RULES); reloaded on SIGHUP and when it changes",
+    ),
+    Option("client_rules_poll", positive_float, 1.0, "seconds between checks of --client-rules"),
     Option("drain_timeout", positive_float, 30.0, "seconds open tunnels may finish on shutdown"),
     Option(
         "instance_id", str, "", "instance id announced in HELLO (default: random)", metavar="ID"
@@ -150,6 +159,8 @@ class RelayConfig:
     max_pools: int
     open_retry_after: float
     seed_window: int
+    client_rules: Path | None
+    client_rules_poll: float
     drain_timeout: float
     instance_id: str
     cluster: str
@@ -208,4 +219,9 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Relay
         raise ConfigError("--max-streams-per-agent must be at least --max-streams-per-connection")
     if v["max_connection_buffer"] < 2 * v["max_frame_size"]:
         raise ConfigError("--max-connection-buffer must be at least twice --max-frame-size")
+    if v["client_rules"] is not None:  # checked here too, so a supervisor exits 2 for it
+        max_frame_size = v["max_frame_size"]
+        load_at_start(
+            "--client-rules", v["client_rules"], lambda p: load_client_rules(p, max_frame_size)
+        )
     return RelayConfig(client_tokens=client, agent_tokens=agent, argv=tuple(argv), **v)

@@ -38,8 +38,10 @@ class Peer(WSListener):
         remote: str = "unknown",
         token: int = 0,
         pool: str = DEFAULT_POOL,
+        rules: bool = False,
     ) -> None:
         super().__init__()
+        self.rules = rules  # a client_a that asked for RULES
         self.pool = pool  # an agent's, from its X-Fastrelay-Pool header
         self.relay = relay
         self.switch = relay.switch
@@ -61,7 +63,9 @@ class Peer(WSListener):
         # connection off; nothing else is ever paused for it.
         budget = self.relay.config.max_connection_buffer
         transport.underlying_transport.set_write_buffer_limits(high=budget, low=budget // 4)
-        self.conn = Conn(self.role, self.writer, self, self.token, self.remote, self.pool)
+        self.conn = Conn(
+            self.role, self.writer, self, self.token, self.remote, self.pool, self.rules
+        )
         self.switch.attach(self.conn, _now())
         self.relay.peer_connected(self)
 

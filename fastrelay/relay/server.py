@@ -24,11 +24,14 @@ from fastrelay.logs import RateLimitedLog
 from fastrelay.protocol.errors import CLOSE_GOING_AWAY, ProtocolError
 from fastrelay.protocol.messages import (
     DEFAULT_POOL,
+    FEATURE_RULES,
+    FEATURES_HEADER,
     POOL_HEADER,
     OpenStream,
     format_authority,
     pool_error,
 )
+from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.seed import SeedStats
 from fastrelay.protocol.switch import Conn, Stream, Switch
 from fastrelay.relay.cluster import RedisMembership, StaticMembership
@@ -67,6 +70,8 @@ class Relay:
             "agent": [t.encode() for t in config.agent_tokens],
         }
         self._ticker: asyncio.TimerHandle | None = self.loop.call_later(TICK, self._tick)
+        self.client_rules: PushedRules | None = None  # --client-rules, pushed to client_a
+        self.rules_reloads = {"ok": 0, "error": 0}  # read from its FileReloader by the app
 
     # --- the WebSocket upgrade: authentication before any state exists ---
 
@@ -114,10 +119,13 @@ class Relay:
             return WSUpgradeResponseWithListener(
                 WSUpgradeResponse.create_error_response(status, message.encode() + b"\n"), None
             )
+        # A client_a that asks for RULES (an older one would close on the unknown frame).
+        features = (request.headers.get(FEATURES_HEADER) or "").lower()
+        rules = role == "client" and FEATURE_RULES in (f.strip() for f in features.split(","))
         listener = (
             SeedPeer(self, peer, token)
             if path == SEED_PATH
-            else Peer(self, role, peer, token, pool)
+            else Peer(self, role, peer, token, pool, rules)
         )
         listener.forwarded_for = fields.get("forwarded_for")
         return WSUpgradeResponseWithListener(
@@ -241,6 +249,22 @@ class Relay:
 
     def set_members(self, members: tuple[str, ...]) -> None:
         self.switch.set_members(members)
+
+    def set_client_rules(self, pushed: PushedRules) -> None:
+        """Push `pushed` to every client_a that asked for rules, now and on each connect."""
+        old = self.client_rules
+        self.client_rules = pushed
+        if old is not None and old.version == pushed.version:
+            log.info("--client-rules reloaded: unchanged (version %s)", pushed.version[:12])
+            return
+        self.switch.set_rules(pushed.encode())
+        asked = sum(1 for conn in self.switch.clients if conn.rules)
+        log.info(
+            "client rules version %s: %d rules, pushed to %d client_a",
+            pushed.version[:12],
+            len(pushed.entries),
+            asked,
+        )
 
     def membership_errors(self) -> int:
         return 0 if self.membership is None else self.membership.errors

@@ -76,6 +76,11 @@ class RelayStats:
         )
         yield metrics.F_SEED_UNKNOWN_SESSION.one(seed.unknown_session)
         yield metrics.F_SEED_READ_PAUSES.one(seed.read_pauses)
+        # Without --client-rules: 0 rules, version "" (0), no reloads.
+        pushed = relay.client_rules
+        yield metrics.F_RULES_RELAY.build({("pushed",): len(pushed.entries) if pushed else 0})
+        yield metrics.rules_version(pushed.version if pushed else None)
+        yield metrics.F_RULES_RELOADS_RELAY.build(by_label(relay.rules_reloads))
 
 
 def _queued(conn: Conn) -> int:

@@ -107,8 +107,14 @@ def test_frame_type_codes_are_stable() -> None:
         "HELLO": 0x08,
         "GOAWAY": 0x09,
         "MEMBERS": 0x0A,
+        "RULES": 0x0B,
     }
-    assert {FrameType.HELLO, FrameType.GOAWAY, FrameType.MEMBERS} == CONNECTION_FRAMES
+    assert {
+        FrameType.HELLO,
+        FrameType.GOAWAY,
+        FrameType.MEMBERS,
+        FrameType.RULES,
+    } == CONNECTION_FRAMES
     assert {FrameType.CONNECT, FrameType.REQUEST} == OPEN_FRAMES
 
 
@@ -198,7 +204,8 @@ VALID_HEADERS = [
 ]
 BAD_HEADERS = [
     (0x00, 1, 0, 0, "unknown frame type 0x00"),
-    (0x0B, 1, 0, 0, "unknown frame type 0x0b"),
+    (0x0C, 1, 0, 0, "unknown frame type 0x0c"),
+    (FrameType.RULES, 1, 0, 0, "RULES frame with stream id 1"),
     (0x7F, 1, 0, 0, "unknown frame type 0x7f"),
     (0xFF, 0, 0, 0, "unknown frame type 0xff"),
     (FrameType.TUNNEL_DATA, 1, 3, 2, "truncated frame"),

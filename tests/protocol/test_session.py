@@ -23,6 +23,7 @@ from fastrelay.protocol.messages import (
     OpenStream,
     TunnelError,
 )
+from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.session import (
     AGENT_SIDE,
     CLIENT_SIDE,
@@ -96,6 +97,12 @@ class Events:
 
     def on_members(self, session: Session, members: Members) -> None:
         self.log.append(("members", members.instances))
+
+    def on_rules(self, session: Session, pushed: PushedRules) -> None:
+        self.log.append(("rules", pushed.version))
+
+    def on_rules_refused(self, session: Session, why: str) -> None:
+        self.log.append(("rules_refused", why))
 
     def on_open(self, session: Session, stream: Stream, request: OpenStream) -> None:
         self.log.append(("open", stream.sid, request.host))

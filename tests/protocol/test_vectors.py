@@ -35,6 +35,7 @@ from fastrelay.protocol.messages import (
     TunnelError,
     status_description,
 )
+from fastrelay.protocol.rules import PushedRules, parse_rules_file
 from fastrelay.protocol.state import TRANSITIONS, Event, State
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
@@ -50,7 +51,7 @@ TABLE_RE = re.compile(
     r"<!-- transitions:begin -->(?P<table>.*?)<!-- transitions:end -->", re.DOTALL
 )
 
-Message = ConnectResponse | GoAway | Hello | Members | OpenStream | TunnelError
+Message = ConnectResponse | GoAway | Hello | Members | OpenStream | PushedRules | TunnelError
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ def decode_payload(frame_type: FrameType, payload: memoryview) -> Message | byte
         return GoAway.decode(payload)
     if frame_type is FrameType.MEMBERS:
         return Members.decode(payload)
+    if frame_type is FrameType.RULES:
+        return PushedRules.decode(payload)
     if frame_type is FrameType.WINDOW_UPDATE:
         return decode_window_increment(payload)
     if frame_type is FrameType.TUNNEL_DATA:
@@ -122,7 +125,7 @@ def decode_message(data: bytes, out: list[Decoded]) -> None:
 
 def encode(frame: Decoded) -> bytes:
     value = frame.value
-    if isinstance(value, Hello | GoAway | Members):
+    if isinstance(value, Hello | GoAway | Members | PushedRules):
         return value.encode()
     if isinstance(value, OpenStream | ConnectResponse | TunnelError):
         return value.encode(frame.stream_id)
@@ -176,6 +179,11 @@ def expected_message(doc: dict[str, Any]) -> Message:
         )
     if kind is FrameType.MEMBERS:
         return Members(instances=tuple(p["instances"]))
+    if kind is FrameType.RULES:
+        # The documented text is the canonical form of its rules, and the version its hash.
+        pushed = PushedRules.from_entries(parse_rules_file(p["rules"], local=False).entries)
+        assert (pushed.text, pushed.version) == (p["rules"], p["version"])
+        return pushed
     assert kind is FrameType.GOAWAY
     return GoAway(error=p["error"])
 
@@ -218,6 +226,8 @@ def test_doc_has_the_vectors_the_spec_promises() -> None:
         "connect_response_503_pool",
         "hello_agent_pool",
         "connect_bad_pool",
+        "rules_pushed",
+        "rules_version_mismatch",
     } <= names
     # Every frame type appears in at least one valid vector.
     seen = {frame["type"] for v in VALID for frame in v.expected}

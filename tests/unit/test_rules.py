@@ -513,14 +513,15 @@ def test_most_specific_rule_wins(text: str, host: str, pool: str) -> None:
         (
             "[::1]\n",
             1,
-            "invalid section header '[::1]' (expected '[pool NAME]'; "
+            "invalid section header '[::1]' (expected '[pool NAME]' or '[pushed on|off]'; "
             "IPv6 patterns are written without brackets)",
         ),
         ("[pool corp\n", 1, "invalid section header '[pool corp'"),
         (
             "ok.com\n[agents corp]\n",
             2,
-            "unknown section 'agents' in '[agents corp]' (expected '[pool NAME]')",
+            "unknown section 'agents' in '[agents corp]' "
+            "(expected '[pool NAME]' or '[pushed on|off]')",
         ),
         ("[pool]\n", 1, "invalid section header '[pool]': empty pool name"),
         ("[pool a b]\n", 1, "invalid section header '[pool a b]': invalid pool name 'a b'"),
