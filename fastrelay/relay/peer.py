@@ -78,18 +78,22 @@ class Peer(WSListener):
         elif msg_type is _PONG:
             self.switch.heard(conn, _now())
         elif msg_type is _CLOSE:
-            if self.close_reason is None:
-                message = (frame.get_close_message() or b"").decode("utf-8", "replace")[:120]
-                code = int(frame.get_close_code().value)
-                self.close_reason = f"closed by peer ({code}{' ' + message if message else ''})"
-            transport.send_close(frame.get_close_code())
-            transport.disconnect()
+            self.closed_by_peer(transport, frame)
         elif msg_type is not _PING:
             error = ProtocolError(
                 f"unexpected WebSocket {msg_type.name} frame (fin={frame.fin}): "
                 "fastrelay sends whole binary messages only"
             )
             self.switch.fail(conn, error, _now())
+
+    def closed_by_peer(self, transport: WSTransport, frame: WSFrame) -> None:
+        """The peer's CLOSE: remember why (for the log), answer it, hang up."""
+        if self.close_reason is None:
+            message = (frame.get_close_message() or b"").decode("utf-8", "replace")[:120]
+            code = int(frame.get_close_code().value)
+            self.close_reason = f"closed by peer ({code}{' ' + message if message else ''})"
+        transport.send_close(frame.get_close_code())
+        transport.disconnect()
 
     # --- switch.Link ---
 

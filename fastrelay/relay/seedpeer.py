@@ -116,12 +116,7 @@ class SeedPeer(Peer):
         elif msg_type is _PONG:
             self.switch.heard(conn, _now())
         elif msg_type is _CLOSE:
-            if self.close_reason is None:
-                message = (frame.get_close_message() or b"").decode("utf-8", "replace")[:120]
-                code = int(frame.get_close_code().value)
-                self.close_reason = f"closed by peer ({code}{' ' + message if message else ''})"
-            transport.send_close(frame.get_close_code())
-            transport.disconnect()
+            self.closed_by_peer(transport, frame)
         elif msg_type is not _PING:  # pragma: no cover - picows knows no other type
             self.fail(SeedError(f"unexpected WebSocket {msg_type.name} frame"))
 

@@ -46,13 +46,15 @@ def spki_hash(cert_pem: Path) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-def dump_dom(chain: Chain, certs: dict[str, Path], url: str, profile: Path) -> str:
+def chromium_dom(certs: dict[str, Path], url: str, profile: Path, *proxy_flags: str) -> str:
+    """The DOM headless Chromium renders for `url`, proxied as `proxy_flags` say
+    (--proxy-server=..., or --proxy-pac-url=...), trusting the test CA's key."""
     result = subprocess.run(
         [
             chromium(),
             *CHROMIUM_FLAGS,
             f"--user-data-dir={profile}",
-            f"--proxy-server={chain.proxy}",
+            *proxy_flags,
             f"--ignore-certificate-errors-spki-list={spki_hash(certs['cert'])}",
             "--dump-dom",
             url,
@@ -63,6 +65,10 @@ def dump_dom(chain: Chain, certs: dict[str, Path], url: str, profile: Path) -> s
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
+
+
+def dump_dom(chain: Chain, certs: dict[str, Path], url: str, profile: Path) -> str:
+    return chromium_dom(certs, url, profile, f"--proxy-server={chain.proxy}")
 
 
 def test_browser_loads_listed_page_through_relay_and_unlisted_direct(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import LISTED, UNLISTED, Chain, Target, curl_path
 from support.procs import AGENT_TOKEN, ROOT, Proc, is_ready, metric, wait_until
-from test_browser import CHROMIUM_FLAGS, chromium, spki_hash
+from test_browser import chromium_dom
 
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
 # Chromium sends loopback hosts (127.0.0.0/8, their IPv4-mapped IPv6 forms, localhost) direct
@@ -106,24 +106,13 @@ def test_pac_on_both_ports_etag_304_and_reload(pac_chain: tuple[Chain, Path]) ->
 
 
 def dump_dom(pac_url: str, certs: dict[str, Path], url: str, profile: Path) -> str:
-    flags = CHROMIUM_FLAGS
-    result = subprocess.run(
-        [
-            chromium(),
-            *flags,
-            f"--user-data-dir={profile}",
-            f"--proxy-pac-url={pac_url}",
-            f"--host-resolver-rules=MAP {UNLISTED_NAME} {UNLISTED}",
-            f"--ignore-certificate-errors-spki-list={spki_hash(certs['cert'])}",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
+    return chromium_dom(
+        certs,
+        url,
+        profile,
+        f"--proxy-pac-url={pac_url}",
+        f"--host-resolver-rules=MAP {UNLISTED_NAME} {UNLISTED}",
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 def test_chromium_with_the_pac_sends_listed_through_relay_and_unlisted_direct(
