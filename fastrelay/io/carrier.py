@@ -483,6 +483,7 @@ class CarrierListener(WSListener):
         super().__init__()
         self.carrier = carrier
         self.session = carrier.session
+        self.scheduler = carrier.scheduler
         self.ping_sent_at = 0.0
 
     # picows' auto-ping calls these two; timing them gives the round trip.
@@ -502,6 +503,8 @@ class CarrierListener(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
+        scheduler = self.scheduler
+        scheduler.in_frame = True  # what this frame makes goes out after the read's last one
         try:
             if msg_type is _BINARY and frame.fin:
                 self.session.receive(frame.get_payload_as_memoryview(), time.monotonic())
@@ -515,6 +518,8 @@ class CarrierListener(WSListener):
             log.error("closing relay connection: %s", exc)
             transport.send_close(WSCloseCode(exc.close_code), str(exc).encode()[:120])
             transport.disconnect()
+        finally:
+            scheduler.frame_done(frame.last_in_buffer)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.carrier.disconnected()

@@ -3,8 +3,9 @@
 Every picows `send()` is one `send()` syscall, so a relay that writes each
 small frame on its own tops out near 100k frames/s here. A `MuxWriter`
 appends frames under `LARGE_FRAME` bytes to a pending buffer and a
-`FlushScheduler` writes each dirty buffer once per event-loop iteration, after
-all the reads of that iteration were handled. A frame of `LARGE_FRAME` bytes
+`FlushScheduler` writes each dirty buffer once per read batch: right after the
+last frame of a WebSocket read, or at the end of the event-loop iteration for
+writes from anywhere else. A frame of `LARGE_FRAME` bytes
 or more is sent on its own straight from the caller's buffer: picows (server
 side) writes it with `writev` without a user-space copy, and aiofastnet copies
 only an unsent tail, so a view into another connection's read buffer is safe.
@@ -22,20 +23,42 @@ _BINARY = WSMsgType.BINARY
 
 
 class FlushScheduler:
-    """Flushes every dirty writer once, at the end of the loop iteration."""
+    """Flushes every dirty writer once per read batch.
 
-    __slots__ = ("dirty", "loop", "scheduled")
+    Inside a WebSocket frame's callback (`in_frame`), marking a writer
+    schedules nothing: when the callback of the last frame of the read ends
+    (picows' `last_in_buffer`), `frame_done` flushes at once, so a forwarded
+    message leaves without waiting for another loop iteration. Anything marked
+    elsewhere (a TCP read, a timer) is flushed at the end of the loop
+    iteration, after all the reads of that iteration were handled.
+    """
+
+    __slots__ = ("dirty", "in_frame", "loop", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.dirty: list[MuxWriter] = []
         self.scheduled = False
+        self.in_frame = False  # inside a WebSocket frame's callback
 
     def mark(self, writer: MuxWriter) -> None:
         self.dirty.append(writer)
-        if not self.scheduled:
+        if not self.scheduled and not self.in_frame:
             self.scheduled = True
             self.loop.call_soon(self.flush_all)
+
+    def frame_done(self, last_in_buffer: bool) -> None:
+        """A frame's callback ended (call it in a `finally`): at the read's last
+        frame flush now; otherwise make sure a flush is scheduled, in case no
+        later frame of this read is ever delivered (a parse error closes the
+        connection first)."""
+        self.in_frame = False
+        if self.dirty:
+            if last_in_buffer:
+                self.flush_all()
+            elif not self.scheduled:
+                self.scheduled = True
+                self.loop.call_soon(self.flush_all)
 
     def flush_all(self) -> None:
         dirty, self.dirty = self.dirty, []

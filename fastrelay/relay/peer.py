@@ -45,6 +45,7 @@ class Peer(WSListener):
         self.pool = pool  # an agent's, from its X-Fastrelay-Pool header
         self.relay = relay
         self.switch = relay.switch
+        self.scheduler = relay.scheduler
         self.role = role
         self.remote = remote  # the socket's peer address, for logs
         self.token = token
@@ -72,19 +73,24 @@ class Peer(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         conn = self.conn
         assert conn is not None
-        msg_type = frame.msg_type  # one enum conversion per frame (~0.2 us each)
-        if msg_type is _BINARY and frame.fin:
-            self.switch.receive(conn, frame.get_payload_as_memoryview(), _now())
-        elif msg_type is _PONG:
-            self.switch.heard(conn, _now())
-        elif msg_type is _CLOSE:
-            self.closed_by_peer(transport, frame)
-        elif msg_type is not _PING:
-            error = ProtocolError(
-                f"unexpected WebSocket {msg_type.name} frame (fin={frame.fin}): "
-                "fastrelay sends whole binary messages only"
-            )
-            self.switch.fail(conn, error, _now())
+        scheduler = self.scheduler
+        scheduler.in_frame = True  # what this frame makes goes out after the read's last one
+        try:
+            msg_type = frame.msg_type  # one enum conversion per frame (~0.2 us each)
+            if msg_type is _BINARY and frame.fin:
+                self.switch.receive(conn, frame.get_payload_as_memoryview(), _now())
+            elif msg_type is _PONG:
+                self.switch.heard(conn, _now())
+            elif msg_type is _CLOSE:
+                self.closed_by_peer(transport, frame)
+            elif msg_type is not _PING:
+                error = ProtocolError(
+                    f"unexpected WebSocket {msg_type.name} frame (fin={frame.fin}): "
+                    "fastrelay sends whole binary messages only"
+                )
+                self.switch.fail(conn, error, _now())
+        finally:
+            scheduler.frame_done(frame.last_in_buffer)
 
     def closed_by_peer(self, transport: WSTransport, frame: WSFrame) -> None:
         """The peer's CLOSE: remember why (for the log), answer it, hang up."""

@@ -101,24 +101,29 @@ class SeedPeer(Peer):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         conn = self.conn
         assert conn is not None
-        msg_type = frame.msg_type
-        opcode = _OPCODES.get(msg_type)
-        if opcode is not None:
-            if conn.failed:
-                return
-            conn.last_rx = _now()
-            try:
-                self.machine.frame(opcode, frame.get_payload_as_memoryview(), frame.fin)
-            except ProtocolError as exc:  # SeedError (1002), BudgetExceeded (1008)
-                if isinstance(exc, BudgetExceeded):
-                    self.switch.stats.limits["connection_buffer"] += 1
-                self.fail(exc)
-        elif msg_type is _PONG:
-            self.switch.heard(conn, _now())
-        elif msg_type is _CLOSE:
-            self.closed_by_peer(transport, frame)
-        elif msg_type is not _PING:  # pragma: no cover - picows knows no other type
-            self.fail(SeedError(f"unexpected WebSocket {msg_type.name} frame"))
+        scheduler = self.scheduler
+        scheduler.in_frame = True
+        try:
+            msg_type = frame.msg_type
+            opcode = _OPCODES.get(msg_type)
+            if opcode is not None:
+                if conn.failed:
+                    return
+                conn.last_rx = _now()
+                try:
+                    self.machine.frame(opcode, frame.get_payload_as_memoryview(), frame.fin)
+                except ProtocolError as exc:  # SeedError (1002), BudgetExceeded (1008)
+                    if isinstance(exc, BudgetExceeded):
+                        self.switch.stats.limits["connection_buffer"] += 1
+                    self.fail(exc)
+            elif msg_type is _PONG:
+                self.switch.heard(conn, _now())
+            elif msg_type is _CLOSE:
+                self.closed_by_peer(transport, frame)
+            elif msg_type is not _PING:  # pragma: no cover - picows knows no other type
+                self.fail(SeedError(f"unexpected WebSocket {msg_type.name} frame"))
+        finally:
+            scheduler.frame_done(frame.last_in_buffer)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.relay.seed_peers.pop(self, None)

@@ -168,3 +168,54 @@ def test_each_dirty_writer_flushes_once_per_iteration(run: Runner) -> None:
         assert not scheduler.dirty and not scheduler.scheduled
 
     run(main)
+
+
+# --- flushing at the end of a WebSocket read (picows' last_in_buffer) ---
+
+
+def test_frames_of_one_read_leave_in_one_send_right_after_the_last(run: Runner) -> None:
+    async def main() -> None:
+        transport, writer, scheduler = make()
+        for sid, last in ((1, False), (2, False), (3, True)):  # one read, three frames
+            scheduler.in_frame = True
+            writer.write(frame(sid, 100))
+            if not last:
+                assert transport.sent == []  # nothing leaves before the read's last frame
+            scheduler.frame_done(last)
+        assert transport.sent == [frame(1, 100) + frame(2, 100) + frame(3, 100)]
+        assert not scheduler.in_frame
+        await next_iteration()  # the safety flush the first frames scheduled finds nothing
+        assert len(transport.sent) == 1
+
+    run(main)
+
+
+def test_a_read_whose_last_frame_never_comes_is_still_flushed(run: Runner) -> None:
+    """picows drops the rest of a read at a parse error: the frames already
+    handled still leave, at the end of the loop iteration."""
+
+    async def main() -> None:
+        transport, writer, scheduler = make()
+        scheduler.in_frame = True
+        writer.write(frame(1, 100))
+        scheduler.frame_done(False)
+        assert transport.sent == []
+        await next_iteration()
+        assert transport.sent == [frame(1, 100)]
+
+    run(main)
+
+
+def test_writes_outside_a_frame_still_wait_for_the_end_of_the_iteration(run: Runner) -> None:
+    async def main() -> None:
+        transport, writer, scheduler = make()
+        writer.write(frame(1, 100))  # a TCP read's frame: coalesced with the iteration's others
+        scheduler.in_frame = True
+        scheduler.frame_done(True)  # a WebSocket read in the same iteration flushes it too
+        assert transport.sent == [frame(1, 100)]
+        writer.write(frame(2, 100))
+        assert transport.sent == [frame(1, 100)]
+        await next_iteration()
+        assert transport.sent == [frame(1, 100), frame(2, 100)]
+
+    run(main)
