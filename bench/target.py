@@ -15,7 +15,7 @@ import json
 import struct
 import sys
 
-import uvloop
+from fastrelay import eventloop
 
 REQUEST = struct.Struct("!cQ")
 BLOCK = bytes(range(256)) * 1024  # 256 KiB
@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--bind", action="append", default=[])
     args = parser.parse_args()
-    uvloop.run(serve(args.bind or ["127.0.0.2"]))
+    eventloop.run_default(serve(args.bind or ["127.0.0.2"]))
 
 
 if __name__ == "__main__":
