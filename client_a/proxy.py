@@ -18,7 +18,7 @@ import aiofastnet
 
 from client_a.browser import BrowserConnection
 from client_a.config import ClientConfig
-from client_a.routes import ESTABLISHED, BrowserSocket, DirectPipe, DirectUpstream, RelayRoute
+from client_a.routes import BrowserSocket, DirectPipe, DirectUpstream, RelayRoute
 from client_a.rules import Rules
 from client_a.stats import ClientStats
 from fastrelay.accesslog import AccessLog
@@ -75,6 +75,7 @@ class Proxy:
             bytes_up=bytes_up,
             bytes_down=bytes_down,
             duration=time.monotonic() - browser.received_at,
+            proto=browser.proto,
         )
 
     def dispatch(self, browser: BrowserConnection, request: ProxyRequest) -> None:
@@ -234,12 +235,14 @@ class Proxy:
             return
         pipe.upstream = transport
         if request.is_connect:
-            browser.transport.write(ESTABLISHED)
+            browser.transport.write(browser.established())
         else:
             transport.write(request.head)
         self.count("direct", "ok")
         pipe.opened()
         browser.start(pipe)  # may answer 400 already: a malformed body in the held bytes
+        if not transport.is_closing():
+            transport.resume_reading()  # paused in DirectUpstream.connection_made
         if not browser.transport.is_closing():
             browser.transport.resume_reading()
 

@@ -17,15 +17,14 @@ from typing import TYPE_CHECKING
 from client_a.browser import BrowserConnection
 from fastrelay.io.reset import reset_when_sent
 from fastrelay.protocol.errors import HttpError
-from fastrelay.protocol.http import ProxyRequest, ResponseHeadRewriter, render_response
+from fastrelay.protocol.http import ProxyRequest, ResponseHeadRewriter
 from fastrelay.protocol.session import End, Stream
-from fastrelay.protocol.status import CONNECTION_ESTABLISHED, Failure, failure_of
+from fastrelay.protocol.status import Failure, failure_of
 
 if TYPE_CHECKING:
     from client_a.proxy import Proxy
     from fastrelay.io.carrier import Carrier
 
-ESTABLISHED = render_response(200, CONNECTION_ESTABLISHED)
 # Refusals that another relay (or carrier) may not share: retried once.
 RETRYABLE = frozenset({Failure.NO_AGENT, Failure.DRAINING, Failure.OPEN_LIMIT})
 
@@ -95,7 +94,7 @@ class RelayRoute(ResponseDeadline):
             stream.abort("browser went away")
             return
         if self.request.is_connect:
-            browser.transport.write(ESTABLISHED)
+            browser.transport.write(browser.established())
         else:
             stream.send(self.request.head)
             self.start_response_timer()
@@ -367,6 +366,13 @@ class DirectPipe(ResponseDeadline):
 class DirectUpstream(asyncio.Protocol):
     def __init__(self, pipe: DirectPipe) -> None:
         self.pipe = pipe
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not a byte from the target before the browser has its answer to the CONNECT
+        # (a server that speaks first, such as SSH or SMTP, would otherwise overtake it:
+        # the dial's coroutine resumes a loop iteration after the first read). open_direct
+        # resumes reading once the answer is written.
+        transport.pause_reading()  # type: ignore[attr-defined]  # a ReadTransport
 
     def data_received(self, data: bytes) -> None:
         self.pipe.upstream_data(data)
