@@ -359,3 +359,43 @@ def test_no_agent_gets_host_unreachable(make_chain, rules_file: Path) -> None:  
     chain.start_client(rules_file)
     assert _failure(chain, LISTED, 443) == METHOD_SELECTED + socks_reply(Failure.NO_AGENT.socks)
     assert Failure.NO_AGENT.socks == SocksReply.HOST_UNREACHABLE
+
+
+def test_not_connected_gets_network_unreachable(make_chain, rules_file: Path) -> None:  # type: ignore[no-untyped-def]
+    chain: Chain = make_chain()
+    chain.start_relay()
+    chain.start_client(rules_file, "--open-timeout", "3")
+    chain.relay.stop()
+    answer = _failure(chain, LISTED, 443)
+    assert answer == METHOD_SELECTED + socks_reply(Failure.NOT_CONNECTED.socks)
+    assert Failure.NOT_CONNECTED.socks == SocksReply.NETWORK_UNREACHABLE
+
+
+@pytest.mark.parametrize("socks", [True, False], ids=["socks5", "http-connect"])
+def test_a_target_that_speaks_first_does_not_overtake_the_answer(
+    socks_chain: Chain, socks: bool
+) -> None:
+    """Direct route: the target's banner (SSH, SMTP) reaches the client after the answer to
+    its CONNECT, never before it."""
+    with socket.create_server((UNLISTED, 0)) as server:
+        port = server.getsockname()[1]
+        address = split_address(socks_chain.clients[0].ready["listen"])
+        with socket.create_connection(address, 5) as sock:
+            sock.settimeout(10)
+            if socks:
+                sock.sendall(GREETING + connect_request(UNLISTED, port))
+            else:
+                sock.sendall(f"CONNECT {UNLISTED}:{port} HTTP/1.1\r\n\r\n".encode())
+            server.settimeout(10)
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"SSH-2.0-banner\r\n")
+                conn.shutdown(socket.SHUT_WR)
+                out = b""
+                while chunk := sock.recv(65536):
+                    out += chunk
+    if socks:
+        assert out == METHOD_SELECTED + socks_reply(0) + b"SSH-2.0-banner\r\n"
+    else:
+        assert out.startswith(b"HTTP/1.1 200 ")
+        assert out.endswith(b"\r\n\r\nSSH-2.0-banner\r\n")
