@@ -208,7 +208,7 @@ class Proxy:
             return
         pipe = DirectPipe(self, browser, request)
         try:
-            transport, _ = await asyncio.wait_for(
+            transport, upstream = await asyncio.wait_for(
                 aiofastnet.create_connection(
                     loop, lambda: DirectUpstream(pipe), request.host, request.port
                 ),
@@ -240,9 +240,8 @@ class Proxy:
             transport.write(request.head)
         self.count("direct", "ok")
         pipe.opened()
+        upstream.release()  # what the target sent before the answer above, after it
         browser.start(pipe)  # may answer 400 already: a malformed body in the held bytes
-        if not transport.is_closing():
-            transport.resume_reading()  # paused in DirectUpstream.connection_made
         if not browser.transport.is_closing():
             browser.transport.resume_reading()
 

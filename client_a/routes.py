@@ -364,20 +364,35 @@ class DirectPipe(ResponseDeadline):
 
 
 class DirectUpstream(asyncio.Protocol):
+    """The target's socket. What it sends before `release()` (a server that speaks first,
+    such as SSH or SMTP, can be read before the dial's coroutine resumes) is held, so it
+    never overtakes the answer to the browser's CONNECT. Not pause_reading() in
+    connection_made: aiofastnet registers the reader after connection_made anyway, and a
+    transport paused then keeps its fd in the stdlib selector after it closes."""
+
     def __init__(self, pipe: DirectPipe) -> None:
         self.pipe = pipe
+        self.held: list[bytes] | None = []  # None once released
+        self.held_eof = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not a byte from the target before the browser has its answer to the CONNECT
-        # (a server that speaks first, such as SSH or SMTP, would otherwise overtake it:
-        # the dial's coroutine resumes a loop iteration after the first read). open_direct
-        # resumes reading once the answer is written.
-        transport.pause_reading()  # type: ignore[attr-defined]  # a ReadTransport
+    def release(self) -> None:
+        """The browser has its answer: pass on what the target sent meanwhile."""
+        held, self.held = self.held, None
+        for data in held or ():
+            self.pipe.upstream_data(data)
+        if self.held_eof:
+            self.pipe.upstream_eof()
 
     def data_received(self, data: bytes) -> None:
+        if self.held is not None:
+            self.held.append(data)
+            return
         self.pipe.upstream_data(data)
 
     def eof_received(self) -> bool:
+        if self.held is not None:
+            self.held_eof = True
+            return True
         self.pipe.upstream_eof()
         return True
 
