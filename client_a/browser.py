@@ -118,7 +118,12 @@ class BrowserConnection(asyncio.BufferedProtocol):
         if gate.open >= gate.max_connections:
             gate.dropped["max_connections"] += 1
             self.parser = None
-            self.reply(
+            # Not from inside connection_made: aiofastnet adds its reader in a callback
+            # queued after this one, so a close here would leave that reader on the closed
+            # fd, and on the stdlib loop the next socket with that fd number fails
+            # (ENOENT from epoll). call_soon runs after aiofastnet's callback.
+            gate.loop.call_soon(
+                self.reply,
                 Failure.CLIENT_BUSY,
                 f"client_a is at its limit of {gate.max_connections} browser connections "
                 "(--max-connections); try again later",

@@ -96,18 +96,20 @@ def socks_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         chain.stop()
 
 
-def access_line(chain: Chain, target: str) -> dict:
-    """The last access-log line for `target` (written when its tunnel ends: wait for it)."""
+def access_lines(chain: Chain, target: str) -> list[dict]:
     path = chain.log_dir / "client-access.log"
-    found: list[dict] = []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if line["target"] == target]
 
-    def logged() -> bool:
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        found[:] = [line for line in lines if line["target"] == target]
-        return bool(found)
 
-    wait_until(logged, what=f"an access-log line for {target}")
-    return found[-1]
+def new_access_line(chain: Chain, target: str, before: int) -> dict:
+    """The access-log line for `target` after the `before` there were (written when its
+    tunnel ends: wait for it)."""
+    wait_until(
+        lambda: len(access_lines(chain, target)) > before,
+        what=f"an access-log line for {target}",
+    )
+    return access_lines(chain, target)[before]
 
 
 # --------------------------------------------------------------------------- real clients
@@ -176,22 +178,24 @@ def test_domain_name_is_resolved_by_the_agent(socks_chain: Chain, target: Target
     chain = socks_chain
     relay_ok = requests(chain, "relay", "ok")
     with http_server("127.0.0.1") as port:
+        before = len(access_lines(chain, f"localhost:{port}"))
         out = curl_via(socks_url(chain), target, f"http://localhost:{port}/")
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"served on 127.0.0.1"
     assert requests(chain, "relay", "ok") == relay_ok + 1
-    line = access_line(chain, f"localhost:{port}")
+    line = new_access_line(chain, f"localhost:{port}", before)
     assert (line["proto"], line["route"], line["result"]) == ("socks5", "relay", "ok")
 
 
 def test_http_on_the_same_port_is_logged_as_http(socks_chain: Chain, target: Target) -> None:
     chain = socks_chain
-    out = curl_via(
-        f"http://{chain.clients[0].ready['listen']}", target, target.https(UNLISTED, "/hello")
-    )
+    with http_server(UNLISTED) as port:  # a target of its own: only this request's line
+        url = f"http://{UNLISTED}:{port}/"
+        out = curl_via(f"http://{chain.clients[0].ready['listen']}", target, url)
     assert out.returncode == 0, out.stderr
-    line = access_line(chain, f"{UNLISTED}:{target.port(UNLISTED, 'https')}")
-    assert line["proto"] == "http"
+    assert out.stdout == f"served on {UNLISTED}".encode()
+    line = new_access_line(chain, f"{UNLISTED}:{port}", 0)
+    assert (line["proto"], line["route"]) == ("http", "direct")
 
 
 def test_chromium_socks5_loads_listed_page_through_relay(
