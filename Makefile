@@ -25,9 +25,14 @@ run: $(STAMP)
 	$(BIN)/python -m fastrelay demo --port $(PORT) --relay-port $(RELAY_PORT) \
 		--admin-port $(ADMIN_PORT) --page-port $(PAGE_PORT) $(if $(EPHEMERAL),--ephemeral)
 
-## make test: install what the tests need (pip and apt), then lint and run every test
+## make test: install what the tests need (pip and apt), then lint and run every test, then
+## the chain, half-close and failure tests once more with every program on the stdlib loop
+ASYNCIO_TESTS := tests/e2e/test_event_loop.py tests/e2e/test_routing.py \
+	tests/e2e/test_half_close.py tests/e2e/test_failure_table.py tests/e2e/test_open_failures.py \
+	tests/e2e/test_socks.py tests/e2e/test_connection_limits.py
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q --durations=15
+	FASTRELAY_LOOP=asyncio $(BIN)/pytest -q $(ASYNCIO_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -33,7 +33,7 @@ import sys
 from collections import deque
 from typing import cast
 
-import uvloop
+from fastrelay import eventloop
 
 MiB = 1 << 20
 DEFAULT_CAP = 64 * MiB
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.cap < 256 * 1024:
         parser.error("--cap must be at least 256KiB")
-    uvloop.run(serve(_addr(args.listen), _addr(args.to), args.rtt_ms, args.cap))
+    eventloop.run_default(serve(_addr(args.listen), _addr(args.to), args.rtt_ms, args.cap))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The load client: raw uvloop sockets through a topology's entry.
+"""The load client: raw sockets (uvloop when installed) through a topology's entry.
 
 `Tunnel` is one connection that has done its CONNECT handshake (when the
 topology needs one) and then counts bytes with a BufferedProtocol, so the

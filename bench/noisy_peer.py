@@ -32,11 +32,11 @@ import sys
 import time
 
 import orjson
-import uvloop
 from picows import WSFrame, WSMsgType, WSTransport
 
 from bench.load import REQUEST
 from bench.muxclient import MuxClient
+from fastrelay import eventloop
 from fastrelay.config import ENDPOINT_WINDOW
 from fastrelay.protocol.frames import (
     FrameType,
@@ -187,7 +187,7 @@ def cli() -> None:
     parser.add_argument("--rcvbuf", type=int, default=4096, help="SO_RCVBUF (0: the default)")
     parser.add_argument("--rate", type=float, default=0.0, help="bytes/s per stream (0: max)")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="exit after this")
-    sys.exit(uvloop.run(main(parser.parse_args())))
+    sys.exit(eventloop.run_default(main(parser.parse_args())))
 
 
 if __name__ == "__main__":

@@ -33,12 +33,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import uvloop
-
 from bench.load import open_tunnel
 from bench.scenarios.common import jain
 from bench.scenarios.heavy import TcpMemorySampler, steady_download
 from bench.topology import chain, raise_fd_limit, start_target
+from fastrelay import eventloop
 from fastrelay.config import size_bytes
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/probe-many"))
     args = parser.parse_args(argv)
     raise_fd_limit()
-    uvloop.run(probe(args))
+    eventloop.run_default(probe(args))
     return 0
 
 

@@ -44,8 +44,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvloop
-
 from bench.load import open_tunnel, timed_open
 from bench.topology import (
     Topology,
@@ -55,6 +53,7 @@ from bench.topology import (
     raise_fd_limit,
     start_target,
 )
+from fastrelay import eventloop
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 MODES: dict[str, tuple[str, ...]] = {
@@ -617,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/profile-hops"))
     args = parser.parse_args(argv)
     raise_fd_limit()
-    return uvloop.run(main_async(args))
+    return eventloop.run_default(main_async(args))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import uvloop
-
 from bench import report
 from bench.scenarios import basic, heavy, longpath, noisy, scrape, seeddialect, workers
 from bench.scenarios.common import FULL_SIZES, QUICK_SIZES, Context, progress
@@ -37,7 +35,9 @@ from bench.topology import (
     seed,
     start_target,
 )
+from fastrelay import eventloop
 from fastrelay.config import size_bytes
+from fastrelay.eventloop import ENV
 
 Scenario = Callable[[Context, Topology], Awaitable[dict]]
 
@@ -185,6 +185,7 @@ def environment(argv: list[str]) -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "note": "load client, target, baselines and the three fastrelay programs share the cores",
+        "chain_loop": os.environ.get(ENV) or "default (uvloop when installed)",
     }
 
 
@@ -221,7 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         help="SO_SNDBUF of the target's connections, e.g. 256KiB (default: kernel autotuning); "
         "models remote servers, whose send queues are not this host's TCP memory",
     )
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        help="the event loop of the fastrelay chain (FASTRELAY_LOOP; default uvloop when "
+        "installed); the load client, target and baselines keep the default loop",
+    )
     args = parser.parse_args(argv)
+    if args.loop is not None:  # the chain's programs inherit it; the load client stays put
+        os.environ[ENV] = args.loop
     raise_fd_limit()
     out = args.out or Path("bench/results") / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict = {"rtts": args.rtts} if args.rtts else {}
     if args.target_sndbuf:
         extra["target_sndbuf"] = args.target_sndbuf
-    data = uvloop.run(run(args.only or list(PLAN), args.quick, out, endpoint_args, extra))
+    names = args.only or list(PLAN)
+    data = eventloop.run_default(run(names, args.quick, out, endpoint_args, extra))
     data["environment"] = env
     data["quick"] = args.quick  # the report then judges no target (bench/report.py)
     (out / "results.json").write_text(json.dumps(data, indent=1))

@@ -16,7 +16,7 @@ import socket
 import struct
 import sys
 
-import uvloop
+from fastrelay import eventloop
 
 REQUEST = struct.Struct("!cQ")
 BLOCK = bytes(range(256)) * 1024  # 256 KiB
@@ -109,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     global SNDBUF
     SNDBUF = args.sndbuf
-    uvloop.run(serve(args.bind or ["127.0.0.2"]))
+    eventloop.run_default(serve(args.bind or ["127.0.0.2"]))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastrelay.eventloop import ENV
 from fastrelay.lifecycle import spawn_ready, stop_process
 
 TARGET_HOST = "127.0.0.2"
@@ -239,6 +240,7 @@ def chain(
         started.append(client)
         topo = Topology("fastrelay", _addr(client.ready["listen"]), True, started, client_token)
         _wait_ready([agent.ready["admin"], client.ready["admin"]])
+        _check_loop(started)
         return topo
     except BaseException:
         for proc in reversed(started):  # never leave half a chain running
@@ -261,6 +263,15 @@ def seed(log_dir: Path, chain_topo: Topology) -> Topology:
         log_dir / "seed_client.log",
     )
     return Topology("seed", _addr(proc.ready["listen"]), True, [proc])
+
+
+def _check_loop(started: list[Process]) -> None:
+    """With FASTRELAY_LOOP set (python -m bench --loop), every fastrelay program of the
+    chain must say, in its ready line, that it runs on that loop."""
+    wanted = os.environ.get(ENV)
+    loops = {p.name: p.ready["loop"] for p in started if "loop" in p.ready}
+    if wanted and set(loops.values()) != {wanted}:
+        raise RuntimeError(f"{ENV}={wanted}, but the chain runs on {loops}")
 
 
 def _wait_ready(admins: list[str], timeout: float = 15.0) -> None:

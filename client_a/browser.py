@@ -1,6 +1,11 @@
 """One browser connection to client_a: parse the request head, then hand the
 socket to a route (the relay or a direct connection).
 
+The first byte tells the protocols apart: 0x05 is a SOCKS5 greeting
+(fastrelay/protocol/socks.py), anything else an HTTP request. A SOCKS5 CONNECT
+becomes the same `ProxyRequest` as an HTTP CONNECT, so both take the same
+routes and rules; only the answers differ (`established`, `reply`).
+
 Until a route is chosen the socket is read only for the head; after that every
 event goes to the route's `sink`, which has the same five methods whichever
 route it is (RelayRoute for the relay, DirectPipe for direct), plus
@@ -10,6 +15,7 @@ route it is (RelayRoute for the relay, DirectPipe for direct), plus
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
@@ -26,12 +32,26 @@ from fastrelay.protocol.http import (
     RequestBodyTracker,
     RequestHeadParser,
     error_page,
+    render_response,
 )
+from fastrelay.protocol.messages import format_authority
 from fastrelay.protocol.session import Stream
-from fastrelay.protocol.status import Failure
+from fastrelay.protocol.socks import (
+    METHOD_REFUSED,
+    SUCCEEDED,
+    SocksError,
+    SocksParser,
+    SocksRequest,
+    reply,
+)
+from fastrelay.protocol.status import CONNECTION_ESTABLISHED, Failure
 
 if TYPE_CHECKING:
     from client_a.proxy import Proxy
+
+log = logging.getLogger("fastrelay.client")
+HTTP_ESTABLISHED = render_response(200, CONNECTION_ESTABLISHED)
+SOCKS_VERSION = 0x05  # a first byte no HTTP request starts with
 
 # Reads that are not zero-copy tunnel data land here and are copied out at
 # once, so one buffer serves every browser connection.
@@ -75,7 +95,12 @@ class BrowserConnection(asyncio.BufferedProtocol):
         self.gate = gate
         self.counted = False  # holds one of the gate's connection slots
         self.head_timer: asyncio.TimerHandle | None = None
-        self.parser: RequestHeadParser | None = RequestHeadParser(proxy.config.max_header_bytes)
+        self.parser: RequestHeadParser | SocksParser | None = RequestHeadParser(
+            proxy.config.max_header_bytes
+        )
+        self.socks: SocksParser | None = None  # a SOCKS5 client (the first byte was 0x05)
+        self.proto = "http"  # "socks5" for a SOCKS5 client: the access log's proto
+        self.sniffed = False  # the first byte was seen
         self.transport: asyncio.Transport | None = None
         self.sink: Sink | None = None
         self.request: ProxyRequest | None = None
@@ -94,7 +119,12 @@ class BrowserConnection(asyncio.BufferedProtocol):
         if gate.open >= gate.max_connections:
             gate.dropped["max_connections"] += 1
             self.parser = None
-            self.reply(
+            # Not from inside connection_made: aiofastnet adds its reader in a callback
+            # queued after this one, so a close here would leave that reader on the closed
+            # fd, and on the stdlib loop the next socket with that fd number fails
+            # (ENOENT from epoll). call_soon runs after aiofastnet's callback.
+            gate.loop.call_soon(
+                self.reply,
                 Failure.CLIENT_BUSY,
                 f"client_a is at its limit of {gate.max_connections} browser connections "
                 "(--max-connections); try again later",
@@ -139,9 +169,18 @@ class BrowserConnection(asyncio.BufferedProtocol):
             self._parse(data)
 
     def _parse(self, data: bytes) -> None:
-        assert self.parser is not None and self.transport is not None
+        parser = self.parser
+        assert parser is not None and self.transport is not None
+        if not self.sniffed and data:
+            self.sniffed = True  # the first byte decides, once
+            if data[0] == SOCKS_VERSION:
+                self.parser = parser = self.socks = SocksParser()
+                self.proto = "socks5"
+        if isinstance(parser, SocksParser):
+            self._parse_socks(parser, data)
+            return
         try:
-            request = self.parser.feed(data)
+            request = parser.feed(data)
         except OriginFormRequest as exc:
             # Not a proxy request; client_a answers a few itself (GET /proxy.pac).
             answer = self.proxy.local_request(exc, self.transport.get_extra_info("sockname"))
@@ -159,17 +198,42 @@ class BrowserConnection(asyncio.BufferedProtocol):
             return
         if request is None:
             return
+        self._head_complete(request, parser.rest)
+        if not request.is_connect:
+            self.tracker = parser.body_tracker()
+        self.parser = None
+        self.proxy.dispatch(self, request)
+
+    def _parse_socks(self, parser: SocksParser, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            answer, socks = parser.feed(data)
+        except SocksError as exc:
+            self.proxy.count(None, Failure.BAD_REQUEST.result)
+            log.debug("SOCKS5 client %s refused: %s", self.peer(), exc.reason)
+            transport.write(exc.answer)
+            transport.close()
+            return
+        if answer:
+            transport.write(answer)
+        if socks is None:
+            return
+        request = socks_request(socks)
+        self._head_complete(request, parser.rest)
+        self.parser = None
+        self.proxy.dispatch(self, request)
+
+    def _head_complete(self, request: ProxyRequest, rest: bytes) -> None:
+        """The request is complete: stop its timer and reading until a route is open."""
+        assert self.transport is not None
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
         self.transport.pause_reading()
         self.received_at = time.monotonic()
         self.request = request
-        self.early = self.parser.rest
-        if not request.is_connect:
-            self.tracker = self.parser.body_tracker()
-        self.parser = None
-        self.proxy.dispatch(self, request)
+        self.early = rest
 
     def start(self, sink: Sink, stream: Stream | None = None) -> None:
         """The route is open: pass the held bytes on, then everything else.
@@ -231,11 +295,28 @@ class BrowserConnection(asyncio.BufferedProtocol):
         peer = None if transport is None else transport.get_extra_info("peername")
         return format_address(peer) if peer else "unknown"
 
+    def established(self) -> bytes:
+        """The answer to a CONNECT whose route is open."""
+        return HTTP_ESTABLISHED if self.socks is None else SUCCEEDED
+
     def reply(self, failure: Failure, detail: str) -> None:
         """Answer the browser ourselves (the failure's status, the detail and
-        its reason word) and end the connection."""
+        its reason word; a SOCKS5 client the failure's reply code) and end the
+        connection."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(error_page(failure, detail))
+        socks = self.socks
+        if socks is None:
+            transport.write(error_page(failure, detail))
+        else:
+            log.debug("SOCKS5 client %s: %s (%s)", self.peer(), detail, failure.reason)
+            # Mid-greeting there is no request to reply to: refuse the greeting.
+            transport.write(reply(failure.socks) if socks.greeted else METHOD_REFUSED)
         transport.close()
+
+
+def socks_request(socks: SocksRequest) -> ProxyRequest:
+    """A SOCKS5 CONNECT as the HTTP CONNECT it stands for."""
+    authority = format_authority(socks.host, socks.port)
+    return ProxyRequest("CONNECT", socks.host, socks.port, f"https://{authority}", {}, b"")

@@ -24,7 +24,7 @@ import aiofastnet
 from client_a.browser import BrowserConnection
 from client_a.config import ClientConfig
 from client_a.pac import PAC_PATH, PacServer
-from client_a.routes import ESTABLISHED, BrowserSocket, DirectPipe, DirectUpstream, RelayRoute
+from client_a.routes import BrowserSocket, DirectPipe, DirectUpstream, RelayRoute
 from client_a.rules import DEFAULT_RULE, Fallback, Rule, Rules
 from client_a.stats import ClientStats
 from fastrelay.accesslog import AccessLog
@@ -93,6 +93,7 @@ class Proxy:
             bytes_up=bytes_up,
             bytes_down=bytes_down,
             duration=time.monotonic() - browser.received_at,
+            proto=browser.proto,
         )
 
     def dispatch(self, browser: BrowserConnection, request: ProxyRequest) -> None:
@@ -273,7 +274,7 @@ class Proxy:
             return
         pipe = DirectPipe(self, browser, request, route)
         try:
-            transport, _ = await asyncio.wait_for(
+            transport, upstream = await asyncio.wait_for(
                 aiofastnet.create_connection(
                     loop, lambda: DirectUpstream(pipe), request.host, request.port
                 ),
@@ -299,11 +300,12 @@ class Proxy:
             return
         pipe.upstream = transport
         if request.is_connect:
-            browser.transport.write(ESTABLISHED)
+            browser.transport.write(browser.established())
         else:
             transport.write(request.head)
         self.count(route, "ok")
         pipe.opened()
+        upstream.release()  # what the target sent before the answer above, after it
         browser.start(pipe)  # may answer 400 already: a malformed body in the held bytes
         if not browser.transport.is_closing():
             browser.transport.resume_reading()

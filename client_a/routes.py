@@ -17,16 +17,15 @@ from typing import TYPE_CHECKING
 from client_a.browser import BrowserConnection
 from fastrelay.io.reset import reset_when_sent
 from fastrelay.protocol.errors import HttpError
-from fastrelay.protocol.http import ProxyRequest, ResponseHeadRewriter, render_response
+from fastrelay.protocol.http import ProxyRequest, ResponseHeadRewriter
 from fastrelay.protocol.session import End, Stream
-from fastrelay.protocol.status import CONNECTION_ESTABLISHED, Failure, failure_of
+from fastrelay.protocol.status import Failure, failure_of
 
 if TYPE_CHECKING:
     from client_a.proxy import Proxy
     from client_a.rules import Rule
     from fastrelay.io.carrier import Carrier
 
-ESTABLISHED = render_response(200, CONNECTION_ESTABLISHED)
 # Refusals that another relay (or carrier) may not share: retried once.
 RETRYABLE = frozenset(
     {Failure.NO_AGENT, Failure.NO_POOL_AGENT, Failure.DRAINING, Failure.OPEN_LIMIT}
@@ -100,7 +99,7 @@ class RelayRoute(ResponseDeadline):
             stream.abort("browser went away")
             return
         if self.request.is_connect:
-            browser.transport.write(ESTABLISHED)
+            browser.transport.write(browser.established())
         else:
             stream.send(self.request.head)
             self.start_response_timer()
@@ -378,13 +377,35 @@ class DirectPipe(ResponseDeadline):
 
 
 class DirectUpstream(asyncio.Protocol):
+    """The target's socket. What it sends before `release()` (a server that speaks first,
+    such as SSH or SMTP, can be read before the dial's coroutine resumes) is held, so it
+    never overtakes the answer to the browser's CONNECT. Not pause_reading() in
+    connection_made: aiofastnet registers the reader after connection_made anyway, and a
+    transport paused then keeps its fd in the stdlib selector after it closes."""
+
     def __init__(self, pipe: DirectPipe) -> None:
         self.pipe = pipe
+        self.held: list[bytes] | None = []  # None once released
+        self.held_eof = False
+
+    def release(self) -> None:
+        """The browser has its answer: pass on what the target sent meanwhile."""
+        held, self.held = self.held, None
+        for data in held or ():
+            self.pipe.upstream_data(data)
+        if self.held_eof:
+            self.pipe.upstream_eof()
 
     def data_received(self, data: bytes) -> None:
+        if self.held is not None:
+            self.held.append(data)
+            return
         self.pipe.upstream_data(data)
 
     def eof_received(self) -> bool:
+        if self.held is not None:
+            self.held_eof = True
+            return True
         self.pipe.upstream_eof()
         return True
 

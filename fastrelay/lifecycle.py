@@ -1,4 +1,4 @@
-"""Process lifecycle shared by the programs: uvloop, signals, readiness line.
+"""Process lifecycle shared by the programs: the event loop, signals, readiness line.
 
 A program is one coroutine that receives a `stop` event. SIGTERM or SIGINT
 sets it and the program shuts down cleanly; a second signal exits at once.
@@ -29,7 +29,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import uvloop
+
+from fastrelay.eventloop import LoopChoice, choose_loop
 
 if TYPE_CHECKING:
     from fastrelay.accesslog import AccessLog
@@ -38,8 +39,15 @@ if TYPE_CHECKING:
 PR_SET_PDEATHSIG = 1
 
 
+# The event loop `run` chose, named in the ready line ("loop").
+_loop_name = ""
+
+
 def announce_ready(program: str, **addresses: Any) -> None:
-    line = orjson.dumps({"event": "ready", "program": program, "pid": os.getpid(), **addresses})
+    fields: dict[str, Any] = {"event": "ready", "program": program, "pid": os.getpid()}
+    if _loop_name:
+        fields["loop"] = _loop_name
+    line = orjson.dumps({**fields, **addresses})
     sys.stdout.write(line.decode() + "\n")
     sys.stdout.flush()
 
@@ -133,8 +141,21 @@ def force_exit() -> None:
     os._exit(1)
 
 
-def run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
-    """Run a program's `main(stop)` on uvloop (after raising the fd limit)."""
+def run(
+    main: Callable[[asyncio.Event], Awaitable[int | None]], choice: LoopChoice | None = None
+) -> int:
+    """Run a program's `main(stop)` on the chosen event loop (fastrelay/eventloop.py:
+    uvloop unless FASTRELAY_LOOP says otherwise or it is missing), after raising the fd
+    limit. Raises LoopChoiceError for a FASTRELAY_LOOP that cannot be honoured."""
+    global _loop_name
+    if choice is None:
+        choice = choose_loop()
+    _loop_name = choice.name
+    log = logging.getLogger("fastrelay")
+    if choice.note:
+        log.info("event loop: %s (%s)", choice.name, choice.note)
+    else:
+        log.info("event loop: %s", choice.name)
     raise_fd_limit()
 
     async def runner() -> int:
@@ -153,7 +174,8 @@ def run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
             loop.add_signal_handler(sig, on_signal)
         return (await main(stop)) or 0
 
-    return uvloop.run(runner())
+    with asyncio.Runner(loop_factory=choice.factory) as runner_:
+        return runner_.run(runner())
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:

@@ -68,12 +68,14 @@ def run_service(
     """
 
     from fastrelay.config import ConfigError
+    from fastrelay.eventloop import LoopChoiceError, choose_loop
     from fastrelay.lifecycle import run
     from fastrelay.logs import setup_logging
 
     try:
         config = load(argv)
-    except ConfigError as exc:
+        choice = choose_loop()
+    except (ConfigError, LoopChoiceError) as exc:
         print(f"fastrelay {program}: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_format)
@@ -88,4 +90,4 @@ def run_service(
             print(f"fastrelay {program}: error: {exc}", file=sys.stderr)
             return 1
 
-    return run(main)
+    return run(main, choice)

@@ -88,6 +88,15 @@ def seeds() -> dict[str, list[bytes]]:
         b"_dmarc.example",
         b"1.2.3.256",
     ]
+    socks = [
+        b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x02\x01\xbbtunnel bytes",
+        b"\x05\x02\x02\x00\x05\x01\x00\x03\x0elisted.example\x20\xfb",
+        b"\x05\x01\x00\x05\x01\x00\x04" + bytes(15) + b"\x01\x00\x50",
+        b"\x05\x01\x00\x05\x02\x00\x01\x7f\x00\x00\x02\x01\xbb",
+        b"\x05\x01\x00\x05\x01\x00\x09",
+        b"\x05\x01\x02",
+        b"\x05\x00",
+    ]
     rules = [
         b"# comment\nexact.example.com\n*.sub.example.org  # subdomains\n.domain.net\n"
         b"203.0.113.0/24\n10.9.8.7\n2001:db8::/32\n::ffff:10.0.0.0/104\n",
@@ -128,6 +137,7 @@ def seeds() -> dict[str, list[bytes]]:
         "response_head": responses,
         "chunked_body": bodies,
         "hostname": hostnames,
+        "socks": socks,
         "rules": rules,
         "policy": policy,
         "config": configs,

@@ -46,6 +46,13 @@ from fastrelay.protocol.messages import (
     TunnelError,
 )
 from fastrelay.protocol.seed import SeedConnection, SeedError, SeedRefusal, decode_text
+from fastrelay.protocol.socks import (
+    METHOD_REFUSED,
+    METHOD_SELECTED,
+    SocksError,
+    SocksParser,
+    reply,
+)
 
 __all__ = ["TARGETS", "seed_frames"]
 
@@ -247,6 +254,38 @@ def check_hostname(data: bytes) -> None:
         assert name == format_ipv4(value), (host, name)
 
 
+# --------------------------------------------------------------------------- SOCKS5
+
+
+def _feed_socks(pieces: list[bytes]) -> tuple[Any, ...]:
+    parser = SocksParser()
+    sent = b""
+    found = None
+    try:
+        for piece in pieces:
+            answer, request = parser.feed(piece)
+            sent += answer
+            if request is not None:
+                assert found is None, "two requests"
+                found = request
+    except SocksError as exc:
+        assert exc.reason, exc
+        refusal = METHOD_REFUSED if exc.code is None else reply(exc.code)
+        assert exc.answer.endswith(refusal), exc.answer
+        return ("error", exc.code, exc.reason, sent + exc.answer)
+    return ("ok", found, parser.rest if found is not None else b"", sent)
+
+
+def check_socks(data: bytes) -> None:
+    """SocksParser: SocksError (with a reason, and the answer its stage calls for), or a
+    request with a port in 1-65535 after the method selection; any split gives the same
+    outcome, down to the reason and the bytes sent."""
+    whole = _feed_socks([data])
+    assert _feed_socks(_pieces(data)) == whole, (whole, _feed_socks(_pieces(data)))
+    if whole[0] == "ok" and whole[1] is not None:
+        assert whole[3] == METHOD_SELECTED and 1 <= whole[1].port <= 65535, whole
+
+
 # --------------------------------------------------------------------------- rules files
 
 
@@ -410,6 +449,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "response_head": check_response_head,
     "chunked_body": check_chunked_body,
     "hostname": check_hostname,
+    "socks": check_socks,
     "rules": check_rules,
     "policy": check_policy,
     "config": check_config,

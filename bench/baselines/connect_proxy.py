@@ -10,9 +10,8 @@ import asyncio
 import json
 import sys
 
-import uvloop
-
 from bench.baselines.forwarder import Pipe
+from fastrelay import eventloop
 
 ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 
@@ -67,4 +66,4 @@ async def serve() -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(serve())
+    eventloop.run_default(serve())

@@ -12,7 +12,7 @@ import asyncio
 import json
 import sys
 
-import uvloop
+from fastrelay import eventloop
 
 
 class Pipe(asyncio.Protocol):
@@ -95,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--target", required=True)
     host, port = parser.parse_args().target.rsplit(":", 1)
-    uvloop.run(serve((host, int(port))))
+    eventloop.run_default(serve((host, int(port))))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ import asyncio
 import json
 import sys
 
-import uvloop
-
 
 def main(argv: list[str]) -> None:
     try:
@@ -29,9 +27,14 @@ def main(argv: list[str]) -> None:
         sys.exit("pproxy is not installed (pip install pproxy, or the bench extra)")
     ready_out = sys.stdout
     sys.stdout = sys.stderr
-    uvloop.install()
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    uvloop.install = lambda: None  # type: ignore[assignment]
+    try:
+        import uvloop
+    except ImportError:  # pproxy then runs on the stdlib loop
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    else:
+        uvloop.install()
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        uvloop.install = lambda: None  # type: ignore[assignment]
 
     reported = server.print_server_started
 

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvloop
 from picows import WSMsgType
 
+from fastrelay.eventloop import choose_loop
 from fastrelay.protocol.frames import FrameType, encode_frame, iter_frames
 from fastrelay.protocol.messages import ConnectResponse, OpenStream
 from fastrelay.protocol.state import State
@@ -206,8 +206,9 @@ class Rig:
 
 @pytest.fixture(scope="session")
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One uvloop loop for the whole run; not running while a benchmark is timed."""
-    loop = uvloop.new_event_loop()
+    """One loop for the whole run (uvloop when installed); not running while a benchmark is
+    timed."""
+    loop = choose_loop({}).factory()
     yield loop
     loop.run_until_complete(asyncio.sleep(0))
     loop.close()

@@ -8,7 +8,10 @@ relay routing the open, the response coming back. Each has
 * `result`: the `result` label it is counted under (client_a's requests, the
   relay's streams) and logged with in the access log;
 * `reason`: the machine-readable word on the wire (CONNECT_RESPONSE `reason`)
-  and at the end of the browser's error page, so nobody matches on prose.
+  and at the end of the browser's error page, so nobody matches on prose;
+* `socks`: the RFC 1928 reply code a SOCKS5 client gets instead of the HTTP
+  status (client_a's SOCKS5 listener, fastrelay/protocol/socks.py). A failure
+  without a closer code gets 0x01, general failure (the default of the column).
 
 The same failure gets the same status on every route: a dial that times out
 is a 504 whether the agent or client_a dialled. `PHRASES` is the one table of
@@ -44,45 +47,68 @@ def phrase(status: int) -> str:
     return PHRASES.get(status, "Error")
 
 
+class SocksReply(enum.IntEnum):
+    """The REP field of a SOCKS5 reply (RFC 1928 section 6)."""
+
+    SUCCEEDED = 0x00
+    GENERAL_FAILURE = 0x01
+    NOT_ALLOWED = 0x02  # connection not allowed by ruleset
+    NETWORK_UNREACHABLE = 0x03
+    HOST_UNREACHABLE = 0x04
+    CONNECTION_REFUSED = 0x05
+    TTL_EXPIRED = 0x06
+    COMMAND_NOT_SUPPORTED = 0x07
+    ADDRESS_TYPE_NOT_SUPPORTED = 0x08
+
+
+_S = SocksReply
+
+
 class Failure(enum.Enum):
-    """(reason, status, result) for every way a request fails."""
+    """(reason, status, result, socks) for every way a request fails."""
 
     reason: str
     status: int
     result: str
+    socks: SocksReply
 
-    def __init__(self, reason: str, status: int, result: str) -> None:
+    def __init__(
+        self, reason: str, status: int, result: str, socks: SocksReply = _S.GENERAL_FAILURE
+    ) -> None:
         self.reason = reason
         self.status = status
         self.result = result
+        self.socks = socks
 
     # The browser's request, at client_a (either route).
-    BAD_REQUEST = ("bad_request", 400, "bad_request")
-    HEAD_TOO_LARGE = ("head_too_large", 431, "bad_request")
-    HEADER_TIMEOUT = ("header_timeout", 408, "bad_request")
-    CLIENT_BUSY = ("max_connections", 503, "limited")
+    BAD_REQUEST = ("bad_request", 400, "bad_request", _S.GENERAL_FAILURE)
+    HEAD_TOO_LARGE = ("head_too_large", 431, "bad_request", _S.GENERAL_FAILURE)
+    HEADER_TIMEOUT = ("header_timeout", 408, "bad_request", _S.GENERAL_FAILURE)
+    CLIENT_BUSY = ("max_connections", 503, "limited", _S.GENERAL_FAILURE)
     # Dialling the target: the agent (relay route) or client_a (direct route).
-    DENIED = ("denied", 403, "denied")
-    DNS = ("dns", 502, "dial_failed")
-    REFUSED = ("refused", 502, "refused")
-    UNREACHABLE = ("unreachable", 502, "dial_failed")
-    DIAL_ERROR = ("error", 502, "dial_failed")
-    DIAL_TIMEOUT = ("timeout", 504, "timeout")
+    DENIED = ("denied", 403, "denied", _S.NOT_ALLOWED)
+    DNS = ("dns", 502, "dial_failed", _S.HOST_UNREACHABLE)
+    REFUSED = ("refused", 502, "refused", _S.CONNECTION_REFUSED)
+    # EHOSTUNREACH and ENETUNREACH alike: the wire's `reason` does not tell them apart.
+    UNREACHABLE = ("unreachable", 502, "dial_failed", _S.HOST_UNREACHABLE)
+    DIAL_ERROR = ("error", 502, "dial_failed", _S.GENERAL_FAILURE)
+    DIAL_TIMEOUT = ("timeout", 504, "timeout", _S.TTL_EXPIRED)
     # The target's response (plain-HTTP requests, either route).
-    BAD_RESPONSE = ("bad_response", 502, "bad_response")
-    RESPONSE_TIMEOUT = ("response_timeout", 504, "timeout")
-    # The relay route only.
-    NOT_CONNECTED = ("not_connected", 503, "no_agent")
-    NO_AGENT = ("no_agent", 503, "no_agent")
+    BAD_RESPONSE = ("bad_response", 502, "bad_response", _S.GENERAL_FAILURE)
+    RESPONSE_TIMEOUT = ("response_timeout", 504, "timeout", _S.TTL_EXPIRED)
+    # The relay route only. Not connected to the relay: the network client_a routes
+    # listed hosts through is out of reach (0x03); the relay has no agent: 0x04.
+    NOT_CONNECTED = ("not_connected", 503, "no_agent", _S.NETWORK_UNREACHABLE)
+    NO_AGENT = ("no_agent", 503, "no_agent", _S.HOST_UNREACHABLE)
     # No agent of the open's pool (another pool may have some).
-    NO_POOL_AGENT = ("no_agent_in_pool", 503, "no_agent")
-    DRAINING = ("draining", 503, "no_agent")
-    STREAM_LIMIT = ("stream_limit", 503, "limited")
-    OPEN_LIMIT = ("open_limit", 503, "limited")
-    AGENT_BUSY = ("agent_busy", 503, "limited")
-    OPEN_TIMEOUT = ("open_timeout", 504, "timeout")
-    RELAY_LOST = ("relay_lost", 502, "error")
-    TUNNEL_ERROR = ("tunnel_error", 502, "error")
+    NO_POOL_AGENT = ("no_agent_in_pool", 503, "no_agent", _S.HOST_UNREACHABLE)
+    DRAINING = ("draining", 503, "no_agent", _S.HOST_UNREACHABLE)
+    STREAM_LIMIT = ("stream_limit", 503, "limited", _S.GENERAL_FAILURE)
+    OPEN_LIMIT = ("open_limit", 503, "limited", _S.GENERAL_FAILURE)
+    AGENT_BUSY = ("agent_busy", 503, "limited", _S.GENERAL_FAILURE)
+    OPEN_TIMEOUT = ("open_timeout", 504, "timeout", _S.TTL_EXPIRED)
+    RELAY_LOST = ("relay_lost", 502, "error", _S.GENERAL_FAILURE)
+    TUNNEL_ERROR = ("tunnel_error", 502, "error", _S.GENERAL_FAILURE)
 
     def body(self, detail: str) -> str:
         """The browser's error page: the detail, then the reason word."""

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-import uvloop
 from conftest import LISTED, Chain, Target
 from helpers import (
     curl,
@@ -24,6 +23,8 @@ from helpers import (
 )
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from support.procs import AGENT_TOKEN, CLIENT_CARRIERS, CLIENT_TOKEN, is_ready, metric, wait_until
+
+from fastrelay import eventloop
 
 WRONG_TOKEN = "wrong-token-that-must-stay-secret"
 GARBAGE = [
@@ -107,7 +108,7 @@ def test_garbage_closes_only_that_connection(chain: Chain, target: Target) -> No
     with tunnel:
         tunnel.sendall(first)
         for what, msg_type, payload in GARBAGE:
-            code = uvloop.run(send_garbage(f"{chain.relay_url}/v1/client", msg_type, payload))
+            code = eventloop.run(send_garbage(f"{chain.relay_url}/v1/client", msg_type, payload))
             assert code == 1002, what
         assert half_close_exchange(tunnel, second) == echo_reply(first + second)
     assert family_total(admin, "fastrelay_protocol_errors_total") == errors_before + len(GARBAGE)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import uvloop
 from conftest import LISTED, Chain
 from helpers import raw_exchange, response_head
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from support.procs import CLIENT_TOKEN, metric
 
+from fastrelay import eventloop
 from fastrelay.protocol.frames import FrameType, iter_frames
 from fastrelay.protocol.messages import ConnectResponse, Hello, OpenStream
 
@@ -138,7 +138,7 @@ def test_look_alike_of_denied_name_at_the_agent_gets_403(name_chain: Chain, host
     before = dials(name_chain, "denied")
     assert name_chain.relay is not None
     url = f"ws://{name_chain.relay.ready['listen']}"
-    response = uvloop.run(open_through_relay(url, host, 443))
+    response = eventloop.run(open_through_relay(url, host, 443))
     assert response.status_code == 403, response
     assert response.reason == "denied"
     assert response.error == "egress policy: denied by --deny rt-loop.test"

@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvloop
 from conftest import LISTED, Chain, Proc, Target, curl_path
 from helpers import (
     all_streams_idle,
@@ -44,6 +43,7 @@ from support.target import pattern_sha256
 from test_scaleout import fetch, fetch_many
 from test_stream_rules import RawClient, open_frame, session
 
+from fastrelay import eventloop
 from fastrelay.protocol.frames import FrameType, encode_frame
 from fastrelay.protocol.messages import ConnectResponse
 
@@ -249,7 +249,7 @@ def test_an_oversized_message_closes_its_sender_and_not_the_agent(
             what="B's download under way",
         )
         upstream = relay_bytes(chain, "upstream")
-        code = uvloop.run(send_oversized(chain, target.port(LISTED, "echo")))
+        code = eventloop.run(send_oversized(chain, target.port(LISTED, "echo")))
         assert code == 1009, f"the oversized sender got close code {code}"
         routed = relay_bytes(chain, "upstream") - upstream
         assert routed < AFTER, f"{routed:g} bytes routed from a sender cut off for its size"
@@ -547,7 +547,7 @@ def test_a_rogue_agent_that_never_answers_gets_a_minority_of_opens(
     chain.start_agent(*AGENT_ARGS)
     chain.start_client(rules_file)
     retries = relay_metric(chain, "fastrelay_open_retries_total")
-    failures, opens, withdrawn = uvloop.run(rogue_agent_run(chain, target))
+    failures, opens, withdrawn = eventloop.run(rogue_agent_run(chain, target))
     assert failures == [], f"{len(failures)} of {OPENS} opens failed: {failures[:3]}"
     assert 1 <= opens < OPENS / 2, f"the rogue agent received {opens} of {OPENS} opens"
     # Each of them moved to the real agent, and the rogue was told so.
@@ -588,7 +588,7 @@ def test_streams_per_connection_are_capped(make_chain, target: Target, rules_fil
     with listening() as silent:
         # The relay itself: one connection over the cap gets 503 stream_limit.
         hits = limit_hits(chain, "streams_per_connection")
-        answers = uvloop.run(open_raw_streams(chain, silent.port, STREAM_CAP + 1))
+        answers = eventloop.run(open_raw_streams(chain, silent.port, STREAM_CAP + 1))
         assert [a.status_code for a in answers] == [200] * STREAM_CAP + [503], answers
         assert answers[-1].reason == "stream_limit", answers[-1]
         assert limit_hits(chain, "streams_per_connection") == hits + 1

@@ -30,7 +30,7 @@ KEYS = {
 BYTES = {"bytes_up", "bytes_down"}
 # The relay names the agent and leaves out the byte counts (per-tunnel counting
 # would cost its forward path; docs/OPERATIONS.md): join on session for them.
-FIELDS = {"client": KEYS, "relay": KEYS - BYTES | {"agent"}, "agent": KEYS}
+FIELDS = {"client": KEYS | {"proto"}, "relay": KEYS - BYTES | {"agent"}, "agent": KEYS}
 ADDRESS = re.compile(r"127\.0\.0\.1:\d+")
 BODY = 100_000
 FIVE_MB = 5 * 1024 * 1024

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import uvloop
 from conftest import LISTED, Target, curl_path
 from helpers import (
     curl_via,
@@ -44,6 +43,7 @@ from support.cluster import (
 from support.procs import CLIENT_TOKEN, http_get, metric, wait_until
 from support.target import pattern_sha256
 
+from fastrelay import eventloop
 from fastrelay.protocol.frames import FrameType, iter_frames
 from fastrelay.protocol.messages import ConnectResponse, Hello, OpenStream
 
@@ -540,7 +540,7 @@ def test_an_open_that_crosses_goaway_is_refused_with_503_not_dropped(make_chain)
         finally:
             transport.disconnect()
 
-    answer = uvloop.run(run())
+    answer = eventloop.run(run())
     assert answer is not None, "the relay closed the connection without answering the open"
     ftype, _sid, body = answer
     assert ftype == FrameType.CONNECT_RESPONSE, answer

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvloop
 from conftest import LISTED, Target
 from helpers import (
     curl_via,
@@ -30,6 +29,8 @@ from picows import WSInvalidStatusError, WSMsgType
 from support.procs import CLIENT_TOKEN, ROOT, Chain, Proc, metric, wait_until
 from support.seed_client import SeedWire, open_wire
 from support.target import pattern_sha256
+
+from fastrelay import eventloop
 
 SEED_CLIENT = ROOT / "tests" / "support" / "seed_client.py"
 
@@ -57,7 +58,7 @@ def seed_url(chain: Chain) -> str:
 
 
 def run(coro):  # type: ignore[no-untyped-def]
-    return uvloop.run(asyncio.wait_for(coro, 60))
+    return eventloop.run_default(asyncio.wait_for(coro, 60))
 
 
 async def connect(wire: SeedWire, session_id: str, host: str, port: int) -> dict:

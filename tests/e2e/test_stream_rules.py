@@ -8,12 +8,12 @@ import hashlib
 import os
 
 import orjson
-import uvloop
 from conftest import LISTED, Chain, Target
 from helpers import family_total
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from support.procs import CLIENT_TOKEN, metric
 
+from fastrelay import eventloop
 from fastrelay.protocol.frames import FrameType, encode_frame, iter_frames
 from fastrelay.protocol.messages import Hello, OpenStream
 
@@ -82,7 +82,7 @@ def test_raw_client_tunnels_with_half_close(chain: Chain, target: Target) -> Non
         transport.disconnect()
         return reply
 
-    reply = uvloop.run(run())
+    reply = eventloop.run(run())
     expected = f"got {len(payload)} bytes sha256={hashlib.sha256(payload).hexdigest()}\n"
     assert reply == expected.encode()
 
@@ -107,7 +107,7 @@ def test_unknown_stream_ids_are_counted_and_dropped(chain: Chain) -> None:
         assert not client.close_code.done()
         transport.disconnect()
 
-    uvloop.run(run())
+    eventloop.run(run())
     assert metric(admin, "fastrelay_frames_dropped_total", reason="unknown_stream") == dropped + 2
 
 
@@ -136,7 +136,7 @@ def test_data_before_the_open_succeeded_aborts_only_that_stream(
         assert ftype == FrameType.CONNECT_RESPONSE and orjson.loads(body)["statusCode"] == 200
         transport.disconnect()
 
-    uvloop.run(run())
+    eventloop.run(run())
     assert family_total(admin, "fastrelay_protocol_errors_total") == errors + 1
 
 
@@ -149,7 +149,7 @@ def test_stream_id_outside_the_assigned_range_closes_the_connection(chain: Chain
         transport.disconnect()
         return code
 
-    assert uvloop.run(run()) == 1002
+    assert eventloop.run(run()) == 1002
 
 
 def test_data_on_stream_0_closes_only_that_connection_with_1002(
@@ -184,5 +184,5 @@ def test_data_on_stream_0_closes_only_that_connection_with_1002(
         assert not other.close_code.done()
         other_t.disconnect()
 
-    uvloop.run(run())
+    eventloop.run(run())
     assert metric(admin, "fastrelay_protocol_errors_total", kind="malformed_frame") == before + 1

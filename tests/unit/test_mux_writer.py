@@ -7,7 +7,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-import uvloop
 from picows import WSMsgType
 
 from fastrelay.io.mux import FLUSH_AT, LARGE_FRAME, FlushScheduler, MuxWriter
@@ -35,7 +34,7 @@ Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def run(request: pytest.FixtureRequest) -> Runner:
-    factory = None if request.param == "asyncio" else uvloop.new_event_loop
+    factory = None if request.param == "asyncio" else pytest.importorskip("uvloop").new_event_loop
 
     def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         with asyncio.Runner(loop_factory=factory) as runner:
