@@ -190,6 +190,7 @@ def test_every_failure_has_a_socks_reply_code() -> None:
         Failure.DNS: SocksReply.HOST_UNREACHABLE,
         Failure.UNREACHABLE: SocksReply.HOST_UNREACHABLE,
         Failure.NO_AGENT: SocksReply.HOST_UNREACHABLE,
+        Failure.NO_POOL_AGENT: SocksReply.HOST_UNREACHABLE,
         Failure.DRAINING: SocksReply.HOST_UNREACHABLE,
         Failure.NOT_CONNECTED: SocksReply.NETWORK_UNREACHABLE,
         Failure.REFUSED: SocksReply.CONNECTION_REFUSED,
