@@ -34,6 +34,7 @@ from bench.topology import (
     raise_fd_limit,
     seed,
     start_target,
+    wait_gauge,
 )
 from fastrelay import eventloop
 from fastrelay.config import size_bytes
@@ -61,6 +62,17 @@ PLAN: dict[str, tuple[Scenario, tuple[str, ...]]] = {
 # Memory growth per tunnel shows only in processes that have not grown (and
 # kept) their heaps before: a fresh chain for every repeat.
 FRESH_CHAIN = {"many_idle"}
+# Streams one client_a WebSocket carries (the relay's --max-streams-per-connection default):
+# a fresh chain for N idle tunnels gets enough carriers for them.
+STREAMS_PER_CARRIER = 1024
+
+
+def idle_carriers(tunnels: int) -> int:
+    """client_a's --carriers for `tunnels` idle tunnels: each carrier at most 3/4 full.
+    (--max-connections, 4,096 by default, is raised past `tunnels` too.)"""
+    return max(2, -(-tunnels * 4 // (STREAMS_PER_CARRIER * 3)))
+
+
 # Scenarios that interleave their own repeats (scrape: off, on, off, on, ...): run once.
 OWN_REPEATS = {"scrape", "workers", "noisy_neighbour", "long_path", "seed_dialect"}
 # Scenarios that start their own chains (workers: relay --workers 1 and 2, a fresh chain
@@ -132,7 +144,15 @@ async def run(
                 for rep in range(1 if name in OWN_REPEATS else sizes["repeats"]):
                     if name in FRESH_CHAIN and topo_name == "fastrelay":
                         topo.stop()
-                        topo = topologies["fastrelay"] = chain(log_dir, tuple(endpoint_args))
+                        idle = sizes["idle_tunnels"]
+                        carriers = idle_carriers(idle)
+                        client_args = ("--carriers", str(carriers))
+                        client_args += ("--max-connections", str(max(4096, idle + 1024)))
+                        topo = topologies["fastrelay"] = chain(
+                            log_dir, tuple(endpoint_args), client_args=client_args
+                        )
+                        client = next(p for p in topo.processes if p.name == "client_a")
+                        wait_gauge(client.ready["admin"], "fastrelay_relay_connected", carriers)
                     progress(f"{index}/{len(names)} {name}: {topo_name} run {rep + 1}")
                     runs.append(await scenario(ctx, topo))
                 results[name][topo_name] = {"runs": runs, "median": _median(runs)}
