@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from fastrelay import hotpath
 from fastrelay.eventloop import LoopChoice, choose_loop
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def announce_ready(program: str, **addresses: Any) -> None:
     fields: dict[str, Any] = {"event": "ready", "program": program, "pid": os.getpid()}
     if _loop_name:
         fields["loop"] = _loop_name
+    fields["hotpath"] = hotpath.mode()  # compiled, python, or mixed (fastrelay/hotpath.py)
     line = orjson.dumps({**fields, **addresses})
     sys.stdout.write(line.decode() + "\n")
     sys.stdout.flush()

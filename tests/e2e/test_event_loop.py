@@ -14,6 +14,21 @@ def expected_loop() -> str:
     return os.environ.get("FASTRELAY_LOOP", "").strip().lower() or "uvloop"
 
 
+def expected_hotpath() -> set[str]:
+    if os.environ.get("FASTRELAY_PURE_PYTHON", "") not in ("", "0"):
+        return {"python"}
+    if os.environ.get("FASTRELAY_EXPECT_COMPILED") == "1":
+        return {"compiled"}
+    return {"compiled", "python", "mixed"}
+
+
+def test_every_program_names_the_hot_path_it_runs(chain: Chain) -> None:
+    """`make test` runs the suite compiled, and this module again on the pure-Python
+    fallback (FASTRELAY_PURE_PYTHON=1): each program says which one it runs."""
+    for proc in chain.procs:
+        assert proc.ready.get("hotpath") in expected_hotpath(), (proc.name, proc.ready)
+
+
 def test_every_program_runs_on_the_chosen_loop(chain: Chain, target: Target) -> None:
     loop = expected_loop()
     assert [proc.ready.get("loop") for proc in chain.procs] == [loop] * len(chain.procs)

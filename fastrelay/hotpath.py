@@ -1,0 +1,124 @@
+"""The compiled hot path, and the way back to pure Python.
+
+`pip install` (setup.py) compiles the modules in `COMPILED` with Cython from
+the very same `.py` source: there is no second implementation to drift. The
+build sits beside its source and Python imports it first. A module runs from
+its `.py` source instead when:
+
+- ``FASTRELAY_PURE_PYTHON=1`` is set: how the test suite proves the fallback,
+  and how an operator rules the compiled code out;
+- its source changed since it was built (the build records each source's
+  SHA-256 in ``fastrelay/_hotpath_build.py``): a stale build never runs old code;
+- nothing was built (no C compiler or Cython at install time,
+  ``FASTRELAY_NO_COMPILE=1``).
+
+`mode()` says which one this process runs; every program's ready line names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+
+# The per-frame path of the three programs; setup.py builds exactly these.
+COMPILED = (
+    "fastrelay.protocol.frames",
+    "fastrelay.protocol.flow",
+    "fastrelay.protocol.session",
+    "fastrelay.protocol.switch",
+    "fastrelay.io.mux",
+    "fastrelay.io.tunnel",
+    "fastrelay.io.carrier",
+    "fastrelay.relay.peer",
+)
+PURE_ENV = "FASTRELAY_PURE_PYTHON"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def source_path(name: str) -> str:
+    """The `.py` file of a module in COMPILED."""
+    parts = name.split(".")[1:]
+    return os.path.join(_PACKAGE_DIR, *parts) + ".py"
+
+
+def source_hash(name: str) -> str:
+    with open(source_path(name), "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()
+
+
+def pure_requested() -> bool:
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
+def stale_builds(built: dict[str, str]) -> frozenset[str]:
+    """The modules of COMPILED whose source no longer matches its build."""
+    stale = set()
+    for name in COMPILED:
+        try:
+            if built.get(name) != source_hash(name):
+                stale.add(name)
+        except OSError:
+            stale.add(name)
+    return frozenset(stale)
+
+
+class SourceFinder:
+    """Finds the `.py` source of the modules in `names`, never their build."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> ModuleSpec | None:
+        if fullname not in self.names or not path:
+            return None
+        name = fullname.rpartition(".")[2]
+        for folder in path:
+            source = os.path.join(folder, name + ".py")
+            if os.path.exists(source):
+                loader = importlib.machinery.SourceFileLoader(fullname, source)
+                return importlib.util.spec_from_file_location(fullname, source, loader=loader)
+        return None
+
+
+def install() -> None:
+    """Called by fastrelay/__init__.py, before any module of COMPILED loads."""
+    if any(isinstance(finder, SourceFinder) for finder in sys.meta_path):
+        return
+    if pure_requested():
+        names = frozenset(COMPILED)
+    else:
+        try:
+            record = importlib.import_module("fastrelay._hotpath_build")  # written by setup.py
+        except ImportError:
+            return  # nothing was built: every module is its source anyway
+        names = stale_builds(record.SOURCES)
+        if not names:
+            return
+    sys.meta_path.insert(0, SourceFinder(names))
+
+
+def mode() -> str:
+    """The hot path this process runs: "compiled" when every loaded module of COMPILED is a build,
+    "python" when none is, "mixed" otherwise (a partial or stale build)."""
+    kinds = {
+        isinstance(getattr(module, "__loader__", None), importlib.machinery.ExtensionFileLoader)
+        for name in COMPILED
+        if (module := sys.modules.get(name)) is not None
+    }
+    if kinds == {True}:
+        return "compiled"
+    if kinds == {False} or not kinds:
+        return "python"
+    return "mixed"
