@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+from picows import WSCloseCode, WSFrame, WSMsgType, WSTransport, picows
 
 from fastrelay.io.mux import MuxWriter
 from fastrelay.protocol.errors import ProtocolError
@@ -30,7 +30,7 @@ _now = time.monotonic
 CLOSE_DRAIN_LIMIT = 64 * 1024  # a closing connection's queue sent before it hangs up
 
 
-class Peer(WSListener):
+class Peer(picows.WSListener):  # peer.pxd: a C extension type when compiled
     def __init__(
         self,
         relay: Relay,
@@ -77,15 +77,15 @@ class Peer(WSListener):
         scheduler.in_frame = True  # what this frame makes goes out after the read's last one
         try:
             msg_type = frame.msg_type  # one enum conversion per frame (~0.2 us each)
-            if msg_type is _BINARY and frame.fin:
+            if msg_type == _BINARY and frame.fin:
                 self.switch.receive(conn, frame.get_payload_as_memoryview(), _now())
-            elif msg_type is _PONG:
+            elif msg_type == _PONG:
                 self.switch.heard(conn, _now())
-            elif msg_type is _CLOSE:
+            elif msg_type == _CLOSE:
                 self.closed_by_peer(transport, frame)
-            elif msg_type is not _PING:
+            elif msg_type != _PING:
                 error = ProtocolError(
-                    f"unexpected WebSocket {msg_type.name} frame (fin={frame.fin}): "
+                    f"unexpected WebSocket {WSMsgType(msg_type).name} frame (fin={frame.fin}): "
                     "fastrelay sends whole binary messages only"
                 )
                 self.switch.fail(conn, error, _now())
@@ -129,7 +129,7 @@ class Peer(WSListener):
         transport.send_ping()
 
     def is_user_specific_pong(self, frame: WSFrame) -> bool:
-        if frame.msg_type is not _PONG:
+        if frame.msg_type != _PONG:
             return False
         now = _now()
         self.relay.stats.ping_rtt[self.role].observe(now - self.ping_sent_at)

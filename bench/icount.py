@@ -1,0 +1,149 @@
+"""CPU instructions per message on the hot path, compiled and pure Python, under callgrind.
+
+    PYTHONPATH=$PWD .venv/bin/python -m bench.icount [--ops 20000] [--only NAME ...]
+
+Time on this 2-core machine moves with whatever else runs; callgrind's instruction count
+does not (the same count twice, whatever the other core does). Each scenario is run in a
+fresh interpreter under `valgrind --tool=callgrind` twice, once with 0 operations and once
+with `--ops`, and the difference divided by `--ops` is the instructions one operation
+costs, set-up and interpreter start excluded. That is done on the compiled hot path and
+with FASTRELAY_PURE_PYTHON=1 (fastrelay/hotpath.py), and the ratio is reported.
+
+The scenarios drive the real code with the micro-benchmarks' socket-free rigs
+(bench/micro/conftest.py, bench/micro/endpoint_rig.py):
+
+- relay_data: one WebSocket message of one 100 B TUNNEL_DATA frame, through the relay's
+  `Peer.on_ws_frame` (a picows WSFrame, the switch, the MuxWriter flush), upstream;
+- relay_window_update: the same with one WINDOW_UPDATE (the control path);
+- endpoint_receive: one message of one 100 B frame handed to an endpoint's carrier
+  (read_frame, the stream, the write to its socket, the flush);
+- endpoint_read: one 100 B read from a stream's TCP socket into a mux frame, flushed.
+
+Instructions are not seconds (a cache miss costs more than an add), but for the
+interpreter-bound per-message path they follow CPU time closely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+
+SCENARIOS = ("relay_data", "relay_window_update", "endpoint_receive", "endpoint_read")
+REFILL_EVERY = 1000  # ops between credit refills (untimed in the micro-benchmarks)
+
+
+def _relay_op(kind: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    from picows import WSMsgType
+    from picows.picows import _make_test_ws_frame
+
+    from bench.micro.conftest import Rig, Tunnel
+    from fastrelay.protocol.frames import FrameType, encode_frame, encode_window_update
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    tunnel = Tunnel(Rig(loop))
+    if kind == "relay_data":
+        payload = encode_frame(FrameType.TUNNEL_DATA, tunnel.sid, b"x" * 100)
+    else:
+        payload = encode_window_update(tunnel.sid, 4096)
+    frame = _make_test_ws_frame(WSMsgType.BINARY, payload, True, False)
+    peer, transport = tunnel.client, tunnel.client_t
+    on_ws_frame = peer.on_ws_frame
+
+    def op() -> None:
+        on_ws_frame(transport, frame)
+
+    return op, tunnel.refill
+
+
+def _endpoint_op(kind: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    from bench.micro.endpoint_rig import EndpointRig
+    from fastrelay.protocol.frames import FrameType, encode_frame
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    rig = EndpointRig(loop)
+    flush_all = rig.flush_all
+    if kind == "endpoint_receive":
+        message = memoryview(encode_frame(FrameType.TUNNEL_DATA, rig.sid, b"x" * 100))
+        receive = rig.receive
+
+        def op() -> None:
+            receive(message)
+            flush_all()
+
+    else:
+        read = rig.read
+
+        def op() -> None:
+            read(100)
+            flush_all()
+
+    return op, rig.refill
+
+
+def run_ops(scenario: str, ops: int) -> None:
+    """The child: build the rig, run `ops` operations, exit."""
+    build = _relay_op if scenario.startswith("relay") else _endpoint_op
+    op, refill = build(scenario)
+    for i in range(ops):
+        if i % REFILL_EVERY == 0:
+            refill()
+        op()
+
+
+def count(scenario: str, ops: int, pure: bool) -> int:
+    """Instructions callgrind collected for a child running `ops` operations."""
+    env = dict(os.environ)
+    env.pop("FASTRELAY_PURE_PYTHON", None)
+    if pure:
+        env["FASTRELAY_PURE_PYTHON"] = "1"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [
+                *("valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out"),
+                *(sys.executable, "-m", "bench.icount", "--child", scenario, "--ops", str(ops)),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1800,
+            check=False,
+        )
+    found = re.search(r"Collected\s*:\s*(\d+)", out.stderr)
+    if out.returncode != 0 or found is None:
+        raise RuntimeError(f"callgrind run of {scenario} failed:\n{out.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def per_op(scenario: str, ops: int, pure: bool) -> float:
+    return (count(scenario, ops, pure) - count(scenario, 0, pure)) / ops
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.icount", description=__doc__)
+    parser.add_argument("--ops", type=int, default=20000, help="operations per measured run")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--child", choices=SCENARIOS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run_ops(args.child, args.ops)
+        return 0
+    print("| scenario | compiled, instructions/op | pure Python | compiled / pure |")
+    print("|---|---|---|---|")
+    for scenario in args.only:
+        compiled = per_op(scenario, args.ops, pure=False)
+        pure = per_op(scenario, args.ops, pure=True)
+        print(f"| {scenario} | {compiled:,.0f} | {pure:,.0f} | {compiled / pure:.2f} |")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

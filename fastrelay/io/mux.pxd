@@ -1,0 +1,27 @@
+# Cython declarations for mux.py when compiled (fastrelay/hotpath.py): the same
+# classes as C extension types, so the per-message calls and fields skip
+# Python's attribute look-ups. The .py file stays the whole implementation.
+
+
+cdef class FlushScheduler:
+    cdef public list dirty
+    cdef public bint in_frame
+    cdef public object loop
+    cdef public bint scheduled
+
+    cpdef mark(self, MuxWriter writer)
+    cpdef frame_done(self, bint last_in_buffer)
+    cpdef flush_all(self)
+
+
+cdef class MuxWriter:
+    cdef public bint closed
+    cdef public Py_ssize_t messages
+    cdef public bytearray pending
+    cdef public FlushScheduler scheduler
+    cdef public object transport
+
+    cpdef write(self, frames)
+    cpdef write_external(self, bytearray buf, Py_ssize_t offset)
+    cpdef flush(self)
+    cpdef close(self)

@@ -1,0 +1,70 @@
+# Cython declarations for switch.py when compiled (fastrelay/hotpath.py): the
+# classes on the data path as C extension types, and C-typed locals in
+# `receive`'s loop. switch.py stays the whole implementation; these only say
+# what its fields and locals always hold.
+
+cimport cython
+
+
+cdef class Conn:
+    cdef public bint attached
+    cdef public Py_ssize_t data_bytes
+    cdef public Py_ssize_t data_frames
+    cdef public bint draining
+    cdef public bint failed
+    cdef public object id_base
+    cdef public bint is_client
+    cdef public double last_rx
+    cdef public object link
+    cdef public dict opening
+    cdef public object out
+    cdef public str pool
+    cdef public bint probation
+    cdef public double probe_at
+    cdef public str remote
+    cdef public str role
+    cdef public bint rules
+    cdef public dict sends
+    cdef public bint stalled
+    cdef public object token
+
+
+cdef class Half:
+    cdef public Conn dest
+    cdef public object held
+    cdef public object out
+    cdef public Py_ssize_t room
+    cdef public object stream
+
+
+cdef class Switch:
+    cdef public object limits
+    cdef public object instance_id
+    cdef public object observer
+    cdef public object stats
+    cdef public dict clients
+    cdef public list agents
+    cdef public dict pools
+    cdef public object per_token
+    cdef public object slots
+    cdef public dict opening
+    cdef public object members
+    cdef public bint draining
+    cdef public object turn
+    cdef public object rules_frame
+    cdef dict __dict__
+
+    @cython.locals(
+        total=Py_ssize_t,
+        offset=Py_ssize_t,
+        run_start=Py_ssize_t,
+        end=Py_ssize_t,
+        length=Py_ssize_t,
+        room=Py_ssize_t,
+        frame_type=int,
+        data_bytes=Py_ssize_t,
+        data_frames=Py_ssize_t,
+        sends=dict,
+        half=Half,
+    )
+    cpdef receive(self, Conn src, message, double now)
