@@ -1,9 +1,12 @@
 """The compiled hot path, and the way back to pure Python.
 
 `pip install` (setup.py) compiles the modules in `COMPILED` with Cython from
-the very same `.py` source: there is no second implementation to drift. The
-build sits beside its source and Python imports it first. A module runs from
-its `.py` source instead when:
+the very same `.py` source: there is no second implementation to drift. A
+`.pxd` file beside a module declares, for the compiler only, which of its
+classes become C extension types and the C types of their fields and of the
+locals of the per-message methods (Cython's "augmenting .pxd"); the `.py`
+says nothing of it. The build sits beside its source and Python imports it
+first. A module runs from its `.py` source instead when:
 
 - ``FASTRELAY_PURE_PYTHON=1`` is set: how the test suite proves the fallback,
   and how an operator rules the compiled code out;
@@ -31,6 +34,7 @@ from types import ModuleType
 COMPILED = (
     "fastrelay.protocol.frames",
     "fastrelay.protocol.flow",
+    "fastrelay.protocol.state",
     "fastrelay.protocol.session",
     "fastrelay.protocol.switch",
     "fastrelay.io.mux",

@@ -100,8 +100,8 @@ class FakeWSTransport(WSTransport):
         "sends",
     )
 
-    def __init__(self) -> None:
-        super().__init__(False, FakeUnderlyingTransport(), _LOG, asyncio.get_event_loop())
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(False, FakeUnderlyingTransport(), _LOG, loop)
         self.closed = False
         self.reset()
 
@@ -168,7 +168,7 @@ class Rig:
 
     def connect(self, role: str) -> tuple[Peer, FakeWSTransport]:
         """A peer through the real `on_ws_connected` (MuxWriter, buffer limits, attach)."""
-        transport = FakeWSTransport()
+        transport = FakeWSTransport(self.loop)
         peer = Peer(self.relay, role)
         peer.on_ws_connected(transport)  # type: ignore[arg-type]
         assert peer.writer is not None

@@ -26,9 +26,9 @@ from picows import (
     WSAutoPingStrategy,
     WSCloseCode,
     WSFrame,
-    WSListener,
     WSMsgType,
     WSTransport,
+    picows,
     ws_connect,
 )
 from prometheus_client.core import Metric
@@ -65,7 +65,11 @@ BACKOFF_SETTLE = 1.0  # a connection that ends sooner after HELLO is a flap (see
 RECOVERY = 15.0  # after a healthy connection is lost, redial delays stay short this long
 RECOVERY_CAP = 1.0  # ... at most this (full jitter)
 TICK = 0.25  # how often a carrier with an open timeout expires late opens
+_now = time.monotonic
 _BINARY = WSMsgType.BINARY
+_CLOSE = WSMsgType.CLOSE
+_PING = WSMsgType.PING
+_PONG = WSMsgType.PONG
 
 
 class CarrierStats(SessionStats):
@@ -478,7 +482,7 @@ class Carrier:
         self.owner.carrier_lost(self)
 
 
-class CarrierListener(WSListener):
+class CarrierListener(picows.WSListener):  # carrier.pxd: a C extension type when compiled
     def __init__(self, carrier: Carrier) -> None:
         super().__init__()
         self.carrier = carrier
@@ -493,7 +497,7 @@ class CarrierListener(WSListener):
         transport.send_ping()
 
     def is_user_specific_pong(self, frame: WSFrame) -> bool:
-        if frame.msg_type is not WSMsgType.PONG:
+        if frame.msg_type != _PONG:
             return False
         self.carrier.stats.ping_rtt.observe(time.monotonic() - self.ping_sent_at)
         return True
@@ -506,13 +510,14 @@ class CarrierListener(WSListener):
         scheduler = self.scheduler
         scheduler.in_frame = True  # what this frame makes goes out after the read's last one
         try:
-            if msg_type is _BINARY and frame.fin:
-                self.session.receive(frame.get_payload_as_memoryview(), time.monotonic())
-            elif msg_type is WSMsgType.CLOSE:
+            if msg_type == _BINARY and frame.fin:
+                self.session.receive(frame.get_payload_as_memoryview(), _now())
+            elif msg_type == _CLOSE:
                 transport.send_close(frame.get_close_code())
                 transport.disconnect()
-            elif msg_type is not WSMsgType.PING and msg_type is not WSMsgType.PONG:
-                raise ProtocolError(f"unexpected WebSocket {msg_type.name} frame from the relay")
+            elif msg_type != _PING and msg_type != _PONG:
+                name = WSMsgType(msg_type).name
+                raise ProtocolError(f"unexpected WebSocket {name} frame from the relay")
         except ProtocolError as exc:
             self.carrier.stats.protocol_errors[exc.kind] += 1
             log.error("closing relay connection: %s", exc)
