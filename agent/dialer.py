@@ -48,6 +48,13 @@ async def resolve(host: str, port: int) -> list[str]:
     """The addresses to dial for host:port. An IP literal is its own answer: no
     getaddrinfo (a thread-pool round trip) on the open path."""
     try:
+        # A strict dotted quad (inet_pton's form) is what ipaddress would print back; the
+        # ipaddress round trip costs ~10 µs per open, inet_pton well under one.
+        socket.inet_pton(socket.AF_INET, host)
+        return [host]
+    except (OSError, ValueError):
+        pass
+    try:
         return [str(ipaddress.ip_address(host))]
     except ValueError:
         pass  # a name
@@ -73,13 +80,13 @@ async def dial(
         host = normalize_hostname(host)
     except HostnameError as exc:
         raise DialFailure(Failure.DNS, str(exc)) from None
-    refused = policy.check_name(host, port)
+    refused = policy.check_normalized_name(host, port)
     if refused is not None:
         raise DialFailure(Failure.DENIED, f"egress policy: {refused.reason}")
     addresses = await resolve(host, port)
-    allowed = [ip for ip in addresses if policy.check(host, ip, port).allowed]
+    allowed = [ip for ip in addresses if policy.check_normalized(host, ip, port).allowed]
     if not allowed:
-        decision = policy.check(host, addresses[0], port)
+        decision = policy.check_normalized(host, addresses[0], port)
         raise DialFailure(Failure.DENIED, f"egress policy: {decision.reason}")
     loop = asyncio.get_running_loop()
     last: DialFailure | None = None
