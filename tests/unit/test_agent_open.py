@@ -60,3 +60,34 @@ def test_a_failed_dial_is_answered_with_its_failure(monkeypatch: pytest.MonkeyPa
     status = Failure.REFUSED.status
     assert stream.refused == [(status, "connection refused by 192.0.2.7:443", "refused")]
     assert agent.dials["refused"] == 1
+
+
+def test_within_returns_the_result() -> None:
+    async def quick() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    assert asyncio.run(app.within(60, quick())) == 7
+
+
+def test_within_times_out_and_the_task_goes_on() -> None:
+    async def main() -> str:
+        with pytest.raises(TimeoutError):
+            await app.within(0.01, asyncio.sleep(60))
+        await asyncio.sleep(0)  # not cancelled: the timeout's cancel was taken back
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        return "went on"
+
+    assert asyncio.run(main()) == "went on"
+
+
+def test_a_cancel_from_outside_is_not_a_timeout() -> None:
+    async def main() -> None:
+        task = asyncio.get_running_loop().create_task(app.within(60, asyncio.sleep(60)))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
