@@ -27,6 +27,7 @@ _REQUEST_HOP_BY_HOP = _RESPONSE_HOP_BY_HOP | {"proxy-authorization", "te", "trai
 # raw, so dropping their framing fields would desynchronise head and body.
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.-]+")
+_AUTHORITY_END = re.compile(r"[/?#]")  # where an absolute URL's authority ends
 # llhttp is strict about CRLF in requests, so a request head ends at the first
 # CRLFCRLF. Responses are parsed leniently (old servers send bare LF).
 _REQUEST_HEAD_END = re.compile(rb"\r\n\r\n")
@@ -320,7 +321,7 @@ class RequestHeadParser:
         if scheme != "http" or not parsed.host:
             raise HttpError(400, f"unsupported request URL {url!r}: only http:// is proxied")
         # The authority as written (minus userinfo) becomes the Host header.
-        authority = re.split(r"[/?#]", url[len("http://") :], maxsplit=1)[0].rpartition("@")[2]
+        authority = _AUTHORITY_END.split(url[len("http://") :], 1)[0].rpartition("@")[2]
         host, port = _target(authority, 80, f"invalid authority in {url!r}")
         target = (parsed.path or b"/") + (b"" if parsed.query is None else b"?" + parsed.query)
         # Host is replaced by the URL's authority (RFC 9112 3.2.2), hop-by-hop
