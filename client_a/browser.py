@@ -280,6 +280,11 @@ class BrowserConnection(asyncio.BufferedProtocol):
             self.gate.open -= 1
         if self.sink is not None:
             self.sink.tcp_lost(exc)
+        # No transport event follows: drop the links back into the route and its stream
+        # (each of which links to this connection), so the open's objects are freed by
+        # reference counting, not left as cycles for the garbage collector.
+        self.sink = None
+        self.tunnel = None
 
     def pause_writing(self) -> None:
         if self.sink is not None:

@@ -246,6 +246,7 @@ class Proxy:
     def on_stream_end(self, carrier: Carrier, stream: Stream) -> None:
         route = stream.owner
         assert isinstance(route, RelayRoute)
+        stream.owner = None  # the last event of the stream: no route <-> stream cycle is left
         route.ended(stream)
         if route.result in ("retried", "fallback"):  # the retry's own line follows
             return

@@ -144,12 +144,28 @@ def canonical_ipv4(host: str) -> str | None:
     """The dotted quad ``host`` means if it is an IPv4 literal in any spelling, else None."""
     if not host[:1].isdigit():  # every IPv4 number starts with a digit: a fast no for names
         return None
+    try:  # a strict dotted quad is already canonical (see normalize_hostname)
+        socket.inet_pton(socket.AF_INET, host)
+    except (OSError, ValueError):
+        pass
+    else:
+        return host
     value = parse_ipv4(host)
     return None if value is None else format_ipv4(value)
 
 
 def normalize_hostname(host: str) -> str:
     """The normalised form of ``host``; :class:`HostnameError` if it has none."""
+    # Fast path, the agent's usual open: a strict dotted quad (what inet_pton takes: four
+    # decimal bytes, no leading zeros) is already its own normal form, as the full path
+    # below would give it (UTS #46 leaves it alone, parse_ipv4 and format_ipv4 round-trip
+    # it); the IDNA mapping would cost several microseconds per call.
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except (OSError, ValueError):
+        pass
+    else:
+        return host
     if host[:1] == "[" and host[-1:] == "]":
         inner = _ipv6(host[1:-1])
         if inner is None:

@@ -27,6 +27,7 @@ _REQUEST_HOP_BY_HOP = _RESPONSE_HOP_BY_HOP | {"proxy-authorization", "te", "trai
 # raw, so dropping their framing fields would desynchronise head and body.
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.-]+")
+_AUTHORITY_END = re.compile(r"[/?#]")  # where an absolute URL's authority ends
 # llhttp is strict about CRLF in requests, so a request head ends at the first
 # CRLFCRLF. Responses are parsed leniently (old servers send bare LF).
 _REQUEST_HEAD_END = re.compile(rb"\r\n\r\n")
@@ -67,6 +68,31 @@ class OriginFormRequest(HttpError):
         self.headers = headers
 
 
+class _HeadFields:
+    """What llhttp reports of one head (its callbacks; span callbacks may arrive in pieces
+    across feeds)."""
+
+    __slots__ = ("done", "fields", "reason", "url")
+
+    def __init__(self) -> None:
+        self.fields: Fields = []
+        self.url = b""
+        self.reason = b""
+        self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value.strip()))
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
 class _HeadReader:
     """Buffers one message head and feeds llhttp exactly up to its end.
 
@@ -83,10 +109,7 @@ class _HeadReader:
     def __init__(self, response: bool, max_bytes: int, what: str) -> None:
         self.max_bytes = max_bytes
         self.buf = bytearray()
-        self.fields: Fields = []
-        self.url = b""
-        self.reason = b""
-        self.done = False
+        self.head = _HeadFields()
         self._what = what
         self._first_line = "status line" if response else "request line"
         # `_start` is where the start-line begins (None while only empty lines
@@ -101,22 +124,28 @@ class _HeadReader:
         self._end = _RESPONSE_HEAD_END if response else _REQUEST_HEAD_END
         self._empty = _RESPONSE_EMPTY_LINES if response else _REQUEST_EMPTY_LINES
         cls = httptools.HttpResponseParser if response else httptools.HttpRequestParser
-        self.parser = cls(self)
+        # The parser calls back into `head`, not into this reader: a parser holding the
+        # reader that holds it would be a reference cycle, freed only by the garbage
+        # collector, once per browser request (bench/README.md, "Setup").
+        self.parser = cls(self.head)
         if response:
             self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
 
-    # httptools callbacks; span callbacks may arrive in pieces across feeds.
-    def on_url(self, url: bytes) -> None:
-        self.url += url
+    @property
+    def url(self) -> bytes:
+        return self.head.url
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
+    @property
+    def reason(self) -> bytes:
+        return self.head.reason
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name, value.strip()))
+    @property
+    def fields(self) -> Fields:
+        return self.head.fields
 
-    def on_headers_complete(self) -> None:
-        self.done = True
+    @property
+    def done(self) -> bool:
+        return self.head.done
 
     def _too_big(self) -> HttpError:
         detail = ""
@@ -292,7 +321,7 @@ class RequestHeadParser:
         if scheme != "http" or not parsed.host:
             raise HttpError(400, f"unsupported request URL {url!r}: only http:// is proxied")
         # The authority as written (minus userinfo) becomes the Host header.
-        authority = re.split(r"[/?#]", url[len("http://") :], maxsplit=1)[0].rpartition("@")[2]
+        authority = _AUTHORITY_END.split(url[len("http://") :], 1)[0].rpartition("@")[2]
         host, port = _target(authority, 80, f"invalid authority in {url!r}")
         target = (parsed.path or b"/") + (b"" if parsed.query is None else b"?" + parsed.query)
         # Host is replaced by the URL's authority (RFC 9112 3.2.2), hop-by-hop

@@ -9,8 +9,8 @@ CONNECT_RESPONSE grants for data flowing towards it.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,14 @@ def status_description(status: int) -> str:
 
 
 def new_session_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID in its canonical text form, exactly what str(uuid.uuid4())
+    gives, made from the 16 random bytes directly: building the UUID object and its str
+    cost ~3x as much, on every open at client_a."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _load(payload: bytes | memoryview, frame_type: FrameType) -> dict[str, Any]:
@@ -370,6 +377,9 @@ def split_authority(authority: str, default_port: int | None = None) -> tuple[st
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+# Compiled once: re.split with a pattern string looks it up in re's cache on every open
+# (~3 µs of split_url's ~6 in the relay and the agent).
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 
 def split_url(url: str, kind: FrameType = FrameType.CONNECT) -> tuple[str, int]:
@@ -377,7 +387,7 @@ def split_url(url: str, kind: FrameType = FrameType.CONNECT) -> tuple[str, int]:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in _DEFAULT_PORTS:
         raise ControlMessageError(f"{kind.name} url {url!r} is not http(s)://host[:port]")
-    authority = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+    authority = _AUTHORITY_END.split(rest, 1)[0].rpartition("@")[2]
     try:
         return split_authority(authority, _DEFAULT_PORTS[scheme.lower()])
     except ValueError as exc:

@@ -46,3 +46,61 @@ def test_a_name_that_does_not_resolve_is_a_dns_failure() -> None:
     with pytest.raises(DialFailure) as info:
         _run("no-such-host.invalid", [])
     assert info.value.failure is Failure.DNS
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
+def test_an_ipv4_connect_fails_as_the_loops_sock_connect_does(loop_name: str) -> None:
+    """The dialer connects IPv4 itself (uvloop's sock_connect would look the literal up in
+    its thread pool); a refused connect must raise what loop.sock_connect raises, since
+    dial_failure turns its type, errno and text into the open's answer."""
+    import socket
+
+    import uvloop
+
+    from agent.dialer import _sock_connect
+
+    port = _free_port()
+
+    async def main() -> list[tuple[type, int | None, str | None]]:
+        loop = asyncio.get_running_loop()
+        seen = []
+        for connect in (loop.sock_connect, lambda s, a: _sock_connect(loop, s, a)):
+            with socket.socket() as sock:
+                sock.setblocking(False)
+                try:
+                    await connect(sock, ("127.0.0.1", port))
+                except OSError as exc:
+                    seen.append((type(exc), exc.errno, exc.strerror))
+        return seen
+
+    run = uvloop.run if loop_name == "uvloop" else asyncio.run
+    theirs, ours = run(main())
+    assert ours == theirs
+    assert ours[0] is ConnectionRefusedError
+
+
+def test_an_ipv4_connect_reaches_a_listener() -> None:
+    import socket
+
+    from agent.dialer import _sock_connect
+
+    async def main() -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with socket.socket() as sock:
+            sock.setblocking(False)
+            await _sock_connect(loop, sock, ("127.0.0.1", port))
+            peer = sock.getpeername()
+        server.close()
+        return peer[0], peer[1] - port
+
+    assert asyncio.run(main()) == ("127.0.0.1", 0)

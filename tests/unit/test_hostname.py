@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from agent.dialer import DialFailure, dial
 from agent.policy import Decision, EgressPolicy
-from fastrelay.protocol.hostname import HostnameError, normalize_hostname
+from fastrelay.protocol.hostname import HostnameError, canonical_ipv4, normalize_hostname
 from fastrelay.protocol.status import Failure
 
 
@@ -165,3 +165,23 @@ def test_dial_denies_look_alike_before_resolving() -> None:
     # .invalid never resolves: a 403, not a DNS failure, shows the name was refused first.
     failure = _dial("\uff52t-loop.invalid", EgressPolicy(deny=["rt-loop.invalid"]))
     assert failure == DialFailure(Failure.DENIED, "egress policy: denied by --deny rt-loop.invalid")
+
+
+@given(
+    st.lists(
+        st.from_regex(r"0{0,2}[0-9]{1,3}", fullmatch=True) | st.integers(0, 300).map(str),
+        min_size=4,
+        max_size=4,
+    ).map(".".join)
+)
+def test_a_dotted_quad_normalises_as_the_full_path_does(host: str) -> None:
+    """normalize_hostname and canonical_ipv4 return a strict dotted quad as it is (a fast
+    path); with a trailing dot the same address takes the full WHATWG path, which must agree."""
+    assert canonical_ipv4(host) == canonical_ipv4(host + ".")
+    try:
+        expected = normalize_hostname(host + ".")
+    except HostnameError:
+        with pytest.raises(HostnameError):
+            normalize_hostname(host)
+    else:
+        assert normalize_hostname(host) == expected

@@ -96,3 +96,33 @@ def test_cancel_all_waits_for_each_task_to_finish() -> None:
 
     asyncio.run(main())
     assert finished == ["cleaned up"]
+
+
+def test_tune_gc_freezes_start_up_objects_and_raises_gen0(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from fastrelay import lifecycle
+
+    before = gc.get_threshold()
+    try:
+        lifecycle.tune_gc()
+        assert gc.get_freeze_count() > 0  # the imports and start-up objects are out of reach
+        assert gc.get_threshold() == (lifecycle.GC_GEN0_THRESHOLD, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_run_tunes_the_collector_before_the_loop_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastrelay import lifecycle
+
+    calls: list[str] = []
+    monkeypatch.setattr(lifecycle, "tune_gc", lambda: calls.append("tune_gc"))
+    monkeypatch.setattr(lifecycle, "raise_fd_limit", lambda: 1024)
+
+    async def main(stop: asyncio.Event) -> int:
+        calls.append("main")
+        return 0
+
+    assert lifecycle.run(main) == 0
+    assert calls == ["tune_gc", "main"]

@@ -525,3 +525,47 @@ def test_embedded_ipv4_judged_like_the_ipv4_itself(v4: int, suffix: int) -> None
     direct = EgressPolicy(local_addresses=local).check("h", str(ipaddress.IPv4Address(v4)), 80)
     for form, ip in _embeddings(v4, suffix).items():
         assert opened.check("h", ip, 80).allowed is direct.allowed, (form, ip)
+
+
+_MIXED = EgressPolicy(
+    allow=["127.0.0.0/8", "db.corp.example:5432", "[2001:db8::/32]:443", "10.1.0.0/16"],
+    deny=["127.0.0.9/32", "*.evil.example", "10.1.2.0/24:22"],
+    local_addresses=["192.0.2.50"],
+)
+
+
+@given(
+    host=st.sampled_from(
+        ["127.0.0.2", "db.corp.example", "x.evil.example", "example.com", "10.1.2.3", "::1"]
+    ),
+    ip=st.sampled_from(
+        [
+            "127.0.0.2",
+            "127.0.0.9",
+            "10.1.2.3",
+            "10.2.0.1",
+            "2001:db8::1",
+            "93.184.216.34",
+            "192.0.2.50",
+            "::ffff:127.0.0.9",
+            "2002:7f00:9::",
+            "not-an-ip",
+        ]
+    ),
+    port=st.sampled_from([22, 443, 5432]),
+)
+def test_the_dialers_entry_judges_a_normalised_host_as_check_does(
+    host: str, ip: str, port: int
+) -> None:
+    """The dialer normalises the host once and calls check_normalized and
+    check_normalized_name; they must decide exactly as check and check_name."""
+    assert _MIXED.check_normalized(host, ip, port) == _MIXED.check(host, ip, port)
+    assert _MIXED.check_normalized_name(host, port) == _MIXED.check_name(host, port)
+
+
+def test_an_allow_spec_and_the_default_name_their_reasons() -> None:
+    assert _MIXED.check("a", "127.0.0.2", 80) == Decision(True, "allowed by --allow 127.0.0.0/8")
+    assert _MIXED.check("a", "127.0.0.9", 80) == Decision(False, "denied by --deny 127.0.0.9/32")
+    assert _MIXED.check("a", "93.184.216.34", 80) == Decision(True, "public address")
+    assert _MIXED.check("a", "192.0.2.50", 80).reason.startswith("documentation (TEST-NET-1)")
+    assert _MIXED.check("a", "10.1.2.3", 22) == Decision(False, "denied by --deny 10.1.2.0/24:22")
