@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -61,18 +62,25 @@ def extensions() -> list[Extension]:
     except ImportError:
         return []
     record_sources()
-    modules = [Extension(name, [source(name)], optional=True) for name in HOT_PATH]
-    return cythonize(
-        modules,
-        quiet=True,
-        language_level=3,
-        compiler_directives={
-            # Annotations are for mypy here, not C types: the compiled module
-            # accepts exactly what its source does.
-            "annotation_typing": False,
-            "binding": True,
-        },
-    )
+    built: list[Extension] = []
+    for name in HOT_PATH:
+        # One module at a time: one that does not translate (a .pxd out of step
+        # with its .py, picows' .pxd missing) runs from source; the rest still build.
+        try:
+            built += cythonize(
+                [Extension(name, [source(name)], optional=True)],
+                quiet=True,
+                language_level=3,
+                compiler_directives={
+                    # Annotations are for mypy here, not C types: the compiled
+                    # module accepts exactly what its source does.
+                    "annotation_typing": False,
+                    "binding": True,
+                },
+            )
+        except Exception as exc:  # Cython's CompileError, or anything it raises
+            print(f"warning: {name} not compiled, it runs from source: {exc!r}", file=sys.stderr)
+    return built
 
 
 setup(ext_modules=extensions())
