@@ -30,11 +30,25 @@ cdef class Conn:
 
 
 cdef class Half:
-    cdef public Conn dest
-    cdef public object held
+    cdef public Py_ssize_t held
     cdef public object out
     cdef public Py_ssize_t room
-    cdef public object stream
+    cdef public Stream stream
+
+
+cdef class Stream:
+    cdef public Conn agent
+    cdef public Conn client
+    cdef public Half down
+    cdef public object open_frame
+    cdef public double opened_at
+    cdef public bint retried
+    cdef public double sent_at
+    cdef public object session_id
+    cdef public object sid
+    cdef public object state
+    cdef public str target
+    cdef public Half up
 
 
 cdef class Switch:
@@ -52,6 +66,7 @@ cdef class Switch:
     cdef public bint draining
     cdef public object turn
     cdef public object rules_frame
+    cdef public dict targets
     cdef dict __dict__
 
     @cython.locals(
