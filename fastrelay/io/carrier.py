@@ -60,7 +60,6 @@ from fastrelay.tls import client_context
 log = logging.getLogger("fastrelay.carrier")
 
 WS_BUFFER_HIGH = 2 * 1024 * 1024
-RESUME_STEP = 0.001  # streams still held for a link with room resume this much later
 HELLO_TIMEOUT = 5.0  # after the upgrade, the relay's HELLO must come this soon
 BACKOFF_SETTLE = 1.0  # a connection that ends sooner after HELLO is a flap (see Backoff)
 RECOVERY = 15.0  # after a healthy connection is lost, redial delays stay short this long
@@ -271,7 +270,6 @@ class Carrier:
         )
         self.streams = self.session.streams
         self.ticker: asyncio.TimerHandle | None = None
-        self.resumer: asyncio.TimerHandle | None = None  # Carrier.link_resumed's next step
         self.relay_address = "unknown"  # the relay's socket address, for logs
         self.got_hello: asyncio.Future[Hello] = loop.create_future()
         self.done: asyncio.Future[None] = loop.create_future()
@@ -430,34 +428,6 @@ class Carrier:
     def on_internal_error(self, session: Session, stream: Stream, exc: Exception) -> None:
         log.error("internal error on stream %s; aborting it", stream.session_id, exc_info=exc)
 
-    def link_resumed(self) -> None:
-        """The relay connection's write buffer drained to its low-water mark:
-        the streams held for it resume oldest first, as many as the room up
-        to the high-water mark takes (Session.resume_waiting), the rest on a
-        short timer while the link has room."""
-        self.session.set_paused(False, self._link_room())
-        self._keep_resuming()
-
-    def _keep_resuming(self) -> None:
-        session = self.session
-        if self.resumer is None and session.waiting and not session.paused and not session.lost:
-            self.resumer = self.loop.call_later(RESUME_STEP, self._resume_more)
-
-    def _resume_more(self) -> None:
-        self.resumer = None
-        session = self.session
-        if session.lost or session.paused:
-            return  # resume_writing() takes over
-        session.resume_waiting(self._link_room())
-        self._keep_resuming()
-
-    def _link_room(self) -> int:
-        """Bytes the link takes before its high-water mark; -1: no limit known."""
-        transport = self.transport
-        if transport is None:
-            return -1
-        return max(0, WS_BUFFER_HIGH - transport.underlying_transport.get_write_buffer_size())
-
     def _tick(self) -> None:
         self.ticker = None
         if self.session.lost:
@@ -496,9 +466,6 @@ class Carrier:
         if self.ticker is not None:
             self.ticker.cancel()
             self.ticker = None
-        if self.resumer is not None:
-            self.resumer.cancel()
-            self.resumer = None
         closing = session.closing
         session.connection_lost()
         if was_ready and not closing:
@@ -561,7 +528,7 @@ class CarrierListener(WSListener):
         self.session.set_paused(True)
 
     def resume_writing(self) -> None:
-        self.carrier.link_resumed()
+        self.session.set_paused(False)
 
 
 REJECTED_BACKOFF = 5.0  # a rejected token is redialled no sooner than this (cap allowing)

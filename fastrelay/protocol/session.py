@@ -347,8 +347,6 @@ class Stream:
             session.write(memoryview(buf)[at : at + HEADER_SIZE + n])
         if session.paused:
             session.wait_for_room(self)
-        elif blocked and session.waiting:
-            session.resume_waiting(0)  # this stream's turn ended: the next held one's starts
         return True
 
     def send(self, data: bytes) -> None:
@@ -390,8 +388,6 @@ class Stream:
                 write(_pack(_DATA, flags, sid, len(chunk)) + chunk)
             if session.paused and not self.paused & PAUSED_LINK:
                 session.wait_for_room(self)
-            elif blocked and session.waiting:
-                session.resume_waiting(0)
         elif blocked:
             self.session.write(_pack(_DATA, blocked, self.sid, 0))
 
@@ -528,14 +524,6 @@ class Stream:
         if was and not self.paused and not self.read_eof:
             socket = self.socket
             if socket is not None and not socket.is_closing():
-                session = self.session
-                if why != PAUSED_LINK and (session.paused or session.waiting):
-                    # No room on the link, or streams queue for it already:
-                    # queue behind them with the socket still paused, rather
-                    # than resume it for one read and pause it again.
-                    self.paused = PAUSED_LINK
-                    session.hold(self)
-                    return
                 socket.resume_reading()
 
     def link_paused(self, paused: bool) -> None:
@@ -600,9 +588,7 @@ class Session:
         self.lost = False  # the connection has ended
         self.closing = False  # this side closed the link
         self.paused = False  # the link's write buffer is over its high-water mark
-        # Streams held for room on the link (Paused.LINK), oldest first; an
-        # ended stream's entry is dropped when its turn comes.
-        self.waiting: deque[Stream] = deque()
+        self.waiting: list[Stream] = []  # streams paused by a full link
         self.sid_cursor = 0
         self.expiry: deque[Stream] = deque()  # opens in the order they expire
 
@@ -686,63 +672,32 @@ class Session:
 
     # --- the link ---
 
-    def set_paused(self, paused: bool, room: int = -1) -> None:
+    def set_paused(self, paused: bool) -> None:
         """The link's write buffer crossed its high (or low) water mark.
 
         Pausing is lazy: a stream that sends while the link is paused stops
-        reading its socket after that one read and queues in `waiting`, and a
-        stream that could read again (a grant, its open answered) while the
-        link is paused, or while others queue, joins the queue without
-        resuming its socket. On the way down the queue resumes oldest first,
-        as far as `room` goes (see `resume_waiting`).
+        reading its socket after that one read and queues in `waiting`. So
+        every stream gets at most one read per pause cycle (fair with 1,000
+        busy tunnels, where pausing every socket eagerly starved most of
+        them), and only streams that actually read pay a pause and a resume.
         """
         self.paused = paused
         if paused:
             self.stats.backpressure_pauses += 1
             return
-        self.resume_waiting(room)
-
-    def resume_waiting(self, room: int = -1) -> None:
-        """Resume the streams held for the link, oldest first, until their
-        next reads (at most their credit each) could fill `room` bytes; -1:
-        every one. At least one resumes per call. A stream whose read takes
-        its last credit passes its turn to the next held stream; otherwise
-        the caller calls again while `waiting` is not empty and the link has
-        room (`fastrelay.io.carrier` does it on a timer).
-
-        With 1,000 busy streams, resuming every held stream when the link
-        drained let the first few dozen refill it and gave each of the others
-        one small read (`fastrelay.io.tunnel.PAUSED_READ_SIZE`) and another
-        pause: more than half of the agent's reads, each a pause and a resume.
-        """
-        waiting = self.waiting
-        max_chunk = self.max_chunk
-        while waiting and not self.paused:
-            stream = waiting.popleft()
-            if stream.end is not None or not stream.paused & PAUSED_LINK:
-                continue
+        waiting, self.waiting = self.waiting, []
+        for stream in waiting:
             stream.link_paused(False)
-            if room >= 0 and not stream.paused:
-                room -= min(stream.send_window.available, max_chunk)
-                if room <= 0:
-                    return
 
     def wait_for_room(self, stream: Stream) -> None:
         stream.link_paused(True)
-        self.hold(stream)
-
-    def hold(self, stream: Stream) -> None:
-        """Queue `stream` (paused for the link) for its turn."""
-        waiting = self.waiting
-        waiting.append(stream)
-        if len(waiting) > 2 * len(self.streams) + 64:  # ended streams' entries
-            self.waiting = deque(s for s in waiting if s.end is None and s.paused & PAUSED_LINK)
+        self.waiting.append(stream)
 
     def connection_lost(self) -> None:
         """The link is gone: every stream ends (`End.LOST`)."""
         self.lost = True
         self.paused = False
-        self.waiting.clear()
+        self.waiting = []
         self.expiry.clear()
         for stream in list(self.streams.values()):
             if stream.end is None:
