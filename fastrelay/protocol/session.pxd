@@ -4,6 +4,8 @@
 
 cimport cython
 
+from fastrelay.protocol.frames cimport read_frame
+
 from fastrelay.protocol.flow cimport CreditPool, RecvWindow, SendWindow
 from fastrelay.protocol.state cimport StreamState
 

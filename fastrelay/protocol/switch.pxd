@@ -5,6 +5,8 @@
 
 cimport cython
 
+from fastrelay.protocol.frames cimport read_frame
+
 
 cdef class Conn:
     cdef public bint attached
