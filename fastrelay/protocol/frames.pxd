@@ -4,6 +4,8 @@
 
 cimport cython
 
+cdef int _WINDOW_UPDATE, _FIN
+
 
 @cython.locals(left=Py_ssize_t, start=Py_ssize_t, length=Py_ssize_t, frame_type=int, flags=int)
 cpdef tuple read_frame(message, Py_ssize_t offset)

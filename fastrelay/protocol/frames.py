@@ -56,6 +56,10 @@ CONNECTION_FRAMES = frozenset(
 OPEN_FRAMES = frozenset({FrameType.CONNECT, FrameType.REQUEST})
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 _CONNECTION_TYPES = frozenset(int(t) for t in CONNECTION_FRAMES)
+# Plain ints and a bound method for the walker (C ints when compiled, frames.pxd).
+_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
+_FIN = int(FrameType.FIN)
+_unpack_header = HEADER.unpack_from
 
 
 def encode_header(frame_type: int, stream_id: int, length: int, flags: int = 0) -> bytes:
@@ -90,9 +94,9 @@ def check_header(frame_type: int, stream_id: int, length: int, available: int) -
             f"{FrameType(frame_type).name} frame with stream id {stream_id}"
             " (stream id 0 is for HELLO, GOAWAY, MEMBERS and RULES only)"
         )
-    if frame_type == FrameType.WINDOW_UPDATE and length != 4:
+    if frame_type == _WINDOW_UPDATE and length != 4:
         raise FrameError(f"WINDOW_UPDATE payload must be 4 bytes, got {length}")
-    if frame_type == FrameType.FIN and length != 0:
+    if frame_type == _FIN and length != 0:
         raise FrameError(f"FIN payload must be empty, got {length} bytes")
 
 
@@ -106,7 +110,7 @@ def read_frame(message: memoryview | bytes, offset: int) -> tuple[int, int, int,
     left = len(message) - offset
     if left < HEADER_SIZE:
         raise FrameError(f"truncated header: {left} bytes left, need {HEADER_SIZE}")
-    frame_type, flags, stream_id, length = HEADER.unpack_from(message, offset)
+    frame_type, flags, stream_id, length = _unpack_header(message, offset)
     start = offset + HEADER_SIZE
     check_header(frame_type, stream_id, length, left - HEADER_SIZE)
     return frame_type, flags, stream_id, start, start + length
