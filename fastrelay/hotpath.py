@@ -10,8 +10,11 @@ first. A module runs from its `.py` source instead when:
 
 - ``FASTRELAY_PURE_PYTHON=1`` is set: how the test suite proves the fallback,
   and how an operator rules the compiled code out;
-- its source changed since it was built (the build records each source's
-  SHA-256 in ``fastrelay/_hotpath_build.py``): a stale build never runs old code;
+- its source (`.py` and `.pxd`) changed since it was built, or its last build
+  failed (the build records the SHA-256 of each source it built, in
+  ``fastrelay/_hotpath_build.py``): a stale build never runs old code;
+- a module whose `.pxd` cimports it runs from source: a build calls the C
+  functions and types of the builds it cimports, which a `.py` does not have;
 - nothing was built (no C compiler or Cython at install time,
   ``FASTRELAY_NO_COMPILE=1``).
 
@@ -25,6 +28,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
@@ -43,6 +47,7 @@ COMPILED = (
     "fastrelay.relay.peer",
 )
 PURE_ENV = "FASTRELAY_PURE_PYTHON"
+_CIMPORT = re.compile(r"^\s*from\s+(fastrelay(?:\.\w+)+)\s+cimport\b", re.MULTILINE)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -52,9 +57,32 @@ def source_path(name: str) -> str:
     return os.path.join(_PACKAGE_DIR, *parts) + ".py"
 
 
+def declarations_path(name: str) -> str:
+    """The `.pxd` beside a module's source (it may not exist)."""
+    return source_path(name)[: -len(".py")] + ".pxd"
+
+
 def source_hash(name: str) -> str:
+    """What a build of `name` is of: its `.py` and its `.pxd`, if any."""
+    digest = hashlib.sha256()
     with open(source_path(name), "rb") as file:
-        return hashlib.sha256(file.read()).hexdigest()
+        digest.update(file.read())
+    try:
+        with open(declarations_path(name), "rb") as file:
+            digest.update(b"\0" + file.read())
+    except FileNotFoundError:
+        pass
+    return digest.hexdigest()
+
+
+def cimports(name: str) -> frozenset[str]:
+    """The modules of COMPILED whose builds the build of `name` uses (its `.pxd`'s cimports)."""
+    try:
+        with open(declarations_path(name), encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        return frozenset()
+    return frozenset(found for found in _CIMPORT.findall(text) if found in COMPILED)
 
 
 def pure_requested() -> bool:
@@ -62,7 +90,8 @@ def pure_requested() -> bool:
 
 
 def stale_builds(built: dict[str, str]) -> frozenset[str]:
-    """The modules of COMPILED whose source no longer matches its build."""
+    """The modules of COMPILED that must run from source: those whose source no
+    longer matches a recorded build, and every module that cimports one of them."""
     stale = set()
     for name in COMPILED:
         try:
@@ -70,6 +99,14 @@ def stale_builds(built: dict[str, str]) -> frozenset[str]:
                 stale.add(name)
         except OSError:
             stale.add(name)
+    if not stale:
+        return frozenset()
+    uses = {name: cimports(name) for name in COMPILED}
+    for _ in COMPILED:  # each round adds a layer of users; there are at most len(COMPILED)
+        users = {name for name in COMPILED if uses[name] & stale} - stale
+        if not users:
+            break
+        stale |= users
     return frozenset(stale)
 
 
