@@ -22,6 +22,7 @@ class MuxClient(WSListener):
         self.responses: dict[int, asyncio.Future[dict]] = {}
         self.credit = 0
         self.credit_changed = asyncio.Event()
+        self.ended: dict[int, str] = {}  # streams the relay or the agent ended: how
         self.writable = asyncio.Event()
         self.writable.set()
         self.transport: WSTransport | None = None
@@ -60,6 +61,9 @@ class MuxClient(WSListener):
             elif ftype == FrameType.WINDOW_UPDATE:
                 self.credit += decode_window_increment(payload)
                 self.credit_changed.set()
+            elif ftype in (FrameType.TUNNEL_ERROR, FrameType.FIN):
+                self.ended[sid] = f"{FrameType(ftype).name} {bytes(payload)[:200]!r}"
+                self.credit_changed.set()
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -82,7 +86,14 @@ class MuxClient(WSListener):
             await asyncio.wait_for(self.writable.wait(), 10)
         if self.credit < need:
             self.credit_changed.clear()
-            await asyncio.wait_for(self.credit_changed.wait(), 10)
+            try:
+                await asyncio.wait_for(self.credit_changed.wait(), 10)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"no WINDOW_UPDATE in 10 s with {self.credit} bytes of credit ({need} wanted)"
+                ) from None
+        if self.ended:
+            raise ConnectionError(f"streams ended: {self.ended}")
 
     def send(self, message: bytes) -> None:
         assert self.transport is not None

@@ -15,7 +15,7 @@ from bench.load import REQUEST, Tunnel, open_tunnel
 from bench.muxclient import MuxClient
 from bench.scenarios.common import Context, jain
 from bench.topology import TARGET_HOST, Process, Topology
-from fastrelay.protocol.frames import FrameType, encode_frame
+from fastrelay.protocol.frames import FLAG_BLOCKED, FrameType, encode_frame
 
 MB = 1_000_000
 OPEN_PARALLEL = 200
@@ -239,9 +239,17 @@ async def stream_small_frames(ctx: Context, topo: Topology, relay: Process) -> d
         per_message = 64 * 100
         frames0, cpu0, t0 = relay_frames(relay), relay.cpu_seconds(), time.perf_counter()
         stop = t0 + ctx.sizes["small_frames_seconds"]
+        blocked = False  # sent BLOCKED and no credit came since
         while time.perf_counter() < stop:
+            if client.credit < per_message and client.writable.is_set() and not blocked:
+                # A sender with more to send than its credit uses the credit to the last byte
+                # and marks that frame BLOCKED (docs/PROTOCOL.md, "Flags"): the receiver may
+                # hold up to a quarter window of credit until then, and the stream would stall.
+                client.send(blocked_tail(sid, client.credit))
+                client.credit, blocked = 0, True
             if client.credit < per_message or not client.writable.is_set():
                 await client.wait_for_room(per_message)
+                blocked = blocked and client.credit == 0
                 continue
             client.send(message)
             client.credit -= per_message
@@ -254,6 +262,18 @@ async def stream_small_frames(ctx: Context, topo: Topology, relay: Process) -> d
         "relay_cpu_us_per_frame": cpu / frames * 1e6 if frames else float("nan"),
         "relay_capacity_frames_per_s": frames / cpu if cpu else float("nan"),
     }
+
+
+def blocked_tail(sid: int, credit: int) -> bytes:
+    """`credit` bytes of data as 100-byte frames and a shorter last one, that last
+    one flagged BLOCKED (an empty one when there is no credit left)."""
+    full, rest = divmod(credit, 100)
+    sizes = [100] * full + ([rest] if rest or not full else [])
+    last = len(sizes) - 1
+    return b"".join(
+        encode_frame(FrameType.TUNNEL_DATA, sid, b"m" * n, FLAG_BLOCKED if i == last else 0)
+        for i, n in enumerate(sizes)
+    )
 
 
 async def ping_pong_small_frames(ctx: Context, topo: Topology, relay: Process) -> dict:
