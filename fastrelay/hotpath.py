@@ -16,7 +16,7 @@ first. A module runs from its `.py` source instead when:
 - a module whose `.pxd` cimports it runs from source: a build calls the C
   functions and types of the builds it cimports, which a `.py` does not have;
 - nothing was built (no C compiler or Cython at install time,
-  ``FASTRELAY_NO_COMPILE=1``).
+  ``FASTRELAY_NO_COMPILE=1``), or there is no record of what was.
 
 `mode()` says which one this process runs; every program's ready line names it.
 """
@@ -142,9 +142,12 @@ def install() -> None:
     else:
         try:
             record = importlib.import_module("fastrelay._hotpath_build")  # written by setup.py
-        except ImportError:
-            return  # nothing was built: every module is its source anyway
-        names = stale_builds(record.SOURCES)
+            built = record.SOURCES
+        except (ImportError, AttributeError):
+            # Nothing was built, or a build was left without its record (say, by a later
+            # FASTRELAY_NO_COMPILE=1 build): no build of unknown source is used.
+            built = {}
+        names = stale_builds(built)
         if not names:
             return
     sys.meta_path.insert(0, SourceFinder(names))

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,57 @@ def test_a_module_whose_rebuild_fails_runs_from_source_not_from_its_older_build(
     users = {"fastrelay.protocol.session", "fastrelay.protocol.switch", "fastrelay.io.carrier"}
     assert from_source == failed | users | {"fastrelay.relay.peer"}
     assert mode == "mixed"
+
+
+def test_builds_without_a_record_are_not_used(tmp_path: Path) -> None:
+    """A build left without its record (FASTRELAY_NO_COMPILE=1 deletes the record,
+    not the builds) is of unknown source: every module runs from its .py."""
+    root = Path(hotpath.__file__).resolve().parents[1]
+    tree = tmp_path / "tree"
+    shutil.copytree(
+        root / "fastrelay", tree / "fastrelay", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (tree / "fastrelay" / "_hotpath_build.py").unlink(missing_ok=True)
+    # Without the development install's finder, which would find the record beside the checkout.
+    alone = (
+        "import sys\nsys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]\n"
+    )
+    mode, *files = run_python(alone + IMPORT_ALL, cwd=tree, PYTHONPATH=str(tree))
+    assert mode == "python"
+    assert all(file.startswith(str(tree)) and file.endswith(".py") for file in files), files
+
+
+@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="needs setuptools")
+def test_a_wheel_carries_each_pxd_its_build_is_checked_against(tmp_path: Path) -> None:
+    """hotpath.source_hash covers the .pxd, so an installed package without its .pxd
+    files would find every build stale and run everything from source."""
+    root = Path(hotpath.__file__).resolve().parents[1]
+    tree = tmp_path / "tree"
+    shutil.copytree(
+        root / "fastrelay",
+        tree / "fastrelay",
+        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c", "_hotpath_build.py"),
+    )
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(root / name, tree / name)
+    for package in ("agent", "client_a"):
+        (tree / package).mkdir()
+        (tree / package / "__init__.py").write_text("")
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run(
+        [*pip_wheel, "-w", str(tmp_path / "out"), str(tree)],
+        env=dict(os.environ, FASTRELAY_NO_COMPILE="1", PYTHONWARNINGS="ignore"),
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    (wheel,) = (tmp_path / "out").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    declared = {
+        os.path.relpath(hotpath.declarations_path(name), root).replace(os.sep, "/")
+        for name in hotpath.COMPILED
+        if os.path.exists(hotpath.declarations_path(name))
+    }
+    assert declared and declared <= names, sorted(declared - names)
+    assert not any(name.endswith(".c") for name in names)
