@@ -116,7 +116,7 @@ class Agent:
     async def _open(self, stream: Stream, request: OpenStream) -> None:
         started = time.monotonic()
         try:
-            transport = await within(
+            sock = await within(
                 self.config.dial_timeout,
                 dial(stream, request.host, request.port, self.config.policy, self.dials),
             )
@@ -128,12 +128,12 @@ class Agent:
             self._refuse(stream, DialFailure(*timed_out))
             return
         if stream.ended:  # aborted (relay timeout, lost carrier) while dialing
-            transport.abort()
+            sock.abort()
             return
         self.dials["ok"] += 1
         now = time.monotonic()
         self.dial_latency.observe(now - started)
-        attach(stream, transport)
+        attach(stream, sock.transport, sock)  # type: ignore[arg-type]
         stream.accept(request.window, now)
         log.debug(
             "stream %s open to %s:%d in %.1f ms",

@@ -106,6 +106,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
         self.request: ProxyRequest | None = None
         self.tracker: RequestBodyTracker | None = None  # plain-HTTP requests only
         self.early = b""  # bytes after the head, held until the route is open
+        self.early_eof = False  # the browser's EOF came before the route was open
         self.closed = False
         # A CONNECT tunnel through the relay reads into the zero-copy buffer of
         # fastrelay.io.tunnel; everything else into _OWN_VIEW.
@@ -164,7 +165,11 @@ class BrowserConnection(asyncio.BufferedProtocol):
         if self.sink is not None:
             self.forward(data)
         elif self.parser is None:
-            self.early += data  # a read that raced our pause_reading()
+            # Bytes before the route is open (see _head_complete): held, and the
+            # socket is not read again until the route takes them.
+            self.early += data
+            assert self.transport is not None
+            self.transport.pause_reading()
         else:
             self._parse(data)
 
@@ -225,12 +230,15 @@ class BrowserConnection(asyncio.BufferedProtocol):
         self.proxy.dispatch(self, request)
 
     def _head_complete(self, request: ProxyRequest, rest: bytes) -> None:
-        """The request is complete: stop its timer and reading until a route is open."""
-        assert self.transport is not None
+        """The request is complete: stop its timer. Reading goes on until bytes
+        arrive before the route is open: then those are held (`early`) and reading
+        pauses (`data_received`). A client waits for the answer to its CONNECT, so
+        usually nothing comes, and the socket is neither paused nor resumed (with
+        aiofastnet a remove_reader and an add_reader: epoll_ctl calls and a new
+        poll handle per open)."""
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
-        self.transport.pause_reading()
         self.received_at = time.monotonic()
         self.request = request
         self.early = rest
@@ -245,6 +253,9 @@ class BrowserConnection(asyncio.BufferedProtocol):
         early, self.early = self.early, b""
         if early:
             self.forward(early)
+        if self.early_eof:
+            self.early_eof = False
+            sink.tcp_eof()
 
     def forward(self, data: bytes) -> None:
         tracker = self.tracker
@@ -268,7 +279,10 @@ class BrowserConnection(asyncio.BufferedProtocol):
         if self.sink is not None:
             self.sink.tcp_eof()
             return True
-        return self.request is not None  # EOF before a complete head: just close
+        if self.request is None:
+            return False  # EOF before a complete head: just close
+        self.early_eof = True  # before the route is open: it ends the request's bytes there
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

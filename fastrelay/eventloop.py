@@ -10,7 +10,8 @@ where uvloop is missing.
 * anything else: a startup error (exit 2) naming the accepted values.
 
 Nothing else in fastrelay depends on uvloop: picows and aiofastnet drive their sockets
-through ``add_reader``/``add_writer`` on whichever loop runs them.
+through ``add_reader``/``add_writer`` on whichever loop runs them, and the agent's target
+connections are the running loop's own transports (``fastrelay.io.tunnel.StreamSocket``).
 """
 
 from __future__ import annotations

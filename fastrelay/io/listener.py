@@ -23,6 +23,14 @@ endpoints use uvloop's create_server, which does not need it: on
 EMFILE/ENFILE libuv accepts and closes the pending connections with a spare
 fd it keeps (no spin, no log; the caller sees the connection closed).
 
+The guard also accepts itself (`_accept_ready`), for a listener without TLS:
+aiofastnet's accept loop starts a Task per connection, whose coroutine awaits
+a second one that makes the transport (`_accept_connection2`,
+`_create_connection_transport`); the guard makes the same transport
+(`SelectorSocketTransport(loop, sock, protocol, server=server)`, tracked by
+`server._attach`, exactly that coroutine's non-TLS path) at once. Should the
+Server lose those attributes, aiofastnet's own loop is used (`direct` False).
+
 While paused the process also hands back a small reserve of fds
 (`FD_RESERVE`, held from the first listener on), so /healthz, a scrape or a
 dial still get an fd during the episode; the reserve is taken again before
@@ -55,6 +63,11 @@ _warn = RateLimitedLog(log, period=10.0, burst=1)
 _reserve: list[int] = []
 _pauses = 0
 _installed = False  # a guard exists in this process: export the counter
+try:
+    from aiofastnet.selector_transport import SelectorSocketTransport as _Transport
+except ImportError:  # pragma: no cover - an aiofastnet without it: its own accept loop
+    _Transport = None
+_SERVER_PARTS = ("_attach", "_backlog", "_protocol_factory", "_ssl_context")
 
 
 def _refill_reserve() -> None:
@@ -74,17 +87,46 @@ class _Guard:
     """Stands in for a listening socket in aiofastnet's accept loop, which
     calls only its accept() and fileno()."""
 
-    __slots__ = ("address", "loop", "server", "sock")
+    __slots__ = ("address", "direct", "loop", "server", "sock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, server: Any, sock: Any) -> None:
         self.loop, self.server, self.sock = loop, server, sock
         self.address = format_address(sock.getsockname())
+        self.direct = (
+            _Transport is not None
+            and all(hasattr(server, name) for name in _SERVER_PARTS)
+            and server._ssl_context is None
+        )
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def watch(self) -> None:
-        self.loop.add_reader(self.sock.fileno(), self.server._accept_connection, self)
+        if self.direct:
+            self.loop.add_reader(self.sock.fileno(), self._accept_ready)
+        else:
+            self.loop.add_reader(self.sock.fileno(), self.server._accept_connection, self)
+
+    def _accept_ready(self) -> None:
+        """aiofastnet's accept loop, with each transport made here and now."""
+        server = self.server
+        for _ in range(server._backlog + 1):
+            try:
+                conn, _ = self.accept()
+            except ConnectionAbortedError:
+                continue
+            except (BlockingIOError, InterruptedError):
+                return  # nothing more to accept now (or paused: see accept)
+            if server._sockets is None:  # the server was closed meanwhile
+                conn.close()
+                return
+            try:
+                conn.setblocking(False)
+                transport = _Transport(self.loop, conn, server._protocol_factory(), server=server)
+            except BaseException:
+                conn.close()
+                raise
+            server._attach(transport)
 
     def accept(self) -> tuple[Any, Any]:
         try:

@@ -88,21 +88,36 @@ class CarrierPool:
         first matters when carriers land unevenly (a balancer's hash, or
         SO_REUSEPORT under --workers: 7 of 8 carriers on one worker happens).
         With `avoid`, another instance if there is one, else another carrier."""
-        ready = [c for c in self.ready if not c.full]
+        ready = [c for c in self.carriers if c.ready and not c.full]
         if avoid is not None:
             elsewhere = [c for c in ready if c.instance_id != avoid.instance_id]
             ready = elsewhere or [c for c in ready if c is not avoid]
         if not ready:
             return None
-        by_instance: dict[str, list[Carrier]] = {}
-        for carrier in ready:
-            by_instance.setdefault(carrier.instance_id, []).append(carrier)
         # Ties rotate (instances, then carriers), so short sequential
         # requests spread over every relay too.
         self.turn += 1
-        instances = _rotated(sorted(by_instance), self.turn)
-        least = min(instances, key=lambda i: sum(len(c.streams) for c in by_instance[i]))
-        return min(_rotated(by_instance[least], self.turn), key=lambda c: len(c.streams))
+        turn = self.turn
+        first = ready[0].instance_id
+        candidates = ready
+        if any(c.instance_id != first for c in ready):
+            by_instance: dict[str, list[Carrier]] = {}
+            for carrier in ready:
+                by_instance.setdefault(carrier.instance_id, []).append(carrier)
+            instances = _rotated(sorted(by_instance), turn)
+            least = min(instances, key=lambda i: sum(len(c.streams) for c in by_instance[i]))
+            candidates = by_instance[least]
+        # The first of the fewest streams in the rotated order: one pass, no copies
+        # (with a single relay instance, the usual case, this is all of pick).
+        n = len(candidates)
+        start = turn % n
+        best = candidates[start]
+        fewest = len(best.streams)
+        for i in range(start + 1, start + n):
+            carrier = candidates[i % n]
+            if len(carrier.streams) < fewest:
+                best, fewest = carrier, len(carrier.streams)
+        return best
 
     async def wait_pick(
         self, timeout: float, avoid: Carrier | None = None, failing_wait: float | None = None

@@ -22,6 +22,7 @@ closed explicitly once both directions have ended (a transport left open after
 from __future__ import annotations
 
 import asyncio
+import os
 
 from fastrelay.io.reset import reset_when_sent
 from fastrelay.protocol.frames import HEADER_SIZE
@@ -82,22 +83,40 @@ def abort_socket(socket: Socket) -> None:
     """How a session aborts a stream's socket: a transport gets an RST once
     the bytes written to it are through (`reset_when_sent`), so the peer sees
     an abort, not a clean end; a program's wrapper decides for itself."""
-    if isinstance(socket, asyncio.Transport) or hasattr(socket, "get_write_buffer_size"):
+    if isinstance(socket, StreamSocket):
+        if socket.transport is not None:
+            reset_when_sent(socket.transport)
+    elif isinstance(socket, asyncio.Transport) or hasattr(socket, "get_write_buffer_size"):
         reset_when_sent(socket)  # type: ignore[arg-type]
     else:
         socket.abort()
 
 
 class StreamSocket(asyncio.BufferedProtocol):
-    """The TCP socket of a stream: hands every event to the stream.
+    """The TCP socket of a stream on a transport of the event loop's own
+    (uvloop's, in C; the agent's target side): hands every event to the
+    stream, and is the stream's `Socket`.
+
+    The loop's transport keeps a reference to any memoryview it cannot send at
+    once (uvloop's UVStream._buffer_write; only aiofastnet's transports copy the
+    unsent tail), while the stream writes views of picows' read buffer, which
+    the next read overwrites. So `write` sends a view itself while nothing is
+    queued and hands the transport a copy of only what the socket did not take:
+    no copy when the socket takes it all, as with aiofastnet.
 
     Reading starts paused; the stream resumes it when it may send.
     """
 
+    __slots__ = ("fd", "stream", "transport")
+
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
+        self.transport: asyncio.Transport | None = None
+        self.fd = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.fd = transport.get_extra_info("socket").fileno()
         transport.pause_reading()  # type: ignore[attr-defined]
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -118,3 +137,43 @@ class StreamSocket(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.stream.socket_resumed_writing()
+
+    # --- the stream's Socket ---
+
+    def write(self, data: bytes | memoryview) -> None:
+        transport = self.transport
+        assert transport is not None
+        if type(data) is not bytes:
+            if not transport.get_write_buffer_size() and not transport.is_closing():
+                # The fd is this transport's while it is not closing: the loop
+                # closes it only once is_closing() says so.
+                try:
+                    sent = os.write(self.fd, data)
+                except OSError:  # EAGAIN; or an error the transport meets and reports below
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            data = bytes(data)  # what the socket does not take now: the transport's own
+        transport.write(data)
+
+    def write_eof(self) -> None:
+        self.transport.write_eof()  # type: ignore[union-attr]
+
+    def can_write_eof(self) -> bool:
+        return self.transport.can_write_eof()  # type: ignore[union-attr]
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.transport.close()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        self.transport.abort()  # type: ignore[union-attr]
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()  # type: ignore[union-attr]

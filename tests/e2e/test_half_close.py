@@ -8,6 +8,7 @@ closes, so an answer proves both the half-close and the open other direction.
 from __future__ import annotations
 
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,6 +19,7 @@ from helpers import (
     fd_count,
     half_close_exchange,
     open_connect,
+    recv_all,
     relay_bytes,
 )
 from support.procs import wait_until
@@ -48,6 +50,27 @@ def test_empty_half_close(chain: Chain, target: Target, host: str) -> None:
     """EOF straight after the 200: the target sees 0 bytes and still answers."""
     with open_connect(chain, host, target.port(host, "echo")) as sock:
         assert half_close_exchange(sock, b"") == echo_reply(b"")
+
+
+@pytest.mark.parametrize("size", [0, 5000])
+@pytest.mark.parametrize("host", ROUTES)
+def test_bytes_and_eof_sent_with_the_connect_head(
+    chain: Chain, target: Target, host: str, size: int
+) -> None:
+    """The head, the tunnel's bytes and the EOF all sent at once, before the 200: client_a
+    holds them while the route opens (the EOF too, which arrives while nothing reads
+    for the tunnel yet), and the target sees them in order, then answers."""
+    payload = os.urandom(size)
+    port = target.port(host, "echo")
+    proxy_host, _, proxy_port = chain.clients[0].ready["listen"].rpartition(":")
+    with socket.create_connection((proxy_host, int(proxy_port)), timeout=10) as sock:
+        head = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        sock.sendall(head + payload)
+        sock.shutdown(socket.SHUT_WR)
+        answer = recv_all(sock)
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.split(b" ", 2)[1] == b"200", answer[:200]
+    assert body == echo_reply(payload)
 
 
 def one_tunnel(chain: Chain, port: int, i: int) -> bytes | None:

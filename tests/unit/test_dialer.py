@@ -56,51 +56,65 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class _Stream:
+    """What StreamSocket calls on its stream while nothing is read."""
+
+    def __init__(self) -> None:
+        self.lost: list[BaseException | None] = []
+
+    def socket_lost(self, exc: BaseException | None) -> None:
+        self.lost.append(exc)
+
+    def socket_paused_writing(self) -> None:
+        pass
+
+    def socket_resumed_writing(self) -> None:
+        pass
+
+
 @pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
-def test_an_ipv4_connect_fails_as_the_loops_sock_connect_does(loop_name: str) -> None:
-    """The dialer connects IPv4 itself (uvloop's sock_connect would look the literal up in
-    its thread pool); a refused connect must raise what loop.sock_connect raises, since
-    dial_failure turns its type, errno and text into the open's answer."""
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_refused_connect_raises_what_dial_failure_reads(loop_name: str, host: str) -> None:
+    """dial_failure turns the exception's type and errno into the open's answer (502
+    refused); the loop's own create_connection must raise ConnectionRefusedError."""
     import socket
 
     import uvloop
 
-    from agent.dialer import _sock_connect
+    from agent.dialer import _connect
 
-    port = _free_port()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.bind((host, 0))
+        port = int(probe.getsockname()[1])
 
-    async def main() -> list[tuple[type, int | None, str | None]]:
-        loop = asyncio.get_running_loop()
-        seen = []
-        for connect in (loop.sock_connect, lambda s, a: _sock_connect(loop, s, a)):
-            with socket.socket() as sock:
-                sock.setblocking(False)
-                try:
-                    await connect(sock, ("127.0.0.1", port))
-                except OSError as exc:
-                    seen.append((type(exc), exc.errno, exc.strerror))
-        return seen
+    async def main() -> None:
+        await _connect(asyncio.get_running_loop(), _Stream(), host, port)  # type: ignore[arg-type]
 
     run = uvloop.run if loop_name == "uvloop" else asyncio.run
-    theirs, ours = run(main())
-    assert ours == theirs
-    assert ours[0] is ConnectionRefusedError
+    with pytest.raises(ConnectionRefusedError):
+        run(main())
 
 
-def test_an_ipv4_connect_reaches_a_listener() -> None:
-    import socket
+@pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
+def test_a_connect_reaches_a_listener_with_reading_paused(loop_name: str) -> None:
+    import uvloop
 
-    from agent.dialer import _sock_connect
+    from agent.dialer import _connect
 
-    async def main() -> tuple[str, int]:
+    async def main() -> tuple[int, bool]:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        with socket.socket() as sock:
-            sock.setblocking(False)
-            await _sock_connect(loop, sock, ("127.0.0.1", port))
-            peer = sock.getpeername()
+        sock = await _connect(loop, _Stream(), "127.0.0.1", port)  # type: ignore[arg-type]
+        sock.resume_reading()
+        sock.pause_reading()
+        assert sock.transport is not None
+        peer = sock.transport.get_extra_info("peername")
+        reading = sock.transport.is_reading()  # type: ignore[attr-defined]
+        sock.abort()
         server.close()
-        return peer[0], peer[1] - port
+        return peer[1] - port, reading
 
-    assert asyncio.run(main()) == ("127.0.0.1", 0)
+    run = uvloop.run if loop_name == "uvloop" else asyncio.run
+    assert run(main()) == (0, False)
