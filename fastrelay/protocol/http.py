@@ -333,14 +333,14 @@ class RequestHeadParser:
         return ProxyRequest(method, host, port, url, headers, head)
 
 
-class _BodyProbe:
-    """llhttp primed with a request head, reporting when the message ends."""
+class _BodyEvents:
+    """What llhttp reports of one request body (its callbacks)."""
 
-    def __init__(self, head: bytes) -> None:
+    __slots__ = ("chunked", "done")
+
+    def __init__(self) -> None:
         self.done = False
         self.chunked = False
-        self._parser = httptools.HttpRequestParser(self)
-        self.feed(head)
 
     def on_chunk_header(self) -> None:
         self.chunked = True
@@ -348,23 +348,44 @@ class _BodyProbe:
     def on_message_complete(self) -> None:
         self.done = True
 
+
+class _CountingEvents(_BodyEvents):
+    # A separate class because httptools copies body bytes out only for a
+    # protocol that has on_body.
+    __slots__ = ("body",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = 0
+
+    def on_body(self, data: bytes) -> None:
+        self.body += len(data)
+
+
+class _BodyProbe:
+    """llhttp primed with a request head, reporting when the message ends.
+
+    The parser calls back into `events`, not into the probe that holds it: a parser
+    holding its holder would be a reference cycle per plain request, freed only by the
+    garbage collector (as `_HeadReader` and `_HeadFields`)."""
+
+    def __init__(self, head: bytes, events: _BodyEvents) -> None:
+        self.events = events
+        self._parser = httptools.HttpRequestParser(events)
+        self.feed(head)
+
+    @property
+    def done(self) -> bool:
+        return self.events.done
+
     def feed(self, data: bytes | memoryview) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             # After a `Connection: close` message llhttp rejects further bytes;
             # those belong to the next request, not to this body.
-            if not self.done:
+            if not self.events.done:
                 raise HttpError(400, f"malformed request body: {exc}") from None
-
-
-class _CountingProbe(_BodyProbe):
-    # A separate class because httptools copies body bytes out only for a
-    # protocol that has on_body.
-    body = 0
-
-    def on_body(self, data: bytes) -> None:
-        self.body += len(data)
 
 
 class RequestBodyTracker:
@@ -377,23 +398,25 @@ class RequestBodyTracker:
 
     def __init__(self, head: bytes) -> None:
         """`head` is the request head as sent upstream (ProxyRequest.head)."""
-        self._ahead = _CountingProbe(head)
-        self._behind = _BodyProbe(head)
+        self._counted = _CountingEvents()
+        self._ahead = _BodyProbe(head, self._counted)
+        self._behind = _BodyProbe(head, _BodyEvents())
         self.complete: bool = self._ahead.done
 
     def feed(self, data: bytes) -> int:
         """How many leading bytes of `data` belong to this request's body."""
         if self.complete or not data:
             return 0
-        before = self._ahead.body
+        counted = self._counted
+        before = counted.body
         self._ahead.feed(data)
-        if not self._ahead.done:
+        if not counted.done:
             self._behind.feed(data)
             return len(data)
         self.complete = True
-        if not self._ahead.chunked:
+        if not counted.chunked:
             # A Content-Length body has no framing: it is exactly what on_body saw.
-            return self._ahead.body - before
+            return counted.body - before
         # A chunked body ends with the LF closing its trailer section, so only
         # offsets just after an LF can be the end.
         view, pos = memoryview(data), 0

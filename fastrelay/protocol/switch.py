@@ -242,12 +242,18 @@ class Half:
     Every open stream has two, so each field costs 16 bytes per stream
     (objects are allocated in 16-byte steps): the receiving connection is
     `stream.agent` or `stream.client`, not a field of its own.
+
+    `stream` is None once the stream ended (`Switch._end`): a stream and its
+    halves point at each other, and that cycle would otherwise wait for the
+    garbage collector (three objects per open, bench/README.md). An ended
+    stream's halves are in no connection's `sends`, so the data path never
+    meets one.
     """
 
     __slots__ = ("held", "out", "room", "stream")
 
     def __init__(self, stream: Stream, dest: Conn) -> None:
-        self.stream = stream
+        self.stream: Stream | None = stream
         self.out = dest.out
         self.room = -1
         self.held = 0
@@ -489,6 +495,8 @@ class Switch:
             self.pools[conn.pool].remove(conn)
         for half in list(conn.sends.values()):
             stream = half.stream
+            if stream is None:
+                continue  # ended meanwhile (a write above cut its other end off)
             # An open the agent never answered: client_a has been told nothing yet.
             opening = not conn.is_client and stream.state in _OPENING
             if opening and not stream.retried and self._move(stream, now):
@@ -629,6 +637,7 @@ class Switch:
             self.stats.dropped_unknown_stream += 1
             return end
         stream = half.stream
+        assert stream is not None  # a half in `sends` belongs to a live stream
         raw = message[offset:end]
         try:
             if frame_type == _WINDOW_UPDATE:
@@ -658,17 +667,19 @@ class Switch:
             self.stats.dropped_unknown_stream += 1
             return
         stream = half.stream
+        assert stream is not None  # a half in `sends` belongs to a live stream
         accepts = ACCEPTS_DATA_UP if src.is_client else ACCEPTS_DATA_DOWN
         if stream.state in accepts:
-            exc: StreamError = FlowControlError(
-                f"{length} bytes of data with {half.room} bytes of credit"
-            )
-        else:
-            try:
-                next_state(stream.state, Event.DATA_UP if src.is_client else Event.DATA_DOWN)
-            except StreamError as illegal:
-                exc = illegal
-        self._abort(stream, exc, now)
+            exc = FlowControlError(f"{length} bytes of data with {half.room} bytes of credit")
+            self._abort(stream, exc, now)
+            return
+        try:
+            next_state(stream.state, Event.DATA_UP if src.is_client else Event.DATA_DOWN)
+        except StreamError as illegal:
+            # Aborted here, where Python drops `illegal` on leaving the block: kept in a
+            # local, it would hold its traceback, which holds this frame, which holds it
+            # (a cycle, with the stream in it, for the garbage collector).
+            self._abort(stream, illegal, now)
 
     def _open(
         self,
@@ -759,6 +770,8 @@ class Switch:
 
     def _move(self, stream: Stream, now: float) -> bool:
         """Retry an unanswered open once on another agent; False if none can take it."""
+        if stream.state not in _OPENING:
+            return False  # answered or ended meanwhile (a write in the caller's loop cut it off)
         old = stream.agent
         new = self._pick(self.pools[old.pool], old)
         if new is None:
@@ -844,6 +857,8 @@ class Switch:
     def _end(self, stream: Stream, event: Event | None, now: float, result: str = "") -> None:
         """Forget a stream. `event` moves it to CLOSED (None: it is there);
         `result` is the outcome of an open that never opened."""
+        if stream.up.stream is None:
+            return  # ended already: a write on its way here cut one of its connections off
         opening = stream in self.opening
         if event is not None and stream.state is not State.CLOSED:
             self._apply(stream, event)
@@ -863,6 +878,9 @@ class Switch:
             self.stats.results[result] += 1
             self.stats.pool_results[stream.agent.pool, result] += 1
         self.observer.stream_ended(stream, result, now - stream.opened_at)
+        # The halves let go of the stream: with no cycle left, reference counting frees
+        # all three when the caller drops the stream (not the next collection).
+        stream.up.stream = stream.down.stream = None
 
     def _send(self, conn: Conn, frames: bytes | memoryview) -> None:
         if not conn.failed:

@@ -21,7 +21,7 @@ from client_a.config import load
 from client_a.proxy import Proxy
 from client_a.routes import RelayRoute
 from client_a.rules import DEFAULT_RULE, Rules
-from fastrelay.protocol.http import RequestHeadParser
+from fastrelay.protocol.http import RequestBodyTracker, RequestHeadParser
 from fastrelay.protocol.session import End
 
 CONNECT = b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n"
@@ -61,6 +61,27 @@ def test_a_parsed_request_head_leaves_no_cycle(no_collector: None) -> None:
     reader = weakref.ref(parser._reader)
     del parser
     assert reader() is None
+
+
+@pytest.mark.parametrize(
+    ("head", "body"),
+    [
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", b"hello"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+        (b"GET / HTTP/1.1\r\n\r\n", b""),
+    ],
+    ids=["content_length", "chunked", "no_body"],
+)
+def test_a_plain_request_body_tracker_leaves_no_cycle(
+    no_collector: None, head: bytes, body: bytes
+) -> None:
+    """client_a follows each plain request's body with two llhttp parsers, which call
+    back into plain event objects, never into the probes that hold them."""
+    tracker = RequestBodyTracker(head)
+    assert tracker.feed(body + b"GET") == len(body) and tracker.complete
+    probes = [weakref.ref(tracker._ahead), weakref.ref(tracker._behind)]
+    del tracker
+    assert [ref() for ref in probes] == [None, None]
 
 
 @pytest.mark.parametrize("stream_ends_first", [True, False])
