@@ -2,15 +2,24 @@
 # classes as C extension types, so the per-message calls and fields skip
 # Python's attribute look-ups. The .py file stays the whole implementation.
 
+cimport cython
+
 
 cdef class FlushScheduler:
+    cdef public object call_soon
+    cdef public object clock
     cdef public list dirty
+    cdef public object flush_cb
     cdef public bint in_frame
-    cdef public object loop
+    cdef public double quiet_after
     cdef public bint scheduled
 
+    @cython.locals(now=double, quiet=bint)
+    cpdef bint quiet_now(self) except -1
     cpdef mark(self, MuxWriter writer)
     cpdef frame_done(self, bint last_in_buffer)
+    cpdef flush_scheduled(self)
+    @cython.locals(writer=MuxWriter)
     cpdef flush_all(self)
 
 
@@ -21,6 +30,7 @@ cdef class MuxWriter:
     cdef public FlushScheduler scheduler
     cdef public object transport
 
+    @cython.locals(pending=bytearray)
     cpdef write(self, frames)
     cpdef write_external(self, bytearray buf, Py_ssize_t offset)
     cpdef flush(self)
