@@ -5,7 +5,7 @@ from aiofastnet.transport cimport Protocol as FastProtocol
 from fastrelay.protocol.session cimport Stream
 
 cpdef filled(Stream stream, Py_ssize_t n)
-cpdef read_buffer(stream)
+cpdef read_buffer(Stream stream)
 
 
 cdef class StreamSocket(FastProtocol):
