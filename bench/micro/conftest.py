@@ -174,9 +174,7 @@ class Rig:
         assert peer.writer is not None
         assert transport.underlying_transport.high == self.relay.config.max_connection_buffer
         self.flush()
-        # HELLO (and an agent's MEMBERS): the first goes out at once, a quiet
-        # scheduler's write (fastrelay/io/mux.py, QUIET_GAP), the rest in a batch.
-        assert transport.sends >= 1
+        assert transport.sends == 1  # HELLO
         transport.reset()
         return peer, transport
 

@@ -7,18 +7,13 @@ cimport cython
 
 cdef class FlushScheduler:
     cdef public object call_soon
-    cdef public object clock
     cdef public list dirty
     cdef public object flush_cb
     cdef public bint in_frame
-    cdef public double quiet_after
     cdef public bint scheduled
 
-    @cython.locals(now=double, quiet=bint)
-    cpdef bint quiet_now(self) except -1
     cpdef mark(self, MuxWriter writer)
     cpdef frame_done(self, bint last_in_buffer)
-    cpdef flush_scheduled(self)
     @cython.locals(writer=MuxWriter)
     cpdef flush_all(self)
 
@@ -30,7 +25,6 @@ cdef class MuxWriter:
     cdef public FlushScheduler scheduler
     cdef public object transport
 
-    @cython.locals(pending=bytearray)
     cpdef write(self, frames)
     cpdef write_external(self, bytearray buf, Py_ssize_t offset)
     cpdef flush(self)

@@ -5,12 +5,7 @@ small frame on its own tops out near 100k frames/s here. A `MuxWriter`
 appends frames under `LARGE_FRAME` bytes to a pending buffer and a
 `FlushScheduler` writes each dirty buffer once per read batch: right after the
 last frame of a WebSocket read, or at the end of the event-loop iteration for
-writes from anywhere else (a TCP read, a timer). The one exception is a write
-from outside a frame when the scheduler is quiet (no such write in the last
-`QUIET_GAP` seconds): it goes out at once, since a lone message (an
-interactive round trip) has nothing to be coalesced with, and the deferral
-(a loop callback per message) was 14-16 % of an endpoint's instructions per
-round trip. A frame of `LARGE_FRAME` bytes
+writes from anywhere else. A frame of `LARGE_FRAME` bytes
 or more is sent on its own straight from the caller's buffer: picows (server
 side) writes it with `writev` without a user-space copy, and aiofastnet copies
 only an unsent tail, so a view into another connection's read buffer is safe.
@@ -19,21 +14,12 @@ only an unsent tail, so a view into another connection's read buffer is safe.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 from picows import WSMsgType, WSTransport
 
 LARGE_FRAME = 8192  # picows memcpy()s server-side payloads up to 8 KiB anyway
 FLUSH_AT = 256 * 1024  # a pending batch this big goes out without waiting
 _BINARY = WSMsgType.BINARY
-# A write from outside a frame goes out at once when no other did in this many
-# seconds; one that follows closer joins the batch flushed at the end of the
-# loop iteration. Under load (many streams, many reads per iteration) the
-# writes come closer than this, so each iteration still makes one write per
-# WebSocket; a quiet scheduler makes at most one immediate write per
-# QUIET_GAP, plus the iteration's batch.
-QUIET_GAP = 50e-6
 
 
 class FlushScheduler:
@@ -44,35 +30,17 @@ class FlushScheduler:
     (picows' `last_in_buffer`), `frame_done` flushes at once, so a forwarded
     message leaves without waiting for another loop iteration. Anything marked
     elsewhere (a TCP read, a timer) is flushed at the end of the loop
-    iteration, after all the reads of that iteration were handled, unless the
-    scheduler is quiet: then that one write goes out at once (see QUIET_GAP).
+    iteration, after all the reads of that iteration were handled.
     """
 
-    __slots__ = ("call_soon", "clock", "dirty", "flush_cb", "in_frame", "quiet_after", "scheduled")
+    __slots__ = ("call_soon", "dirty", "flush_cb", "in_frame", "scheduled")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.call_soon = loop.call_soon
-        self.flush_cb = self.flush_scheduled  # bound once, not per scheduling
-        self.clock = clock
+        self.flush_cb = self.flush_all  # bound once, not per scheduling
         self.dirty: list[MuxWriter] = []
         self.scheduled = False
         self.in_frame = False  # inside a WebSocket frame's callback
-        # Writes from outside a frame before this time join the batch.
-        self.quiet_after = float("-inf")
-
-    def quiet_now(self) -> bool:
-        """A writer with nothing pending has a write: may it go out at once?
-        Only outside a frame, with no batch waiting for the end of the
-        iteration, and no other such write in the last QUIET_GAP seconds;
-        either way this write counts as the latest."""
-        if self.in_frame:
-            return False
-        now = self.clock()
-        quiet = now >= self.quiet_after and not self.scheduled
-        self.quiet_after = now + QUIET_GAP
-        return quiet
 
     def mark(self, writer: MuxWriter) -> None:
         self.dirty.append(writer)
@@ -92,13 +60,6 @@ class FlushScheduler:
             elif not self.scheduled:
                 self.scheduled = True
                 self.call_soon(self.flush_cb)
-
-    def flush_scheduled(self) -> None:
-        """The end of the loop iteration: the batch leaves, and the scheduler
-        counts as busy for QUIET_GAP more (the next iteration's first write
-        joins its own batch too)."""
-        self.quiet_after = self.clock() + QUIET_GAP
-        self.flush_all()
 
     def flush_all(self) -> None:
         dirty, self.dirty = self.dirty, []
@@ -130,19 +91,12 @@ class MuxWriter:
             self.transport.send(_BINARY, frames)
             return
         pending = self.pending
-        if not pending:
-            if self.scheduler.quiet_now():
-                # A lone write: nothing to coalesce it with, and picows copies
-                # it (under LARGE_FRAME), so it needs no copy into `pending`.
-                self.messages += 1
-                self.transport.send(_BINARY, frames)
-                return
-            pending += frames  # under LARGE_FRAME: below FLUSH_AT
-            self.scheduler.mark(self)
-            return
+        was_empty = not pending
         pending += frames
         if len(pending) >= FLUSH_AT:
             self.flush()
+        elif was_empty:
+            self.scheduler.mark(self)
 
     def write_external(self, buf: bytearray, offset: int) -> None:
         """Send `buf[offset:]`, one complete mux frame, as its own message with

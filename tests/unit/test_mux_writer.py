@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from picows import WSMsgType
 
-from fastrelay.io.mux import FLUSH_AT, LARGE_FRAME, QUIET_GAP, FlushScheduler, MuxWriter
+from fastrelay.io.mux import FLUSH_AT, LARGE_FRAME, FlushScheduler, MuxWriter
 from fastrelay.protocol.frames import FrameType, encode_frame
 
 
@@ -49,24 +49,9 @@ async def next_iteration() -> None:
         await asyncio.sleep(0)
 
 
-class Clock:
-    """The scheduler's clock, moved by the test (no test depends on real time)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make(quiet: bool = False) -> tuple[FakeTransport, MuxWriter, FlushScheduler]:
-    """A writer on a scheduler whose clock stands still. Unless `quiet`, the
-    scheduler has just seen a write from outside a frame, so every later one
-    joins the iteration's batch (the busy case these tests are about)."""
+def make() -> tuple[FakeTransport, MuxWriter, FlushScheduler]:
     transport = FakeTransport()
-    scheduler = FlushScheduler(asyncio.get_running_loop(), Clock())
-    if not quiet:
-        scheduler.quiet_after = 2000.0
+    scheduler = FlushScheduler(asyncio.get_running_loop())
     return transport, MuxWriter(transport, scheduler), scheduler  # type: ignore[arg-type]
 
 
@@ -168,8 +153,7 @@ def test_buffer_handed_to_send_is_never_mutated(run: Runner) -> None:
 def test_each_dirty_writer_flushes_once_per_iteration(run: Runner) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        scheduler = FlushScheduler(loop, Clock())
-        scheduler.quiet_after = 2000.0  # busy
+        scheduler = FlushScheduler(loop)
         t1, t2 = FakeTransport(), FakeTransport()
         w1 = MuxWriter(t1, scheduler)  # type: ignore[arg-type]
         w2 = MuxWriter(t2, scheduler)  # type: ignore[arg-type]
@@ -231,90 +215,6 @@ def test_writes_outside_a_frame_still_wait_for_the_end_of_the_iteration(run: Run
         writer.write(frame(2, 100))
         assert transport.sent == [frame(1, 100)]
         await next_iteration()
-        assert transport.sent == [frame(1, 100), frame(2, 100)]
-
-    run(main)
-
-
-# --- a quiet scheduler writes a lone message at once ---
-
-
-def test_a_lone_write_outside_a_frame_goes_out_at_once(run: Runner) -> None:
-    """An interactive message (a TCP read with nothing else going on) leaves
-    without waiting for the end of the loop iteration."""
-
-    async def main() -> None:
-        transport, writer, scheduler = make(quiet=True)
-        clock = scheduler.clock
-        writer.write(frame(1, 100))
-        assert transport.sent == [frame(1, 100)]  # before the loop got a turn
-        assert not scheduler.scheduled and not scheduler.dirty
-        await next_iteration()
-        clock.now += QUIET_GAP * 2  # the next message, well after this one
-        writer.write(frame(2, 100))
-        assert transport.sent == [frame(1, 100), frame(2, 100)]
-        assert writer.messages == 2
-
-    run(main)
-
-
-def test_writes_close_together_are_coalesced_after_the_first(run: Runner) -> None:
-    """Many streams' reads in one iteration: the first goes at once, the rest
-    leave together at the end of the iteration; and while writes keep coming
-    closer than QUIET_GAP, every one joins a batch."""
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        clock = Clock()
-        scheduler = FlushScheduler(loop, clock)
-        t1, t2 = FakeTransport(), FakeTransport()
-        w1 = MuxWriter(t1, scheduler)  # type: ignore[arg-type]
-        w2 = MuxWriter(t2, scheduler)  # type: ignore[arg-type]
-        w1.write(frame(1, 100))
-        assert t1.sent == [frame(1, 100)]
-        for i in range(10):
-            clock.now += QUIET_GAP / 10
-            w1.write(frame(1, 20 + i))
-            w2.write(frame(2, 30 + i))
-        assert (len(t1.sent), len(t2.sent)) == (1, 0)
-        await next_iteration()
-        assert t1.sent[1:] == [b"".join(frame(1, 20 + i) for i in range(10))]
-        assert t2.sent == [b"".join(frame(2, 30 + i) for i in range(10))]
-        # The next iteration, still busy: batched again, even after the flush.
-        clock.now += QUIET_GAP / 2
-        w2.write(frame(2, 99))
-        assert len(t2.sent) == 1
-        await next_iteration()
-        assert t2.sent[1:] == [frame(2, 99)]
-
-    run(main)
-
-
-def test_a_write_while_a_flush_is_scheduled_joins_it_even_when_quiet(run: Runner) -> None:
-    """Order within a connection: nothing overtakes frames already waiting."""
-
-    async def main() -> None:
-        transport, writer, scheduler = make()  # busy: the first write waits
-        writer.write(frame(1, 100))
-        assert transport.sent == [] and scheduler.scheduled
-        scheduler.clock.now += QUIET_GAP * 10  # quiet by the clock, but a batch is pending
-        writer.write(frame(2, 100))
-        assert transport.sent == []
-        await next_iteration()
-        assert transport.sent == [frame(1, 100) + frame(2, 100)]
-
-    run(main)
-
-
-def test_writes_inside_a_frame_never_go_out_at_once(run: Runner) -> None:
-    async def main() -> None:
-        transport, writer, scheduler = make(quiet=True)
-        scheduler.in_frame = True
-        writer.write(frame(1, 100))
-        assert transport.sent == []  # waits for the read's last frame
-        scheduler.frame_done(True)
-        assert transport.sent == [frame(1, 100)]
-        writer.write(frame(2, 100))  # outside a frame, and the frame writes did not count
         assert transport.sent == [frame(1, 100), frame(2, 100)]
 
     run(main)
