@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from agent.policy import EgressPolicy
-from fastrelay.io.tunnel import StreamSocket
+from fastrelay.io.tunnel import LoopStreamSocket
 from fastrelay.protocol.hostname import HostnameError, normalize_hostname
 from fastrelay.protocol.session import Stream
 from fastrelay.protocol.status import Failure, dial_failure
@@ -71,22 +71,22 @@ async def resolve(host: str, port: int) -> list[str]:
 
 async def _connect(
     loop: asyncio.AbstractEventLoop, stream: Stream, ip: str, port: int
-) -> StreamSocket:
+) -> LoopStreamSocket:
     """The stream's socket, connected to ip:port by the event loop's own transport.
 
     uvloop connects an IP literal in C (libuv's uv_tcp_connect, no look-up: it asks its
     resolver with the socket type, which takes the numeric fast path) and its transport is
     C too; the connect plus transport cost ~45 µs of CPU per connection against ~85-96 µs
     for a Python non-blocking connect handed to aiofastnet's create_connection(sock=)
-    (/tmp prototype, 3,000 connections 50 at a time). StreamSocket makes the loop's
+    (/tmp prototype, 3,000 connections 50 at a time). LoopStreamSocket makes the loop's
     transport as safe for the stream's memoryview writes as aiofastnet's."""
-    _, sock = await loop.create_connection(lambda: StreamSocket(stream), ip, port)
+    _, sock = await loop.create_connection(lambda: LoopStreamSocket(stream), ip, port)
     return sock
 
 
 async def dial(
     stream: Stream, host: str, port: int, policy: EgressPolicy, counts: Counter[str]
-) -> StreamSocket:
+) -> LoopStreamSocket:
     """Connect the stream's target; raise DialFailure with the status to answer."""
     policy.watch_interfaces()  # the host's interface addresses stay fresh (a timer, once per loop)
     try:
@@ -106,7 +106,7 @@ async def dial(
     for ip in allowed:
         try:
             sock = await _connect(loop, stream, ip, port)
-            # StreamSocket pauses reading in connection_made, but the loop starts
+            # LoopStreamSocket pauses reading in connection_made, but the loop starts
             # reading only after connection_made returns (uvloop's transport, and
             # aiofastnet's, which then believes it is paused while its reader is
             # registered). Pausing now really stops reading until the stream may send.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from prometheus_client.core import Metric
 
 from fastrelay import metrics
-from fastrelay.io.tunnel import filled, read_buffer
+from fastrelay.io.tunnel import StreamSocket
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import HttpError
 from fastrelay.protocol.http import (
@@ -53,8 +53,9 @@ log = logging.getLogger("fastrelay.client")
 HTTP_ESTABLISHED = render_response(200, CONNECTION_ESTABLISHED)
 SOCKS_VERSION = 0x05  # a first byte no HTTP request starts with
 
-# Reads that are not zero-copy tunnel data land here and are copied out at
-# once, so one buffer serves every browser connection.
+# Reads before a tunnel is open land here and are copied out at once, so one
+# buffer serves every browser connection. A tunnel's reads go through
+# StreamSocket instead (`start`).
 _OWN_VIEW = memoryview(bytearray(64 * 1024))
 
 
@@ -108,10 +109,6 @@ class BrowserConnection(asyncio.BufferedProtocol):
         self.early = b""  # bytes after the head, held until the route is open
         self.early_eof = False  # the browser's EOF came before the route was open
         self.closed = False
-        # A CONNECT tunnel through the relay reads into the zero-copy buffer of
-        # fastrelay.io.tunnel; everything else into _OWN_VIEW.
-        self.tunnel: Stream | None = None
-        self.reading_into_tunnel = False
         self.received_at = 0.0  # the request head was complete (for the latency histograms)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,18 +145,10 @@ class BrowserConnection(asyncio.BufferedProtocol):
         )
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        tunnel = self.tunnel
-        if tunnel is not None and not tunnel.ended:
-            self.reading_into_tunnel = True
-            return read_buffer(tunnel)
-        self.reading_into_tunnel = False
         return _OWN_VIEW
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.reading_into_tunnel:
-            filled(self.tunnel, nbytes)  # type: ignore[arg-type]
-        else:
-            self.data_received(bytes(_OWN_VIEW[:nbytes]))
+        self.data_received(bytes(_OWN_VIEW[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self.sink is not None:
@@ -245,11 +234,16 @@ class BrowserConnection(asyncio.BufferedProtocol):
 
     def start(self, sink: Sink, stream: Stream | None = None) -> None:
         """The route is open: pass the held bytes on, then everything else.
-        A CONNECT tunnel through the relay (`stream`) reads straight into the
-        zero-copy buffer of fastrelay.io.tunnel."""
+        A CONNECT tunnel through the relay (`stream`) hands its socket's reads
+        to a StreamSocket, which reads straight into the zero-copy buffer of
+        fastrelay.io.tunnel and is compiled with it: this protocol's Python
+        methods leave the per-message path. Its end still comes back here
+        (`connection_lost`); EOF and write pauses go to the stream, as
+        RelayRoute would pass them on."""
         self.sink = sink
         if stream is not None and self.tracker is None:
-            self.tunnel = stream
+            assert self.transport is not None
+            self.transport.set_protocol(StreamSocket(stream, self))
         early, self.early = self.early, b""
         if early:
             self.forward(early)
@@ -298,7 +292,6 @@ class BrowserConnection(asyncio.BufferedProtocol):
         # (each of which links to this connection), so the open's objects are freed by
         # reference counting, not left as cycles for the garbage collector.
         self.sink = None
-        self.tunnel = None
 
     def pause_writing(self) -> None:
         if self.sink is not None:

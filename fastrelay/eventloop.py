@@ -11,7 +11,7 @@ where uvloop is missing.
 
 Nothing else in fastrelay depends on uvloop: picows and aiofastnet drive their sockets
 through ``add_reader``/``add_writer`` on whichever loop runs them, and the agent's target
-connections are the running loop's own transports (``fastrelay.io.tunnel.StreamSocket``).
+connections are the running loop's own transports (``fastrelay.io.tunnel.LoopStreamSocket``).
 """
 
 from __future__ import annotations

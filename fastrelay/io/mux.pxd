@@ -2,15 +2,19 @@
 # classes as C extension types, so the per-message calls and fields skip
 # Python's attribute look-ups. The .py file stays the whole implementation.
 
+cimport cython
+
 
 cdef class FlushScheduler:
+    cdef public object call_soon
     cdef public list dirty
+    cdef public object flush_cb
     cdef public bint in_frame
-    cdef public object loop
     cdef public bint scheduled
 
     cpdef mark(self, MuxWriter writer)
     cpdef frame_done(self, bint last_in_buffer)
+    @cython.locals(writer=MuxWriter)
     cpdef flush_all(self)
 
 

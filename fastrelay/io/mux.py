@@ -33,10 +33,11 @@ class FlushScheduler:
     iteration, after all the reads of that iteration were handled.
     """
 
-    __slots__ = ("dirty", "in_frame", "loop", "scheduled")
+    __slots__ = ("call_soon", "dirty", "flush_cb", "in_frame", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self.call_soon = loop.call_soon
+        self.flush_cb = self.flush_all  # bound once, not per scheduling
         self.dirty: list[MuxWriter] = []
         self.scheduled = False
         self.in_frame = False  # inside a WebSocket frame's callback
@@ -45,7 +46,7 @@ class FlushScheduler:
         self.dirty.append(writer)
         if not self.scheduled and not self.in_frame:
             self.scheduled = True
-            self.loop.call_soon(self.flush_all)
+            self.call_soon(self.flush_cb)
 
     def frame_done(self, last_in_buffer: bool) -> None:
         """A frame's callback ended (call it in a `finally`): at the read's last
@@ -58,7 +59,7 @@ class FlushScheduler:
                 self.flush_all()
             elif not self.scheduled:
                 self.scheduled = True
-                self.loop.call_soon(self.flush_all)
+                self.call_soon(self.flush_cb)
 
     def flush_all(self) -> None:
         dirty, self.dirty = self.dirty, []

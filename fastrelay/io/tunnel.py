@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+from aiofastnet.transport import Protocol as FastProtocol
+
 from fastrelay.io.reset import reset_when_sent
 from fastrelay.protocol.frames import HEADER_SIZE
 from fastrelay.protocol.session import MAX_CHUNK, Socket, Stream
@@ -83,7 +85,7 @@ def abort_socket(socket: Socket) -> None:
     """How a session aborts a stream's socket: a transport gets an RST once
     the bytes written to it are through (`reset_when_sent`), so the peer sees
     an abort, not a clean end; a program's wrapper decides for itself."""
-    if isinstance(socket, StreamSocket):
+    if isinstance(socket, LoopStreamSocket):
         if socket.transport is not None:
             reset_when_sent(socket.transport)
     elif isinstance(socket, asyncio.Transport) or hasattr(socket, "get_write_buffer_size"):
@@ -92,7 +94,59 @@ def abort_socket(socket: Socket) -> None:
         socket.abort()
 
 
-class StreamSocket(asyncio.BufferedProtocol):
+class StreamSocket(FastProtocol):
+    """The TCP socket of a stream on one of aiofastnet's transports (client_a's
+    browser side): hands every event to the stream.
+
+    A buffered protocol on aiofastnet's Cython `Protocol`, whose transports
+    call `get_buffer` and `buffer_updated` in C when this module is compiled
+    (fastrelay/io/tunnel.pxd) rather than through Python method look-ups.
+    Reading starts paused; the stream resumes it when it may send. `owner`,
+    if given, hears of the socket's end (`connection_lost`) instead of the
+    stream: client_a's browser connection, which hands its socket over once
+    the tunnel is open.
+    """
+
+    def __init__(self, stream: Stream, owner: asyncio.BaseProtocol | None = None) -> None:
+        self.stream = stream
+        self.owner = owner
+
+    def is_buffered_protocol(self) -> bool:
+        return True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return read_buffer(self.stream)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        filled(self.stream, nbytes)
+
+    def data_received(self, data: bytes) -> None:
+        """A transport that does not read into buffers (not aiofastnet's)."""
+        self.stream.send(bytes(data))
+
+    def eof_received(self) -> bool:
+        self.stream.eof()
+        return True  # keep the socket for the other direction; the stream closes it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            owner.connection_lost(exc)
+        else:
+            self.stream.socket_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.stream.socket_paused_writing()
+
+    def resume_writing(self) -> None:
+        self.stream.socket_resumed_writing()
+
+
+class LoopStreamSocket(asyncio.BufferedProtocol):
     """The TCP socket of a stream on a transport of the event loop's own
     (uvloop's, in C; the agent's target side): hands every event to the
     stream, and is the stream's `Socket`.

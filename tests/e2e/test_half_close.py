@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from conftest import LISTED, UNLISTED, Chain, Target
@@ -19,6 +21,7 @@ from helpers import (
     fd_count,
     half_close_exchange,
     open_connect,
+    open_connect_via,
     recv_all,
     relay_bytes,
 )
@@ -105,3 +108,56 @@ def test_churn_leaks_no_fds(chain: Chain, target: Target) -> None:
     except AssertionError:
         now = {proc.name: fd_count(proc.pid) for proc in procs}
         raise AssertionError(f"open fds grew: before {fds_before}, after {now}") from None
+
+
+SLOTS = 2  # --max-connections of the client_a below
+
+
+def test_relay_tunnels_give_their_connection_slots_back(
+    make_chain: Callable[[], Chain], rules_file: Path, target: Target
+) -> None:
+    """Once a CONNECT tunnel through the relay is open, client_a reads the
+    browser's socket through the stream's own protocol (StreamSocket); the
+    socket's end must still reach the browser connection, or its slot under
+    --max-connections is never given back: after SLOTS tunnels no tunnel
+    would open again."""
+    chain = make_chain()
+    chain.start_relay()
+    chain.start_agent("--allow", "127.0.0.0/8")
+    client = chain.start_client(rules_file, "--max-connections", str(SLOTS))
+    port = target.port(LISTED, "echo")
+
+    def open_tunnel() -> socket.socket:
+        """A tunnel as soon as a slot is free: the last one's end reaches
+        client_a a moment after the test saw it (bounded wait)."""
+        opened: list[socket.socket] = []
+
+        def try_open() -> bool:
+            try:
+                opened.append(open_connect_via(client, LISTED, port))
+            except AssertionError as exc:
+                assert "503" in str(exc), exc
+                return False
+            return True
+
+        wait_until(try_open, timeout=10, interval=0.05, what="a free connection slot")
+        return opened[0]
+
+    for i in range(SLOTS * 3):
+        payload = os.urandom(500 + i)
+        with open_tunnel() as sock:
+            assert half_close_exchange(sock, payload) == echo_reply(payload)
+    # The slots still count open tunnels: SLOTS held, one more is refused.
+    held = [open_tunnel() for _ in range(SLOTS)]
+    try:
+        host, _, listen_port = client.ready["listen"].rpartition(":")
+        with socket.create_connection((host, int(listen_port)), timeout=10) as extra:
+            extra.sendall(f"CONNECT {LISTED}:{port} HTTP/1.1\r\n\r\n".encode())
+            assert recv_all(extra).startswith(b"HTTP/1.1 503"), "over the cap, yet served"
+        for sock in held:
+            assert half_close_exchange(sock, b"held") == echo_reply(b"held")
+    finally:
+        for sock in held:
+            sock.close()
+    with open_tunnel() as sock:
+        assert half_close_exchange(sock, b"again") == echo_reply(b"again")

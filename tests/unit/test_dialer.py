@@ -57,7 +57,7 @@ def _free_port() -> int:
 
 
 class _Stream:
-    """What StreamSocket calls on its stream while nothing is read."""
+    """What LoopStreamSocket calls on its stream while nothing is read."""
 
     def __init__(self) -> None:
         self.lost: list[BaseException | None] = []

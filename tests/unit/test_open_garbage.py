@@ -21,6 +21,7 @@ from client_a.config import load
 from client_a.proxy import Proxy
 from client_a.routes import RelayRoute
 from client_a.rules import DEFAULT_RULE, Rules
+from fastrelay.io.tunnel import StreamSocket
 from fastrelay.protocol.http import RequestBodyTracker, RequestHeadParser
 from fastrelay.protocol.session import End
 
@@ -35,6 +36,22 @@ def no_collector() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+class FakeTransport:
+    """The browser's transport, as far as a tunnel's start and end go: like
+    aiofastnet's, it lets go of its protocol once it told it the connection
+    was lost."""
+
+    def __init__(self) -> None:
+        self.protocol: object = None
+
+    def set_protocol(self, protocol: object) -> None:
+        self.protocol = protocol
+
+    def lose(self, exc: Exception | None) -> None:
+        protocol, self.protocol = self.protocol, None
+        protocol.connection_lost(exc)  # type: ignore[attr-defined]
 
 
 class FakeStream:
@@ -97,17 +114,23 @@ def test_a_finished_relay_open_leaves_no_cycle(no_collector: None, stream_ends_f
         route = RelayRoute(proxy, browser, object(), request, False, DEFAULT_RULE)  # type: ignore[arg-type]
         stream = FakeStream()
         stream.owner, route.stream = route, stream  # type: ignore[assignment]
+        transport = FakeTransport()
+        browser.transport = transport  # type: ignore[assignment]
         browser.start(route, stream)  # type: ignore[arg-type]
-        assert browser.sink is route and browser.tunnel is stream
+        # The tunnel's reads go through the stream's own protocol from now on.
+        assert browser.sink is route
+        assert isinstance(transport.protocol, StreamSocket)
+        assert transport.protocol.stream is stream
         refs = [weakref.ref(browser), weakref.ref(route)]
         if stream_ends_first:
             proxy.on_stream_end(object(), stream)  # type: ignore[arg-type]
-            browser.connection_lost(None)
+            transport.lose(None)
         else:
-            browser.connection_lost(None)
+            transport.lose(None)
             proxy.on_stream_end(object(), stream)  # type: ignore[arg-type]
         assert stream.lost == [None]  # the route still heard the browser go
-        del browser, route, stream, request
+        assert browser.closed  # and so did the browser connection (its slot)
+        del browser, route, stream, request, transport
         assert [ref() for ref in refs] == [None, None]
     finally:
         loop.close()

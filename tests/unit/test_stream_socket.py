@@ -1,8 +1,8 @@
-"""StreamSocket: the stream's writes of memoryviews are safe on the loop's own transport.
+"""LoopStreamSocket: the stream's writes of memoryviews are safe on the loop's own transport.
 
 The stream writes views of picows' read buffer, which the next read overwrites. uvloop's
 transport keeps a reference to a view it could not send at once (no copy), so without
-StreamSocket's own send-then-copy-the-tail the bytes the peer finally reads would be
+LoopStreamSocket's own send-then-copy-the-tail the bytes the peer finally reads would be
 whatever the buffer held later.
 """
 
@@ -14,7 +14,7 @@ import socket
 import pytest
 import uvloop
 
-from fastrelay.io.tunnel import StreamSocket, abort_socket
+from fastrelay.io.tunnel import LoopStreamSocket, abort_socket
 
 
 class _Stream:
@@ -46,7 +46,7 @@ async def _write_through_a_full_socket() -> tuple[bytes, bytes, int]:
     port = listener.getsockname()[1]
     stream = _Stream()
     accept = loop.create_task(loop.sock_accept(listener))
-    _, sock = await loop.create_connection(lambda: StreamSocket(stream), "127.0.0.1", port)
+    _, sock = await loop.create_connection(lambda: LoopStreamSocket(stream), "127.0.0.1", port)
     peer, _ = await accept
     peer.setblocking(False)
     assert sock.transport is not None
@@ -101,7 +101,7 @@ def test_a_view_goes_out_without_the_transport_when_the_socket_takes_it() -> Non
 
     a, b = socket.socketpair()
     with a, b:
-        sock = StreamSocket(_Stream())  # type: ignore[arg-type]
+        sock = LoopStreamSocket(_Stream())  # type: ignore[arg-type]
         transport = Recording()
         sock.transport, sock.fd = transport, a.fileno()  # type: ignore[assignment]
         sock.write(memoryview(b"hello"))
@@ -120,7 +120,9 @@ def test_abort_resets_the_connection() -> None:
         listener.setblocking(False)
         accept = loop.create_task(loop.sock_accept(listener))
         port = listener.getsockname()[1]
-        _, sock = await loop.create_connection(lambda: StreamSocket(_Stream()), "127.0.0.1", port)
+        _, sock = await loop.create_connection(
+            lambda: LoopStreamSocket(_Stream()), "127.0.0.1", port
+        )
         peer, _ = await accept
         peer.setblocking(False)
         abort_socket(sock)

@@ -4,19 +4,21 @@ receive queue instead of in a backlog at the endpoint."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
-
 import pytest
 
 from fastrelay.io.tunnel import PAUSED_READ_SIZE, READ_SIZE, read_buffer
+from fastrelay.protocol.pair import Pair
+from fastrelay.protocol.session import Stream
 
 
-def stream(credit: int, link_paused: bool = False) -> Any:
-    return SimpleNamespace(
-        session=SimpleNamespace(paused=link_paused),
-        send_window=SimpleNamespace(available=credit),
-    )
+def stream(credit: int, link_paused: bool = False) -> Stream:
+    """A real session Stream (the compiled read_buffer takes no other) with
+    `credit` to send, on a WebSocket over its high-water mark or not."""
+    client = Pair().client()
+    stream = client.streams[client.open()].stream
+    stream.send_window.available = credit
+    stream.session.paused = link_paused
+    return stream
 
 
 @pytest.mark.parametrize(
