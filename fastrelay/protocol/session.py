@@ -469,9 +469,12 @@ class Stream:
         if socket is not None and not socket.is_closing() and socket.can_write_eof():
             try:
                 socket.write_eof()
-            except OSError as exc:  # the peer is gone already (ENOTCONN)
-                self.socket_lost(exc)
-                return
+            except OSError as exc:  # the peer is gone already (ENOTCONN, a reset)
+                if not self.state.closed:
+                    self.abort(f"connection lost: {exc}")  # and the socket with it
+                    return
+                # Both directions had ended (the browser's FIN came first): nothing is
+                # left to abort, only the socket to close, which _finish does.
         if self.state.closed:
             self._finish(End.FINISHED)
         elif self.one_exchange:
@@ -737,8 +740,7 @@ class Session:
                 try:
                     stream._deliver(message[start:offset], flags)
                 except StreamError as exc:
-                    self.stats.protocol_errors[exc.kind] += 1
-                    stream.abort(str(exc))
+                    self._stream_failed(stream, exc)
                 except Exception as exc:  # a bug must cost one stream, not the link
                     self._crashed(stream, exc)
             else:
@@ -777,8 +779,7 @@ class Session:
             elif frame_type == FrameType.CONNECT_RESPONSE:
                 self._answered(stream, ConnectResponse.decode(payload), now)
         except StreamError as exc:
-            self.stats.protocol_errors[exc.kind] += 1
-            stream.abort(str(exc))
+            self._stream_failed(stream, exc)
         except Exception as exc:  # a bug must cost one stream, not the link
             self._crashed(stream, exc)
 
@@ -859,10 +860,27 @@ class Session:
         stream._opened(response.window, now)
         self.events.on_opened(self, stream)
 
+    def _stream_failed(self, stream: Stream, exc: StreamError) -> None:
+        """A stream broke the rules: it ends with TUNNEL_ERROR, and only it."""
+        self.stats.protocol_errors[exc.kind] += 1
+        try:
+            stream.abort(str(exc))
+        except Exception as failed:  # the abort itself must not take the link down
+            self._crashed(stream, failed)
+
     def _crashed(self, stream: Stream, exc: Exception) -> None:
         self.stats.protocol_errors["internal_error"] += 1
         self.events.on_internal_error(self, stream, exc)
         try:
             stream.abort("internal error")
         except Exception:
+            # Its abort failed too: end it without the state table, so that its socket,
+            # its credit and the program's record of it are settled all the same.
+            if stream.end is None:
+                stream.error = "internal error"
+                try:
+                    stream._finish(End.ABORTED)
+                    return
+                except Exception:
+                    pass
             self.streams.pop(stream.sid, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,7 @@ from helpers import (
     recv_all,
     relay_bytes,
 )
-from support.procs import wait_until
+from support.procs import Proc, metric, wait_until
 
 ROUTES = [pytest.param(LISTED, id="relay"), pytest.param(UNLISTED, id="direct")]
 CHURN_TUNNELS = 1500
@@ -113,6 +114,52 @@ def test_churn_leaks_no_fds(chain: Chain, target: Target) -> None:
 SLOTS = 2  # --max-connections of the client_a below
 
 
+def open_when_a_slot_is_free(client: Proc, port: int) -> socket.socket:
+    """A tunnel through the relay as soon as client_a has a slot: the last
+    tunnel's end reaches client_a a moment after the test saw it (bounded wait)."""
+    opened: list[socket.socket] = []
+
+    def try_open() -> bool:
+        try:
+            opened.append(open_connect_via(client, LISTED, port))
+        except AssertionError as exc:
+            assert "503" in str(exc), exc
+            return False
+        return True
+
+    wait_until(try_open, timeout=10, interval=0.05, what="a free connection slot")
+    return opened[0]
+
+
+@pytest.mark.parametrize("ending", ["close", "reset"])
+def test_a_browser_dropping_an_idle_tunnel_frees_its_slot_and_costs_no_one_else(
+    make_chain: Callable[[], Chain], rules_file: Path, target: Target, ending: str
+) -> None:
+    """The browser closes (or resets) a tunnel it never used. Its FIN reaches the
+    target, whose answer and FIN then come back to a socket the browser has
+    reset: client_a must close that socket (its fd and its --max-connections
+    slot come back) and end only that stream. Once, that last FIN raised in
+    client_a's session and took the relay connection down with every tunnel
+    on it, and the socket was never closed."""
+    chain = make_chain()
+    chain.start_relay()
+    chain.start_agent("--allow", "127.0.0.0/8")
+    client = chain.start_client(rules_file, "--max-connections", str(SLOTS + 1))
+    port = target.port(LISTED, "echo")
+    redials = metric(client.ready["admin"], "fastrelay_reconnects_total")
+    with open_connect_via(client, LISTED, port) as other:  # another tab's tunnel, held
+        fds = fd_count(client.pid)
+        for _ in range(SLOTS * 3):
+            sock = open_when_a_slot_is_free(client, port)
+            if ending == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        wait_until(lambda: fd_count(client.pid) <= fds, timeout=10, what="client_a's fds back")
+        assert half_close_exchange(other, b"still here") == echo_reply(b"still here")
+    # the relay connection under both was never lost
+    assert metric(client.ready["admin"], "fastrelay_reconnects_total") == redials
+
+
 def test_relay_tunnels_give_their_connection_slots_back(
     make_chain: Callable[[], Chain], rules_file: Path, target: Target
 ) -> None:
@@ -128,20 +175,7 @@ def test_relay_tunnels_give_their_connection_slots_back(
     port = target.port(LISTED, "echo")
 
     def open_tunnel() -> socket.socket:
-        """A tunnel as soon as a slot is free: the last one's end reaches
-        client_a a moment after the test saw it (bounded wait)."""
-        opened: list[socket.socket] = []
-
-        def try_open() -> bool:
-            try:
-                opened.append(open_connect_via(client, LISTED, port))
-            except AssertionError as exc:
-                assert "503" in str(exc), exc
-                return False
-            return True
-
-        wait_until(try_open, timeout=10, interval=0.05, what="a free connection slot")
-        return opened[0]
+        return open_when_a_slot_is_free(client, port)
 
     for i in range(SLOTS * 3):
         payload = os.urandom(500 + i)

@@ -636,6 +636,56 @@ def test_a_half_close_on_a_socket_already_gone_aborts_the_stream_quietly() -> No
     assert stream.end is End.ABORTED and "not connected" in stream.error
     assert [t for t, _ in link.frames()] == [ERROR]
     assert session.stats.protocol_errors["internal_error"] == 0
+    assert socket.calls == ["abort"]  # released: nothing else would ever close it
+
+
+def test_the_last_fin_on_a_socket_already_gone_finishes_the_stream_and_closes_it() -> None:
+    """The browser closes an idle tunnel: its FIN goes out first, then the
+    target's answer and FIN come back to a socket the browser has reset. Both
+    directions have ended, so the stream finishes (nothing is left to abort),
+    its socket is closed, and the link and the other streams carry on."""
+    stream, session, link, socket = client_stream()
+    other_socket = FakeSocket()
+    other = session.open(OpenStream(FrameType.CONNECT, "o", "t", 1), other_socket, NOW)
+    assert other is not None
+    answer(session, other, 1000)
+    stream.eof()  # the browser's FIN
+    link.clear()
+
+    def gone() -> None:
+        raise OSError(107, "Transport endpoint is not connected")
+
+    socket.write_eof = gone  # type: ignore[method-assign]
+    message = encode_frame(DATA, stream.sid, b"bye") + encode_frame(FIN, stream.sid)
+    session.receive(memoryview(message + encode_frame(DATA, other.sid, b"still")), NOW)
+    assert stream.end is End.FINISHED and stream.sid not in session.streams
+    assert socket.calls[-1] == "close" and socket.closing
+    assert link.frames() == []  # no TUNNEL_ERROR for a stream both sides had ended
+    assert session.stats.protocol_errors["internal_error"] == 0
+    assert other.end is None and bytes(other_socket.written) == b"still"
+
+
+def test_an_abort_that_fails_costs_its_stream_not_the_link() -> None:
+    """The last line of defence: a stream whose own abort raises (a state the
+    table does not expect) still ends, closes its socket and is forgotten, and
+    receive() returns normally, so the relay connection and its other
+    tunnels live on."""
+    stream, session, _link, socket = client_stream()
+    other_socket = FakeSocket()
+    other = session.open(OpenStream(FrameType.CONNECT, "o", "t", 1), other_socket, NOW)
+    assert other is not None
+    answer(session, other, 1000)
+
+    # A state the table does not expect here: CLOSED allows no ABORT, so the abort
+    # that answers the flow-control error below raises IllegalTransition.
+    stream.state.state = State.CLOSED
+    # data past the receive window: a flow-control error, whose answer is an abort
+    too_much = encode_frame(DATA, stream.sid, b"x" * 5000)
+    session.receive(memoryview(too_much + encode_frame(DATA, other.sid, b"ok")), NOW)
+    assert stream.end is End.ABORTED and stream.sid not in session.streams
+    assert socket.calls[-1] == "abort"
+    assert session.stats.protocol_errors["internal_error"] == 1
+    assert other.end is None and bytes(other_socket.written) == b"ok"
 
 
 # --- windows that follow the path (FLAG_BLOCKED) ---
