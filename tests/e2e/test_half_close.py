@@ -114,14 +114,14 @@ def test_churn_leaks_no_fds(chain: Chain, target: Target) -> None:
 SLOTS = 2  # --max-connections of the client_a below
 
 
-def open_when_a_slot_is_free(client: Proc, port: int) -> socket.socket:
-    """A tunnel through the relay as soon as client_a has a slot: the last
-    tunnel's end reaches client_a a moment after the test saw it (bounded wait)."""
+def open_when_a_slot_is_free(client: Proc, port: int, host: str = LISTED) -> socket.socket:
+    """A tunnel (through the relay for LISTED) as soon as client_a has a slot: the
+    last tunnel's end reaches client_a a moment after the test saw it (bounded wait)."""
     opened: list[socket.socket] = []
 
     def try_open() -> bool:
         try:
-            opened.append(open_connect_via(client, LISTED, port))
+            opened.append(open_connect_via(client, host, port))
         except AssertionError as exc:
             assert "503" in str(exc), exc
             return False
@@ -131,9 +131,10 @@ def open_when_a_slot_is_free(client: Proc, port: int) -> socket.socket:
     return opened[0]
 
 
+@pytest.mark.parametrize("host", ROUTES)
 @pytest.mark.parametrize("ending", ["close", "reset"])
 def test_a_browser_dropping_an_idle_tunnel_frees_its_slot_and_costs_no_one_else(
-    make_chain: Callable[[], Chain], rules_file: Path, target: Target, ending: str
+    make_chain: Callable[[], Chain], rules_file: Path, target: Target, ending: str, host: str
 ) -> None:
     """The browser closes (or resets) a tunnel it never used. Its FIN reaches the
     target, whose answer and FIN then come back to a socket the browser has
@@ -145,12 +146,12 @@ def test_a_browser_dropping_an_idle_tunnel_frees_its_slot_and_costs_no_one_else(
     chain.start_relay()
     chain.start_agent("--allow", "127.0.0.0/8")
     client = chain.start_client(rules_file, "--max-connections", str(SLOTS + 1))
-    port = target.port(LISTED, "echo")
+    port = target.port(host, "echo")
     redials = metric(client.ready["admin"], "fastrelay_reconnects_total")
-    with open_connect_via(client, LISTED, port) as other:  # another tab's tunnel, held
+    with open_connect_via(client, host, port) as other:  # another tab's tunnel, held
         fds = fd_count(client.pid)
         for _ in range(SLOTS * 3):
-            sock = open_when_a_slot_is_free(client, port)
+            sock = open_when_a_slot_is_free(client, port, host)
             if ending == "reset":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
