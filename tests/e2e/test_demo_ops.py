@@ -5,6 +5,7 @@ ports; and nothing is left in /tmp once it stops."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -18,6 +19,15 @@ from helpers import free_port
 from support.procs import ROOT
 
 DEMO = [sys.executable, "-m", "fastrelay", "demo"]
+
+
+def stop_group(demo: subprocess.Popen) -> None:
+    """Whatever happened, nothing the demo started outlives the test: a demo
+    killed here (it did not stop in time) would leave its relay, agent and
+    client_a running, so the whole process group goes."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(demo.pid, signal.SIGKILL)
+    demo.wait(5)
 
 
 def test_taken_port_is_named_and_nothing_is_left(tmp_path: Path) -> None:
@@ -50,6 +60,7 @@ def test_pipe_gets_the_ready_line_and_the_demo_cleans_up(tmp_path: Path) -> None
         cwd=ROOT,
         env={**os.environ, "TMPDIR": str(tmp_path)},
         stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its programs share its group: stop_group ends them all
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -73,9 +84,7 @@ def test_pipe_gets_the_ready_line_and_the_demo_cleans_up(tmp_path: Path) -> None
         assert not workdir.exists()
         assert list(tmp_path.iterdir()) == []
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait(5)
+        stop_group(demo)
 
 
 def test_terminal_gets_the_banner_without_json(tmp_path: Path) -> None:
@@ -85,6 +94,7 @@ def test_terminal_gets_the_banner_without_json(tmp_path: Path) -> None:
         cwd=ROOT,
         env={**os.environ, "TMPDIR": str(tmp_path)},
         stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its programs share its group: stop_group ends them all
         stdout=secondary,
         stderr=subprocess.DEVNULL,
     )
@@ -107,9 +117,7 @@ def test_terminal_gets_the_banner_without_json(tmp_path: Path) -> None:
             out += chunk
     finally:
         os.close(primary)
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait(5)
+        stop_group(demo)
     text = out.decode(errors="replace")
     assert "prometheus --config.file=" in text, text
     assert '"event"' not in text and "{" not in text, text
