@@ -8,6 +8,7 @@ Topology used by the end-to-end tests (all loopback, ephemeral ports):
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
@@ -25,6 +26,18 @@ from support.procs import ROOT, Chain, Proc
 LISTED = "127.0.0.2"
 UNLISTED = "127.0.0.3"
 DENIED = "127.0.0.4"  # listed, but the agent's egress policy refuses it
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """The cyclic collector off for one test: what it would have freed stays
+    findable by gc.collect() afterwards (the garbage tests count it)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class Target:

@@ -12,7 +12,7 @@ afterwards must find (almost) nothing, whatever the number of streams.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -25,16 +25,6 @@ OPENS = 60
 # Objects a collection may find after OPENS streams: fewer than one per ten
 # streams, so a cycle per stream (or per every few) fails.
 SLACK = OPENS // 10
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _finished(pair: Pair, client: Endpoint, agent: Endpoint) -> None:

@@ -10,9 +10,7 @@ garbage of ~23 objects per open made the collector run every few opens).
 from __future__ import annotations
 
 import asyncio
-import gc
 import weakref
-from collections.abc import Iterator
 
 import pytest
 
@@ -26,16 +24,6 @@ from fastrelay.protocol.http import RequestBodyTracker, RequestHeadParser
 from fastrelay.protocol.session import End
 
 CONNECT = b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n"
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 class FakeTransport:
