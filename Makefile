@@ -39,7 +39,7 @@ run: $(STAMP) hotpath
 ## (EXPECT_COMPILED=0 where no C compiler is at hand)
 ASYNCIO_TESTS := tests/e2e/test_event_loop.py tests/e2e/test_routing.py \
 	tests/e2e/test_half_close.py tests/e2e/test_failure_table.py tests/e2e/test_open_failures.py \
-	tests/e2e/test_socks.py tests/e2e/test_connection_limits.py
+	tests/e2e/test_socks.py tests/e2e/test_connection_limits.py tests/e2e/test_abort_resets.py
 EXPECT_COMPILED ?= 1
 test: $(STAMP) hotpath system-deps lint
 	FASTRELAY_EXPECT_COMPILED=$(EXPECT_COMPILED) $(BIN)/pytest -q --durations=15

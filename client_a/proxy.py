@@ -19,8 +19,6 @@ import logging
 import socket
 import time
 
-import aiofastnet
-
 from client_a.browser import BrowserConnection
 from client_a.config import ClientConfig
 from client_a.pac import PAC_PATH, PacServer
@@ -275,10 +273,13 @@ class Proxy:
             return
         pipe = DirectPipe(self, browser, request, route)
         try:
+            # The loop's own transport, not aiofastnet's: on uvloop aiofastnet watches the
+            # socket with add_reader, which stops for good once the kernel reports an error,
+            # so a target's last bytes and its reset arriving together left the reset unseen
+            # and the browser waiting forever (tests/e2e/test_abort_resets.py). uvloop's
+            # transport reads on to the error; it also connects an IP literal in C.
             transport, upstream = await asyncio.wait_for(
-                aiofastnet.create_connection(
-                    loop, lambda: DirectUpstream(pipe), request.host, request.port
-                ),
+                loop.create_connection(lambda: DirectUpstream(pipe), request.host, request.port),
                 self.config.dial_timeout,
             )
         except TimeoutError:

@@ -380,8 +380,8 @@ class DirectUpstream(asyncio.Protocol):
     """The target's socket. What it sends before `release()` (a server that speaks first,
     such as SSH or SMTP, can be read before the dial's coroutine resumes) is held, so it
     never overtakes the answer to the browser's CONNECT. Not pause_reading() in
-    connection_made: aiofastnet registers the reader after connection_made anyway, and a
-    transport paused then keeps its fd in the stdlib selector after it closes."""
+    connection_made: the loop starts reading after connection_made returns, and on the
+    stdlib loop a transport paused then kept its fd in the selector after it closed."""
 
     def __init__(self, pipe: DirectPipe) -> None:
         self.pipe = pipe
