@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from prometheus_client.core import Metric
 
 from fastrelay import metrics
+from fastrelay.io.reset import rearm_if_closed
 from fastrelay.io.tunnel import StreamSocket
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import HttpError
@@ -103,6 +105,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
         self.proto = "http"  # "socks5" for a SOCKS5 client: the access log's proto
         self.sniffed = False  # the first byte was seen
         self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket | None = None  # the transport's socket (rearm_if_closed)
         self.sink: Sink | None = None
         self.request: ProxyRequest | None = None
         self.tracker: RequestBodyTracker | None = None  # plain-HTTP requests only
@@ -113,6 +116,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # aiofastnet's own Transport class
+        self.sock = transport.get_extra_info("socket")
         gate = self.gate
         if gate.open >= gate.max_connections:
             gate.dropped["max_connections"] += 1
@@ -149,6 +153,8 @@ class BrowserConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(_OWN_VIEW[:nbytes]))
+        if self.transport is not None:
+            rearm_if_closed(self.transport, self.sock)  # see there: uvloop can hide a reset
 
     def data_received(self, data: bytes) -> None:
         if self.sink is not None:
@@ -243,7 +249,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
         self.sink = sink
         if stream is not None and self.tracker is None:
             assert self.transport is not None
-            self.transport.set_protocol(StreamSocket(stream, self))
+            self.transport.set_protocol(StreamSocket(stream, self, self.transport))
         early, self.early = self.early, b""
         if early:
             self.forward(early)

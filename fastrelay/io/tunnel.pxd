@@ -11,3 +11,5 @@ cpdef read_buffer(Stream stream)
 cdef class StreamSocket(FastProtocol):
     cdef public object stream
     cdef public object owner
+    cdef public object transport
+    cdef public object sock

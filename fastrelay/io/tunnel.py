@@ -26,7 +26,7 @@ import os
 
 from aiofastnet.transport import Protocol as FastProtocol
 
-from fastrelay.io.reset import reset_when_sent
+from fastrelay.io.reset import rearm_if_closed, reset_when_sent
 from fastrelay.protocol.frames import HEADER_SIZE
 from fastrelay.protocol.session import MAX_CHUNK, Socket, Stream
 
@@ -104,17 +104,28 @@ class StreamSocket(FastProtocol):
     Reading starts paused; the stream resumes it when it may send. `owner`,
     if given, hears of the socket's end (`connection_lost`) instead of the
     stream: client_a's browser connection, which hands its socket over once
-    the tunnel is open.
+    the tunnel is open (with its `transport`). After each read the socket's
+    state is checked (`rearm_if_closed`), or on uvloop a reset that came with
+    the last bytes would go unseen.
     """
 
-    def __init__(self, stream: Stream, owner: asyncio.BaseProtocol | None = None) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        owner: asyncio.BaseProtocol | None = None,
+        transport: asyncio.BaseTransport | None = None,
+    ) -> None:
         self.stream = stream
         self.owner = owner
+        self.transport = transport
+        self.sock = None if transport is None else transport.get_extra_info("socket")
 
     def is_buffered_protocol(self) -> bool:
         return True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.sock = transport.get_extra_info("socket")
         transport.pause_reading()  # type: ignore[attr-defined]
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -122,6 +133,8 @@ class StreamSocket(FastProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         filled(self.stream, nbytes)
+        if self.transport is not None:
+            rearm_if_closed(self.transport, self.sock)  # see there: uvloop can hide a reset
 
     def data_received(self, data: bytes) -> None:
         """A transport that does not read into buffers (not aiofastnet's)."""
@@ -132,6 +145,7 @@ class StreamSocket(FastProtocol):
         return True  # keep the socket for the other direction; the stream closes it
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = self.sock = None
         owner = self.owner
         if owner is not None:
             self.owner = None

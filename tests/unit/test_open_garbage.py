@@ -37,6 +37,12 @@ class FakeTransport:
     def set_protocol(self, protocol: object) -> None:
         self.protocol = protocol
 
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default  # no socket: nothing to ask for a pending reset
+
+    def is_closing(self) -> bool:
+        return self.protocol is None
+
     def lose(self, exc: Exception | None) -> None:
         protocol, self.protocol = self.protocol, None
         protocol.connection_lost(exc)  # type: ignore[attr-defined]
