@@ -27,6 +27,7 @@ from pathlib import Path
 from fastrelay.lifecycle import spawn_ready
 from fastrelay.programs import Program
 
+STOP_WAIT = 10.0  # seconds the three programs get, together, to stop on SIGTERM before SIGKILL
 DEMO_PAGE_HOST = "127.0.0.2"
 EXAMPLE_RULES = """\
 # fastrelay filter list: one pattern per line.
@@ -253,11 +254,13 @@ def main(argv: list[str]) -> int:
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT  # one wait for all three, not one each
         for proc in procs:
             try:
-                proc.wait(10)
+                proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         page.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)  # rules and prometheus.yml: this run's only
 
