@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastrelay.client")
 HTTP_ESTABLISHED = render_response(200, CONNECTION_ESTABLISHED)
 SOCKS_VERSION = 0x05  # a first byte no HTTP request starts with
+LINGER = 2.0  # seconds an answered connection may go on sending before it is closed
 
 # Reads before a tunnel is open land here and are copied out at once, so one
 # buffer serves every browser connection. A tunnel's reads go through
@@ -112,6 +113,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
         self.early = b""  # bytes after the head, held until the route is open
         self.early_eof = False  # the browser's EOF came before the route was open
         self.closed = False
+        self.linger: asyncio.TimerHandle | None = None  # set while closing after an answer
         self.received_at = 0.0  # the request head was complete (for the latency histograms)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -157,6 +159,8 @@ class BrowserConnection(asyncio.BufferedProtocol):
             rearm_if_closed(self.transport, self.sock)  # see there: uvloop can hide a reset
 
     def data_received(self, data: bytes) -> None:
+        if self.linger is not None:
+            return  # answered and closing: what the browser still sends is dropped
         if self.sink is not None:
             self.forward(data)
         elif self.parser is None:
@@ -187,7 +191,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
             if answer is not None:
                 self.parser = None
                 self.transport.write(answer)
-                self.transport.close()
+                self.close_after_answer()
                 return
             self.proxy.count(None, exc.failure.result)
             self.reply(exc.failure, exc.reason)
@@ -213,7 +217,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
             self.proxy.count(None, Failure.BAD_REQUEST.result)
             log.debug("SOCKS5 client %s refused: %s", self.peer(), exc.reason)
             transport.write(exc.answer)
-            transport.close()
+            self.close_after_answer()
             return
         if answer:
             transport.write(answer)
@@ -276,6 +280,8 @@ class BrowserConnection(asyncio.BufferedProtocol):
             self.sink.tcp_data(data)
 
     def eof_received(self) -> bool:
+        if self.linger is not None:
+            return False  # the browser is done too: close
         if self.sink is not None:
             self.sink.tcp_eof()
             return True
@@ -286,6 +292,8 @@ class BrowserConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.linger is not None:
+            self.linger.cancel()
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
@@ -331,7 +339,27 @@ class BrowserConnection(asyncio.BufferedProtocol):
             log.debug("SOCKS5 client %s: %s (%s)", self.peer(), detail, failure.reason)
             # Mid-greeting there is no request to reply to: refuse the greeting.
             transport.write(reply(failure.socks) if socks.greeted else METHOD_REFUSED)
-        transport.close()
+        self.close_after_answer()
+
+    def close_after_answer(self) -> None:
+        """Close once the answer just written is through, without losing it.
+
+        A socket closed with bytes of the browser's still unread sends an RST
+        instead of a FIN, and the RST can overtake the answer (a browser that
+        sends its request at once, refused over --max-connections, saw a reset
+        rather than the 503). So: a FIN after the answer, then whatever the
+        browser still sends is read and dropped until its own EOF, and the
+        socket is closed then, or after LINGER seconds at most."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.linger is not None:
+            return
+        if transport.get_protocol() is not self or not transport.can_write_eof():
+            transport.close()  # a tunnel's socket (StreamSocket reads it now): nothing to drain
+            return
+        self.parser = None
+        self.linger = self.gate.loop.call_later(LINGER, transport.close)
+        transport.write_eof()
+        transport.resume_reading()  # if the early bytes had paused it
 
 
 def socks_request(socks: SocksRequest) -> ProxyRequest:

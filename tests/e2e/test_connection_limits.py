@@ -179,6 +179,47 @@ def test_over_max_connections_gets_503_and_the_others_still_work(
     wait_until(served, timeout=WAIT, interval=0.2, what="a request served after the cap")
 
 
+def read_answer_then_eof(sock: socket.socket) -> bytes:
+    """Everything the peer sends, which must end with a clean EOF: a reset
+    fails (it can overtake the answer, or make the browser drop it)."""
+    out = b""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            raise AssertionError(f"a reset after {out[:200]!r}, not a clean close") from None
+        if not chunk:
+            return out
+        out += chunk
+    raise AssertionError(f"no EOF within {WAIT} s; got {out[:200]!r}")
+
+
+@pytest.mark.parametrize("more", [0, 1 << 20], ids=["request", "request-and-1MiB-body"])
+def test_refused_browser_that_sent_its_request_gets_the_503_and_a_clean_close(
+    limited: Chain, target: Target, more: int
+) -> None:
+    """Over the cap, a browser that sends its request (and a body far larger
+    than the socket buffers) before reading gets the whole 503 and then a FIN:
+    client_a drops what it sends until its EOF rather than closing on unread
+    bytes, which would answer with an RST."""
+    listen = limited.clients[1].ready["listen"]
+    port = target.port(UNLISTED, "http")
+    head = (
+        f"POST http://{UNLISTED}:{port}/hello HTTP/1.1\r\nHost: {UNLISTED}:{port}\r\n"
+        f"Content-Length: {more}\r\n\r\n"
+    )
+    with contextlib.ExitStack() as stack:
+        for _ in range(CAP):
+            stack.enter_context(connect(listen))
+        with connect(listen) as extra:
+            extra.sendall(head.encode() + bytes(more))
+            extra.shutdown(socket.SHUT_WR)  # the browser is done: client_a sees its EOF
+            answer = read_answer_then_eof(extra)
+    assert status_of(answer) == 503, answer
+    assert b"--max-connections" in answer
+
+
 def test_admin_port_times_out_silent_connections_and_caps_the_rest(limited: Chain) -> None:
     cap = admin_module.MAX_CONNECTIONS
     client_admin = limited.clients[0].ready["admin"]
