@@ -325,7 +325,7 @@ class DirectPipe(ResponseDeadline):
             self.upstream.abort()
 
     # After a side's EOF its reading must stay untouched: resuming a socket
-    # that already reported EOF makes aiofastnet report it again and close it.
+    # that already reported EOF makes its transport report it again (aiofastnet then closes it).
     def tcp_paused_writing(self) -> None:
         if self.upstream is not None and not self.eof_down:
             self.upstream.pause_reading()
