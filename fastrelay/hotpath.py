@@ -37,6 +37,7 @@ from types import ModuleType
 # The per-frame path of the three programs; setup.py builds exactly these.
 COMPILED = (
     "fastrelay.protocol.frames",
+    "fastrelay.protocol.messages",
     "fastrelay.protocol.flow",
     "fastrelay.protocol.state",
     "fastrelay.protocol.session",

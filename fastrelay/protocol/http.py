@@ -42,7 +42,7 @@ _CR, _LF = 0x0D, 0x0A
 Fields = list[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProxyRequest:
     method: str
     host: str

@@ -5,6 +5,13 @@ Field names follow the seed document (`type`, `sessionId`, `method`, `url`,
 `headers`, `statusCode`, `statusDescription`, `error`). `window` is fastrelay's
 addition: the receive window, in bytes, that the sender of an open or of a
 CONNECT_RESPONSE grants for data flowing towards it.
+
+The messages every open makes (OpenStream, ConnectResponse, TunnelError) are
+slotted dataclasses but not frozen ones: a frozen dataclass's `__init__` sets
+each field through `object.__setattr__`, which more than doubles the cost of
+making one (an OpenStream: ~18,800 CPU instructions against ~7,600), and an
+open through the relay makes six of them across the three programs. Nothing
+changes a message once it is made.
 """
 
 from __future__ import annotations
@@ -101,7 +108,7 @@ def _window(doc: dict[str, Any], frame_type: FrameType) -> int:
     return int(window)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OpenStream:
     """CONNECT (a tunnel to host:port) or REQUEST (one plain-HTTP request)."""
 
@@ -156,7 +163,7 @@ class OpenStream:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectResponse:
     session_id: str
     status_code: int
@@ -201,7 +208,7 @@ class ConnectResponse:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TunnelError:
     session_id: str
     error: str
