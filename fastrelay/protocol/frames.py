@@ -54,6 +54,10 @@ CONNECTION_FRAMES = frozenset(
     {FrameType.HELLO, FrameType.GOAWAY, FrameType.MEMBERS, FrameType.RULES}
 )
 OPEN_FRAMES = frozenset({FrameType.CONNECT, FrameType.REQUEST})
+# A frame type's member and its name by value (an int or a member): enum.py's
+# FrameType(value) and `.name` run Python code (1-2 us each), and every open used them.
+FRAME_TYPES: dict[int, FrameType] = {int(t): t for t in FrameType}
+FRAME_NAMES: dict[int, str] = {int(t): t.name for t in FrameType}
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 _CONNECTION_TYPES = frozenset(int(t) for t in CONNECTION_FRAMES)
 # Plain ints and a bound method for the walker (C ints when compiled, frames.pxd).

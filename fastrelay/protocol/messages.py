@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from fastrelay.protocol.errors import ControlMessageError
-from fastrelay.protocol.frames import FrameType, encode_frame
+from fastrelay.protocol.frames import FRAME_NAMES, FrameType, encode_frame
 from fastrelay.protocol.status import CONNECTION_ESTABLISHED, phrase
 
 PROTOCOL_VERSION = 1
@@ -75,7 +75,7 @@ def _load(payload: bytes | memoryview, frame_type: FrameType) -> dict[str, Any]:
         raise ControlMessageError(f"{frame_type.name} payload is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ControlMessageError(f"{frame_type.name} payload must be a JSON object")
-    if doc.get("type") != frame_type.name:
+    if doc.get("type") != FRAME_NAMES[frame_type]:
         raise ControlMessageError(
             f"{frame_type.name} frame carries a message of type {doc.get('type')!r}"
         )
@@ -125,7 +125,7 @@ class OpenStream:
     def encode(self, stream_id: int, window: int | None = None) -> bytes:
         """The frame; `window` overrides the message's own (the session sets it)."""
         body: dict[str, Any] = {
-            "type": self.kind.name,
+            "type": FRAME_NAMES[self.kind],
             "sessionId": self.session_id,
             "method": self.method,
             "url": self.url or f"https://{format_authority(self.host, self.port)}",

@@ -39,6 +39,7 @@ from fastrelay.protocol.errors import (
 from fastrelay.protocol.flow import CreditPool, RecvWindow, SendWindow
 from fastrelay.protocol.frames import (
     FLAG_BLOCKED,
+    FRAME_TYPES,
     HEADER,
     HEADER_SIZE,
     FrameType,
@@ -763,7 +764,7 @@ class Session:
             self._rules(payload)
             return
         if frame_type == FrameType.CONNECT or frame_type == FrameType.REQUEST:
-            self._incoming_open(sid, OpenStream.decode(FrameType(frame_type), payload), now)
+            self._incoming_open(sid, OpenStream.decode(FRAME_TYPES[frame_type], payload), now)
             return
         stream = self.streams.get(sid)
         if stream is None:

@@ -58,6 +58,7 @@ from fastrelay.protocol.errors import (
     StreamError,
 )
 from fastrelay.protocol.frames import (
+    FRAME_TYPES,
     HEADER,
     HEADER_SIZE,
     MAX_PAYLOAD,
@@ -607,7 +608,7 @@ class Switch:
             return end
         if frame_type in OPEN_FRAMES:
             self._open(
-                src, FrameType(frame_type), sid, message[start:end], message[offset:end], now
+                src, FRAME_TYPES[frame_type], sid, message[start:end], message[offset:end], now
             )
             return end
         payload = message[start:end]
