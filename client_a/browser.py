@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from prometheus_client.core import Metric
 
 from fastrelay import metrics
-from fastrelay.io.reset import rearm_if_closed
+from fastrelay.io.reset import rearm_if_closed, state_socket
 from fastrelay.io.tunnel import StreamSocket
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import HttpError
@@ -118,7 +118,7 @@ class BrowserConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # aiofastnet's own Transport class
-        self.sock = transport.get_extra_info("socket")
+        self.sock = state_socket(transport)
         gate = self.gate
         if gate.open >= gate.max_connections:
             gate.dropped["max_connections"] += 1

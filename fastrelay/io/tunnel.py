@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+from socket import IPPROTO_TCP
 
 from aiofastnet.transport import Protocol as FastProtocol
 
-from fastrelay.io.reset import rearm_if_closed, reset_when_sent
+from fastrelay.io.reset import TCP_CLOSE, TCP_INFO, rearm, reset_when_sent, state_socket
 from fastrelay.protocol.frames import HEADER_SIZE
 from fastrelay.protocol.session import MAX_CHUNK, Socket, Stream
 
@@ -118,14 +119,14 @@ class StreamSocket(FastProtocol):
         self.stream = stream
         self.owner = owner
         self.transport = transport
-        self.sock = None if transport is None else transport.get_extra_info("socket")
+        self.sock = None if transport is None else state_socket(transport)
 
     def is_buffered_protocol(self) -> bool:
         return True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.sock = transport.get_extra_info("socket")
+        self.sock = state_socket(transport)
         transport.pause_reading()  # type: ignore[attr-defined]
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -133,8 +134,16 @@ class StreamSocket(FastProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         filled(self.stream, nbytes)
-        if self.transport is not None:
-            rearm_if_closed(self.transport, self.sock)  # see there: uvloop can hide a reset
+        # rearm_if_closed (fastrelay/io/reset.py), inline: uvloop can hide a reset.
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            state = sock.getsockopt(IPPROTO_TCP, TCP_INFO, 1)
+        except (OSError, ValueError):  # closed meanwhile: its end is on its way already
+            return
+        if state and state[0] == TCP_CLOSE and self.transport is not None:
+            rearm(self.transport)
 
     def data_received(self, data: bytes) -> None:
         """A transport that does not read into buffers (not aiofastnet's)."""

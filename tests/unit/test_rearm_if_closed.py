@@ -21,7 +21,7 @@ import aiofastnet
 import pytest
 import uvloop
 
-from fastrelay.io.reset import rearm_if_closed
+from fastrelay.io.reset import rearm_if_closed, state_socket
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
@@ -40,7 +40,7 @@ class Reader(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.sock = transport.get_extra_info("socket")
+        self.sock = state_socket(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffer
@@ -111,3 +111,38 @@ def test_bytes_then_reset_arrive_as_bytes_then_reset(
     # its RST discards).
     assert got == payload[: len(got)]
     assert len(got) >= min(size, 64 * 1024)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_state_socket_is_the_transports_own_socket(loop_name: str) -> None:
+    """Not asyncio's TransportSocket wrapper (a Python call per read), but the socket
+    object under it: the same descriptor, and its TCP state readable."""
+
+    async def check() -> tuple[object, int, int, bytes]:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        accept = loop.create_task(loop.sock_accept(listener))
+        transport, _ = await aiofastnet.create_connection(
+            loop, lambda: Reader(1024), "127.0.0.1", listener.getsockname()[1]
+        )
+        peer, _ = await accept
+        listener.close()
+        try:
+            sock = state_socket(transport)
+            wrapped = transport.get_extra_info("socket")
+            assert sock is not None
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+            return type(sock), sock.fileno(), wrapped.fileno(), state
+        finally:
+            peer.close()
+            transport.abort()
+
+    loop = LOOPS[loop_name]()
+    try:
+        kind, fd, wrapped_fd, state = loop.run_until_complete(check())
+    finally:
+        loop.close()
+    assert kind is socket.socket
+    assert fd == wrapped_fd
+    assert state[0] == 1  # TCP_ESTABLISHED
