@@ -19,6 +19,15 @@ The scenarios drive the real code with the micro-benchmarks' socket-free rigs
   (read_frame, the stream, the write to its socket, the flush);
 - endpoint_read: one 100 B read from a stream's TCP socket into a mux frame, flushed.
 
+And the control messages of an open (the codec and the browser's head, no rig), each
+done once per open by one or two of the three programs:
+
+- open_head: client_a's parse of a browser's CONNECT head (RequestHeadParser, 99 B);
+- open_encode / open_decode: a CONNECT frame's OpenStream, as client_a writes it and as
+  the relay and the agent read it;
+- answer_encode / answer_decode: a CONNECT_RESPONSE of 200, as the agent writes it and
+  as the relay and client_a read it.
+
 Instructions are not seconds (a cache miss costs more than an add), but for the
 interpreter-bound per-message path they follow CPU time closely.
 """
@@ -34,7 +43,17 @@ import sys
 import tempfile
 from collections.abc import Callable
 
-SCENARIOS = ("relay_data", "relay_window_update", "endpoint_receive", "endpoint_read")
+SCENARIOS = (
+    "relay_data",
+    "relay_window_update",
+    "endpoint_receive",
+    "endpoint_read",
+    "open_head",
+    "open_encode",
+    "open_decode",
+    "answer_encode",
+    "answer_decode",
+)
 REFILL_EVERY = 1000  # ops between credit refills (untimed in the micro-benchmarks)
 
 
@@ -88,9 +107,44 @@ def _endpoint_op(kind: str) -> tuple[Callable[[], None], Callable[[], None]]:
     return op, rig.refill
 
 
+def _open_op(kind: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    from fastrelay.protocol.frames import HEADER_SIZE, FrameType
+    from fastrelay.protocol.http import RequestHeadParser
+    from fastrelay.protocol.messages import ConnectResponse, OpenStream, new_session_id
+
+    session_id = new_session_id()
+    message = OpenStream(FrameType.CONNECT, session_id, "127.0.0.2", 9000, headers={})
+    answer = ConnectResponse(session_id, 200, window=4 * 1024 * 1024)
+    head = (
+        b"CONNECT 127.0.0.2:9000 HTTP/1.1\r\nHost: 127.0.0.2:9000\r\n"
+        b"User-Agent: curl/8.5.0\r\nProxy-Connection: Keep-Alive\r\n\r\n"
+    )
+    open_payload = memoryview(message.encode(1))[HEADER_SIZE:]
+    answer_payload = memoryview(answer.encode(1))[HEADER_SIZE:]
+    ops: dict[str, Callable[[], object]] = {
+        "open_head": lambda: RequestHeadParser().feed(head),
+        "open_encode": lambda: message.encode(1, 1024 * 1024),
+        "open_decode": lambda: OpenStream.decode(FrameType.CONNECT, open_payload),
+        "answer_encode": lambda: answer.encode(1),
+        "answer_decode": lambda: ConnectResponse.decode(answer_payload),
+    }
+    run = ops[kind]
+    assert run() is not None  # each one does its work (a request, a frame, a message)
+
+    def op() -> None:
+        run()
+
+    return op, lambda: None
+
+
 def run_ops(scenario: str, ops: int) -> None:
     """The child: build the rig, run `ops` operations, exit."""
-    build = _relay_op if scenario.startswith("relay") else _endpoint_op
+    if scenario.startswith("relay"):
+        build = _relay_op
+    elif scenario.startswith("endpoint"):
+        build = _endpoint_op
+    else:
+        build = _open_op
     op, refill = build(scenario)
     for i in range(ops):
         if i % REFILL_EVERY == 0:

@@ -1,0 +1,25 @@
+"""bench/icount.py's open scenarios drive the real codec: each one, run a few times
+in-process (no callgrind), does its work."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import icount
+
+OPEN_SCENARIOS = [name for name in icount.SCENARIOS if name.startswith(("open_", "answer_"))]
+
+
+def test_the_open_scenarios_are_listed() -> None:
+    assert OPEN_SCENARIOS == [
+        "open_head",
+        "open_encode",
+        "open_decode",
+        "answer_encode",
+        "answer_decode",
+    ]
+
+
+@pytest.mark.parametrize("scenario", OPEN_SCENARIOS)
+def test_an_open_scenario_runs(scenario: str) -> None:
+    icount.run_ops(scenario, 5)  # its own set-up asserts that the operation did its work
