@@ -42,6 +42,8 @@ _CR, _LF = 0x0D, 0x0A
 Fields = list[tuple[bytes, bytes]]
 
 
+# Not frozen, as the control messages of an open are not (fastrelay/protocol/messages.py):
+# one is made per browser request, and nothing changes it once made.
 @dataclass(slots=True)
 class ProxyRequest:
     method: str
