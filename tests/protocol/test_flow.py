@@ -299,3 +299,32 @@ def test_credit_pool_for_a_relay_that_announced_nothing_bounds_only_per_stream()
     assert pool.open() == 1 << 20
     announced = CreditPool.for_relay(64 << 20, 1024, want=4 << 20)
     assert (announced.budget, announced.max_streams) == (48 << 20, 1024)
+
+
+@pytest.mark.parametrize(
+    ("budget_mib", "max_streams", "cap_mib"),
+    [
+        (64, 1024, 32),  # the relay's defaults, client_a's connection: docs/OPERATIONS.md
+        (64, 16384, 24),  # an agent's connection
+        (128, 1024, 80),
+        (128, 16384, 48),
+    ],
+)
+def test_one_streams_window_grows_to_what_the_relays_budget_leaves_it(
+    budget_mib: int, max_streams: int, cap_mib: int
+) -> None:
+    """A lone stream whose sender keeps running out of credit (`grow`) while this end
+    keeps up: its window doubles until the budget stops it, at the cap OPERATIONS
+    ("Tuning", --max-window) names, however high --max-window is."""
+    mib = 1024 * 1024
+    pool = CreditPool.for_relay(budget_mib * mib, max_streams, 4 * mib, 1024 * mib)
+    window = RecvWindow(pool.open())
+    sizes = []
+    for _ in range(20):  # a doubling per round: from 4 MiB, 20 is far past any cap here
+        window.grow(pool)
+        window.received(window.outstanding)  # the sender used all its credit
+        window.release(window.window - window.outstanding, pool, now=True)
+        sizes.append(window.window)
+    assert sizes[-1] == sizes[-2]  # it stopped growing
+    assert abs(window.window - cap_mib * mib) < mib // 8
+    assert pool.granted <= pool.budget
