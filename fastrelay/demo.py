@@ -28,6 +28,7 @@ from fastrelay.lifecycle import spawn_ready
 from fastrelay.programs import Program
 
 STOP_WAIT = 10.0  # seconds the three programs get, together, to stop on SIGTERM before SIGKILL
+POLL = 0.2  # seconds between the supervisor's looks at the stop request and the programs
 DEMO_PAGE_HOST = "127.0.0.2"
 EXAMPLE_RULES = """\
 # fastrelay filter list: one pattern per line.
@@ -160,9 +161,9 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     # From here on Ctrl-C/SIGTERM ask for a clean stop (children stopped, files removed),
     # even while the programs are still starting.
-    stop = threading.Event()
+    stop = StopRequest()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stop.handle)
     port = (lambda p: "0") if args.ephemeral else (lambda p: str(p))
     try:
         page = http.server.ThreadingHTTPServer(
@@ -265,9 +266,29 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(workdir, ignore_errors=True)  # rules and prometheus.yml: this run's only
 
 
-def supervise(procs: list[subprocess.Popen], stop: threading.Event) -> int:
+class StopRequest:
+    """Ctrl-C or SIGTERM came: a plain flag, which a signal handler can set at any moment.
+
+    Not a `threading.Event`: its `set` takes the lock that `Event.wait` holds around its
+    wait, and a signal handler runs in the main thread between any two bytecodes, inside
+    that wait too. A signal landing while the main thread held the lock left the handler
+    waiting for that lock for ever: `fastrelay demo` then ignored SIGTERM now and then
+    (tests/unit/test_demo_stop.py).
+    """
+
+    __slots__ = ("requested",)
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+
+def supervise(procs: list[subprocess.Popen], stop: StopRequest, poll: float = POLL) -> int:
     """Wait for Ctrl-C/SIGTERM (exit 0) or for a program to die (exit 1)."""
-    while not stop.wait(0.5):
+    while not stop.requested:
+        time.sleep(poll)  # a signal runs its handler and the sleep goes on (PEP 475)
         for proc in procs:
             if proc.poll() is not None:
                 name = proc.args[3] if isinstance(proc.args, list) else proc.args
