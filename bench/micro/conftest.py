@@ -211,7 +211,7 @@ class Rig:
         ).encode(sid)
         self.receive(client, memoryview(connect))
         self.flush()
-        stream = client.conn.sends[sid].stream
+        stream = client.conn.sends[sid]
         agent = stream.agent.link
         assert isinstance(agent, Peer)
         assert stream.client is client.conn and stream.state is State.CONNECT_REQUEST
@@ -263,8 +263,8 @@ class Tunnel:
     def refill(self) -> None:
         """Reset the stream's credit both ways to 1 GiB (untimed setup only)."""
         assert self.client.conn is not None
-        stream = self.client.conn.sends[self.sid].stream
-        stream.up.room = stream.down.room = MAX_CREDIT // 2  # room for grants too
+        stream = self.client.conn.sends[self.sid]
+        stream.up_room = stream.down_room = MAX_CREDIT // 2  # room for grants too
 
     def ends(self, direction: str) -> tuple[Peer, FakeWSTransport]:
         """(source peer, destination transport) for "upstream" or "downstream"."""

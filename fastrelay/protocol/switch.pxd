@@ -31,26 +31,21 @@ cdef class Conn:
     cdef public object token
 
 
-cdef class Half:
-    cdef public Py_ssize_t held
-    cdef public object out
-    cdef public Py_ssize_t room
-    cdef public Stream stream
-
-
 cdef class Stream:
     cdef public Conn agent
     cdef public Conn client
-    cdef public Half down
+    cdef public Py_ssize_t down_held
+    cdef public Py_ssize_t down_room
     cdef public object open_frame
     cdef public double opened_at
     cdef public bint retried
     cdef public double sent_at
-    cdef public object session_id
+    cdef public object session
     cdef public object sid
     cdef public object state
     cdef public str target
-    cdef public Half up
+    cdef public Py_ssize_t up_held
+    cdef public Py_ssize_t up_room
 
 
 cdef class Switch:
@@ -82,6 +77,7 @@ cdef class Switch:
         data_bytes=Py_ssize_t,
         data_frames=Py_ssize_t,
         sends=dict,
-        half=Half,
+        stream=Stream,
+        is_client=bint,
     )
     cpdef receive(self, Conn src, message, double now)

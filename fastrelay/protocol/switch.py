@@ -214,8 +214,9 @@ class Conn:
         self.link = link
         self.token = token  # which configured token it authenticated with
         self.remote = remote  # the socket's peer address, for logs
-        # sid -> the half of the stream this connection sends on.
-        self.sends: dict[int, Half] = {}
+        # sid -> the streams this connection sends on (client_a: the ones it opened;
+        # an agent: the ones it carries).
+        self.sends: dict[int, Stream] = {}
         self.opening: dict[Stream, None] = {}  # opens sent (client_a) or given (agent), unanswered
         self.id_base = 0
         self.attached = False
@@ -232,54 +233,39 @@ class Conn:
         return f"<Conn {self.role} {self.pool} {self.remote} streams={len(self.sends)}>"
 
 
-class Half:
-    """One direction of a stream: who it goes to and how much it may still carry.
-
-    `room` is the credit the receiver granted while the stream's state lets
-    this direction carry data, and -1 otherwise (before the open succeeded,
-    after the direction's FIN, once closed): one comparison checks both.
-    Credit granted while the direction cannot carry data waits in `held`.
-
-    Every open stream has two, so each field costs 16 bytes per stream
-    (objects are allocated in 16-byte steps): the receiving connection is
-    `stream.agent` or `stream.client`, not a field of its own.
-
-    `stream` is None once the stream ended (`Switch._end`): a stream and its
-    halves point at each other, and that cycle would otherwise wait for the
-    garbage collector (three objects per open, bench/README.md). An ended
-    stream's halves are in no connection's `sends`, so the data path never
-    meets one.
-    """
-
-    __slots__ = ("held", "out", "room", "stream")
-
-    def __init__(self, stream: Stream, dest: Conn) -> None:
-        self.stream: Stream | None = stream
-        self.out = dest.out
-        self.room = -1
-        self.held = 0
-
-
 class Stream:
-    """One open stream at the relay. An idle one costs ~0.5 KB with its two
-    halves, its ids and the `sends` entries (bench scenario 5): no field holds
-    a container of its own, and `target` is shared between streams to the same
-    destination (`Switch.targets`). Its pool is its agent's (`agent.pool`):
-    an open only ever reaches an agent of the pool it names."""
+    """One open stream at the relay, with the credit each way.
+
+    `up_room` is the credit the agent granted for client_a's data and
+    `down_room` the credit client_a granted for the agent's, while the
+    stream's state lets that direction carry data, and -1 otherwise (before
+    the open succeeded, after the direction's FIN, once closed): one
+    comparison checks both. Credit granted while a direction cannot carry
+    data waits in `up_held` / `down_held`.
+
+    An idle one costs ~0.3 KB with its ids and the `sends` entries (bench
+    scenario 5). So the credit sits in the stream itself, not in an object
+    per direction (one was 64 bytes each), no field holds a container of its
+    own, and `target` is shared between streams to the same destination
+    (`Switch.targets`). Its pool is its agent's (`agent.pool`): an open only
+    ever reaches an agent of the pool it names.
+    """
 
     __slots__ = (
         "agent",
         "client",
-        "down",
+        "down_held",
+        "down_room",
         "open_frame",
         "opened_at",
         "retried",
         "sent_at",
-        "session_id",
+        "session",
         "sid",
         "state",
         "target",
-        "up",
+        "up_held",
+        "up_room",
     )
 
     def __init__(
@@ -293,18 +279,54 @@ class Stream:
         target: str,
     ) -> None:
         self.sid = sid
-        self.session_id = request.session_id
+        self.session = _compact_session(request.session_id)
         self.target = target  # "host:port", for the access log
         self.client = client
         self.agent = agent
         self.state = State.CONNECT_REQUEST if request.kind == FrameType.CONNECT else State.REQUEST
-        self.up = Half(self, agent)  # client_a -> agent, on the agent's credit
-        self.down = Half(self, client)  # agent -> client_a, on client_a's credit
-        self.down.held = request.window
+        self.up_room = -1  # client_a -> agent, on the agent's credit
+        self.up_held = 0
+        self.down_room = -1  # agent -> client_a, on client_a's credit
+        self.down_held = request.window
         self.open_frame = raw  # kept until answered: a retry sends it again
         self.opened_at = now
         self.sent_at = now  # when the current agent got the open
         self.retried = False
+
+    @property
+    def session_id(self) -> str:
+        """The open's sessionId, as client_a sent it."""
+        session = self.session
+        if isinstance(session, str):
+            return session
+        h = f"{session:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    @property
+    def live(self) -> bool:
+        """Not ended yet (`Switch._end` takes it out of client_a's `sends`)."""
+        return self.client.sends.get(self.sid) is self
+
+
+def _compact_session(session_id: str) -> str | int:
+    """A sessionId in the canonical text form of a UUID (lowercase, what
+    client_a sends) as its 128-bit value: an int of 48 bytes, where the
+    string is 96, on every open stream (bench scenario 5). Anything else is
+    kept as it came. `Stream.session_id` gives back the same text: only the
+    form that formatting the value reproduces exactly is compacted."""
+    if len(session_id) != 36 or not (
+        session_id[8] == session_id[13] == session_id[18] == session_id[23] == "-"
+    ):
+        return session_id
+    digits = (
+        session_id[:8] + session_id[9:13] + session_id[14:18] + session_id[19:23] + session_id[24:]
+    )
+    try:
+        value = int(digits, 16)
+    except ValueError:
+        return session_id
+    # int() also takes "+", "_" and spaces, and upper case: none of them round-trips.
+    return value if f"{value:032x}" == digits else session_id
 
 
 class StreamIdSlots:
@@ -494,9 +516,8 @@ class Switch:
         elif conn in self.agents:
             self.agents.remove(conn)
             self.pools[conn.pool].remove(conn)
-        for half in list(conn.sends.values()):
-            stream = half.stream
-            if stream is None:
+        for stream in list(conn.sends.values()):
+            if not stream.live:
                 continue  # ended meanwhile (a write above cut its other end off)
             # An open the agent never answered: client_a has been told nothing yet.
             opening = not conn.is_client and stream.state in _OPENING
@@ -556,6 +577,7 @@ class Switch:
             return
         src.last_rx = now
         sends = src.sends
+        is_client = src.is_client
         offset = 0
         run_out: Output | None = None  # the open run: message[run_start:offset] goes there
         run_start = 0
@@ -566,12 +588,20 @@ class Switch:
                     frame_type, _flags, sid, length = _unpack(message, offset)
                     end = offset + HEADER_SIZE + length
                     if frame_type == _TUNNEL_DATA and end <= total:
-                        half = sends.get(sid)
-                        if half is not None:
-                            room = half.room - length
+                        stream = sends.get(sid)
+                        if stream is not None:
+                            # Upstream on the agent's credit, downstream on client_a's.
+                            if is_client:
+                                room = stream.up_room - length
+                                if room >= 0:
+                                    stream.up_room = room
+                                    out = stream.agent.out
+                            else:
+                                room = stream.down_room - length
+                                if room >= 0:
+                                    stream.down_room = room
+                                    out = stream.client.out
                             if room >= 0:
-                                half.room = room
-                                out = half.out
                                 if out is not run_out:
                                     if run_out is not None:
                                         run_out.write(message[run_start:offset])
@@ -633,18 +663,16 @@ class Switch:
         elif frame_type == _RULES:
             PushedRules.decode(payload)  # as MEMBERS: only relays send it; nothing to do
             return end
-        half = src.sends.get(sid)
-        if half is None:
+        stream = src.sends.get(sid)
+        if stream is None:
             self.stats.dropped_unknown_stream += 1
             return end
-        stream = half.stream
-        assert stream is not None  # a half in `sends` belongs to a live stream
         raw = message[offset:end]
         try:
             if frame_type == _WINDOW_UPDATE:
                 # Credit from client_a is for downstream data, from the agent for upstream.
                 self._apply(stream, Event.WINDOW_DOWN if src.is_client else Event.WINDOW_UP)
-                _grant(stream.down if src.is_client else stream.up, increment)
+                _grant(stream, not src.is_client, increment)
                 self._send(stream.agent if src.is_client else stream.client, raw)
             elif frame_type == _CONNECT_RESPONSE:
                 self._answer(src, stream, response, raw, now)
@@ -663,15 +691,14 @@ class Switch:
     def _refused_data(self, src: Conn, sid: int, length: int, now: float) -> None:
         """TUNNEL_DATA the fast path did not forward: no such stream, a state
         that carries no data this way, or more than the receiver's credit."""
-        half = src.sends.get(sid)
-        if half is None:
+        stream = src.sends.get(sid)
+        if stream is None:
             self.stats.dropped_unknown_stream += 1
             return
-        stream = half.stream
-        assert stream is not None  # a half in `sends` belongs to a live stream
         accepts = ACCEPTS_DATA_UP if src.is_client else ACCEPTS_DATA_DOWN
         if stream.state in accepts:
-            exc = FlowControlError(f"{length} bytes of data with {half.room} bytes of credit")
+            room = stream.up_room if src.is_client else stream.down_room
+            exc = FlowControlError(f"{length} bytes of data with {room} bytes of credit")
             self._abort(stream, exc, now)
             return
         try:
@@ -755,7 +782,7 @@ class Switch:
                 targets.clear()
             shared = targets[target] = target
         stream = Stream(sid, request, src, agent, bytes(raw), now, shared)
-        src.sends[sid] = stream.up
+        src.sends[sid] = stream
         self.opening[stream] = None
         src.opening[stream] = None
         self._give(stream, agent, now)
@@ -764,8 +791,7 @@ class Switch:
         """Hand an open to `agent` (first or retried)."""
         stream.agent = agent
         stream.sent_at = now
-        stream.up.out = agent.out
-        agent.sends[stream.sid] = stream.down
+        agent.sends[stream.sid] = stream
         agent.opening[stream] = None
         self._send(agent, stream.open_frame)
 
@@ -826,7 +852,7 @@ class Switch:
         src.probation = False
         self.observer.open_answered(stream, now - stream.opened_at)
         if response.ok:
-            _grant(stream.up, response.window)
+            _grant(stream, True, response.window)
         self._send(stream.client, raw)
         if response.ok:
             self.stats.results["ok"] += 1
@@ -852,22 +878,27 @@ class Switch:
     def _apply(self, stream: Stream, event: Event) -> None:
         """The one place a stream's state changes, with the credit that follows."""
         state = stream.state = next_state(stream.state, event)
-        _sync(stream.up, state in ACCEPTS_DATA_UP)
-        _sync(stream.down, state in ACCEPTS_DATA_DOWN)
+        if state not in ACCEPTS_DATA_UP:
+            stream.up_room = -1
+        elif stream.up_room < 0:
+            stream.up_room, stream.up_held = stream.up_held, 0
+        if state not in ACCEPTS_DATA_DOWN:
+            stream.down_room = -1
+        elif stream.down_room < 0:
+            stream.down_room, stream.down_held = stream.down_held, 0
 
     def _end(self, stream: Stream, event: Event | None, now: float, result: str = "") -> None:
         """Forget a stream. `event` moves it to CLOSED (None: it is there);
         `result` is the outcome of an open that never opened."""
-        if stream.up.stream is None:
+        if not stream.live:
             return  # ended already: a write on its way here cut one of its connections off
         opening = stream in self.opening
         if event is not None and stream.state is not State.CLOSED:
             self._apply(stream, event)
         client, agent = stream.client, stream.agent
-        if client.sends.get(stream.sid) is stream.up:
-            del client.sends[stream.sid]
-        if agent.sends.get(stream.sid) is stream.down:
+        if agent.sends.get(stream.sid) is stream:
             del agent.sends[stream.sid]
+        del client.sends[stream.sid]  # not live from here on
         if opening:
             self._answered(stream)
         if not result:
@@ -879,9 +910,6 @@ class Switch:
             self.stats.results[result] += 1
             self.stats.pool_results[stream.agent.pool, result] += 1
         self.observer.stream_ended(stream, result, now - stream.opened_at)
-        # The halves let go of the stream: with no cycle left, reference counting frees
-        # all three when the caller drops the stream (not the next collection).
-        stream.up.stream = stream.down.stream = None
 
     def _send(self, conn: Conn, frames: bytes | memoryview) -> None:
         if not conn.failed:
@@ -933,21 +961,19 @@ class Switch:
         self._end(stream, Event.TIMEOUT, now)
 
 
-def _grant(half: Half, increment: int) -> None:
-    if half.room >= 0:
-        room = half.room + increment
-        if room > MAX_CREDIT:
-            raise FlowControlError("WINDOW_UPDATE overflows the credit window")
-        half.room = room
+def _grant(stream: Stream, up: bool, increment: int) -> None:
+    """Credit for one direction: usable now, or held until the state lets it carry data."""
+    room = stream.up_room if up else stream.down_room
+    usable = room >= 0
+    total = (room if usable else (stream.up_held if up else stream.down_held)) + increment
+    if total > MAX_CREDIT:
+        raise FlowControlError("WINDOW_UPDATE overflows the credit window")
+    if up:
+        if usable:
+            stream.up_room = total
+        else:
+            stream.up_held = total
+    elif usable:
+        stream.down_room = total
     else:
-        held = half.held + increment
-        if held > MAX_CREDIT:
-            raise FlowControlError("WINDOW_UPDATE overflows the credit window")
-        half.held = held
-
-
-def _sync(half: Half, carries: bool) -> None:
-    if not carries:
-        half.room = -1
-    elif half.room < 0:
-        half.room, half.held = half.held, 0
+        stream.down_held = total

@@ -3,10 +3,12 @@
 Each program raises the collector's gen0 threshold to 20,000 (lifecycle.tune_gc), so
 cyclic garbage waits long for a collection and the peak memory rises with it
 (bench/README.md, "Setup"). The relay's switch used to leave its `Stream` and both
-`Half`s of every ended stream in a cycle (a stream holds its halves, each half its
-stream): three objects per open. Here the switch and both endpoints' sessions open and
-end streams, in every way a stream can end, with the collector off; a collection
-afterwards must find (almost) nothing, whatever the number of streams.
+of its per-direction credit objects in a cycle for every ended stream (a stream held
+them, each held its stream): three objects per open. A stream and its connections
+still point at each other (`Conn.sends`) until the stream ends. Here the switch and
+both endpoints' sessions open and end streams, in every way a stream can end, with the
+collector off; a collection afterwards must find (almost) nothing, whatever the number
+of streams.
 """
 
 from __future__ import annotations
