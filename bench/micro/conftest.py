@@ -196,8 +196,8 @@ class Rig:
         """CONNECT from `client`, 200 from the agent the relay picked, both through
         `Switch.receive`; (stream id, agent)."""
         assert client.conn is not None
-        sid = client.conn.id_base + 1 + len(client.conn.sends)
-        assert sid not in client.conn.sends
+        sid = client.conn.id_base + 1 + len(client.conn.streams)
+        assert sid not in client.conn.streams
         session_id = f"bench-{self.next_session}"
         self.next_session += 1
         self.flush()  # whatever earlier messages left pending goes out before the recording
@@ -211,7 +211,7 @@ class Rig:
         ).encode(sid)
         self.receive(client, memoryview(connect))
         self.flush()
-        stream = client.conn.sends[sid]
+        stream = client.conn.streams[sid]
         agent = stream.agent.link
         assert isinstance(agent, Peer)
         assert stream.client is client.conn and stream.state is State.CONNECT_REQUEST
@@ -263,7 +263,7 @@ class Tunnel:
     def refill(self) -> None:
         """Reset the stream's credit both ways to 1 GiB (untimed setup only)."""
         assert self.client.conn is not None
-        stream = self.client.conn.sends[self.sid]
+        stream = self.client.conn.streams[self.sid]
         stream.up_room = stream.down_room = MAX_CREDIT // 2  # room for grants too
 
     def ends(self, direction: str) -> tuple[Peer, FakeWSTransport]:

@@ -43,7 +43,7 @@ def _check_stream_untouched(tunnel: Any) -> None:
     stats = tunnel.relay.switch.stats
     assert stats.dropped_unknown_stream == 0
     assert not stats.protocol_errors
-    assert tunnel.client.conn.sends[tunnel.sid].state is State.TUNNELING
+    assert tunnel.client.conn.streams[tunnel.sid].state is State.TUNNELING
 
 
 def test_forward_one_64k_frame(benchmark: Benchmark, tunnel: Any, direction: str) -> None:

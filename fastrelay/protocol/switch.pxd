@@ -10,6 +10,7 @@ from fastrelay.protocol.frames cimport read_frame
 
 cdef class Conn:
     cdef public bint attached
+    cdef public Py_ssize_t carried
     cdef public Py_ssize_t data_bytes
     cdef public Py_ssize_t data_frames
     cdef public bint draining
@@ -26,8 +27,8 @@ cdef class Conn:
     cdef public str remote
     cdef public str role
     cdef public bint rules
-    cdef public dict sends
     cdef public bint stalled
+    cdef public dict streams
     cdef public object token
 
 
@@ -58,6 +59,7 @@ cdef class Switch:
     cdef public dict pools
     cdef public object per_token
     cdef public object slots
+    cdef public list owners
     cdef public dict opening
     cdef public object members
     cdef public bint draining
@@ -76,7 +78,11 @@ cdef class Switch:
         frame_type=int,
         data_bytes=Py_ssize_t,
         data_frames=Py_ssize_t,
-        sends=dict,
+        streams=dict,
+        owners=list,
+        owner=Conn,
+        shift=Py_ssize_t,
+        slot=Py_ssize_t,
         stream=Stream,
         is_client=bint,
     )

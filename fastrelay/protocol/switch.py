@@ -175,6 +175,7 @@ class Conn:
 
     __slots__ = (
         "attached",
+        "carried",
         "data_bytes",
         "data_frames",
         "draining",
@@ -191,8 +192,8 @@ class Conn:
         "remote",
         "role",
         "rules",
-        "sends",
         "stalled",
+        "streams",
         "token",
     )
 
@@ -214,9 +215,10 @@ class Conn:
         self.link = link
         self.token = token  # which configured token it authenticated with
         self.remote = remote  # the socket's peer address, for logs
-        # sid -> the streams this connection sends on (client_a: the ones it opened;
-        # an agent: the ones it carries).
-        self.sends: dict[int, Stream] = {}
+        # client_a: sid -> the streams it opened. An agent's streams are found
+        # through their client_a's (`Switch.owners`): one entry per stream, not two.
+        self.streams: dict[int, Stream] = {}
+        self.carried = 0  # an agent: the streams it carries
         self.opening: dict[Stream, None] = {}  # opens sent (client_a) or given (agent), unanswered
         self.id_base = 0
         self.attached = False
@@ -230,7 +232,8 @@ class Conn:
         self.probation = False  # an open timed out or moved away: one open in flight at most
 
     def __repr__(self) -> str:
-        return f"<Conn {self.role} {self.pool} {self.remote} streams={len(self.sends)}>"
+        count = len(self.streams) if self.is_client else self.carried
+        return f"<Conn {self.role} {self.pool} {self.remote} streams={count}>"
 
 
 class Stream:
@@ -243,7 +246,7 @@ class Stream:
     comparison checks both. Credit granted while a direction cannot carry
     data waits in `up_held` / `down_held`.
 
-    An idle one costs ~0.3 KB with its ids and the `sends` entries (bench
+    An idle one costs ~0.3 KB with its ids and its entry in `Conn.streams` (bench
     scenario 5). So the credit sits in the stream itself, not in an object
     per direction (one was 64 bytes each), no field holds a container of its
     own, and `target` is shared between streams to the same destination
@@ -304,8 +307,8 @@ class Stream:
 
     @property
     def live(self) -> bool:
-        """Not ended yet (`Switch._end` takes it out of client_a's `sends`)."""
-        return self.client.sends.get(self.sid) is self
+        """Not ended yet (`Switch._end` takes it out of client_a's `streams`)."""
+        return self.client.streams.get(self.sid) is self
 
 
 def _compact_session(session_id: str) -> str | int:
@@ -383,6 +386,9 @@ class Switch:
         self.pools: dict[str, list[Conn]] = {DEFAULT_POOL: []}
         self.per_token: Counter[tuple[str, int]] = Counter()
         self.slots = StreamIdSlots()
+        # A stream-id range's index (sid >> SLOT_BITS) -> the client_a that holds it:
+        # how a frame from an agent finds its stream (512 KiB, once per relay).
+        self.owners: list[Conn | None] = [None] * SLOT_COUNT
         self.opening: dict[Stream, None] = {}  # every unanswered open, oldest first
         # "host:port" -> itself: streams to one destination share one string (an idle
         # stream's largest field after its session id); cleared when full.
@@ -438,6 +444,7 @@ class Switch:
         if conn.is_client:
             assert base is not None
             conn.id_base = base
+            self.owners[base >> SLOT_BITS] = conn
             self.clients[conn] = None
             hello = Hello(
                 self.instance_id,
@@ -483,6 +490,7 @@ class Switch:
         self.stats.closed_frames[conn.role] += conn.data_frames
         conn.data_bytes = conn.data_frames = 0
         if conn.is_client:
+            self.owners[conn.id_base >> SLOT_BITS] = None
             self.slots.release(conn.id_base)
 
     def fail(self, conn: Conn, exc: ProtocolError, now: float) -> None:
@@ -516,7 +524,7 @@ class Switch:
         elif conn in self.agents:
             self.agents.remove(conn)
             self.pools[conn.pool].remove(conn)
-        for stream in list(conn.sends.values()):
+        for stream in self._streams_of(conn):
             if not stream.live:
                 continue  # ended meanwhile (a write above cut its other end off)
             # An open the agent never answered: client_a has been told nothing yet.
@@ -553,7 +561,24 @@ class Switch:
 
     @property
     def active_streams(self) -> int:
-        return sum(len(c.sends) for c in self.clients)
+        return sum(len(c.streams) for c in self.clients)
+
+    def _streams_of(self, conn: Conn) -> list[Stream]:
+        """The streams `conn` sends on. An agent's are in every client_a's
+        `streams`: a walk of all streams, on an agent's disconnect only."""
+        if conn.is_client:
+            return list(conn.streams.values())
+        return [s for c in self.clients for s in c.streams.values() if s.agent is conn]
+
+    def _stream(self, src: Conn, sid: int) -> Stream | None:
+        """Stream `sid` if `src` sends on it (`receive` inlines this)."""
+        if src.is_client:
+            return src.streams.get(sid)
+        owner = self.owners[sid >> SLOT_BITS]  # the client_a whose range it is in
+        if owner is None:
+            return None
+        stream = owner.streams.get(sid)
+        return stream if stream is not None and stream.agent is src else None
 
     # --- the hot path ---
 
@@ -576,7 +601,9 @@ class Switch:
             )
             return
         src.last_rx = now
-        sends = src.sends
+        streams = src.streams  # client_a's own; an agent's are in their client_a's
+        owners = self.owners
+        shift = SLOT_BITS
         is_client = src.is_client
         offset = 0
         run_out: Output | None = None  # the open run: message[run_start:offset] goes there
@@ -588,28 +615,35 @@ class Switch:
                     frame_type, _flags, sid, length = _unpack(message, offset)
                     end = offset + HEADER_SIZE + length
                     if frame_type == _TUNNEL_DATA and end <= total:
-                        stream = sends.get(sid)
-                        if stream is not None:
-                            # Upstream on the agent's credit, downstream on client_a's.
-                            if is_client:
+                        # Upstream on the agent's credit, downstream on client_a's
+                        # (as `_stream`; `slot` is a C integer when compiled).
+                        room = -1
+                        if is_client:
+                            stream = streams.get(sid)
+                            if stream is not None:
                                 room = stream.up_room - length
                                 if room >= 0:
                                     stream.up_room = room
                                     out = stream.agent.out
-                            else:
-                                room = stream.down_room - length
-                                if room >= 0:
-                                    stream.down_room = room
-                                    out = stream.client.out
-                            if room >= 0:
-                                if out is not run_out:
-                                    if run_out is not None:
-                                        run_out.write(message[run_start:offset])
-                                    run_out, run_start = out, offset
-                                data_bytes += length
-                                data_frames += 1
-                                offset = end
-                                continue
+                        else:
+                            slot = sid
+                            owner = owners[slot >> shift]
+                            if owner is not None:
+                                stream = owner.streams.get(sid)
+                                if stream is not None and stream.agent is src:
+                                    room = stream.down_room - length
+                                    if room >= 0:
+                                        stream.down_room = room
+                                        out = stream.client.out
+                        if room >= 0:
+                            if out is not run_out:
+                                if run_out is not None:
+                                    run_out.write(message[run_start:offset])
+                                run_out, run_start = out, offset
+                            data_bytes += length
+                            data_frames += 1
+                            offset = end
+                            continue
                 # Anything else goes through the codec's walker, in order.
                 if run_out is not None:
                     run_out.write(message[run_start:offset])
@@ -663,7 +697,7 @@ class Switch:
         elif frame_type == _RULES:
             PushedRules.decode(payload)  # as MEMBERS: only relays send it; nothing to do
             return end
-        stream = src.sends.get(sid)
+        stream = self._stream(src, sid)
         if stream is None:
             self.stats.dropped_unknown_stream += 1
             return end
@@ -691,7 +725,7 @@ class Switch:
     def _refused_data(self, src: Conn, sid: int, length: int, now: float) -> None:
         """TUNNEL_DATA the fast path did not forward: no such stream, a state
         that carries no data this way, or more than the receiver's credit."""
-        stream = src.sends.get(sid)
+        stream = self._stream(src, sid)
         if stream is None:
             self.stats.dropped_unknown_stream += 1
             return
@@ -723,7 +757,7 @@ class Switch:
         request = OpenStream.decode(kind, payload)
         if not src.id_base <= sid < src.id_base + SLOT_SIZE:
             raise ProtocolError(f"stream id {sid} is outside the range this relay assigned")
-        if sid in src.sends:
+        if sid in src.streams:
             raise ProtocolError(f"stream id {sid} is already open")
         limits = self.limits
         refusal: Failure | None = None
@@ -731,7 +765,7 @@ class Switch:
         agent = None
         if self.draining:
             refusal, why = Failure.DRAINING, "relay is shutting down"
-        elif len(src.sends) >= limits.streams_per_connection:
+        elif len(src.streams) >= limits.streams_per_connection:
             self.stats.limits["streams_per_connection"] += 1
             refusal = Failure.STREAM_LIMIT
             why = (
@@ -757,7 +791,7 @@ class Switch:
                         refusal, why = Failure.NO_POOL_AGENT, f"no agent in pool {pool!r}"
                 else:
                     refusal, why = Failure.AGENT_BUSY, "every agent is busy or not answering"
-                    if all(len(a.sends) >= limits.streams_per_agent for a in serving):
+                    if all(a.carried >= limits.streams_per_agent for a in serving):
                         self.stats.limits["streams_per_agent"] += 1
                     elif all(len(a.opening) >= limits.opens_per_agent for a in serving):
                         self.stats.limits["opens_per_agent"] += 1
@@ -782,7 +816,7 @@ class Switch:
                 targets.clear()
             shared = targets[target] = target
         stream = Stream(sid, request, src, agent, bytes(raw), now, shared)
-        src.sends[sid] = stream
+        src.streams[sid] = stream
         self.opening[stream] = None
         src.opening[stream] = None
         self._give(stream, agent, now)
@@ -791,7 +825,7 @@ class Switch:
         """Hand an open to `agent` (first or retried)."""
         stream.agent = agent
         stream.sent_at = now
-        agent.sends[stream.sid] = stream
+        agent.carried += 1
         agent.opening[stream] = None
         self._send(agent, stream.open_frame)
 
@@ -805,7 +839,7 @@ class Switch:
             return False
         stream.retried = True
         self.stats.open_retries += 1
-        old.sends.pop(stream.sid, None)
+        old.carried -= 1
         old.opening.pop(stream, None)
         if not old.failed:
             old.probation = True
@@ -830,7 +864,7 @@ class Switch:
             opening = len(agent.opening)
             if opening >= limits.opens_per_agent or (agent.probation and opening):
                 continue
-            streams = len(agent.sends)
+            streams = agent.carried
             if streams >= limits.streams_per_agent:
                 continue
             load = streams + opening * (OPEN_WEIGHT - 1)
@@ -896,9 +930,8 @@ class Switch:
         if event is not None and stream.state is not State.CLOSED:
             self._apply(stream, event)
         client, agent = stream.client, stream.agent
-        if agent.sends.get(stream.sid) is stream:
-            del agent.sends[stream.sid]
-        del client.sends[stream.sid]  # not live from here on
+        agent.carried -= 1
+        del client.streams[stream.sid]  # not live from here on
         if opening:
             self._answered(stream)
         if not result:

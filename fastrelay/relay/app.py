@@ -45,7 +45,7 @@ def _plural(n: int, word: str) -> str:
 def drain_state(relay: Relay) -> str:
     """What a shutdown waits for, e.g. '3 tunnels on 2 client_a connections'."""
     clients = relay.clients
-    busy = sum(1 for conn in clients if conn.sends)
+    busy = sum(1 for conn in clients if conn.streams)
     text = f"{_plural(relay.active_streams, 'tunnel')} on {_plural(busy, 'client_a connection')}"
     if len(clients) > busy:
         text += f" (and {len(clients) - busy} idle, closing)"

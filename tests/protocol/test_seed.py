@@ -170,7 +170,7 @@ def test_close_both_ways_reaches_closed_and_forgets_the_session() -> None:
     rig.run()
     assert rig.messages[-1] == {"type": "TUNNEL_CLOSE", "sessionId": SID}
     assert rig.machine.sessions == {}
-    assert rig.conn.sends == {}
+    assert rig.conn.streams == {}
 
 
 def test_refused_target_gets_the_seeds_502() -> None:
@@ -278,7 +278,7 @@ def test_data_before_the_200_aborts_that_session() -> None:
         "sessionId": SID,
         "error": "TUNNEL_DATA is not allowed in state CONNECT_REQUEST",
     }
-    assert rig.conn.sends == {}  # the switch forgot the stream too
+    assert rig.conn.streams == {}  # the switch forgot the stream too
 
 
 @pytest.mark.parametrize(
@@ -497,7 +497,7 @@ def test_any_sequence_gives_valid_messages_or_a_seed_error(steps: list[tuple[str
             assert len(messages[0]) == message["length"]
             messages.pop(0)
     # The machine and the switch agree on what is open.
-    assert {s.sid for s in rig.machine.sessions.values()} == set(rig.conn.sends)
+    assert {s.sid for s in rig.machine.sessions.values()} == set(rig.conn.streams)
 
 
 @settings(max_examples=200, deadline=None)

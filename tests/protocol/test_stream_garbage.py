@@ -5,7 +5,7 @@ cyclic garbage waits long for a collection and the peak memory rises with it
 (bench/README.md, "Setup"). The relay's switch used to leave its `Stream` and both
 of its per-direction credit objects in a cycle for every ended stream (a stream held
 them, each held its stream): three objects per open. A stream and its connections
-still point at each other (`Conn.sends`) until the stream ends. Here the switch and
+still point at each other (`Conn.streams`) until the stream ends. Here the switch and
 both endpoints' sessions open and end streams, in every way a stream can end, with the
 collector off; a collection afterwards must find (almost) nothing, whatever the number
 of streams.
@@ -197,12 +197,12 @@ def test_streams_ended_while_their_connection_is_released_end_once() -> None:
         request = OpenStream(FrameType.CONNECT, f"s{i}", "t", 1)
         switch.receive(client, memoryview(request.encode(sid)), 1.0)
         switch.receive(agent, memoryview(ConnectResponse(f"s{i}", 200).encode(sid)), 1.0)
-    assert len(client.sends) == 3
+    assert len(client.streams) == 3 and agent.carried == 3
     agent_io.switch, agent_io.victim = switch, agent
     switch.detach(client, 1.0)
-    assert agent.failed and not client.sends and not agent.sends
+    assert agent.failed and not client.streams and not agent.carried
     assert len(ended) == 3 and len(set(map(id, ended))) == 3
     spare = Conn("agent", _Cuts(), _Cuts())
     switch.attach(spare, 1.0)
     assert not any(switch._move(stream, 1.0) for stream in ended)  # type: ignore[arg-type]
-    assert not spare.sends and not spare.opening
+    assert not spare.carried and not spare.opening

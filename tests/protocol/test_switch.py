@@ -346,7 +346,8 @@ def test_an_agent_that_leaves_mid_open_hands_its_opens_to_another() -> None:
     leaving.answers = staying.answers = False
     sids = [client.open() for _ in range(4)]
     staying.answers = True
-    mine = [sid for sid in sids if sid in pair.switch.agents[0].sends]
+    first = pair.switch.agents[0]
+    mine = [sid for sid in sids if client.conn.streams[sid].agent is first]
     pair.disconnect(leaving)
     pair.run()
     assert mine

@@ -92,7 +92,7 @@ def _run(switch: Switch, plan: list[tuple[Conn, list[bytes]]]) -> None:
 
 
 def _streams(switch: Switch) -> list[Stream]:
-    return [stream for conn in switch.clients for stream in conn.sends.values()]
+    return [stream for conn in switch.clients for stream in conn.streams.values()]
 
 
 def test_an_idle_stream_holds_no_container_and_shares_its_target() -> None:

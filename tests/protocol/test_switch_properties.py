@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from fastrelay.protocol.frames import FrameType, encode_frame
 from fastrelay.protocol.pair import Endpoint, Pair
-from fastrelay.protocol.switch import SLOT_SIZE, Limits
+from fastrelay.protocol.switch import SLOT_BITS, SLOT_SIZE, Limits
 
 KiB = 1024
 LIMITS = Limits(
@@ -75,6 +75,20 @@ def check_budget(pair: Pair) -> None:
     for endpoint in pair.endpoints:
         if endpoint.closed is None:
             assert endpoint.wire.peak <= LIMITS.connection_buffer + LIMITS.max_message
+
+
+def check_books(pair: Pair) -> None:
+    """The switch's own records agree: each agent's count of the streams it carries
+    (they live in their client_a's `streams` only) and the stream-id range owners."""
+    switch = pair.switch
+    live = [s for c in switch.clients for s in c.streams.values()]
+    for agent in switch.agents:
+        assert agent.carried == sum(1 for s in live if s.agent is agent)
+    assert all(s.agent in switch.agents for s in live)
+    for client in switch.clients:
+        assert switch.owners[client.id_base >> SLOT_BITS] is client
+    for i, owner in enumerate(switch.owners):
+        assert owner is None or (owner.attached and owner.id_base == i << SLOT_BITS)
 
 
 @settings(
@@ -137,6 +151,7 @@ def test_arbitrary_traffic_keeps_every_promise(actions: list[tuple]) -> None:
             left.add(act[1])
             pair.disconnect(ends[act[1]])
         check_budget(pair)
+        check_books(pair)
 
     # A peer's bad input closes only that peer.
     for i, endpoint in enumerate(ends):
@@ -171,7 +186,8 @@ def test_arbitrary_traffic_keeps_every_promise(actions: list[tuple]) -> None:
     assert pair.switch.active_streams == 0
     assert not pair.switch.opening
     for conn in pair.switch.agents:
-        assert not conn.sends and not conn.opening
+        assert not conn.carried and not conn.opening
+    check_books(pair)
     for endpoint in ends:
         if endpoint.closed is None and not endpoint.is_client:
             assert not endpoint.streams
