@@ -26,7 +26,9 @@ done once per open by one or two of the three programs:
 - open_encode / open_decode: a CONNECT frame's OpenStream, as client_a writes it and as
   the relay and the agent read it;
 - answer_encode / answer_decode: a CONNECT_RESPONSE of 200, as the agent writes it and
-  as the relay and client_a read it.
+  as the relay and client_a read it;
+- switch_open: one stream's whole life in the relay's switch, I/O left out: client_a's
+  CONNECT, the agent's CONNECT_RESPONSE, a FIN each way (the stream ends).
 
 Instructions are not seconds (a cache miss costs more than an add), but for the
 interpreter-bound per-message path they follow CPU time closely.
@@ -53,6 +55,7 @@ SCENARIOS = (
     "open_decode",
     "answer_encode",
     "answer_decode",
+    "switch_open",
 )
 REFILL_EVERY = 1000  # ops between credit refills (untimed in the micro-benchmarks)
 
@@ -137,12 +140,51 @@ def _open_op(kind: str) -> tuple[Callable[[], None], Callable[[], None]]:
     return op, lambda: None
 
 
+def _switch_op(kind: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    from fastrelay.protocol.frames import FrameType, encode_frame
+    from fastrelay.protocol.messages import ConnectResponse, OpenStream, new_session_id
+    from fastrelay.protocol.switch import Conn, Limits, Switch
+
+    class Sink:
+        def write(self, frames: bytes | bytearray | memoryview) -> None:
+            pass
+
+        def close(self, code: int, reason: str) -> None:
+            raise AssertionError(f"closed {code} {reason}")
+
+        def ping(self) -> None:
+            pass
+
+    switch = Switch(Limits(), "icount")
+    client, agent = Conn("client", Sink(), Sink()), Conn("agent", Sink(), Sink())
+    assert switch.attach(client, 1.0) and switch.attach(agent, 1.0)
+    sid, session_id = client.id_base + 1, new_session_id()
+    request = OpenStream(FrameType.CONNECT, session_id, "127.0.0.2", 9000, headers={})
+    steps = [
+        (client, memoryview(request.encode(sid, 4 * 1024 * 1024))),
+        (agent, memoryview(ConnectResponse(session_id, 200, window=4 * 1024 * 1024).encode(sid))),
+        (client, memoryview(encode_frame(FrameType.FIN, sid, b""))),
+        (agent, memoryview(encode_frame(FrameType.FIN, sid, b""))),
+    ]
+    receive = switch.receive
+
+    def op() -> None:
+        for conn, message in steps:
+            receive(conn, message, 1.0)
+
+    op()
+    assert switch.stats.results["ok"] == 1 and not switch.active_streams  # answered, ended
+    return op, lambda: None
+
+
 def run_ops(scenario: str, ops: int) -> None:
     """The child: build the rig, run `ops` operations, exit."""
     if scenario.startswith("relay"):
         build = _relay_op
     elif scenario.startswith("endpoint"):
         build = _endpoint_op
+    elif scenario == "switch_open":
+        build = _switch_op
     else:
         build = _open_op
     op, refill = build(scenario)

@@ -32,15 +32,29 @@ cdef class Conn:
     cdef public object token
 
 
+@cython.locals(
+    i=Py_ssize_t,
+    code=long,
+    digit=long,
+    hi="unsigned long long",
+    lo="unsigned long long",
+    high=object,
+)
+cpdef object _compact_session(str session_id)
+
+
+cdef class Pending:
+    cdef public bytes frame
+    cdef public bint retried
+    cdef public double sent_at
+
+
 cdef class Stream:
     cdef public Conn agent
     cdef public Conn client
     cdef public Py_ssize_t down_held
     cdef public Py_ssize_t down_room
-    cdef public object open_frame
     cdef public double opened_at
-    cdef public bint retried
-    cdef public double sent_at
     cdef public object session
     cdef public object sid
     cdef public object state

@@ -1,5 +1,5 @@
-"""bench/icount.py's open scenarios drive the real codec: each one, run a few times
-in-process (no callgrind), does its work."""
+"""bench/icount.py's open scenarios drive the real codec and the real switch: each
+one, run a few times in-process (no callgrind), does its work."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 
 from bench import icount
 
-OPEN_SCENARIOS = [name for name in icount.SCENARIOS if name.startswith(("open_", "answer_"))]
+OPEN_SCENARIOS = [
+    name for name in icount.SCENARIOS if name.startswith(("open_", "answer_", "switch_"))
+]
 
 
 def test_the_open_scenarios_are_listed() -> None:
@@ -17,6 +19,7 @@ def test_the_open_scenarios_are_listed() -> None:
         "open_decode",
         "answer_encode",
         "answer_decode",
+        "switch_open",
     ]
 
 
