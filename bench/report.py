@@ -568,6 +568,15 @@ def write(data: dict, out: Path) -> str:
         + ", ".join(f"{topo}: {procs}" for topo, procs in data["processes"].items())
         + ".",
         *(f"Skipped peer {topo}: {why}." for topo, why in data.get("skipped", {}).items()),
+        *(
+            [
+                "The chain's hot path: "
+                + ", ".join(f"{k} {v}" for k, v in data["hot_path"].items())
+                + "."
+            ]
+            if data.get("hot_path")
+            else []
+        ),
         "",
     ]
     quick = bool(data.get("quick"))

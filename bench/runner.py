@@ -161,9 +161,16 @@ async def run(
         for topo in topologies.values():
             topo.stop()
         target.stop()
+    fastrelay = topologies.get("fastrelay")
     return {
         "results": results,
         "processes": {n: t.describe() for n, t in topologies.items()} | {"target": target.pid},
+        # compiled or python, per program (bench/topology.py refuses a mixed one)
+        "hot_path": {
+            p.name: p.ready["hotpath"] for p in fastrelay.processes if "hotpath" in p.ready
+        }
+        if fastrelay is not None
+        else {},
         "skipped": skipped,
     }
 

@@ -241,6 +241,7 @@ def chain(
         topo = Topology("fastrelay", _addr(client.ready["listen"]), True, started, client_token)
         _wait_ready([agent.ready["admin"], client.ready["admin"]])
         _check_loop(started)
+        _check_hot_path(started)
         return topo
     except BaseException:
         for proc in reversed(started):  # never leave half a chain running
@@ -272,6 +273,17 @@ def _check_loop(started: list[Process]) -> None:
     loops = {p.name: p.ready["loop"] for p in started if "loop" in p.ready}
     if wanted and set(loops.values()) != {wanted}:
         raise RuntimeError(f"{ENV}={wanted}, but the chain runs on {loops}")
+
+
+def _check_hot_path(started: list[Process]) -> None:
+    """A program whose ready line says its hot path is "mixed" runs a module from source
+    beside compiled ones: a build older than its source (an edit since `make hotpath`).
+    That measures neither the compiled nor the interpreted code, so the bench stops."""
+    modes = {p.name: p.ready["hotpath"] for p in started if "hotpath" in p.ready}
+    if "mixed" in modes.values():
+        raise RuntimeError(
+            f"the chain's hot path is {modes}: a build older than its source; run make hotpath"
+        )
 
 
 def _wait_ready(admins: list[str], timeout: float = 15.0) -> None:

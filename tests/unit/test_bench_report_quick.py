@@ -46,3 +46,10 @@ def test_full_run_judges_the_targets(tmp_path: Path) -> None:
     text = report.write(DATA, tmp_path)
     assert "Quick mode" not in text
     assert table(text)[0].endswith("| **no** |") and table(text)[1].endswith("| yes |")
+
+
+def test_the_summary_names_the_chains_hot_path(tmp_path: Path) -> None:
+    modes = {"relay": "compiled", "agent": "compiled", "client_a": "python"}
+    text = report.write({**DATA, "hot_path": modes}, tmp_path)
+    assert "The chain's hot path: relay compiled, agent compiled, client_a python." in text
+    assert "hot path" not in report.write(DATA, tmp_path)  # nothing recorded, nothing said
