@@ -143,20 +143,11 @@ def _open_op(kind: str) -> tuple[Callable[[], None], Callable[[], None]]:
 def _switch_op(kind: str) -> tuple[Callable[[], None], Callable[[], None]]:
     from fastrelay.protocol.frames import FrameType, encode_frame
     from fastrelay.protocol.messages import ConnectResponse, OpenStream, new_session_id
+    from fastrelay.protocol.pair import Discard
     from fastrelay.protocol.switch import Conn, Limits, Switch
 
-    class Sink:
-        def write(self, frames: bytes | bytearray | memoryview) -> None:
-            pass
-
-        def close(self, code: int, reason: str) -> None:
-            raise AssertionError(f"closed {code} {reason}")
-
-        def ping(self) -> None:
-            pass
-
     switch = Switch(Limits(), "icount")
-    client, agent = Conn("client", Sink(), Sink()), Conn("agent", Sink(), Sink())
+    client, agent = Conn("client", Discard(), Discard()), Conn("agent", Discard(), Discard())
     assert switch.attach(client, 1.0) and switch.attach(agent, 1.0)
     sid, session_id = client.id_base + 1, new_session_id()
     request = OpenStream(FrameType.CONNECT, session_id, "127.0.0.2", 9000, headers={})

@@ -76,6 +76,20 @@ class Wire:
         self.pings += 1
 
 
+class Discard:
+    """The switch's `Output` and `Link` for a connection nobody reads (memory and
+    instruction counts): frames are dropped, and a close is a failure."""
+
+    def write(self, frames: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def close(self, code: int, reason: str) -> None:
+        raise AssertionError(f"closed {code} {reason}")
+
+    def ping(self) -> None:
+        pass
+
+
 class MemorySocket:
     """A stream's local socket, in memory: it reads whatever arrives at once."""
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from fastrelay import hotpath
 from fastrelay.protocol.frames import FrameType, encode_frame
 from fastrelay.protocol.messages import ConnectResponse, OpenStream, new_session_id
+from fastrelay.protocol.pair import Discard
 from fastrelay.protocol.switch import Conn, Limits, Stream, Switch
 
 NOW = 1.0
@@ -44,30 +45,17 @@ WINDOW = 4 * 1024 * 1024  # client_a's and the agent's default window
 MAX_BYTES_PER_IDLE_STREAM = {"compiled": 250, "python": 320, "mixed": 320}
 
 
-class _Sink:
-    """Output and Link of one connection: frames are dropped."""
-
-    def write(self, frames: bytes | bytearray | memoryview) -> None:
-        pass
-
-    def close(self, code: int, reason: str) -> None:
-        raise AssertionError(f"closed {code} {reason}")
-
-    def ping(self) -> None:
-        pass
-
-
 def _idle_switch(streams: int, clients: int) -> tuple[Switch, list[tuple[Conn, list[bytes]]]]:
     """A switch with `clients` client_a connections and one agent, and for each
     client the messages that open `streams / clients` streams, answer them and
     send one byte each way (as scenario 5 does), built before anything is measured."""
     switch = Switch(Limits(), "relay-test")
-    agent = Conn("agent", _Sink(), _Sink())
+    agent = Conn("agent", Discard(), Discard())
     switch.attach(agent, NOW)
     plan = []
     rng = random.Random(streams)
     for _ in range(clients):
-        conn = Conn("client", _Sink(), _Sink())
+        conn = Conn("client", Discard(), Discard())
         switch.attach(conn, NOW)
         messages = []
         for i in range(streams // clients):
@@ -161,7 +149,7 @@ _UUID_LIKE = st.builds(
 
 
 def _stream(session_id: str) -> Stream:
-    conn = Conn("client", _Sink(), _Sink())
+    conn = Conn("client", Discard(), Discard())
     request = OpenStream(FrameType.CONNECT, session_id, "127.0.0.1", TARGET_PORT)
     return Stream(1, request, conn, conn, NOW, "127.0.0.1:1")
 
