@@ -14,6 +14,8 @@ The scenarios drive the real code with the micro-benchmarks' socket-free rigs
 
 - relay_data: one WebSocket message of one 100 B TUNNEL_DATA frame, through the relay's
   `Peer.on_ws_frame` (a picows WSFrame, the switch, the MuxWriter flush), upstream;
+- relay_data_down: the same downstream, from the agent to client_a (a frame from an agent
+  finds its stream through the client_a that holds its stream-id range);
 - relay_window_update: the same with one WINDOW_UPDATE (the control path);
 - endpoint_receive: one message of one 100 B frame handed to an endpoint's carrier
   (read_frame, the stream, the write to its socket, the flush);
@@ -47,6 +49,7 @@ from collections.abc import Callable
 
 SCENARIOS = (
     "relay_data",
+    "relay_data_down",
     "relay_window_update",
     "endpoint_receive",
     "endpoint_read",
@@ -70,12 +73,15 @@ def _relay_op(kind: str) -> tuple[Callable[[], None], Callable[[], None]]:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     tunnel = Tunnel(Rig(loop))
-    if kind == "relay_data":
-        payload = encode_frame(FrameType.TUNNEL_DATA, tunnel.sid, b"x" * 100)
-    else:
+    if kind == "relay_window_update":
         payload = encode_window_update(tunnel.sid, 4096)
+    else:
+        payload = encode_frame(FrameType.TUNNEL_DATA, tunnel.sid, b"x" * 100)
     frame = _make_test_ws_frame(WSMsgType.BINARY, payload, True, False)
-    peer, transport = tunnel.client, tunnel.client_t
+    if kind == "relay_data_down":
+        peer, transport = tunnel.agent, tunnel.agent_t
+    else:
+        peer, transport = tunnel.client, tunnel.client_t
     on_ws_frame = peer.on_ws_frame
 
     def op() -> None:
@@ -189,6 +195,10 @@ def count(scenario: str, ops: int, pure: bool) -> int:
     """Instructions callgrind collected for a child running `ops` operations."""
     env = dict(os.environ)
     env.pop("FASTRELAY_PURE_PYTHON", None)
+    # String hashing is randomised per process, and dict layouts with it: unseeded, the
+    # two runs' set-up differs by up to a few million instructions, which is +-1,000 per
+    # operation at --ops 3000. One seed for both runs takes that out.
+    env.setdefault("PYTHONHASHSEED", "0")
     if pure:
         env["FASTRELAY_PURE_PYTHON"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
