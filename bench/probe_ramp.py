@@ -16,7 +16,9 @@ repeat:
   any stall show;
 - how many slices the ramp took to first reach 90 % of the median of the rest, and the
   median after it;
-- the window growths both endpoints counted during it (`fastrelay_window_growths_total`).
+- what the three programs counted during it: senders out of credit (`flow_control_stalls`),
+  receivers aiming a window higher (`window_growths`), connections paused for their write
+  buffer (`backpressure_pauses`).
 
 Scenario 11 gives one figure per transfer; this shows where within it the time goes. Used for
 bench/README.md's notes on scenario 11.
@@ -39,7 +41,9 @@ from fastrelay import eventloop
 from fastrelay.config import size_bytes
 
 MB = 1_000_000
-GROWTHS = "fastrelay_window_growths_total"
+# Where a stream waits: its sender out of credit, its receiver aiming the window higher,
+# a whole connection paused for its write buffer.
+COUNTERS = ("flow_control_stalls", "window_growths", "backpressure_pauses")
 
 
 def _cpu_times() -> list[int]:
@@ -47,13 +51,19 @@ def _cpu_times() -> list[int]:
         return [int(x) for x in fh.readline().split()[1:]]
 
 
-def _growths(procs: list[Process]) -> int:
-    total = 0.0
+def _counters(procs: list[Process]) -> dict[str, float]:
+    """COUNTERS summed per program: {"client_a window_growths": n, ...}."""
+    out: dict[str, float] = {}
     for proc in procs:
         admin = proc.ready.get("admin")
-        if proc.name in ("client_a", "agent") and admin:
-            total += sum(v for (name, _), v in scrape(admin).items() if name == GROWTHS)
-    return int(total)
+        if proc.name not in ("client_a", "relay", "agent") or not admin:
+            continue
+        for (name, _), value in scrape(admin).items():
+            short = name.removeprefix("fastrelay_").removesuffix("_total")
+            if short in COUNTERS:
+                key = f"{proc.name} {short}"
+                out[key] = out.get(key, 0.0) + value
+    return out
 
 
 async def _pump(tunnel: Tunnel, n: int, sent: list[int]) -> None:
@@ -147,15 +157,17 @@ async def main_async(args: argparse.Namespace) -> int:
             f" slices of {args.slice_ms:g} ms; logs in {log_dir}"
         )
         for rep in range(args.repeats):
-            before = _growths(fr.processes)
+            before = _counters(fr.processes)
             slice_s = args.slice_ms / 1000
             got = await one(fr, port, args.direction, args.bytes, slice_s, args.timeout)
-            grew = _growths(fr.processes) - before
+            after = _counters(fr.processes)
+            changed = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k)}
             took, steady = ramp(got["slices"])
             print(
                 f"repeat {rep + 1}: {got['MBps']:.0f} MB/s, idle CPU {got['idle']:.0%},"
-                f" ramp {took} slices to 90 % of {steady:.0f} MB/s, window growths {grew}"
+                f" ramp {took} slices to 90 % of {steady:.0f} MB/s"
             )
+            print("  counters: " + ", ".join(f"{k} +{v:g}" for k, v in sorted(changed.items())))
             print("  MB/s per slice: " + " ".join(f"{v:.0f}" for v in got["slices"]))
     finally:
         if fr is not None:
