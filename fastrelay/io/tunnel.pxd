@@ -13,3 +13,9 @@ cdef class StreamSocket(FastProtocol):
     cdef public object owner
     cdef public object transport
     cdef public object sock
+
+
+cdef class _LoopSocket:
+    cdef public Py_ssize_t fd
+    cdef public object stream
+    cdef public object transport

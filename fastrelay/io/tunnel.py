@@ -169,8 +169,15 @@ class StreamSocket(FastProtocol):
         self.stream.socket_resumed_writing()
 
 
-class LoopStreamSocket(asyncio.BufferedProtocol):
-    """The TCP socket of a stream on a transport of the event loop's own
+class _LoopSocket:
+    """What LoopStreamSocket does, as a C extension type when this module is
+    compiled (fastrelay/io/tunnel.pxd): uvloop calls `get_buffer` and
+    `buffer_updated` through bound methods it looks up once, and the stream
+    calls `write`, so each read and each write of a tunnel's target socket is
+    a C call rather than a Python frame. LoopStreamSocket adds the asyncio
+    protocol class that the stdlib loop's transports look for.
+
+    The TCP socket of a stream on a transport of the event loop's own
     (uvloop's, in C; the agent's target side): hands every event to the
     stream, and is the stream's `Socket`.
 
@@ -184,7 +191,7 @@ class LoopStreamSocket(asyncio.BufferedProtocol):
     Reading starts paused; the stream resumes it when it may send.
     """
 
-    __slots__ = ("fd", "stream", "transport")
+    __slots__ = ("fd", "stream", "transport")  # interpreted; tunnel.pxd when compiled
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
@@ -254,3 +261,12 @@ class LoopStreamSocket(asyncio.BufferedProtocol):
 
     def resume_reading(self) -> None:
         self.transport.resume_reading()  # type: ignore[union-attr]
+
+
+class LoopStreamSocket(_LoopSocket, asyncio.BufferedProtocol):
+    """The TCP socket of a stream on a transport of the event loop's own
+    (uvloop's, in C; the agent's target side): `_LoopSocket` with the asyncio
+    protocol class, which the stdlib loop's transports check for to read into
+    `get_buffer` (uvloop looks for the method itself)."""
+
+    __slots__ = ()
