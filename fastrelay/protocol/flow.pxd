@@ -1,6 +1,9 @@
 # Cython declarations for flow.py when compiled (fastrelay/hotpath.py): the
 # credit windows as C extension types. flow.py stays the whole implementation.
 
+cpdef Py_ssize_t update_threshold(Py_ssize_t window)
+
+
 cdef class SendWindow:
     cdef public Py_ssize_t available
 

@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastrelay.protocol.errors import FlowControlError
-from fastrelay.protocol.flow import CreditPool, RecvWindow, SendWindow
+from fastrelay.protocol.flow import (
+    UPDATE_STEP,
+    CreditPool,
+    RecvWindow,
+    SendWindow,
+    update_threshold,
+)
 from fastrelay.protocol.frames import FrameType, encode_frame
 from fastrelay.protocol.messages import DEFAULT_WINDOW
 from fastrelay.protocol.pair import Pair
@@ -69,6 +75,38 @@ def test_recv_window_starts_full() -> None:
 @pytest.mark.parametrize(("size", "threshold"), [(1, 1), (3, 1), (4, 1), (7, 1), (8, 2), (100, 25)])
 def test_recv_window_threshold_is_a_quarter_at_least_one(size: int, threshold: int) -> None:
     assert RecvWindow(size).update_threshold == threshold
+
+
+@given(st.integers(min_value=1, max_value=2**31 - 1))
+def test_recv_window_batches_a_quarter_of_its_window_up_to_the_step(size: int) -> None:
+    """A receiver holds back at most a quarter of its window, and never more than
+    UPDATE_STEP however far the window grew (a quarter of 32 MiB is 8 MiB held back on
+    every round trip of a long path)."""
+    threshold = RecvWindow(size).update_threshold
+    assert 1 <= threshold <= max(1, size // 4)
+    assert threshold <= UPDATE_STEP
+    assert threshold == update_threshold(size)
+    if size // 4 <= UPDATE_STEP:
+        assert threshold == max(1, size // 4)
+
+
+def test_a_grown_window_returns_credit_in_steps() -> None:
+    """A window grown to 32 MiB (the default --max-window) announces credit every 2 MiB
+    drained, not every 8 MiB."""
+    pool = CreditPool(budget=64 << 20, max_streams=1, want=4 << 20, max_window=32 << 20)
+    window = RecvWindow(pool.open())
+    assert window.update_threshold == 1 << 20  # a quarter of the 4 MiB it opened with
+    for _ in range(3):  # the sender ran out three times while this end kept up: 4 -> 32 MiB
+        sent = window.outstanding
+        window.received(sent)
+        window.grow(pool)
+        window.release(sent, pool, now=True)  # the pool lets it grow to its target
+    assert window.window == 32 << 20
+    assert window.update_threshold == UPDATE_STEP
+    window.received(UPDATE_STEP - 1)
+    assert window.release(UPDATE_STEP - 1, pool) == 0  # below the step: held
+    window.received(1)
+    assert window.release(1, pool) >= UPDATE_STEP  # the step reached: announced
 
 
 def test_recv_window_counts_received_bytes() -> None:
