@@ -1,6 +1,8 @@
-"""CPU instructions per round trip of one program of the real chain, under callgrind.
+"""CPU instructions per round trip, or per open, of one program of the real chain, under
+callgrind.
 
     PYTHONPATH=$PWD .venv/bin/python -m bench.icount_chain client [--count 2000] [--size 100]
+    PYTHONPATH=$PWD .venv/bin/python -m bench.icount_chain client --opens [--count 500]
 
 Starts the target and the chain as `python -m bench` does (bench/topology.py), with the
 chosen program (`relay`, `agent` or `client`) under `valgrind --tool=callgrind`, opens one
@@ -11,6 +13,11 @@ by the round trips. Unlike bench.icount's socket-free rigs this is the whole pro
 aiofastnet, picows, the event loop's dispatch) on real sockets; like it, the count hardly
 moves with whatever else runs on the machine (two runs of the same code: within 0.3 %).
 Kernel time is not counted. `--keep DIR` keeps the callgrind file for callgrind_annotate.
+
+`--opens` counts whole tunnels instead, one at a time: CONNECT and its 200, one `--size`
+exchange (64 B by default there), close (50 unmeasured first). It is the per-open cost of
+scenario 3 without its concurrency (50 opens in flight batch some frames there), so it
+moves only with the code.
 """
 
 from __future__ import annotations
@@ -34,28 +41,39 @@ PROGRAMS = ("relay", "agent", "client")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("program", choices=PROGRAMS)
-    parser.add_argument("--count", type=int, default=2000, help="round trips counted")
-    parser.add_argument("--size", type=int, default=100, help="bytes per message")
+    parser.add_argument("--count", type=int, help="round trips (2000) or opens (500) counted")
+    parser.add_argument("--size", type=int, help="bytes per message (100; 64 with --opens)")
+    parser.add_argument("--opens", action="store_true", help="count whole tunnels, not messages")
     parser.add_argument("--keep", type=Path, help="copy the callgrind file here")
     args = parser.parse_args(argv)
+    count = args.count or (500 if args.opens else 2000)
+    size = args.size or (64 if args.opens else 100)
+    if count < 1 or size < 1:
+        parser.error("--count and --size must be positive")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind (callgrind) is needed", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        total = asyncio.run(measure(args.program, args.count, args.size, out))
+        total = asyncio.run(measure(args.program, count, size, out, args.opens))
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)
             for part in Path(tmp).glob("callgrind.out*"):
                 shutil.copy(part, args.keep / part.name)
-    print(
-        f"{args.program}: {total / args.count:,.0f} instructions per round trip "
-        f"({args.count} round trips of {args.size} B)"
-    )
+    if args.opens:
+        print(
+            f"{args.program}: {total / count:,.0f} instructions per open "
+            f"({count} tunnels one at a time: CONNECT, one {size} B exchange, close)"
+        )
+    else:
+        print(
+            f"{args.program}: {total / count:,.0f} instructions per round trip "
+            f"({count} round trips of {size} B)"
+        )
     return 0
 
 
-async def measure(program: str, count: int, size: int, out: Path) -> int:
+async def measure(program: str, count: int, size: int, out: Path, opens: bool = False) -> int:
     spawn = topology.spawn_ready
     pids: list[int] = []
 
@@ -74,24 +92,39 @@ async def measure(program: str, count: int, size: int, out: Path) -> int:
     chain = None
     try:
         chain = topology.chain(log_dir)
-        tunnel = await open_tunnel(chain, port)
-        tunnel.request(b"E")
-        expected = 0
-
-        async def round_trips(n: int) -> None:
-            nonlocal expected
-            for _ in range(n):
-                await tunnel.send(size)
-                expected += size
-                await tunnel.until_received(expected, timeout=60)
-
-        await round_trips(100)
         control = ["callgrind_control", "-z", str(pids[0])]
-        subprocess.run(control, check=True, capture_output=True)
-        await round_trips(count)
+        if opens:
+
+            async def tunnels(n: int) -> None:
+                for _ in range(n):
+                    one = await open_tunnel(chain, port, timeout=60)
+                    one.request(b"E")
+                    await one.send(size)
+                    await one.until_received(size, timeout=60)
+                    one.close()
+                    await asyncio.wait_for(one.closed, 60)
+
+            await tunnels(50)
+            subprocess.run(control, check=True, capture_output=True)
+            await tunnels(count)
+        else:
+            tunnel = await open_tunnel(chain, port)
+            tunnel.request(b"E")
+            expected = 0
+
+            async def round_trips(n: int) -> None:
+                nonlocal expected
+                for _ in range(n):
+                    await tunnel.send(size)
+                    expected += size
+                    await tunnel.until_received(expected, timeout=60)
+
+            await round_trips(100)
+            subprocess.run(control, check=True, capture_output=True)
+            await round_trips(count)
+            tunnel.close()
         control[1] = "-d"
         subprocess.run(control, check=True, capture_output=True)
-        tunnel.close()
     finally:
         topology.spawn_ready = spawn
         if chain is not None:
