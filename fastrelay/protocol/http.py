@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httptools
 
@@ -52,10 +52,12 @@ class ProxyRequest:
     url: str
     headers: dict[str, str]
     head: bytes
+    # Set from `method` when made (and by dataclasses.replace): client_a asks it ~7 times
+    # per open, and a property is a Python call each time.
+    is_connect: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def is_connect(self) -> bool:
-        return self.method == "CONNECT"
+    def __post_init__(self) -> None:
+        self.is_connect = self.method == "CONNECT"
 
 
 class OriginFormRequest(HttpError):
@@ -182,7 +184,8 @@ class _HeadReader:
         before the start-line included. Every call ends after at most one
         search and one feed: it cannot spin however the bytes arrive.
         """
-        if self.done:
+        head = self.head  # its fields, not this reader's properties: a Python call each
+        if head.done:
             raise RuntimeError(f"the {self._what} head is already complete")
         self.buf += data
         if self._start is None and not self._find_start():
@@ -200,7 +203,7 @@ class _HeadReader:
             pass  # CONNECT/Upgrade: llhttp pauses after the head, where we stopped anyway
         except httptools.HttpParserError as exc:
             raise HttpError(self._bad, f"malformed {self._what} head: {exc}") from None
-        if match is None and self.done:
+        if match is None and head.done:
             # llhttp ended the head without the blank line this reader looks for: an
             # HTTP/0.9 request line (no version, so no fields) ends at its LF. Waiting for
             # more would feed llhttp after the end (RuntimeError on the next read).
@@ -215,7 +218,7 @@ class _HeadReader:
             assert start is not None  # _find_start() set it before the scan
             self._scan = max(start, len(self.buf) - 3)
             return None
-        if not self.done:
+        if not head.done:
             # The start-line is not blank, so its first blank line ends the head.
             raise HttpError(
                 self._bad,
@@ -301,8 +304,9 @@ class RequestHeadParser:
         version = parser.get_http_version()
         if version not in ("1.0", "1.1"):
             raise HttpError(400, f"HTTP/{version} is not supported; send HTTP/1.1")
-        url = reader.url.decode("latin-1")
-        headers = _joined_headers(reader.fields)
+        got = reader.head
+        url = got.url.decode("latin-1")
+        headers = _joined_headers(got.fields)
         if method == "CONNECT":
             host, port = _target(url, None, f"CONNECT target must be host:port, got {url!r}")
             return ProxyRequest(
@@ -314,7 +318,7 @@ class RequestHeadParser:
             reason = f"origin-form request target {url!r}: {hint}"
             raise OriginFormRequest(method, url, lowered, reason)
         try:
-            parsed = httptools.parse_url(reader.url)
+            parsed = httptools.parse_url(got.url)
         except httptools.HttpParserInvalidURLError:
             raise HttpError(400, f"invalid request URL {url!r}") from None
         scheme = (parsed.schema or b"").decode("latin-1").lower()
@@ -329,7 +333,7 @@ class RequestHeadParser:
         # Host is replaced by the URL's authority (RFC 9112 3.2.2), hop-by-hop
         # fields end here, and `Connection: close` makes upstream end the
         # exchange after one response.
-        kept = _strip_hop_by_hop(reader.fields, _REQUEST_HOP_BY_HOP | {"host"})
+        kept = _strip_hop_by_hop(got.fields, _REQUEST_HOP_BY_HOP | {"host"})
         line = f"{method} ".encode() + target + f" HTTP/{version}\r\nHost: {authority}\r\n".encode()
         head = line + _render_fields(kept) + b"Connection: close\r\n\r\n"
         return ProxyRequest(method, host, port, url, headers, head)
