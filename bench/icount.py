@@ -79,14 +79,19 @@ def _relay_op(kind: str) -> tuple[Callable[[], None], Callable[[], None]]:
         payload = encode_frame(FrameType.TUNNEL_DATA, tunnel.sid, b"x" * 100)
     frame = _make_test_ws_frame(WSMsgType.BINARY, payload, True, False)
     if kind == "relay_data_down":
-        peer, transport = tunnel.agent, tunnel.agent_t
+        peer, transport, dest = tunnel.agent, tunnel.agent_t, tunnel.client_t
     else:
-        peer, transport = tunnel.client, tunnel.client_t
+        peer, transport, dest = tunnel.client, tunnel.client_t, tunnel.agent_t
     on_ws_frame = peer.on_ws_frame
 
     def op() -> None:
         on_ws_frame(transport, frame)
 
+    # The frame went through to the other side, whole (a check, before anything is counted).
+    tunnel.refill()
+    dest.reset()
+    op()
+    assert dest.sends == 1 and dest.nbytes == len(payload), (dest.sends, dest.nbytes)
     return op, tunnel.refill
 
 
