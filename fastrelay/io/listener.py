@@ -44,6 +44,7 @@ import errno
 import logging
 import os
 import resource
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -87,11 +88,18 @@ class _Guard:
     """Stands in for a listening socket in aiofastnet's accept loop, which
     calls only its accept() and fileno()."""
 
-    __slots__ = ("address", "direct", "loop", "server", "sock")
+    __slots__ = ("address", "direct", "kind", "loop", "server", "sock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, server: Any, sock: Any) -> None:
         self.loop, self.server, self.sock = loop, server, sock
         self.address = format_address(sock.getsockname())
+        # What `accept` makes each connection's socket of: the family, type and protocol
+        # as plain ints, once (socket.socket's properties convert them to enums per call).
+        self.kind = (
+            (int(sock.family), int(sock.type), int(sock.proto))
+            if hasattr(sock, "_accept")
+            else None
+        )
         self.direct = (
             _Transport is not None
             and all(hasattr(server, name) for name in _SERVER_PARTS)
@@ -129,8 +137,15 @@ class _Guard:
             server._attach(transport)
 
     def accept(self) -> tuple[Any, Any]:
+        """The next connection. `socket.accept` reads the listening socket's `family` and
+        `type`, which `socket.socket` converts to enums on every read; the guard knows
+        them as ints already (bench/README.md, "Instructions per open")."""
         try:
-            return self.sock.accept()
+            kind = self.kind
+            if kind is None:  # not a socket.socket: whatever its accept() gives
+                return self.sock.accept()
+            fd, addr = self.sock._accept()
+            return socket.socket(kind[0], kind[1], kind[2], fd), addr
         except OSError as exc:
             if exc.errno not in OUT_OF_RESOURCES:
                 raise

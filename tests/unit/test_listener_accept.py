@@ -4,6 +4,7 @@ leaves each transport tracked by its Server, as aiofastnet's accept loop does.""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 import uvloop
@@ -67,3 +68,52 @@ def test_the_guard_accepts_itself_without_tls() -> None:
         return direct
 
     assert uvloop.run(main())
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_the_guard_accepts_a_socket_like_socket_accept_would(family: int, host: str) -> None:
+    """The guard makes each connection's socket from the listener's family, type and
+    protocol kept as ints: a `socket.socket` with the same attributes as `accept()`'s,
+    connected to the peer, which aiofastnet and picows (get_extra_info("socket")) need."""
+    with socket.socket(family, socket.SOCK_STREAM) as server:
+        server.bind((host, 0))
+        server.listen()
+        guard = listener._Guard(None, object(), server)  # type: ignore[arg-type]
+        with socket.create_connection(server.getsockname()[:2]) as peer:
+            conn, addr = guard.accept()
+            with conn:
+                assert type(conn) is socket.socket
+                assert (conn.family, conn.type, conn.proto) == (
+                    server.family,
+                    server.type,
+                    server.proto,
+                )
+                assert addr == peer.getsockname()
+                assert conn.getpeername() == peer.getsockname()
+                peer.sendall(b"ping")
+                assert conn.recv(4) == b"ping"
+
+
+def test_a_listener_without_the_c_accept_goes_through_its_own_accept() -> None:
+    """A listening socket that is not a socket.socket (a wrapper): its accept() as it is."""
+
+    class Wrapper:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+            self.family, self.type, self.proto = sock.family, sock.type, sock.proto
+
+        def getsockname(self) -> tuple[str, int]:
+            return self.sock.getsockname()  # type: ignore[no-any-return]
+
+        def accept(self) -> tuple[socket.socket, object]:
+            return self.sock.accept()
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        guard = listener._Guard(None, object(), Wrapper(server))  # type: ignore[arg-type]
+        assert guard.kind is None
+        with socket.create_connection(server.getsockname()) as peer:
+            conn, _ = guard.accept()
+            with conn:
+                assert conn.getpeername() == peer.getsockname()
