@@ -39,6 +39,7 @@ accepting resumes, so the listener alone never eats the last few.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import logging
@@ -82,6 +83,16 @@ def _refill_reserve() -> None:
 def _release_reserve() -> None:
     while _reserve:
         os.close(_reserve.pop())
+
+
+class _Accepted(socket.socket):
+    """A connection's socket whose `family` and `type` read as the ints they are (the C
+    socket's own attributes), where `socket.socket` converts them to enums on every read:
+    aiofastnet's transport reads them for each connection it is made for (set_nodelay)."""
+
+    __slots__ = ()
+    family = _socket.socket.family  # type: ignore[assignment]
+    type = _socket.socket.type  # type: ignore[assignment]
 
 
 class _Guard:
@@ -145,7 +156,7 @@ class _Guard:
             if kind is None:  # not a socket.socket: whatever its accept() gives
                 return self.sock.accept()
             fd, addr = self.sock._accept()
-            return socket.socket(kind[0], kind[1], kind[2], fd), addr
+            return _Accepted(kind[0], kind[1], kind[2], fd), addr
         except OSError as exc:
             if exc.errno not in OUT_OF_RESOURCES:
                 raise

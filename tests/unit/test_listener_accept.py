@@ -73,8 +73,9 @@ def test_the_guard_accepts_itself_without_tls() -> None:
 @pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
 def test_the_guard_accepts_a_socket_like_socket_accept_would(family: int, host: str) -> None:
     """The guard makes each connection's socket from the listener's family, type and
-    protocol kept as ints: a `socket.socket` with the same attributes as `accept()`'s,
-    connected to the peer, which aiofastnet and picows (get_extra_info("socket")) need."""
+    protocol kept as ints: a `socket.socket` with the same attributes as `accept()`'s
+    (as ints), connected to the peer, which aiofastnet and picows
+    (get_extra_info("socket")) need."""
     with socket.socket(family, socket.SOCK_STREAM) as server:
         server.bind((host, 0))
         server.listen()
@@ -82,7 +83,8 @@ def test_the_guard_accepts_a_socket_like_socket_accept_would(family: int, host: 
         with socket.create_connection(server.getsockname()[:2]) as peer:
             conn, addr = guard.accept()
             with conn:
-                assert type(conn) is socket.socket
+                assert isinstance(conn, socket.socket)
+                assert type(conn.family) is int  # read as the C socket's int: no enum
                 assert (conn.family, conn.type, conn.proto) == (
                     server.family,
                     server.type,
