@@ -101,9 +101,14 @@ load_control = _load
 control_field = _field
 
 
+_MAX_WINDOW = 2**31 - 1
+# `decode`'s stand-in for an absent "headers": told apart from a message's own {} by identity.
+_NO_HEADERS: dict[str, str] = {}
+
+
 def _window(doc: dict[str, Any], frame_type: FrameType) -> int:
     window = _field(doc, "window", int, frame_type, DEFAULT_WINDOW)
-    if not 1 <= window <= 2**31 - 1:
+    if not 1 <= window <= _MAX_WINDOW:
         raise ControlMessageError(f"{frame_type.name} window {window} is out of range")
     return int(window)
 
@@ -139,10 +144,43 @@ class OpenStream:
     @classmethod
     def decode(cls, kind: FrameType, payload: bytes | memoryview) -> OpenStream:
         doc = _load(payload, kind)
+        # Every open passes here at the relay and at the agent. The fast path
+        # takes a message whose fields all have their types (by `type() is`: a
+        # JSON document holds no subclasses, and an int test that way refuses
+        # bools too); anything else goes the field-by-field way, which names
+        # the field at fault. Both give the same message or the same error.
+        url = doc.get("url")
+        session_id = doc.get("sessionId")
+        method = doc.get("method")
+        headers = doc.get("headers", _NO_HEADERS)
+        window = doc.get("window", DEFAULT_WINDOW)
+        pool = doc.get("pool", DEFAULT_POOL)
+        if (
+            type(url) is not str
+            or type(session_id) is not str
+            or type(method) is not str
+            or type(headers) is not dict
+            or type(window) is not int
+            or not 1 <= window <= _MAX_WINDOW
+            or (pool is not DEFAULT_POOL and (type(pool) is not str or pool_error(pool)))
+        ):
+            return cls._decode_fields(kind, doc)
+        for value in headers.values():  # the keys of a JSON object are strings
+            if type(value) is not str:
+                return cls._decode_fields(kind, doc)
+        host, port = split_url(url, kind)
+        if headers is _NO_HEADERS:
+            headers = {}
+        return cls(kind, session_id, host, port, method, url, headers, window, pool)
+
+    @classmethod
+    def _decode_fields(cls, kind: FrameType, doc: dict[str, Any]) -> OpenStream:
+        """`decode` field by field: the first field at fault raises its own error."""
         url = _field(doc, "url", str, kind)
         headers = _field(doc, "headers", dict, kind, {})
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-            raise ControlMessageError(f"{kind.name} headers must map strings to strings")
+        for name, value in headers.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise ControlMessageError(f"{kind.name} headers must map strings to strings")
         host, port = split_url(url, kind)
         pool = DEFAULT_POOL
         if "pool" in doc:  # most opens name no pool: no look-up, no match for them
@@ -196,6 +234,28 @@ class ConnectResponse:
     def decode(cls, payload: bytes | memoryview) -> ConnectResponse:
         kind = FrameType.CONNECT_RESPONSE
         doc = _load(payload, kind)
+        # As OpenStream.decode: typed fields the fast way, anything else field by field.
+        session_id = doc.get("sessionId")
+        status = doc.get("statusCode")
+        error = doc.get("error")
+        window = doc.get("window", DEFAULT_WINDOW)
+        reason = doc.get("reason")
+        if (
+            type(session_id) is not str
+            or type(status) is not int
+            or not 100 <= status <= 599
+            or (error is not None and type(error) is not str)
+            or type(window) is not int
+            or not 1 <= window <= _MAX_WINDOW
+            or (reason is not None and type(reason) is not str)
+        ):
+            return cls._decode_fields(doc)
+        return cls(session_id, status, error, window, reason)
+
+    @classmethod
+    def _decode_fields(cls, doc: dict[str, Any]) -> ConnectResponse:
+        """`decode` field by field: the first field at fault raises its own error."""
+        kind = FrameType.CONNECT_RESPONSE
         status = _field(doc, "statusCode", int, kind)
         if not 100 <= status <= 599:
             raise ControlMessageError(f"CONNECT_RESPONSE statusCode {status} is not an HTTP status")
@@ -374,10 +434,12 @@ def split_authority(authority: str, default_port: int | None = None) -> tuple[st
         if default_port is None:
             raise ValueError(f"missing port in {authority!r}")
         port = default_port
-    elif not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
-        raise ValueError(f"bad port in {authority!r}")
     else:
+        if not (port_text.isascii() and port_text.isdigit()):
+            raise ValueError(f"bad port in {authority!r}")
         port = int(port_text)
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port in {authority!r}")
     if not host:
         raise ValueError(f"empty host in {authority!r}")
     return host, port
@@ -392,10 +454,18 @@ _AUTHORITY_END = re.compile(r"[/?#]")
 def split_url(url: str, kind: FrameType = FrameType.CONNECT) -> tuple[str, int]:
     """The (host, port) of 'scheme://authority[/path]'."""
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in _DEFAULT_PORTS:
-        raise ControlMessageError(f"{kind.name} url {url!r} is not http(s)://host[:port]")
-    authority = _AUTHORITY_END.split(rest, 1)[0].rpartition("@")[2]
+    default_port = _DEFAULT_PORTS.get(scheme) if sep else None
+    if default_port is None:  # no scheme, another one, or one in capitals
+        if not sep or scheme.lower() not in _DEFAULT_PORTS:
+            raise ControlMessageError(f"{kind.name} url {url!r} is not http(s)://host[:port]")
+        default_port = _DEFAULT_PORTS[scheme.lower()]
+    # A CONNECT's url is scheme://host:port: the regular expression and the
+    # userinfo cut run only for a url with more than that.
+    if "/" in rest or "?" in rest or "#" in rest:
+        rest = _AUTHORITY_END.split(rest, 1)[0]
+    if "@" in rest:
+        rest = rest.rpartition("@")[2]
     try:
-        return split_authority(authority, _DEFAULT_PORTS[scheme.lower()])
+        return split_authority(rest, default_port)
     except ValueError as exc:
         raise ControlMessageError(f"{kind.name} url: {exc}") from None

@@ -823,6 +823,9 @@ json_scalars = st.one_of(
         ]
     ),
 )
+windows_near_bounds = st.sampled_from([0, 1, 2**31 - 1, 2**31, True, None, 1.5]) | st.integers(
+    min_value=1, max_value=2**31 - 1
+)
 # One level of nesting reaches every check (headers maps, instance lists);
 # st.recursive costs several times as much per example.
 json_values = st.one_of(
@@ -892,6 +895,94 @@ def test_control_decoders_json_objects_round_trip(
     if message is not None:
         # Anything a decoder accepts, its encoder writes back to the same values.
         assert decode(kind, reencoded(kind, message)) == stable_after_encoding(message)
+
+
+def outcome(decoder: Callable[[], Any]) -> Any:
+    """A decoder's message, or the text of the ControlMessageError it raised."""
+    try:
+        return decoder()
+    except ControlMessageError as exc:
+        return f"error: {exc}"
+
+
+def mostly(valid: st.SearchStrategy[Any], wrong: st.SearchStrategy[Any]) -> Any:
+    """`valid` three times in four, roughly: one_of picks its branches evenly."""
+    return st.one_of(valid, valid, valid, wrong)
+
+
+# The open's fields, with a pool: each one usually well typed (so the fast path
+# takes a good share of the messages), sometimes absent or wrong, with values near
+# each check.
+open_docs = st.fixed_dictionaries(
+    {
+        "sessionId": mostly(st.text(max_size=4), json_values),
+        "method": mostly(st.sampled_from(["CONNECT", "GET"]), json_scalars),
+        "url": mostly(
+            st.sampled_from(["https://a.example:443", "HTTP://A:1", "https://u@h:8/p"]),
+            json_scalars,
+        ),
+    },
+    optional={
+        "headers": mostly(
+            st.dictionaries(st.text(max_size=4), st.text(max_size=4)),
+            st.dictionaries(st.text(max_size=4), json_scalars, min_size=1) | json_values,
+        ),
+        "window": windows_near_bounds,
+        "pool": mostly(st.sampled_from(["default", "eu-1", "Bad!", ""]), json_scalars),
+    },
+)
+answer_docs = st.fixed_dictionaries(
+    {
+        "sessionId": mostly(st.text(max_size=4), json_values),
+        "statusCode": mostly(st.sampled_from([99, 100, 200, 502, 599, 600, True]), json_scalars),
+    },
+    optional={
+        "error": mostly(st.text(max_size=4), json_scalars),
+        "window": windows_near_bounds,
+        "reason": mostly(st.text(max_size=4), json_scalars),
+    },
+)
+
+
+VALID_OPEN = {"sessionId": "s", "method": "CONNECT", "url": "https://h:1", "headers": {}}
+
+
+@PROPERTY
+@given(st.sampled_from(sorted(OPEN_FRAMES)), open_docs, answer_docs)
+@example(FrameType.CONNECT, VALID_OPEN, {"sessionId": "s", "statusCode": 200})
+@example(FrameType.CONNECT, VALID_OPEN | {"pool": "eu-1", "window": 9}, {"statusCode": 200})
+@example(FrameType.CONNECT, VALID_OPEN | {"pool": None}, {"sessionId": "s", "statusCode": True})
+@example(FrameType.CONNECT, VALID_OPEN | {"url": "ftp://h"}, {"sessionId": "s", "error": None})
+@example(
+    FrameType.REQUEST,
+    VALID_OPEN | {"window": 0},
+    {"sessionId": "s", "statusCode": 200, "window": 2**31},
+)
+@example(
+    FrameType.CONNECT,
+    VALID_OPEN | {"headers": {"a": 1}},
+    {"sessionId": "s", "statusCode": 200, "reason": 7},
+)
+@example(
+    FrameType.CONNECT,
+    VALID_OPEN | {"pool": "Bad!"},
+    {"sessionId": "s", "statusCode": 200, "error": 5},
+)
+def test_control_decoders_fast_path_agrees_with_field_by_field(
+    kind: FrameType, open_doc: dict[str, Any], answer_doc: dict[str, Any]
+) -> None:
+    # OpenStream and ConnectResponse decode a well-typed message the fast way; whatever
+    # they take that way, the field-by-field decoder gives the same message or error.
+    payload = orjson.dumps({"type": kind.name} | open_doc)
+    fields = orjson.loads(payload)
+    assert outcome(lambda: OpenStream.decode(kind, payload)) == outcome(
+        lambda: OpenStream._decode_fields(kind, fields)
+    )
+    payload = orjson.dumps({"type": "CONNECT_RESPONSE"} | answer_doc)
+    fields = orjson.loads(payload)
+    assert outcome(lambda: ConnectResponse.decode(payload)) == outcome(
+        lambda: ConnectResponse._decode_fields(fields)
+    )
 
 
 short_text = st.text(max_size=10)
