@@ -75,9 +75,7 @@ def encode_frame(frame_type: int, stream_id: int, payload: bytes = b"", flags: i
 
 
 def encode_window_update(stream_id: int, increment: int) -> bytes:
-    return HEADER.pack(FrameType.WINDOW_UPDATE, 0, stream_id, 4) + WINDOW_UPDATE_BODY.pack(
-        increment
-    )
+    return HEADER.pack(_WINDOW_UPDATE, 0, stream_id, 4) + WINDOW_UPDATE_BODY.pack(increment)
 
 
 def check_header(frame_type: int, stream_id: int, length: int, available: int) -> None:

@@ -100,6 +100,34 @@ class End(enum.Enum):
     LOST = "lost"  # the relay connection under it ended
 
 
+# Enum members bound to module names for the functions below. On Python 3.11 each
+# `Enum.MEMBER` inside a function goes through EnumType.__getattr__'s slot hook,
+# ~850 instructions compiled (3.12 dropped the hook), and client_a made ~30 such
+# look-ups per open; a module global is a dict look-up.
+_HELLO = int(FrameType.HELLO)
+_GOAWAY = int(FrameType.GOAWAY)
+_MEMBERS = int(FrameType.MEMBERS)
+_RULES = int(FrameType.RULES)
+_CONNECT = int(FrameType.CONNECT)
+_REQUEST = int(FrameType.REQUEST)
+_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
+_FIN = int(FrameType.FIN)
+_TUNNEL_ERROR = int(FrameType.TUNNEL_ERROR)
+_CONNECT_RESPONSE = int(FrameType.CONNECT_RESPONSE)
+_S_REQUEST = State.REQUEST
+_S_CONNECT_REQUEST = State.CONNECT_REQUEST
+_E_RESPONSE_OK = Event.RESPONSE_OK
+_E_RESPONSE_FAIL = Event.RESPONSE_FAIL
+_E_ABORT = Event.ABORT
+_E_TIMEOUT = Event.TIMEOUT
+_END_FINISHED = End.FINISHED
+_END_REFUSED = End.REFUSED
+_END_EXPIRED = End.EXPIRED
+_END_REMOTE_ERROR = End.REMOTE_ERROR
+_END_ABORTED = End.ABORTED
+_END_LOST = End.LOST
+
+
 class Link(Protocol):
     """The relay connection: complete mux frames out (fastrelay.io.mux.MuxWriter)."""
 
@@ -252,7 +280,7 @@ class Stream:
         self.socket_write_paused = False
         # client_a's plain-HTTP REQUEST: one request, one response, so the
         # response's FIN ends the exchange both ways.
-        self.one_exchange = side.upstream_sender and initial is State.REQUEST
+        self.one_exchange = side.upstream_sender and initial is _S_REQUEST
         self.bytes_out = 0
         self.bytes_in = 0
         self.started_at = now  # the open was sent or received
@@ -291,7 +319,7 @@ class Stream:
         return socket
 
     def _opened(self, send_window: int, now: float) -> None:
-        self.state.apply(Event.RESPONSE_OK)
+        self.state.apply(_E_RESPONSE_OK)
         self.opened = True
         self.opened_at = now
         self.send_window.grant(send_window)
@@ -313,8 +341,8 @@ class Stream:
             ConnectResponse(self.session_id, status, message, reason=reason).encode(self.sid)
         )
         self.error = message
-        self.state.apply(Event.RESPONSE_FAIL)
-        self._finish(End.REFUSED)
+        self.state.apply(_E_RESPONSE_FAIL)
+        self._finish(_END_REFUSED)
 
     # --- socket -> relay ---
 
@@ -403,10 +431,10 @@ class Stream:
     def send_fin(self) -> None:
         if self.state.state not in self.accepts_out:
             return
-        self.session.write(encode_frame(FrameType.FIN, self.sid))
+        self.session.write(encode_frame(_FIN, self.sid))
         self.state.apply(self.side.fin_out)
         if self.state.closed:
-            self._finish(End.FINISHED)
+            self._finish(_END_FINISHED)
 
     def _grant(self, increment: int) -> None:
         self.state.apply(self.side.window_in)
@@ -477,7 +505,7 @@ class Stream:
                 # Both directions had ended (the browser's FIN came first): nothing is
                 # left to abort, only the socket to close, which _finish does.
         if self.state.closed:
-            self._finish(End.FINISHED)
+            self._finish(_END_FINISHED)
         elif self.one_exchange:
             self.send_fin()  # the response ended, so the exchange did
 
@@ -489,8 +517,8 @@ class Stream:
             return
         self.session.write(TunnelError(self.session_id, reason).encode(self.sid))
         self.error = reason
-        self.state.apply(Event.ABORT)
-        self._finish(End.ABORTED)
+        self.state.apply(_E_ABORT)
+        self._finish(_END_ABORTED)
 
     def socket_lost(self, exc: BaseException | None) -> None:
         """The socket closed under the stream."""
@@ -500,8 +528,8 @@ class Stream:
 
     def _remote_error(self, reason: str) -> None:
         self.error = reason
-        self.state.apply(Event.ABORT)
-        self._finish(End.REMOTE_ERROR)
+        self.state.apply(_E_ABORT)
+        self._finish(_END_REMOTE_ERROR)
 
     def _finish(self, end: End) -> None:
         """Leave the table, then settle the socket (see the module docstring)."""
@@ -509,7 +537,7 @@ class Stream:
         self.backlog = None
         socket, self.socket = self.socket, None
         if socket is not None and self.opened and not socket.is_closing():
-            if end is End.FINISHED:
+            if end is _END_FINISHED:
                 socket.close()
             else:
                 self.session.abort_socket(socket)
@@ -649,7 +677,7 @@ class Session:
         sid = self.next_stream_id()
         if sid is None:
             return None
-        initial = State.CONNECT_REQUEST if request.kind is FrameType.CONNECT else State.REQUEST
+        initial = _S_CONNECT_REQUEST if request.kind == _CONNECT else _S_REQUEST
         stream = Stream(self, sid, request.session_id, initial, self.credit.open(), now)
         self.streams[sid] = stream
         self.write(request.encode(sid, stream.recv_window.window))
@@ -671,8 +699,8 @@ class Session:
             if stream.end is None and stream.state.opening:
                 self.write(TunnelError(stream.session_id, "open timeout").encode(stream.sid))
                 stream.error = "open timeout"
-                stream.state.apply(Event.TIMEOUT)
-                stream._finish(End.EXPIRED)
+                stream.state.apply(_E_TIMEOUT)
+                stream._finish(_END_EXPIRED)
 
     # --- the link ---
 
@@ -707,8 +735,8 @@ class Session:
             if stream.end is None:
                 stream.error = "relay connection lost"
                 if not stream.state.closed:
-                    stream.state.apply(Event.ABORT)
-                stream._finish(End.LOST)
+                    stream.state.apply(_E_ABORT)
+                stream._finish(_END_LOST)
         self.streams.clear()
 
     def _forget(self, stream: Stream) -> None:
@@ -748,22 +776,22 @@ class Session:
                 self._control(frame_type, sid, message[start:offset], now)
 
     def _control(self, frame_type: int, sid: int, payload: memoryview, now: float) -> None:
-        if frame_type == FrameType.HELLO:
+        if frame_type == _HELLO:
             self._hello(Hello.decode(payload))
             return
-        if frame_type == FrameType.GOAWAY:
+        if frame_type == _GOAWAY:
             self.goaway = True
             self.events.on_goaway(self, GoAway.decode(payload).error)
             if not self.streams:
                 self.close(CLOSE_GOING_AWAY, "drained")
             return
-        if frame_type == FrameType.MEMBERS:
+        if frame_type == _MEMBERS:
             self.events.on_members(self, Members.decode(payload))
             return
-        if frame_type == FrameType.RULES:
+        if frame_type == _RULES:
             self._rules(payload)
             return
-        if frame_type == FrameType.CONNECT or frame_type == FrameType.REQUEST:
+        if frame_type in (_CONNECT, _REQUEST):
             self._incoming_open(sid, OpenStream.decode(FRAME_TYPES[frame_type], payload), now)
             return
         stream = self.streams.get(sid)
@@ -771,13 +799,13 @@ class Session:
             self.stats.dropped_unknown_stream += 1
             return
         try:
-            if frame_type == FrameType.WINDOW_UPDATE:
+            if frame_type == _WINDOW_UPDATE:
                 stream._grant(decode_window_increment(payload))
-            elif frame_type == FrameType.FIN:
+            elif frame_type == _FIN:
                 stream._remote_fin()
-            elif frame_type == FrameType.TUNNEL_ERROR:
+            elif frame_type == _TUNNEL_ERROR:
                 stream._remote_error(TunnelError.decode(payload).error)
-            elif frame_type == FrameType.CONNECT_RESPONSE:
+            elif frame_type == _CONNECT_RESPONSE:
                 self._answered(stream, ConnectResponse.decode(payload), now)
         except StreamError as exc:
             self._stream_failed(stream, exc)
@@ -844,7 +872,7 @@ class Session:
                 ).encode(sid)
             )
             return
-        initial = State.CONNECT_REQUEST if request.kind is FrameType.CONNECT else State.REQUEST
+        initial = _S_CONNECT_REQUEST if request.kind == _CONNECT else _S_REQUEST
         stream = Stream(self, sid, request.session_id, initial, window, now)
         self.streams[sid] = stream
         self.events.on_open(self, stream, request)
@@ -855,8 +883,8 @@ class Session:
         stream.response = response
         if not response.ok:
             stream.error = response.error or "refused by the relay"
-            stream.state.apply(Event.RESPONSE_FAIL)
-            stream._finish(End.REFUSED)
+            stream.state.apply(_E_RESPONSE_FAIL)
+            stream._finish(_END_REFUSED)
             return
         stream._opened(response.window, now)
         self.events.on_opened(self, stream)
@@ -880,7 +908,7 @@ class Session:
             if stream.end is None:
                 stream.error = "internal error"
                 try:
-                    stream._finish(End.ABORTED)
+                    stream._finish(_END_ABORTED)
                     return
                 except Exception:
                     pass

@@ -54,6 +54,7 @@ class Event(Enum):
 
 S, E = State, Event
 _OPENING = (S.REQUEST, S.CONNECT_REQUEST)
+_CLOSED = S.CLOSED  # `S.CLOSED` in a function costs EnumType.__getattr__'s hook on 3.11
 _OPEN = (S.TUNNELING, S.HALF_CLOSED_UP, S.HALF_CLOSED_DOWN)
 
 TRANSITIONS: dict[tuple[State, Event], State] = {}
@@ -111,7 +112,7 @@ class StreamState:
 
     @property
     def closed(self) -> bool:
-        return self.state is S.CLOSED
+        return self.state is _CLOSED
 
     @property
     def opening(self) -> bool:

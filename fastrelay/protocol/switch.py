@@ -111,6 +111,23 @@ _GOAWAY = int(FrameType.GOAWAY)
 _MEMBERS = int(FrameType.MEMBERS)
 _RULES = int(FrameType.RULES)
 _OPENING = frozenset({State.REQUEST, State.CONNECT_REQUEST})
+# Enum members as module names for the functions below (as `_TUNNEL_DATA`): on
+# Python 3.11 `Enum.MEMBER` in a function goes through EnumType.__getattr__'s slot
+# hook, ~850 instructions compiled; a module global is a dict look-up.
+_CONNECT = int(FrameType.CONNECT)
+_S_REQUEST = State.REQUEST
+_S_CONNECT_REQUEST = State.CONNECT_REQUEST
+_S_CLOSED = State.CLOSED
+_E_RESPONSE_OK = Event.RESPONSE_OK
+_E_RESPONSE_FAIL = Event.RESPONSE_FAIL
+_E_WINDOW_UP = Event.WINDOW_UP
+_E_WINDOW_DOWN = Event.WINDOW_DOWN
+_E_FIN_UP = Event.FIN_UP
+_E_FIN_DOWN = Event.FIN_DOWN
+_E_DATA_UP = Event.DATA_UP
+_E_DATA_DOWN = Event.DATA_DOWN
+_E_ABORT = Event.ABORT
+_E_TIMEOUT = Event.TIMEOUT
 _unpack = HEADER.unpack_from
 
 
@@ -292,7 +309,7 @@ class Stream:
         self.target = target  # "host:port", for the access log
         self.client = client
         self.agent = agent
-        self.state = State.CONNECT_REQUEST if request.kind == FrameType.CONNECT else State.REQUEST
+        self.state = _S_CONNECT_REQUEST if request.kind == _CONNECT else _S_REQUEST
         self.up_room = -1  # client_a -> agent, on the agent's credit
         self.up_held = 0
         self.down_room = -1  # agent -> client_a, on client_a's credit
@@ -568,7 +585,7 @@ class Switch:
                 continue
             other = stream.agent if conn.is_client else stream.client
             self._send(other, TunnelError(stream.session_id, reason).encode(stream.sid))
-            self._end(stream, Event.ABORT, now)
+            self._end(stream, _E_ABORT, now)
 
     def set_members(self, members: tuple[str, ...]) -> None:
         """The live relay set changed: every agent hears it (its mesh follows)."""
@@ -740,18 +757,18 @@ class Switch:
         try:
             if frame_type == _WINDOW_UPDATE:
                 # Credit from client_a is for downstream data, from the agent for upstream.
-                self._apply(stream, Event.WINDOW_DOWN if src.is_client else Event.WINDOW_UP)
+                self._apply(stream, _E_WINDOW_DOWN if src.is_client else _E_WINDOW_UP)
                 _grant(stream, not src.is_client, increment)
                 self._send(stream.agent if src.is_client else stream.client, raw)
             elif frame_type == _CONNECT_RESPONSE:
                 self._answer(src, stream, response, raw, now)
             elif frame_type == _TUNNEL_ERROR:
                 self._send(stream.agent if src.is_client else stream.client, raw)
-                self._end(stream, Event.ABORT, now)
+                self._end(stream, _E_ABORT, now)
             else:  # FIN
-                self._apply(stream, Event.FIN_UP if src.is_client else Event.FIN_DOWN)
+                self._apply(stream, _E_FIN_UP if src.is_client else _E_FIN_DOWN)
                 self._send(stream.agent if src.is_client else stream.client, raw)
-                if stream.state is State.CLOSED:
+                if stream.state is _S_CLOSED:
                     self._end(stream, None, now)
         except StreamError as exc:
             self._abort(stream, exc, now)
@@ -771,7 +788,7 @@ class Switch:
             self._abort(stream, exc, now)
             return
         try:
-            next_state(stream.state, Event.DATA_UP if src.is_client else Event.DATA_DOWN)
+            next_state(stream.state, _E_DATA_UP if src.is_client else _E_DATA_DOWN)
         except StreamError as illegal:
             # Aborted here, where Python drops `illegal` on leaving the block: kept in a
             # local, it would hold its traceback, which holds this frame, which holds it
@@ -919,7 +936,7 @@ class Switch:
     ) -> None:
         if src.is_client:
             raise StreamError("client_a sent CONNECT_RESPONSE")
-        self._apply(stream, Event.RESPONSE_OK if response.ok else Event.RESPONSE_FAIL)
+        self._apply(stream, _E_RESPONSE_OK if response.ok else _E_RESPONSE_FAIL)
         src.probation = False
         self.observer.open_answered(stream, now - stream.opened_at)
         if response.ok:
@@ -943,7 +960,7 @@ class Switch:
         frame = TunnelError(stream.session_id, str(exc)).encode(stream.sid)
         self._send(stream.client, frame)
         self._send(stream.agent, frame)
-        self._end(stream, Event.ABORT, now)
+        self._end(stream, _E_ABORT, now)
 
     def _apply(self, stream: Stream, event: Event) -> None:
         """The one place a stream's state changes, with the credit that follows."""
@@ -963,7 +980,7 @@ class Switch:
         if not stream.live:
             return  # ended already: a write on its way here cut one of its connections off
         opening = stream in self.opening
-        if event is not None and stream.state is not State.CLOSED:
+        if event is not None and stream.state is not _S_CLOSED:
             self._apply(stream, event)
         client, agent = stream.client, stream.agent
         agent.carried -= 1
@@ -972,9 +989,9 @@ class Switch:
             self._answered(stream)
         if not result:
             if opening:
-                result = "timeout" if event is Event.TIMEOUT else "error"
+                result = "timeout" if event is _E_TIMEOUT else "error"
             else:
-                result = "aborted" if event is Event.ABORT else "ok"
+                result = "aborted" if event is _E_ABORT else "ok"
         if opening:  # an open that succeeded was counted "ok" when answered
             self.stats.results[result] += 1
             self.stats.pool_results[stream.agent.pool, result] += 1
@@ -1028,7 +1045,7 @@ class Switch:
             stream.agent, TunnelError(stream.session_id, "connect timeout").encode(stream.sid)
         )
         stream.agent.probation = True
-        self._end(stream, Event.TIMEOUT, now)
+        self._end(stream, _E_TIMEOUT, now)
 
 
 def _grant(stream: Stream, up: bool, increment: int) -> None:
