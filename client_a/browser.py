@@ -357,8 +357,15 @@ class BrowserConnection(asyncio.BufferedProtocol):
             transport.close()  # a tunnel's socket (StreamSocket reads it now): nothing to drain
             return
         self.parser = None
+        try:
+            transport.write_eof()
+        except OSError:
+            # The browser reset the connection between the answer's write and this
+            # shutdown (ENOTCONN): nothing is left to drain, and the answer's caller
+            # (a failed open's stream end) must still get to its access-log line.
+            transport.abort()
+            return
         self.linger = self.gate.loop.call_later(LINGER, transport.close)
-        transport.write_eof()
         transport.resume_reading()  # if the early bytes had paused it
 
 
