@@ -3,6 +3,10 @@
 # Python's attribute look-ups. The .py file stays the whole implementation.
 
 cimport cython
+from picows cimport picows
+
+cdef Py_ssize_t _LARGE_FRAME, _FLUSH_AT
+cdef picows.WSMsgType _BINARY
 
 
 cdef class FlushScheduler:
@@ -23,7 +27,7 @@ cdef class MuxWriter:
     cdef public Py_ssize_t messages
     cdef public bytearray pending
     cdef public FlushScheduler scheduler
-    cdef public object transport
+    cdef public picows.WSTransport transport  # send() is a C call, not a Python one
 
     cpdef write(self, frames)
     cpdef write_external(self, bytearray buf, Py_ssize_t offset)

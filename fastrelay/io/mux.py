@@ -20,6 +20,9 @@ from picows import WSMsgType, WSTransport
 LARGE_FRAME = 8192  # picows memcpy()s server-side payloads up to 8 KiB anyway
 FLUSH_AT = 256 * 1024  # a pending batch this big goes out without waiting
 _BINARY = WSMsgType.BINARY
+# C integers when compiled (mux.pxd): `write` compares a length with each per frame.
+_LARGE_FRAME = LARGE_FRAME
+_FLUSH_AT = FLUSH_AT
 
 
 class FlushScheduler:
@@ -84,7 +87,7 @@ class MuxWriter:
         """Queue one or more complete mux frames (header and payload)."""
         if self.closed:
             return
-        if len(frames) >= LARGE_FRAME:
+        if len(frames) >= _LARGE_FRAME:
             if self.pending:
                 self.flush()
             self.messages += 1
@@ -93,7 +96,7 @@ class MuxWriter:
         pending = self.pending
         was_empty = not pending
         pending += frames
-        if len(pending) >= FLUSH_AT:
+        if len(pending) >= _FLUSH_AT:
             self.flush()
         elif was_empty:
             self.scheduler.mark(self)

@@ -24,6 +24,13 @@ from enum import IntEnum
 
 from fastrelay.protocol.errors import FrameError
 
+try:
+    import cython  # type: ignore[import-untyped]  # compiled: a constant; else the shadow module
+except ImportError:  # installed without Cython: interpreted
+    _COMPILED = False
+else:
+    _COMPILED = cython.compiled
+
 HEADER = struct.Struct("!BBII")
 HEADER_SIZE = HEADER.size  # 10
 # A payload length above this is malformed whatever the WebSocket limit is.
@@ -45,6 +52,23 @@ class FrameType(IntEnum):
     RULES = 0x0B  # rules the relay pushes to a client_a that asked for them (JSON), stream id 0
 
 
+# The frame types as plain ints, for the code that compares a header's type:
+# the walker here, the switch, the session, the seed dialect. `FrameType.X` in a
+# function goes through EnumType.__getattr__'s slot hook on Python 3.11 (~850
+# instructions compiled); these are module globals, and C ints in a compiled
+# module whose .pxd declares them (switch.pxd, session.pxd).
+T_CONNECT = int(FrameType.CONNECT)
+T_REQUEST = int(FrameType.REQUEST)
+T_CONNECT_RESPONSE = int(FrameType.CONNECT_RESPONSE)
+T_TUNNEL_DATA = int(FrameType.TUNNEL_DATA)
+T_FIN = int(FrameType.FIN)
+T_TUNNEL_ERROR = int(FrameType.TUNNEL_ERROR)
+T_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
+T_HELLO = int(FrameType.HELLO)
+T_GOAWAY = int(FrameType.GOAWAY)
+T_MEMBERS = int(FrameType.MEMBERS)
+T_RULES = int(FrameType.RULES)
+
 # TUNNEL_DATA flag: the sender has more to send than its credit allowed; this
 # frame (possibly empty) used the last of it. The receiver may grow the window.
 FLAG_BLOCKED = 0x01
@@ -60,10 +84,12 @@ FRAME_TYPES: dict[int, FrameType] = {int(t): t for t in FrameType}
 FRAME_NAMES: dict[int, str] = {int(t): t.name for t in FrameType}
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 _CONNECTION_TYPES = frozenset(int(t) for t in CONNECTION_FRAMES)
-# Plain ints and a bound method for the walker (C ints when compiled, frames.pxd).
-_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
-_FIN = int(FrameType.FIN)
+# The walker's own copies, C ints when compiled (frames.pxd): a module's C
+# globals are not importable, and the others import the T_ names above.
+_WINDOW_UPDATE = T_WINDOW_UPDATE
+_FIN = T_FIN
 _unpack_header = HEADER.unpack_from
+_pack_header_into = HEADER.pack_into
 
 
 def encode_header(frame_type: int, stream_id: int, length: int, flags: int = 0) -> bytes:
@@ -76,6 +102,35 @@ def encode_frame(frame_type: int, stream_id: int, payload: bytes = b"", flags: i
 
 def encode_window_update(stream_id: int, increment: int) -> bytes:
     return HEADER.pack(_WINDOW_UPDATE, 0, stream_id, 4) + WINDOW_UPDATE_BODY.pack(increment)
+
+
+def read_header(message: memoryview | bytes | bytearray, offset: int) -> tuple[int, int, int, int]:
+    """The header at `offset`: (type, flags, stream id, payload length), as
+    `HEADER.unpack_from` gives it, errors included.
+
+    Compiled, the header is read in place (`_header_in_place`, frames.pxd):
+    no call into struct, no tuple and no int objects for the caller, which
+    reads the ten bytes of every frame of every message through here.
+    """
+    if _COMPILED:
+        header = _header_in_place(message, offset)  # type: ignore[name-defined]  # noqa: F821
+        if header[0] >= 0:
+            return header  # type: ignore[no-any-return]
+    return _unpack_header(message, offset)  # outside the buffer: struct's own error
+
+
+def write_header(
+    buf: bytearray, at: int, frame_type: int, flags: int, stream_id: int, length: int
+) -> None:
+    """Write a header into `buf` at `at`, as `HEADER.pack_into` does, errors included.
+
+    Compiled, the ten bytes are stored in place (`_header_into`, frames.pxd)
+    when the arguments are in range; anything else goes to struct, which
+    raises what it raises.
+    """
+    if _COMPILED and _header_into(buf, at, frame_type, flags, stream_id, length):  # type: ignore[name-defined]  # noqa: F821
+        return
+    _pack_header_into(buf, at, frame_type, flags, stream_id, length)
 
 
 def check_header(frame_type: int, stream_id: int, length: int, available: int) -> None:
@@ -112,7 +167,7 @@ def read_frame(message: memoryview | bytes, offset: int) -> tuple[int, int, int,
     left = len(message) - offset
     if left < HEADER_SIZE:
         raise FrameError(f"truncated header: {left} bytes left, need {HEADER_SIZE}")
-    frame_type, flags, stream_id, length = _unpack_header(message, offset)
+    frame_type, flags, stream_id, length = read_header(message, offset)
     start = offset + HEADER_SIZE
     check_header(frame_type, stream_id, length, left - HEADER_SIZE)
     return frame_type, flags, stream_id, start, start + length

@@ -46,6 +46,11 @@ from fastrelay.protocol.frames import (
     FLAG_BLOCKED,
     HEADER,
     HEADER_SIZE,
+    T_CONNECT_RESPONSE,
+    T_FIN,
+    T_TUNNEL_DATA,
+    T_TUNNEL_ERROR,
+    T_WINDOW_UPDATE,
     FrameType,
     decode_window_increment,
     encode_frame,
@@ -89,11 +94,6 @@ _AT_TARGET = frozenset(
     }
 )
 
-_TUNNEL_DATA = int(FrameType.TUNNEL_DATA)
-_CONNECT_RESPONSE = int(FrameType.CONNECT_RESPONSE)
-_TUNNEL_ERROR = int(FrameType.TUNNEL_ERROR)
-_FIN = int(FrameType.FIN)
-_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
 _pack_header = HEADER.pack_into
 
 
@@ -619,21 +619,21 @@ class SeedConnection:
             session = self.by_sid.get(sid) if sid else None
             if session is None:
                 continue  # HELLO, GOAWAY, or a stream already forgotten
-            if frame_type == _TUNNEL_DATA:
+            if frame_type == T_TUNNEL_DATA:
                 self._down(session, frames[start:end], flags)
-            elif frame_type == _WINDOW_UPDATE:
+            elif frame_type == T_WINDOW_UPDATE:
                 if session.state.state is not State.CLOSED:
                     session.send.grant(decode_window_increment(frames[start:end]))
                     if session.held:
                         self._flush_held(session)
-            elif frame_type == _CONNECT_RESPONSE:
+            elif frame_type == T_CONNECT_RESPONSE:
                 self._answered(session, ConnectResponse.decode(frames[start:end]))
-            elif frame_type == _FIN:
+            elif frame_type == T_FIN:
                 session.state.apply(Event.FIN_DOWN)
                 self.sink.to_client(encode_tunnel_close(session.session_id))
                 if session.state.closed:
                     self._forget(session)
-            elif frame_type == _TUNNEL_ERROR:
+            elif frame_type == T_TUNNEL_ERROR:
                 error = TunnelError.decode(frames[start:end]).error
                 if session.state.opening:
                     text = encode_connect_failed(
@@ -694,6 +694,6 @@ def _data_frame(sid: int, payload: memoryview) -> bytearray:
     """A TUNNEL_DATA mux frame: the one copy of Client A's bytes, into the frame."""
     n = len(payload)
     frame = bytearray(HEADER_SIZE + n)
-    _pack_header(frame, 0, _TUNNEL_DATA, 0, sid, n)
+    _pack_header(frame, 0, T_TUNNEL_DATA, 0, sid, n)
     frame[HEADER_SIZE:] = payload
     return frame

@@ -4,7 +4,11 @@
 
 cimport cython
 
-from fastrelay.protocol.frames cimport read_frame
+from fastrelay.protocol.frames cimport read_frame, write_header
+
+# Frame types as C integers for the comparisons in receive and the control path.
+cdef int T_CONNECT, T_CONNECT_RESPONSE, T_FIN, T_GOAWAY, T_HELLO, T_MEMBERS
+cdef int T_REQUEST, T_RULES, T_TUNNEL_DATA, T_TUNNEL_ERROR, T_WINDOW_UPDATE
 
 from fastrelay.protocol.flow cimport CreditPool, RecvWindow, SendWindow
 from fastrelay.protocol.state cimport StreamState

@@ -42,11 +42,22 @@ from fastrelay.protocol.frames import (
     FRAME_TYPES,
     HEADER,
     HEADER_SIZE,
-    FrameType,
+    T_CONNECT,
+    T_CONNECT_RESPONSE,
+    T_FIN,
+    T_GOAWAY,
+    T_HELLO,
+    T_MEMBERS,
+    T_REQUEST,
+    T_RULES,
+    T_TUNNEL_DATA,
+    T_TUNNEL_ERROR,
+    T_WINDOW_UPDATE,
     decode_window_increment,
     encode_frame,
     encode_window_update,
     read_frame,
+    write_header,
 )
 from fastrelay.protocol.messages import (
     DEFAULT_POOL,
@@ -67,9 +78,7 @@ from fastrelay.protocol.state import (
 )
 
 MAX_CHUNK = 256 * 1024  # the largest TUNNEL_DATA payload an endpoint sends in one frame
-_DATA = int(FrameType.TUNNEL_DATA)
 _pack = HEADER.pack
-_pack_into = HEADER.pack_into
 
 
 class Paused(enum.IntFlag):
@@ -104,16 +113,6 @@ class End(enum.Enum):
 # `Enum.MEMBER` inside a function goes through EnumType.__getattr__'s slot hook,
 # ~850 instructions compiled (3.12 dropped the hook), and client_a made ~30 such
 # look-ups per open; a module global is a dict look-up.
-_HELLO = int(FrameType.HELLO)
-_GOAWAY = int(FrameType.GOAWAY)
-_MEMBERS = int(FrameType.MEMBERS)
-_RULES = int(FrameType.RULES)
-_CONNECT = int(FrameType.CONNECT)
-_REQUEST = int(FrameType.REQUEST)
-_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
-_FIN = int(FrameType.FIN)
-_TUNNEL_ERROR = int(FrameType.TUNNEL_ERROR)
-_CONNECT_RESPONSE = int(FrameType.CONNECT_RESPONSE)
 _S_REQUEST = State.REQUEST
 _S_CONNECT_REQUEST = State.CONNECT_REQUEST
 _E_RESPONSE_OK = Event.RESPONSE_OK
@@ -367,7 +366,7 @@ class Stream:
             blocked = FLAG_BLOCKED
             session.stats.flow_control_stalls += 1
             self._pause(PAUSED_CREDIT)
-        _pack_into(buf, at, _DATA, blocked, self.sid, n)
+        write_header(buf, at, T_TUNNEL_DATA, blocked, self.sid, n)
         self.send_window.available = avail
         self.bytes_out += n
         if alone:
@@ -414,11 +413,11 @@ class Stream:
             for start in range(0, n, size):
                 chunk = view[start : start + size]
                 flags = blocked if start + size >= n else 0  # on the last chunk
-                write(_pack(_DATA, flags, sid, len(chunk)) + chunk)
+                write(_pack(T_TUNNEL_DATA, flags, sid, len(chunk)) + chunk)
             if session.paused and not self.paused & PAUSED_LINK:
                 session.wait_for_room(self)
         elif blocked:
-            self.session.write(_pack(_DATA, blocked, self.sid, 0))
+            self.session.write(_pack(T_TUNNEL_DATA, blocked, self.sid, 0))
 
     def eof(self) -> None:
         """The socket reported EOF: FIN, once the backlog is out."""
@@ -431,7 +430,7 @@ class Stream:
     def send_fin(self) -> None:
         if self.state.state not in self.accepts_out:
             return
-        self.session.write(encode_frame(_FIN, self.sid))
+        self.session.write(encode_frame(T_FIN, self.sid))
         self.state.apply(self.side.fin_out)
         if self.state.closed:
             self._finish(_END_FINISHED)
@@ -677,7 +676,7 @@ class Session:
         sid = self.next_stream_id()
         if sid is None:
             return None
-        initial = _S_CONNECT_REQUEST if request.kind == _CONNECT else _S_REQUEST
+        initial = _S_CONNECT_REQUEST if request.kind == T_CONNECT else _S_REQUEST
         stream = Stream(self, sid, request.session_id, initial, self.credit.open(), now)
         self.streams[sid] = stream
         self.write(request.encode(sid, stream.recv_window.window))
@@ -761,7 +760,7 @@ class Session:
         offset = 0
         while offset < total:
             frame_type, flags, sid, start, offset = read_frame(message, offset)
-            if frame_type == _DATA:
+            if frame_type == T_TUNNEL_DATA:
                 stream = streams.get(sid)
                 if stream is None:
                     self.stats.dropped_unknown_stream += 1
@@ -776,22 +775,22 @@ class Session:
                 self._control(frame_type, sid, message[start:offset], now)
 
     def _control(self, frame_type: int, sid: int, payload: memoryview, now: float) -> None:
-        if frame_type == _HELLO:
+        if frame_type == T_HELLO:
             self._hello(Hello.decode(payload))
             return
-        if frame_type == _GOAWAY:
+        if frame_type == T_GOAWAY:
             self.goaway = True
             self.events.on_goaway(self, GoAway.decode(payload).error)
             if not self.streams:
                 self.close(CLOSE_GOING_AWAY, "drained")
             return
-        if frame_type == _MEMBERS:
+        if frame_type == T_MEMBERS:
             self.events.on_members(self, Members.decode(payload))
             return
-        if frame_type == _RULES:
+        if frame_type == T_RULES:
             self._rules(payload)
             return
-        if frame_type in (_CONNECT, _REQUEST):
+        if frame_type in (T_CONNECT, T_REQUEST):
             self._incoming_open(sid, OpenStream.decode(FRAME_TYPES[frame_type], payload), now)
             return
         stream = self.streams.get(sid)
@@ -799,13 +798,13 @@ class Session:
             self.stats.dropped_unknown_stream += 1
             return
         try:
-            if frame_type == _WINDOW_UPDATE:
+            if frame_type == T_WINDOW_UPDATE:
                 stream._grant(decode_window_increment(payload))
-            elif frame_type == _FIN:
+            elif frame_type == T_FIN:
                 stream._remote_fin()
-            elif frame_type == _TUNNEL_ERROR:
+            elif frame_type == T_TUNNEL_ERROR:
                 stream._remote_error(TunnelError.decode(payload).error)
-            elif frame_type == _CONNECT_RESPONSE:
+            elif frame_type == T_CONNECT_RESPONSE:
                 self._answered(stream, ConnectResponse.decode(payload), now)
         except StreamError as exc:
             self._stream_failed(stream, exc)
@@ -872,7 +871,7 @@ class Session:
                 ).encode(sid)
             )
             return
-        initial = _S_CONNECT_REQUEST if request.kind == _CONNECT else _S_REQUEST
+        initial = _S_CONNECT_REQUEST if request.kind == T_CONNECT else _S_REQUEST
         stream = Stream(self, sid, request.session_id, initial, window, now)
         self.streams[sid] = stream
         self.events.on_open(self, stream, request)

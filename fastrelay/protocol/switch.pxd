@@ -5,7 +5,12 @@
 
 cimport cython
 
-from fastrelay.protocol.frames cimport read_frame
+from fastrelay.protocol.frames cimport read_frame, read_header
+
+# Frame types and sizes as C integers: receive compares and adds them per frame.
+cdef int T_CONNECT, T_CONNECT_RESPONSE, T_GOAWAY, T_HELLO, T_MEMBERS, T_RULES
+cdef int T_TUNNEL_DATA, T_TUNNEL_ERROR, T_WINDOW_UPDATE
+cdef Py_ssize_t _HEADER_SIZE, _SLOT_BITS
 
 
 cdef class Conn:
@@ -65,6 +70,7 @@ cdef class Stream:
 
 cdef class Switch:
     cdef public object limits
+    cdef public Py_ssize_t max_message
     cdef public object instance_id
     cdef public object observer
     cdef public object stats
@@ -90,6 +96,7 @@ cdef class Switch:
         length=Py_ssize_t,
         room=Py_ssize_t,
         frame_type=int,
+        _flags=int,
         data_bytes=Py_ssize_t,
         data_frames=Py_ssize_t,
         streams=dict,

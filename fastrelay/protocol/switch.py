@@ -66,13 +66,22 @@ from fastrelay.protocol.errors import (
 )
 from fastrelay.protocol.frames import (
     FRAME_TYPES,
-    HEADER,
     HEADER_SIZE,
     MAX_PAYLOAD,
     OPEN_FRAMES,
+    T_CONNECT,
+    T_CONNECT_RESPONSE,
+    T_GOAWAY,
+    T_HELLO,
+    T_MEMBERS,
+    T_RULES,
+    T_TUNNEL_DATA,
+    T_TUNNEL_ERROR,
+    T_WINDOW_UPDATE,
     FrameType,
     decode_window_increment,
     read_frame,
+    read_header,
 )
 from fastrelay.protocol.messages import (
     DEFAULT_POOL,
@@ -102,19 +111,10 @@ UNKNOWN_POOL = "_unknown"
 # Destinations whose "host:port" strings the switch shares between streams.
 TARGETS_SHARED = 4096
 
-_TUNNEL_DATA = int(FrameType.TUNNEL_DATA)
-_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
-_CONNECT_RESPONSE = int(FrameType.CONNECT_RESPONSE)
-_TUNNEL_ERROR = int(FrameType.TUNNEL_ERROR)
-_HELLO = int(FrameType.HELLO)
-_GOAWAY = int(FrameType.GOAWAY)
-_MEMBERS = int(FrameType.MEMBERS)
-_RULES = int(FrameType.RULES)
 _OPENING = frozenset({State.REQUEST, State.CONNECT_REQUEST})
-# Enum members as module names for the functions below (as `_TUNNEL_DATA`): on
+# Enum members as module names for the functions below (as `T_TUNNEL_DATA`): on
 # Python 3.11 `Enum.MEMBER` in a function goes through EnumType.__getattr__'s slot
 # hook, ~850 instructions compiled; a module global is a dict look-up.
-_CONNECT = int(FrameType.CONNECT)
 _S_REQUEST = State.REQUEST
 _S_CONNECT_REQUEST = State.CONNECT_REQUEST
 _S_CLOSED = State.CLOSED
@@ -128,7 +128,9 @@ _E_DATA_UP = Event.DATA_UP
 _E_DATA_DOWN = Event.DATA_DOWN
 _E_ABORT = Event.ABORT
 _E_TIMEOUT = Event.TIMEOUT
-_unpack = HEADER.unpack_from
+# C integers when compiled (switch.pxd), for receive's per-frame arithmetic.
+_HEADER_SIZE = HEADER_SIZE
+_SLOT_BITS = SLOT_BITS
 
 
 @dataclass(frozen=True)
@@ -309,7 +311,7 @@ class Stream:
         self.target = target  # "host:port", for the access log
         self.client = client
         self.agent = agent
-        self.state = _S_CONNECT_REQUEST if request.kind == _CONNECT else _S_REQUEST
+        self.state = _S_CONNECT_REQUEST if request.kind == T_CONNECT else _S_REQUEST
         self.up_room = -1  # client_a -> agent, on the agent's credit
         self.up_held = 0
         self.down_room = -1  # agent -> client_a, on client_a's credit
@@ -428,6 +430,7 @@ class SwitchStats:
 class Switch:
     def __init__(self, limits: Limits, instance_id: str, observer: Observer | None = None) -> None:
         self.limits = limits
+        self.max_message = limits.max_message  # a C integer when compiled: read per message
         self.instance_id = instance_id
         self.observer: Observer = observer if observer is not None else NullObserver()
         self.stats = SwitchStats()
@@ -645,17 +648,17 @@ class Switch:
         if src.failed:
             return  # closed already: nothing it still sends is routed
         total = len(message)
-        if total > self.limits.max_message:
+        if total > self.max_message:
             self.fail(
                 src,
-                MessageTooBig(f"message of {total} bytes, limit {self.limits.max_message}"),
+                MessageTooBig(f"message of {total} bytes, limit {self.max_message}"),
                 now,
             )
             return
         src.last_rx = now
         streams = src.streams  # client_a's own; an agent's are in their client_a's
         owners = self.owners
-        shift = SLOT_BITS
+        shift = _SLOT_BITS
         is_client = src.is_client
         offset = 0
         run_out: Output | None = None  # the open run: message[run_start:offset] goes there
@@ -663,10 +666,10 @@ class Switch:
         data_bytes = data_frames = 0
         try:
             while offset < total:
-                if total - offset >= HEADER_SIZE:
-                    frame_type, _flags, sid, length = _unpack(message, offset)
-                    end = offset + HEADER_SIZE + length
-                    if frame_type == _TUNNEL_DATA and end <= total:
+                if total - offset >= _HEADER_SIZE:
+                    frame_type, _flags, sid, length = read_header(message, offset)
+                    end = offset + _HEADER_SIZE + length
+                    if frame_type == T_TUNNEL_DATA and end <= total:
                         # Upstream on the agent's credit, downstream on client_a's
                         # (as `_stream`; `slot` is a C integer when compiled).
                         room = -1
@@ -710,7 +713,10 @@ class Switch:
             self.fail(src, exc, now)
         finally:
             if run_out is not None:
-                run_out.write(message[run_start:offset])
+                if run_start == 0 and offset == total:  # the whole message: no slice to make
+                    run_out.write(message)
+                else:
+                    run_out.write(message[run_start:offset])
             src.data_bytes += data_bytes
             src.data_frames += data_frames
 
@@ -719,7 +725,7 @@ class Switch:
     def _frame(self, src: Conn, message: memoryview, offset: int, now: float) -> int:
         """One frame the fast path did not take; returns the next offset."""
         frame_type, _flags, sid, start, end = read_frame(message, offset)
-        if frame_type == _TUNNEL_DATA:
+        if frame_type == T_TUNNEL_DATA:
             self._refused_data(src, sid, end - start, now)
             return end
         if frame_type in OPEN_FRAMES:
@@ -730,23 +736,23 @@ class Switch:
         payload = message[start:end]
         # Every payload is decoded before the stream is looked up, so a
         # malformed one closes the connection whether or not its stream lives.
-        if frame_type == _WINDOW_UPDATE:
+        if frame_type == T_WINDOW_UPDATE:
             increment = decode_window_increment(payload)
-        elif frame_type == _CONNECT_RESPONSE:
+        elif frame_type == T_CONNECT_RESPONSE:
             response = ConnectResponse.decode(payload)
-        elif frame_type == _TUNNEL_ERROR:
+        elif frame_type == T_TUNNEL_ERROR:
             TunnelError.decode(payload)
-        elif frame_type == _HELLO:
+        elif frame_type == T_HELLO:
             Hello.decode(payload)  # peers may announce themselves; the version must match
             return end
-        elif frame_type == _GOAWAY:
+        elif frame_type == T_GOAWAY:
             GoAway.decode(payload)
             src.draining = True
             return end
-        elif frame_type == _MEMBERS:
+        elif frame_type == T_MEMBERS:
             Members.decode(payload)  # only relays send it; nothing to do with one
             return end
-        elif frame_type == _RULES:
+        elif frame_type == T_RULES:
             PushedRules.decode(payload)  # as MEMBERS: only relays send it; nothing to do
             return end
         stream = self._stream(src, sid)
@@ -755,14 +761,14 @@ class Switch:
             return end
         raw = message[offset:end]
         try:
-            if frame_type == _WINDOW_UPDATE:
+            if frame_type == T_WINDOW_UPDATE:
                 # Credit from client_a is for downstream data, from the agent for upstream.
                 self._apply(stream, _E_WINDOW_DOWN if src.is_client else _E_WINDOW_UP)
                 _grant(stream, not src.is_client, increment)
                 self._send(stream.agent if src.is_client else stream.client, raw)
-            elif frame_type == _CONNECT_RESPONSE:
+            elif frame_type == T_CONNECT_RESPONSE:
                 self._answer(src, stream, response, raw, now)
-            elif frame_type == _TUNNEL_ERROR:
+            elif frame_type == T_TUNNEL_ERROR:
                 self._send(stream.agent if src.is_client else stream.client, raw)
                 self._end(stream, _E_ABORT, now)
             else:  # FIN

@@ -27,6 +27,5 @@ cdef class Peer(picows.WSListener):
     cdef public bint closed
     cdef public object forwarded_for
     cdef public object close_reason
-    cdef dict __dict__
 
     cpdef on_ws_frame(self, picows.WSTransport transport, picows.WSFrame frame)

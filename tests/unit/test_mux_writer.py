@@ -3,22 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-from picows import WSMsgType
+from picows import WSMsgType, WSTransport
 
 from fastrelay.io.mux import FLUSH_AT, LARGE_FRAME, FlushScheduler, MuxWriter
 from fastrelay.protocol.frames import FrameType, encode_frame
 
 
-class FakeTransport:
+class _NoSocket:
+    @staticmethod
+    def fileno() -> int:
+        return -1
+
+
+class _Underlying:
+    """What picows' WSTransport asks of the socket transport under it."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return _NoSocket() if name == "socket" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: Any) -> None:
+        raise AssertionError("FakeTransport.send writes nothing below it")
+
+
+class FakeTransport(WSTransport):
+    """Records each send. A subclass of picows' own transport because the compiled
+    writer (fastrelay/io/mux.pxd) holds a WSTransport and calls its `send` in C."""
+
     def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        super().__init__(False, _Underlying(), logging.getLogger("test.mux"), loop)
         self.sent: list[bytes] = []  # copies taken at call time
         self.objects: list[Any] = []  # what send() was handed, to check later
 
-    def send(self, msg_type: WSMsgType, data: Any) -> None:
+    def send(self, msg_type: WSMsgType, data: Any, *flags: bool) -> None:  # type: ignore[override]
         assert msg_type is WSMsgType.BINARY
         self.sent.append(bytes(data))
         self.objects.append(data)
