@@ -14,6 +14,11 @@ aiofastnet, picows, the event loop's dispatch) on real sockets; like it, the cou
 moves with whatever else runs on the machine (two runs of the same code: within 0.3 %).
 Kernel time is not counted. `--keep DIR` keeps the callgrind file for callgrind_annotate.
 
+`--tunnels N` spreads the round trips over N open tunnels in turn (still one message in
+flight): client_a spreads tunnels over its carriers (two by default), so the programs then
+take messages from more than one WebSocket, as a browser with several connections makes
+them.
+
 `--opens` counts whole tunnels instead, one at a time: CONNECT and its 200, one `--size`
 exchange (64 B by default there), close (50 unmeasured first). It is the per-open cost of
 scenario 3 without its concurrency (50 opens in flight batch some frames there), so it
@@ -44,18 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, help="round trips (2000) or opens (500) counted")
     parser.add_argument("--size", type=int, help="bytes per message (100; 64 with --opens)")
     parser.add_argument("--opens", action="store_true", help="count whole tunnels, not messages")
+    parser.add_argument(
+        "--tunnels", type=int, default=1, help="round trips taken in turn over this many tunnels"
+    )
     parser.add_argument("--keep", type=Path, help="copy the callgrind file here")
     args = parser.parse_args(argv)
     count = args.count or (500 if args.opens else 2000)
     size = args.size or (64 if args.opens else 100)
-    if count < 1 or size < 1:
-        parser.error("--count and --size must be positive")
+    if count < 1 or size < 1 or args.tunnels < 1:
+        parser.error("--count, --size and --tunnels must be positive")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind (callgrind) is needed", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        total = asyncio.run(measure(args.program, count, size, out, args.opens))
+        total = asyncio.run(measure(args.program, count, size, out, args.opens, args.tunnels))
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)
             for part in Path(tmp).glob("callgrind.out*"):
@@ -68,12 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"{args.program}: {total / count:,.0f} instructions per round trip "
-            f"({count} round trips of {size} B)"
+            f"({count} round trips of {size} B"
+            + (f" over {args.tunnels} tunnels)" if args.tunnels > 1 else ")")
         )
     return 0
 
 
-async def measure(program: str, count: int, size: int, out: Path, opens: bool = False) -> int:
+async def measure(
+    program: str, count: int, size: int, out: Path, opens: bool = False, tunnels: int = 1
+) -> int:
     spawn = topology.spawn_ready
     pids: list[int] = []
 
@@ -108,21 +119,23 @@ async def measure(program: str, count: int, size: int, out: Path, opens: bool = 
             subprocess.run(control, check=True, capture_output=True)
             await tunnels(count)
         else:
-            tunnel = await open_tunnel(chain, port)
-            tunnel.request(b"E")
-            expected = 0
+            opened = [await open_tunnel(chain, port) for _ in range(tunnels)]
+            for tunnel in opened:
+                tunnel.request(b"E")
+            expected = [0] * tunnels
 
             async def round_trips(n: int) -> None:
-                nonlocal expected
-                for _ in range(n):
-                    await tunnel.send(size)
-                    expected += size
-                    await tunnel.until_received(expected, timeout=60)
+                for i in range(n):
+                    k = i % tunnels
+                    await opened[k].send(size)
+                    expected[k] += size
+                    await opened[k].until_received(expected[k], timeout=60)
 
-            await round_trips(100)
+            await round_trips(100 * tunnels)
             subprocess.run(control, check=True, capture_output=True)
             await round_trips(count)
-            tunnel.close()
+            for tunnel in opened:
+                tunnel.close()
         control[1] = "-d"
         subprocess.run(control, check=True, capture_output=True)
     finally:

@@ -16,6 +16,5 @@ cdef class CarrierListener(picows.WSListener):
     cdef public Session session
     cdef public FlushScheduler scheduler
     cdef public double ping_sent_at
-    cdef dict __dict__
 
     cpdef on_ws_frame(self, picows.WSTransport transport, picows.WSFrame frame)

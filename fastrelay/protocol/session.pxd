@@ -81,7 +81,6 @@ cdef class Session:
     cdef public list waiting
     cdef public object sid_cursor
     cdef public object expiry
-    cdef dict __dict__
 
     @cython.locals(
         streams=dict,
