@@ -77,6 +77,7 @@ class Proxy:
         session: str = "-",
         bytes_up: int = 0,
         bytes_down: int = 0,
+        fields: dict[str, str] | None = None,
     ) -> None:
         """One access-log line for a finished (or refused) browser request."""
         if self.access_log is None or browser.request is None:
@@ -92,6 +93,7 @@ class Proxy:
             bytes_down=bytes_down,
             duration=time.monotonic() - browser.received_at,
             proto=browser.proto,
+            **(fields or {}),
         )
 
     def dispatch(self, browser: BrowserConnection, request: ProxyRequest) -> None:
@@ -157,6 +159,7 @@ class Proxy:
                 browser,
                 Failure.STREAM_LIMIT,
                 f"every relay connection carries its limit of {limit} streams",
+                retry_of,
             )
             return
         task = asyncio.get_running_loop().create_task(
@@ -191,11 +194,20 @@ class Proxy:
             if pool is not None and pool.unavailable(loop.time()):
                 detail = f"{detail}: {pool.last_failure}"
             if not self.fall_back(browser, rule, Failure.NOT_CONNECTED, detail):
-                self._relay_failed(browser, Failure.NOT_CONNECTED, detail)
+                self._relay_failed(browser, Failure.NOT_CONNECTED, detail, retry_of)
 
-    def _relay_failed(self, browser: BrowserConnection, failure: Failure, detail: str) -> None:
+    def _relay_failed(
+        self,
+        browser: BrowserConnection,
+        failure: Failure,
+        detail: str,
+        retry_of: RelayRoute | None = None,
+    ) -> None:
         self.count("relay", failure.result)
-        self.log_access(browser, "relay", failure.result)
+        extra = {"reason": failure.reason}
+        if retry_of is not None:
+            extra["retry_of"] = retry_of.tried()
+        self.log_access(browser, "relay", failure.result, fields=extra)
         browser.reply(failure, detail)
 
     def _open_on(
@@ -223,7 +235,8 @@ class Proxy:
             headers,
             pool=rule.pool,
         )
-        route = RelayRoute(self, browser, carrier, request, retry_of is not None, rule)
+        first_try = retry_of.tried() if retry_of is not None else None
+        route = RelayRoute(self, browser, carrier, request, first_try, rule)
         transport.set_write_buffer_limits(high=TCP_LOW_WATER, low=TCP_LOW_WATER)
         stream = carrier.session.open(message, BrowserSocket(route, transport), time.monotonic())
         if stream is None:
@@ -256,6 +269,7 @@ class Proxy:
             stream.session_id,
             stream.bytes_up,
             stream.bytes_down,
+            route.log_fields(),
         )
 
     # --- direct ---

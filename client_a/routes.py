@@ -79,17 +79,20 @@ class RelayRoute(ResponseDeadline):
         browser: BrowserConnection,
         carrier: Carrier,
         request: ProxyRequest,
-        retried: bool,
+        first_try: str | None,
         rule: Rule,
     ) -> None:
         self.proxy = proxy
         self.browser = browser
         self.carrier = carrier
         self.request = request
-        self.retried = retried  # this is the one retry after a retryable failure
+        # The one retry after a retryable failure has its first try's "RELAY:REASON".
+        self.first_try = first_try
+        self.retried = first_try is not None
         self.rule = rule  # the host's rule: its pool and its fallback
         self.stream: Stream | None = None
         self.result = ""  # why it failed, for the access log
+        self.reason = ""  # the failure's precise reason word, for the access log
         self.response_started = False  # some of the response reached the browser
 
     def opened(self, stream: Stream) -> None:
@@ -118,7 +121,11 @@ class RelayRoute(ResponseDeadline):
             response = stream.response
             assert response is not None
             failure = failure_of(response.status_code, response.reason)
+            if failure is Failure.DRAINING and self.proxy.pool is not None:
+                # Its relay is going away, over every carrier to it: not there.
+                self.proxy.pool.relay_draining(self.carrier)
             if failure in RETRYABLE and not self.retried:
+                self.reason = failure.reason
                 self.retry_elsewhere()
                 return
             self.fail_open(failure, response.error or "refused by the relay")
@@ -128,11 +135,26 @@ class RelayRoute(ResponseDeadline):
         elif end is End.LOST and not self.retried:
             # Nothing reaches the target before the 200, so an open whose relay
             # connection died (a relay killed mid-open) is safe to retry.
+            self.reason = Failure.RELAY_LOST.reason
             self.retry_elsewhere()
         elif end is End.LOST:
             self.fail_open(Failure.RELAY_LOST, "the connection to the relay was lost")
         else:
             self.fail_open(Failure.TUNNEL_ERROR, stream.error or "the open was aborted")
+
+    def tried(self) -> str:
+        """This try, for the retry's access-log line: "RELAY:REASON"."""
+        return f"{self.carrier.instance_id}:{self.reason}"
+
+    def log_fields(self) -> dict[str, str]:
+        """The relay route's own access-log fields: the relay instance that
+        answered, the precise reason of a failure, and a retry's first try."""
+        fields = {"relay": self.carrier.instance_id or "-"}
+        if self.reason:
+            fields["reason"] = self.reason
+        if self.first_try is not None:
+            fields["retry_of"] = self.first_try
+        return fields
 
     def retry_elsewhere(self) -> None:
         """A relay without an agent (still joining), a draining one or a lost
@@ -148,6 +170,7 @@ class RelayRoute(ResponseDeadline):
             self.result = "fallback"
             return
         self.result = failure.result
+        self.reason = failure.reason
         self.proxy.count("relay", failure.result)
         self.browser.reply(failure, detail)
 
@@ -159,6 +182,7 @@ class RelayRoute(ResponseDeadline):
         if stream is None or stream.ended:
             return
         self.result = failure.result
+        self.reason = failure.reason
         if not self.response_started:
             stream.detach()  # the browser gets the answer, not an abort
         stream.abort(detail)

@@ -8,6 +8,10 @@ carrier with the fewest streams, so a lost carrier costs only its own streams
 and the next open simply lands on another one. A carrier that gets GOAWAY
 (its relay is draining) keeps its open tunnels, and its slot dials a
 replacement at once; the old one closes itself when its last stream ends.
+A relay sends GOAWAY on all its connections at once, but each arrives in its
+own time, so the first sign that a relay is draining (a GOAWAY, or an open
+refused as "draining") retires every carrier to that relay: no open is sent,
+or retried, on a sibling whose GOAWAY is still on its way.
 """
 
 from __future__ import annotations
@@ -196,8 +200,9 @@ class CarrierPool:
             if not carrier.lost:  # it may be gone already, right after HELLO
                 self.carriers.append(carrier)
                 self.changed.set()
-            # Until the connection is lost, or GOAWAY frees the slot for a replacement.
-            while not carrier.lost and not carrier.goaway and not stop.is_set():
+            # Until the connection is lost, or GOAWAY (or retiring it) frees the slot
+            # for a replacement.
+            while carrier.ready and not stop.is_set():
                 self.changed.clear()
                 await first_of(stop.wait(), carrier.done, self.changed.wait())
             if stop.is_set():
@@ -210,8 +215,22 @@ class CarrierPool:
 
     # --- CarrierOwner ---
 
-    def carrier_goaway(self, carrier: Carrier) -> None:
+    def relay_draining(self, carrier: Carrier) -> None:
+        """`carrier`'s relay is shutting down: it sent GOAWAY, or it refused an
+        open as draining. Every carrier to that relay process is retired (no new
+        opens, closed once idle, its slot dials a replacement at once), so an open
+        or a retry never lands on a sibling whose GOAWAY is still in flight.
+        Instance ids name relay processes (a restarted relay keeps its id but
+        comes back on new carriers, dialled after this)."""
+        instance = carrier.instance_id
+        for other in self.carriers:
+            if other.ready and other.instance_id == instance:
+                other.session.retire("the relay is draining")
+                other.close_if_idle()
         self.changed.set()
+
+    def carrier_goaway(self, carrier: Carrier) -> None:
+        self.relay_draining(carrier)
 
     def carrier_members(self, carrier: Carrier, members: Members) -> None:
         pass  # the mesh is the agent's concern

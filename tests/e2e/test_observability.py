@@ -31,6 +31,22 @@ BYTES = {"bytes_up", "bytes_down"}
 # The relay names the agent and leaves out the byte counts (per-tunnel counting
 # would cost its forward path; docs/OPERATIONS.md): join on session for them.
 FIELDS = {"client": KEYS | {"proto"}, "relay": KEYS - BYTES | {"agent"}, "agent": KEYS}
+
+
+def fields_of(line: dict, program: str, retried: bool = False) -> set[str]:
+    """The fields `line` must have: client_a adds, on the relay route, the relay
+    instance that answered, for a failure its precise reason word, and for a
+    retried open the first try's "RELAY:REASON"."""
+    fields = FIELDS[program]
+    if program == "client" and line.get("route") == "relay":
+        fields = fields | {"relay"}
+        if line.get("result") not in ("ok", "aborted"):
+            fields = fields | {"reason"}
+        if retried:
+            fields = fields | {"retry_of"}
+    return fields
+
+
 ADDRESS = re.compile(r"127\.0\.0\.1:\d+")
 BODY = 100_000
 FIVE_MB = 5 * 1024 * 1024
@@ -99,8 +115,8 @@ def by_session(lines: list[dict], session: str) -> dict:
     return line
 
 
-def check_fields(line: dict, program: str) -> None:
-    assert set(line) == FIELDS[program], line
+def check_fields(line: dict, program: str, retried: bool = False) -> None:
+    assert set(line) == fields_of(line, program, retried), line
     assert line["program"] == program
     assert datetime.fromisoformat(line["ts"]).tzinfo is not None, line["ts"]
     assert line["route"] in ("relay", "direct")
@@ -131,6 +147,9 @@ def test_client_a_logs_one_line_per_request(logged: Logged, target: Target) -> N
         assert line["client"] == f"127.0.0.1:{port}"
         assert line["target"] == url.split("/")[2]
         assert (line["route"], line["result"]) == (route, result)
+        if route == "relay":
+            assert line["relay"] == chain.relay.ready["instance"]  # type: ignore[union-attr]
+            assert line.get("reason") == (None if result == "ok" else result)
         if result == "ok":
             assert line["bytes_down"] >= BODY  # the body plus TLS
             assert line["bytes_up"] > 0  # at least the TLS ClientHello
@@ -252,7 +271,10 @@ def test_open_without_an_agent_is_logged_as_no_agent(
     relay_lines = read_lines(relay_log, json_format=True)
     assert len(relay_lines) == 2, relay_lines
     https = f"{LISTED}:{target.port(LISTED, 'https')}"
-    check_fields(client_line, "client")
+    check_fields(client_line, "client", retried=True)
+    instance = chain.relay.ready["instance"]  # type: ignore[union-attr]
+    assert (client_line["relay"], client_line["reason"]) == (instance, "no_agent")
+    assert client_line["retry_of"] == f"{instance}:no_agent"
     for line in relay_lines:
         assert set(line) == KEYS - BYTES, line  # no agent to name
     for line in (client_line, *relay_lines):
@@ -276,7 +298,7 @@ def test_text_format_is_logfmt_with_the_same_keys(
         lines = read_lines(paths[program], json_format=False)  # parse_logfmt is strict
         assert len(lines) == n, program
         for line in lines:
-            assert set(line) == FIELDS[program], line
+            assert set(line) == fields_of(line, program), line
             assert line["program"] == program
             assert line["result"] == "ok"
             assert float(line["duration_s"]) >= 0

@@ -30,7 +30,7 @@ from helpers import (
     open_connect_via,
     wait_exit,
 )
-from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_create_server
 from support.cluster import (
     CLUSTER_TTL,
     HAPROXY_CONFIG,
@@ -40,12 +40,13 @@ from support.cluster import (
     require_tools,
     tool,
 )
-from support.procs import CLIENT_TOKEN, http_get, metric, wait_until
+from support.logfmt import parse_logfmt
+from support.procs import CLIENT_TOKEN, Proc, client_argv, http_get, metric, wait_until
 from support.target import pattern_sha256
 
 from fastrelay import eventloop
-from fastrelay.protocol.frames import FrameType, iter_frames
-from fastrelay.protocol.messages import ConnectResponse, Hello, OpenStream
+from fastrelay.protocol.frames import FrameType, encode_frame, iter_frames
+from fastrelay.protocol.messages import ConnectResponse, GoAway, Hello, OpenStream
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -564,3 +565,123 @@ def test_an_open_that_crosses_goaway_is_refused_with_503_not_dropped(make_chain)
     assert ftype == FrameType.CONNECT_RESPONSE, answer
     response = ConnectResponse.decode(body)
     assert (response.status_code, response.reason) == (503, "draining")
+
+
+# --- bug reproduction: a retry after "draining" landed on the same draining relay ---
+
+
+class DrainingRelay:
+    """A stand-in relay, in a thread of its own, for the moment a relay starts to
+    drain. Its first two connections are carriers to a relay ("relay-old") that
+    answers an open with GOAWAY and 503 "draining" on that connection only: the
+    sibling's GOAWAY is still on its way, as it can be when the real relay
+    sends it to every connection at once. Later connections are a relay
+    ("relay-new") that accepts every open. `opens` is (connection, instance)
+    for each open, in order."""
+
+    def __init__(self) -> None:
+        self.opens: list[tuple[int, str]] = []
+        self.connections = 0
+        self.transports: list[WSTransport] = []
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self.thread.start()
+        assert started.wait(10), "the stand-in relay did not start"
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            ws_create_server(lambda _request: self._Conn(self), "127.0.0.1", 0)
+        )
+        self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        started.set()
+        self.loop.run_forever()
+        self.server.close()
+        for transport in self.transports:
+            transport.disconnect()
+        self.loop.run_until_complete(asyncio.sleep(0.1))  # the disconnects go out
+        self.loop.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    class _Conn(WSListener):
+        def __init__(self, relay: DrainingRelay) -> None:
+            super().__init__()
+            self.relay = relay
+            self.index = relay.connections
+            relay.connections += 1
+            self.instance = "relay-old" if self.index < 2 else "relay-new"
+
+        def on_ws_connected(self, transport: WSTransport) -> None:
+            self.relay.transports.append(transport)
+            base = (self.index + 1) << 12
+            hello = Hello(self.instance, stream_id_base=base, stream_id_count=1 << 12)
+            transport.send(WSMsgType.BINARY, hello.encode())
+
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            if frame.msg_type != WSMsgType.BINARY:
+                return
+            data = frame.get_payload_as_bytes()
+            for ftype, _flags, sid, off, length in iter_frames(memoryview(data)):
+                if ftype == FrameType.FIN:  # the browser is done: so is the "target"
+                    transport.send(WSMsgType.BINARY, encode_frame(FrameType.FIN, sid))
+                if ftype not in (FrameType.CONNECT, FrameType.REQUEST):
+                    continue
+                request = OpenStream.decode(ftype, data[off : off + length])
+                self.relay.opens.append((self.index, self.instance))
+                if self.instance == "relay-old":
+                    refusal = ConnectResponse(
+                        request.session_id, 503, "relay is shutting down", reason="draining"
+                    )
+                    reply = GoAway("relay is shutting down").encode() + refusal.encode(sid)
+                else:
+                    reply = ConnectResponse(request.session_id, 200).encode(sid)
+                transport.send(WSMsgType.BINARY, reply)
+
+
+CLIENT_ARGS = ("--carriers", "2", "--open-timeout", "10", "--access-log", "-")
+
+
+def access_lines(client: Proc) -> list[dict[str, str]]:
+    """client_a's access-log lines (--access-log - writes them to its log)."""
+    text = client.log_path.read_text(errors="replace")
+    return [parse_logfmt(line) for line in text.splitlines() if line.startswith("ts=")]
+
+
+def test_a_retry_after_draining_avoids_every_carrier_to_that_relay(
+    make_chain, rules_file: Path
+) -> None:
+    """client_a keeps two carriers, and both may land on the relay that starts to
+    drain. An open refused as "draining" on one of them must not be retried on
+    the other, whose GOAWAY has not arrived yet (it would be refused the same
+    way, and the browser would get a 503 in a rolling restart). client_a retires
+    every carrier to a draining relay and retries on a fresh one."""
+    relay = DrainingRelay()
+    chain = make_chain()
+    try:
+        client = Proc(
+            "client",
+            client_argv(relay.url, rules_file, *CLIENT_ARGS),
+            {"FASTRELAY_TOKEN": CLIENT_TOKEN},
+            chain.log_dir,
+        )
+        chain.procs.append(client)
+        wait_until(
+            lambda: metric(client.ready["admin"], "fastrelay_relay_connected") == 2,
+            what="client_a's two carriers on the old relay",
+        )
+        sock = open_connect_via(client, LISTED, 443)  # AssertionError unless 200
+        sock.close()
+        first, retry = relay.opens
+        assert first[1] == "relay-old"
+        assert retry[1] == "relay-new", f"the retry went to {retry} after {first}"
+        # The access log says where the tunnel went, and why its first try did not.
+        wait_until(lambda: access_lines(client), what="client_a's access-log line")
+        [line] = access_lines(client)
+        assert (line["result"], line["relay"]) == ("ok", "relay-new"), line
+        assert line["retry_of"] == "relay-old:draining", line
+    finally:
+        relay.stop()

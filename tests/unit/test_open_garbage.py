@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from types import SimpleNamespace
 
 import pytest
 
@@ -105,7 +106,8 @@ def test_a_finished_relay_open_leaves_no_cycle(no_collector: None, stream_ends_f
         request = browser.parser.feed(CONNECT)  # type: ignore[union-attr]
         assert request is not None
         browser.request = request
-        route = RelayRoute(proxy, browser, object(), request, False, DEFAULT_RULE)  # type: ignore[arg-type]
+        carrier = SimpleNamespace(instance_id="relay-1")
+        route = RelayRoute(proxy, browser, carrier, request, None, DEFAULT_RULE)  # type: ignore[arg-type]
         stream = FakeStream()
         stream.owner, route.stream = route, stream  # type: ignore[assignment]
         transport = FakeTransport()
@@ -124,7 +126,7 @@ def test_a_finished_relay_open_leaves_no_cycle(no_collector: None, stream_ends_f
             proxy.on_stream_end(object(), stream)  # type: ignore[arg-type]
         assert stream.lost == [None]  # the route still heard the browser go
         assert browser.closed  # and so did the browser connection (its slot)
-        del browser, route, stream, request, transport
+        del browser, route, stream, request, transport, carrier
         assert [ref() for ref in refs] == [None, None]
     finally:
         loop.close()
