@@ -33,6 +33,7 @@ from fastrelay.protocol.status import dial_timeout
 
 log = logging.getLogger("fastrelay.agent")
 T = TypeVar("T")
+_FINISHED = End.FINISHED  # a module name: no EnumType hook per look-up on Python 3.11
 
 
 class Dial:
@@ -101,7 +102,7 @@ class Agent:
         dial = stream.owner
         if self.access_log is None or not isinstance(dial, Dial):
             return
-        result = dial.result or ("ok" if stream.end is End.FINISHED else "aborted")
+        result = dial.result or ("ok" if stream.end is _FINISHED else "aborted")
         self.access_log.write(
             session=stream.session_id,
             client=carrier.relay_address,

@@ -41,6 +41,11 @@ log = logging.getLogger("fastrelay.client")
 _PRIVATE_HEADERS = frozenset({"proxy-authorization", "proxy-authenticate"})
 # With the last dial of the relay failed, how long a request waits for a redial.
 NOT_CONNECTED_WAIT = 1.0
+# Enum members as module names: on Python 3.11 each `FrameType.X` in a function
+# goes through EnumType's attribute hook (~850 instructions; bench/README.md).
+_CONNECT = FrameType.CONNECT
+_REQUEST = FrameType.REQUEST
+_FINISHED = End.FINISHED
 
 
 class Proxy:
@@ -222,7 +227,7 @@ class Proxy:
         if transport is None or transport.is_closing():
             return False
         session_id = retry_of.stream.session_id if retry_of and retry_of.stream else None
-        kind = FrameType.CONNECT if request.is_connect else FrameType.REQUEST
+        kind = _CONNECT if request.is_connect else _REQUEST
         # Proxy credentials are for client_a only and must not travel on.
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _PRIVATE_HEADERS}
         message = OpenStream(
@@ -261,7 +266,7 @@ class Proxy:
         route.ended(stream)
         if route.result in ("retried", "fallback"):  # the retry's own line follows
             return
-        result = route.result or ("ok" if stream.end is End.FINISHED else "aborted")
+        result = route.result or ("ok" if stream.end is _FINISHED else "aborted")
         self.log_access(
             route.browser,
             "relay",

@@ -36,6 +36,7 @@ from types import ModuleType
 
 # The per-frame path of the three programs; setup.py builds exactly these.
 COMPILED = (
+    "fastrelay.protocol.output",
     "fastrelay.protocol.frames",
     "fastrelay.protocol.messages",
     "fastrelay.protocol.flow",

@@ -51,6 +51,7 @@ from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.session import (
     AGENT_SIDE,
     CLIENT_SIDE,
+    Link,
     Session,
     SessionStats,
     Stream,
@@ -234,7 +235,7 @@ class Backoff:
             self.attempt = max(self.attempt, self.flaps)
 
 
-class Carrier:
+class Carrier(Link):
     """One relay WebSocket: picows under a `Session` (fastrelay/protocol/session.py),
     which makes every decision. The carrier dials, carries the session's
     frames, ticks its open expiry and turns its events into the owner's and
@@ -357,7 +358,7 @@ class Carrier:
             return 0
         return int(transport.underlying_transport.get_write_buffer_size())
 
-    # --- the session's Link (bound straight to the MuxWriter while connected) ---
+    # --- the session's Link (its `out` is the MuxWriter itself while connected) ---
 
     def write(self, frames: bytes | bytearray | memoryview) -> None:
         if self.writer is not None:
@@ -450,8 +451,7 @@ class Carrier:
         )
         writer = self.writer = MuxWriter(transport, self.scheduler)
         session = self.session
-        session.write = writer.write
-        session.write_external = writer.write_external
+        session.out = writer
         peer = transport.underlying_transport.get_extra_info("peername")
         self.relay_address = format_address(peer) if peer else "unknown"
 
@@ -465,8 +465,7 @@ class Carrier:
             self.writer.close()
         self.writer = None
         self.transport = None
-        session.write = self.write  # drops everything from now on
-        session.write_external = self.write_external
+        session.out = self  # drops everything from now on
         if self.ticker is not None:
             self.ticker.cancel()
             self.ticker = None

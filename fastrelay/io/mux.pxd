@@ -5,6 +5,8 @@
 cimport cython
 from picows cimport picows
 
+from fastrelay.protocol.output cimport Output
+
 cdef Py_ssize_t _LARGE_FRAME, _FLUSH_AT
 cdef picows.WSMsgType _BINARY
 
@@ -22,7 +24,7 @@ cdef class FlushScheduler:
     cpdef flush_all(self)
 
 
-cdef class MuxWriter:
+cdef class MuxWriter(Output):
     cdef public bint closed
     cdef public Py_ssize_t messages
     cdef public bytearray pending

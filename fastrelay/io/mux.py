@@ -17,6 +17,8 @@ import asyncio
 
 from picows import WSMsgType, WSTransport
 
+from fastrelay.protocol.output import Output
+
 LARGE_FRAME = 8192  # picows memcpy()s server-side payloads up to 8 KiB anyway
 FLUSH_AT = 256 * 1024  # a pending batch this big goes out without waiting
 _BINARY = WSMsgType.BINARY
@@ -71,7 +73,7 @@ class FlushScheduler:
             writer.flush()
 
 
-class MuxWriter:
+class MuxWriter(Output):
     """The outgoing side of one WebSocket, in whole mux frames."""
 
     __slots__ = ("closed", "messages", "pending", "scheduler", "transport")

@@ -34,10 +34,12 @@ from fastrelay.protocol.messages import (
     Members,
     OpenStream,
 )
+from fastrelay.protocol.output import Output
 from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.session import (
     AGENT_SIDE,
     CLIENT_SIDE,
+    Link,
     Session,
     SessionStats,
     Stream,
@@ -46,7 +48,7 @@ from fastrelay.protocol.state import StreamState
 from fastrelay.protocol.switch import Conn, Limits, Switch
 
 
-class Wire:
+class Wire(Output):
     """What the relay writes to one connection, queued until the endpoint
     reads it: the switch's `Output` and `Link` for that connection."""
 
@@ -76,7 +78,7 @@ class Wire:
         self.pings += 1
 
 
-class Discard:
+class Discard(Output):
     """The switch's `Output` and `Link` for a connection nobody reads (memory and
     instruction counts): frames are dropped, and a close is a failure."""
 
@@ -166,7 +168,7 @@ class EndStream:
         return self.stream.ended
 
 
-class _EndpointLink:
+class _EndpointLink(Link):
     """The session's link: one WebSocket message to the switch per write."""
 
     def __init__(self, endpoint: Endpoint) -> None:

@@ -5,6 +5,7 @@
 cimport cython
 
 from fastrelay.protocol.frames cimport read_frame, write_header
+from fastrelay.protocol.output cimport Output
 
 # Frame types as C integers for the comparisons in receive and the control path.
 cdef int T_CONNECT, T_CONNECT_RESPONSE, T_FIN, T_GOAWAY, T_HELLO, T_MEMBERS
@@ -60,8 +61,7 @@ cdef class Session:
     cdef public object link
     cdef public str pool
     cdef public object abort_socket
-    cdef public object write
-    cdef public object write_external
+    cdef public Output out
     cdef public object events
     cdef public object stats
     cdef public object side

@@ -68,6 +68,7 @@ from fastrelay.protocol.messages import (
     OpenStream,
     TunnelError,
 )
+from fastrelay.protocol.output import Output
 from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.state import (
     ACCEPTS_DATA_DOWN,
@@ -127,16 +128,17 @@ _END_ABORTED = End.ABORTED
 _END_LOST = End.LOST
 
 
-class Link(Protocol):
-    """The relay connection: complete mux frames out (fastrelay.io.mux.MuxWriter)."""
+class Link(Output):
+    """The relay connection: complete mux frames out (`Output`), and its close.
+    The session writes to `Session.out`, which starts as the link; an adapter
+    points it straight at its writer (fastrelay.io.mux.MuxWriter) while the
+    connection is up."""
 
-    def write(self, frames: bytes | bytearray | memoryview) -> None: ...
-
-    def write_external(self, buf: bytearray, offset: int) -> None:
-        """Send `buf[offset:]`, one whole frame, without copying it."""
+    __slots__ = ()
 
     def disconnect(self, code: int, reason: str) -> None:
         """Close the connection with this WebSocket close code."""
+        raise NotImplementedError
 
 
 class Socket(Protocol):
@@ -327,7 +329,7 @@ class Stream:
     def accept(self, send_window: int, now: float) -> None:
         """(agent) The target is connected (its socket `attach`ed): answer 200
         and let data flow; `send_window` is the credit the open granted."""
-        self.session.write(
+        self.session.out.write(
             ConnectResponse(self.session_id, 200, window=self.recv_window.window).encode(self.sid)
         )
         self._opened(send_window, now)
@@ -336,7 +338,7 @@ class Stream:
         """(agent) The open failed: answer `status`, and the stream is over."""
         if self.end is not None:
             return
-        self.session.write(
+        self.session.out.write(
             ConnectResponse(self.session_id, status, message, reason=reason).encode(self.sid)
         )
         self.error = message
@@ -370,9 +372,9 @@ class Stream:
         self.send_window.available = avail
         self.bytes_out += n
         if alone:
-            session.write_external(buf, at)
+            session.out.write_external(buf, at)
         else:
-            session.write(memoryview(buf)[at : at + HEADER_SIZE + n])
+            session.out.write(memoryview(buf)[at : at + HEADER_SIZE + n])
         if session.paused:
             session.wait_for_room(self)
         return True
@@ -406,18 +408,18 @@ class Stream:
             self.send_window.available = avail - n  # n <= avail: checked above
             self.bytes_out += n
             session = self.session
-            sid, write, size = self.sid, session.write, session.max_chunk
+            sid, out, size = self.sid, session.out, session.max_chunk
             # Frames stay below every peer's max frame size. The concatenation
             # is one memcpy per chunk; picows masks client-side frames into its
             # own buffer anyway (docs/PROTOCOL.md, 5.3).
             for start in range(0, n, size):
                 chunk = view[start : start + size]
                 flags = blocked if start + size >= n else 0  # on the last chunk
-                write(_pack(T_TUNNEL_DATA, flags, sid, len(chunk)) + chunk)
+                out.write(_pack(T_TUNNEL_DATA, flags, sid, len(chunk)) + chunk)
             if session.paused and not self.paused & PAUSED_LINK:
                 session.wait_for_room(self)
         elif blocked:
-            self.session.write(_pack(T_TUNNEL_DATA, blocked, self.sid, 0))
+            self.session.out.write(_pack(T_TUNNEL_DATA, blocked, self.sid, 0))
 
     def eof(self) -> None:
         """The socket reported EOF: FIN, once the backlog is out."""
@@ -430,7 +432,7 @@ class Stream:
     def send_fin(self) -> None:
         if self.state.state not in self.accepts_out:
             return
-        self.session.write(encode_frame(T_FIN, self.sid))
+        self.session.out.write(encode_frame(T_FIN, self.sid))
         self.state.apply(self.side.fin_out)
         if self.state.closed:
             self._finish(_END_FINISHED)
@@ -469,7 +471,7 @@ class Stream:
     def _return_credit(self, n: int, now: bool = False) -> None:
         increment = self.recv_window.release(n, self.session.credit, now)
         if increment and self.state.state in self.accepts_in:
-            self.session.write(encode_window_update(self.sid, increment))
+            self.session.out.write(encode_window_update(self.sid, increment))
 
     def _peer_blocked(self, n: int) -> None:
         """The sender ran out of credit (FLAG_BLOCKED) and this end keeps up
@@ -514,7 +516,7 @@ class Stream:
         """This side gives up on the stream: TUNNEL_ERROR to the peer."""
         if self.end is not None:
             return
-        self.session.write(TunnelError(self.session_id, reason).encode(self.sid))
+        self.session.out.write(TunnelError(self.session_id, reason).encode(self.sid))
         self.error = reason
         self.state.apply(_E_ABORT)
         self._finish(_END_ABORTED)
@@ -597,8 +599,7 @@ class Session:
         # How an aborted stream's socket is ended (the adapter resets it once
         # the bytes already written are through); plain `abort()` by default.
         self.abort_socket = abort_socket or _abort
-        self.write = link.write
-        self.write_external = link.write_external
+        self.out: Output = link  # the adapter points it at its writer while connected
         self.events = events
         self.stats = stats
         self.side = side
@@ -651,7 +652,7 @@ class Session:
         """The owner no longer wants this connection: GOAWAY, no new streams,
         and close once the last one ends."""
         self.leaving = True
-        self.write(GoAway(reason).encode())
+        self.out.write(GoAway(reason).encode())
 
     # --- opening (client_a) ---
 
@@ -679,7 +680,7 @@ class Session:
         initial = _S_CONNECT_REQUEST if request.kind == T_CONNECT else _S_REQUEST
         stream = Stream(self, sid, request.session_id, initial, self.credit.open(), now)
         self.streams[sid] = stream
-        self.write(request.encode(sid, stream.recv_window.window))
+        self.out.write(request.encode(sid, stream.recv_window.window))
         stream.attach(socket)
         if self.open_timeout > 0:
             stream.deadline = now + self.open_timeout
@@ -696,7 +697,7 @@ class Session:
                 return
             expiry.popleft()
             if stream.end is None and stream.state.opening:
-                self.write(TunnelError(stream.session_id, "open timeout").encode(stream.sid))
+                self.out.write(TunnelError(stream.session_id, "open timeout").encode(stream.sid))
                 stream.error = "open timeout"
                 stream.state.apply(_E_TIMEOUT)
                 stream._finish(_END_EXPIRED)
@@ -858,11 +859,11 @@ class Session:
             self.stats.protocol_errors["unexpected_open"] += 1
             return
         if sid in self.streams:
-            self.write(TunnelError(request.session_id, "stream id in use").encode(sid))
+            self.out.write(TunnelError(request.session_id, "stream id in use").encode(sid))
             return
         window = self.credit.open()
         if not window:  # the relay keeps within this too; a stale or foreign one may not
-            self.write(
+            self.out.write(
                 ConnectResponse(
                     request.session_id,
                     503,

@@ -6,6 +6,7 @@
 cimport cython
 
 from fastrelay.protocol.frames cimport read_frame, read_header
+from fastrelay.protocol.output cimport Output
 
 # Frame types and sizes as C integers: receive compares and adds them per frame.
 cdef int T_CONNECT, T_CONNECT_RESPONSE, T_GOAWAY, T_HELLO, T_MEMBERS, T_RULES
@@ -25,7 +26,7 @@ cdef class Conn:
     cdef public double last_rx
     cdef public object link
     cdef public dict opening
-    cdef public object out
+    cdef public Output out
     cdef public str pool
     cdef public bint probation
     cdef public double probe_at
@@ -106,5 +107,7 @@ cdef class Switch:
         slot=Py_ssize_t,
         stream=Stream,
         is_client=bint,
+        out=Output,
+        run_out=Output,
     )
     cpdef receive(self, Conn src, message, double now)

@@ -4,8 +4,8 @@ Bytes and events go in, actions come out. There are no sockets, no asyncio and
 no clock reads here: the caller passes `now` (monotonic seconds), and carries
 out the actions through two small objects that every connection brings:
 
-* `Conn.out.write(frames)` queues whole mux frames for that connection (the
-  relay's `MuxWriter`; a bytearray in the in-memory pair, `switch_pair.py`);
+* `Conn.out.write(frames)` queues whole mux frames for that connection (an
+  `Output`: the relay's `MuxWriter`; a queue in the in-memory pair, `pair.py`);
 * `Conn.link.close(code, reason)` closes the connection with a WebSocket close
   code, and `Conn.link.ping()` sends a liveness probe.
 
@@ -93,6 +93,7 @@ from fastrelay.protocol.messages import (
     TunnelError,
     format_authority,
 )
+from fastrelay.protocol.output import Output
 from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.state import ACCEPTS_DATA_DOWN, ACCEPTS_DATA_UP, Event, State, next_state
 from fastrelay.protocol.status import Failure, failure_of
@@ -162,10 +163,6 @@ class Limits:
             raise ValueError(f"max_message must be at most {MAX_PAYLOAD}")
         if self.max_pools < 1:
             raise ValueError("max_pools must be at least 1")
-
-
-class Output(Protocol):
-    def write(self, frames: bytes | bytearray | memoryview) -> None: ...
 
 
 class Link(Protocol):

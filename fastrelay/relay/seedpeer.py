@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from picows import WSFrame, WSMsgType, WSTransport
 
 from fastrelay.protocol.errors import BudgetExceeded, ProtocolError
+from fastrelay.protocol.output import Output
 from fastrelay.protocol.seed import OP_BINARY, OP_CONTINUATION, OP_TEXT, SeedConnection, SeedError
 from fastrelay.protocol.switch import Conn
 from fastrelay.relay.peer import Peer, _now
@@ -45,7 +46,7 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
-class SeedOut:
+class SeedOut(Output):
     """The switch's `Output` for a seed connection: mux frames in, seed messages out."""
 
     __slots__ = ("peer",)

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastrelay.protocol.errors import CLOSE_PROTOCOL_ERROR, BudgetExceeded
+from fastrelay.protocol.output import Output
 from fastrelay.protocol.pair import Pair
 from fastrelay.protocol.seed import (
     OP_BINARY,
@@ -27,7 +28,7 @@ SID = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 CLIENT_TYPES = {"CONNECT_RESPONSE", "TUNNEL_DATA", "TUNNEL_ERROR", "TUNNEL_CLOSE"}
 
 
-class Rig:
+class Rig(Output):
     """A seed connection attached to a real switch, with one in-memory agent.
     It is the machine's Sink and the switch's Output for the connection."""
 

@@ -35,6 +35,7 @@ from fastrelay.protocol.session import (
     Side,
     Stream,
 )
+from fastrelay.protocol.session import Link as SessionLink
 from fastrelay.protocol.state import State
 
 DATA, FIN, WINDOW, ERROR, RESPONSE = (
@@ -48,7 +49,7 @@ BASE = 1 << 16  # the client's stream-id range, from HELLO
 NOW = 100.0
 
 
-class Link:
+class Link(SessionLink):
     """Records every frame the session writes, and a close."""
 
     def __init__(self) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from fastrelay.protocol.frames import FrameType, encode_frame
 from fastrelay.protocol.messages import ConnectResponse, OpenStream
+from fastrelay.protocol.output import Output
 from fastrelay.protocol.pair import Endpoint, Pair
 from fastrelay.protocol.switch import Conn, Limits, Switch
 
@@ -145,7 +146,7 @@ def test_ended_streams_leave_no_cycles(no_collector: None, ending: str) -> None:
     assert found <= SLACK, f"{found} objects in cycles after {OPENS} streams {ending}"
 
 
-class _Cuts:
+class _Cuts(Output):
     """Output and Link of one connection; writing to `victim` cuts it off (as the
     relay's pause_writing does, within the write, when a queue passes the budget)."""
 

@@ -22,6 +22,7 @@ from fastrelay.protocol.messages import (
     OpenStream,
     pool_error,
 )
+from fastrelay.protocol.output import Output
 from fastrelay.protocol.pair import Endpoint, Pair
 from fastrelay.protocol.status import Failure
 from fastrelay.protocol.switch import UNKNOWN_POOL, Conn, Limits
@@ -156,7 +157,7 @@ def test_the_number_of_pools_is_capped_at_the_upgrade() -> None:
     assert pair.switch.admission("client", 0, "lab") is None
 
 
-class _Sink:
+class _Sink(Output):
     def __init__(self) -> None:
         self.closed: tuple[int, str] | None = None
 

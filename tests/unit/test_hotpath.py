@@ -96,6 +96,16 @@ def test_a_stale_build_takes_the_builds_that_cimport_it_to_source() -> None:
         "fastrelay.io.carrier",  # cimports session's Session
         "fastrelay.relay.peer",  # cimports switch's Conn and Switch
     }
+    output_stale = dict(current, **{"fastrelay.protocol.output": "0" * 64})
+    assert hotpath.stale_builds(output_stale) == {
+        "fastrelay.protocol.output",
+        "fastrelay.protocol.session",  # Session.out is an Output
+        "fastrelay.protocol.switch",  # Conn.out is an Output
+        "fastrelay.io.mux",  # MuxWriter extends Output
+        "fastrelay.io.tunnel",
+        "fastrelay.io.carrier",
+        "fastrelay.relay.peer",
+    }
     for name in hotpath.COMPILED:  # whatever goes stale, no build is left using a source
         stale = hotpath.stale_builds(dict(current, **{name: "0" * 64}))
         assert all(not hotpath.cimports(user) & stale for user in set(hotpath.COMPILED) - stale)
