@@ -24,8 +24,6 @@ from collections import Counter
 from picows import WSError
 
 from fastrelay.io.carrier import (
-    REJECTED_BACKOFF,
-    Backoff,
     Carrier,
     CarrierHandler,
     CarrierStats,
@@ -35,6 +33,7 @@ from fastrelay.io.carrier import (
 )
 from fastrelay.lifecycle import first_of, pause
 from fastrelay.logs import RateLimitedLog
+from fastrelay.protocol.carriers import REJECTED_BACKOFF, Backoff, Membership
 from fastrelay.protocol.messages import Members
 
 log = logging.getLogger("fastrelay.mesh")
@@ -51,10 +50,7 @@ class AgentMesh:
         self.stats = stats
         self.held: dict[str, Carrier] = {}  # instance id -> its carrier
         self.leaving: list[Carrier] = []  # dropped from the set, finishing their tunnels
-        # Each held relay's last MEMBERS. An instance is wanted while any held
-        # relay lists it: a new relay lists itself at once, and a dead one
-        # drops out when the others' heartbeat TTL expires.
-        self.views: dict[Carrier, tuple[str, ...]] = {}
+        self.membership: Membership[Carrier] = Membership()  # who is alive, from MEMBERS
         self.dials: Counter[str] = Counter({r: 0 for r in DIAL_RESULTS})
         self.backoff = Backoff(ERROR_BACKOFF, link.reconnect_max)  # errors, losses, flaps
         self.joined_at: dict[Carrier, float] = {}  # held carriers: when their HELLO came
@@ -70,15 +66,8 @@ class AgentMesh:
     def ready(self) -> bool:
         return any(c.ready for c in self.held.values())
 
-    def wanted(self) -> set[str] | None:
-        views = [self.views[c] for c in self.held.values() if c in self.views]
-        return set().union(*views) if views else None
-
     def missing(self) -> list[str]:
-        wanted = self.wanted()
-        if wanted is None:  # before the first MEMBERS: one relay, any relay
-            return [] if self.held else ["any"]
-        return sorted(i for i in wanted if i not in self.held)
+        return self.membership.missing(self.held)
 
     async def run(self, stop: asyncio.Event) -> None:
         dialing = asyncio.ensure_future(self._dial_loop(stop))
@@ -100,7 +89,7 @@ class AgentMesh:
                 continue
             if self.redial_pause:
                 self.redial_pause = False
-                await pause(stop, backoff.next_delay())
+                await pause(stop, backoff.next_delay(loop.time()))
                 continue  # the set may have changed meanwhile
             carrier = Carrier(self.link, self.handler, self, self.stats)
             try:
@@ -108,7 +97,7 @@ class AgentMesh:
             except (TimeoutError, OSError, WSError, ConnectionError) as exc:
                 self.dials["error"] += 1
                 self.stats.reconnects += 1  # the next dial is a redial
-                delay = backoff.next_delay()
+                delay = backoff.next_delay(loop.time())
                 if dial_rejected(exc):
                     self.dial_log.warning(
                         "the relay rejected the token: check --token-file or FASTRELAY_TOKEN",
@@ -125,8 +114,8 @@ class AgentMesh:
                 continue
             backoff.connected()
             if carrier.lost:  # gone right after HELLO: a flap
-                backoff.ended(0.0)
-                await pause(stop, backoff.next_delay())
+                backoff.ended(0.0, loop.time())
+                await pause(stop, backoff.next_delay(loop.time()))
                 continue
             instance = hello.instance_id
             if instance in self.held:
@@ -134,7 +123,7 @@ class AgentMesh:
                 # The relay may already have routed an open to it: retire it
                 # with GOAWAY (no new streams), never by closing under them.
                 self._retire(carrier, "duplicate: the agent holds this instance")
-                await pause(stop, duplicate_backoff.next_delay())
+                await pause(stop, duplicate_backoff.next_delay(loop.time()))
                 continue
             self.dials["ok"] += 1
             duplicate_backoff.reset()
@@ -145,11 +134,8 @@ class AgentMesh:
     # --- CarrierOwner ---
 
     def carrier_members(self, carrier: Carrier, members: Members) -> None:
-        self.views[carrier] = members.instances
-        wanted = self.wanted()
-        for instance, held in list(self.held.items()):
-            if wanted is not None and instance not in wanted:
-                self._drop(instance, held)
+        for instance in self.membership.members(self.held, carrier, members.instances):
+            self._drop(instance, self.held[instance])
         self.changed.set()
 
     def carrier_goaway(self, carrier: Carrier) -> None:
@@ -171,7 +157,7 @@ class AgentMesh:
                 log.info("mesh: lost relay %s", instance)
         if carrier in self.leaving:
             self.leaving.remove(carrier)
-        self.views.pop(carrier, None)
+        self.membership.forget(carrier)
         self.changed.set()
 
     def _ended(self, carrier: Carrier) -> None:
@@ -179,12 +165,13 @@ class AgentMesh:
         backoff, short after a healthy connection, growing after flaps."""
         joined_at = self.joined_at.pop(carrier, None)
         if joined_at is not None:
-            self.backoff.ended(asyncio.get_running_loop().time() - joined_at)
+            now = asyncio.get_running_loop().time()
+            self.backoff.ended(now - joined_at, now)
         self.redial_pause = True
 
     def _drop(self, instance: str, carrier: Carrier) -> None:
         del self.held[instance]
-        self.views.pop(carrier, None)
+        self.membership.forget(carrier)
         self.joined_at.pop(carrier, None)
         log.info("mesh: relay %s left the set", instance)
         self._retire(carrier, "instance left the set")

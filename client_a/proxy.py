@@ -197,7 +197,7 @@ class Proxy:
         if carrier is None or not self._open_on(carrier, browser, request, retry_of, rule):
             detail = "client_a is not connected to the relay"
             if pool is not None and pool.unavailable(loop.time()):
-                detail = f"{detail}: {pool.last_failure}"
+                detail = f"{detail}: {pool.health.last_failure}"
             if not self.fall_back(browser, rule, Failure.NOT_CONNECTED, detail):
                 self._relay_failed(browser, Failure.NOT_CONNECTED, detail, retry_of)
 

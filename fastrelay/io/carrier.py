@@ -5,7 +5,7 @@ authenticates with a bearer token and waits for HELLO; when the connection
 ends, every stream on it is ended at once and `done` resolves. Who dials
 again, when and how many lives at once is the owner's business: client_a's
 `CarrierPool` (fastrelay/io/pool.py) and the agent's mesh (agent/mesh.py),
-both pacing their dials with `Backoff` (exponential, full jitter).
+both pacing their dials with `Backoff` (fastrelay/protocol/carriers.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -62,9 +61,6 @@ log = logging.getLogger("fastrelay.carrier")
 
 WS_BUFFER_HIGH = 2 * 1024 * 1024
 HELLO_TIMEOUT = 5.0  # after the upgrade, the relay's HELLO must come this soon
-BACKOFF_SETTLE = 1.0  # a connection that ends sooner after HELLO is a flap (see Backoff)
-RECOVERY = 15.0  # after a healthy connection is lost, redial delays stay short this long
-RECOVERY_CAP = 1.0  # ... at most this (full jitter)
 TICK = 0.25  # how often a carrier with an open timeout expires late opens
 _now = time.monotonic
 _BINARY = WSMsgType.BINARY
@@ -161,78 +157,6 @@ class RelayLink:
 
     def __repr__(self) -> str:  # never print the token
         return f"RelayLink({self.url!r})"
-
-
-class Backoff:
-    """Paces the dials to a relay: exponential backoff with full jitter. The
-    n-th delay after a failure is uniform in [0, min(cap, initial * 2**n)], so
-    a fleet redialling a restarted relay spreads out instead of arriving in
-    waves.
-
-    A completed HELLO (`connected`) resets it: the relay is up, so when that
-    connection is later lost the first redial comes within `initial`
-    (jittered), not after a delay grown by failures long past. But a
-    connection that ends within `settle` seconds of its HELLO (`ended`) is a
-    flap, not a success: a relay that accepts and drops at once, or one in a
-    crash loop. Flaps in a row count as failures, and HELLO then resets only
-    down to their number, so such a relay is redialled with a growing delay,
-    never in a tight loop. A connection that lived `settle` seconds clears
-    them.
-
-    A healthy connection's loss is usually a relay restarting, which takes
-    seconds: for `RECOVERY` seconds after it the delays stay within
-    `RECOVERY_CAP`, so the restarted relay gets its peers back within about
-    a second of listening again (a plain doubling backoff had grown to 3.2 s
-    by then: the first tunnel came a median 2.9 s after the relay was ready,
-    over 10 restarts with a 1 s outage). After that window, or for a relay
-    that never held a connection, the doubling resumes up to `cap`."""
-
-    def __init__(
-        self,
-        initial: float,
-        cap: float,
-        settle: float = BACKOFF_SETTLE,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.initial = initial
-        self.cap = cap
-        self.settle = settle
-        self.clock = clock
-        self.attempt = 0  # failures since the last reset
-        self.flaps = 0  # connections in a row that ended within `settle` of HELLO
-        self.recover_until = 0.0  # a healthy connection was lost: short delays until then
-
-    def bound(self) -> float:
-        """The longest the next delay can be."""
-        bound = min(self.cap, self.initial * 2**self.attempt)
-        if self.recover_until and self.clock() < self.recover_until:
-            return min(bound, max(self.initial, RECOVERY_CAP))
-        return bound
-
-    def next_delay(self) -> float:
-        """The pause before the next dial; counts one failure."""
-        delay = random.uniform(0, self.bound())
-        self.attempt = min(self.attempt + 1, 30)
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
-        self.flaps = 0
-
-    def connected(self) -> None:
-        """HELLO completed."""
-        self.attempt = self.flaps
-
-    def ended(self, lived: float) -> None:
-        """A connection that had completed HELLO ended (lost, or GOAWAY)
-        `lived` seconds after it."""
-        if lived >= self.settle:
-            self.reset()
-            self.recover_until = self.clock() + RECOVERY
-        else:
-            self.recover_until = 0.0
-            self.flaps = min(self.flaps + 1, 30)
-            self.attempt = max(self.attempt, self.flaps)
 
 
 class Carrier(Link):
@@ -533,9 +457,6 @@ class CarrierListener(picows.WSListener):  # carrier.pxd: a C extension type whe
 
     def resume_writing(self) -> None:
         self.session.set_paused(False)
-
-
-REJECTED_BACKOFF = 5.0  # a rejected token is redialled no sooner than this (cap allowing)
 
 
 def dial_rejected(exc: BaseException) -> bool:

@@ -3,15 +3,14 @@
 `size` slots each keep one carrier open, redialling with backoff when theirs
 is lost. HELLO resets a slot's backoff, so the first redial after a loss comes
 within 100 ms (jittered); a carrier that ends within a second of its HELLO
-counts as a failure instead (see `Backoff`). New streams go to the ready
-carrier with the fewest streams, so a lost carrier costs only its own streams
-and the next open simply lands on another one. A carrier that gets GOAWAY
-(its relay is draining) keeps its open tunnels, and its slot dials a
+counts as a failure instead (see `Backoff`). A lost carrier costs only its own
+streams, and the next open simply lands on another one. A carrier that gets
+GOAWAY (its relay is draining) keeps its open tunnels, and its slot dials a
 replacement at once; the old one closes itself when its last stream ends.
-A relay sends GOAWAY on all its connections at once, but each arrives in its
-own time, so the first sign that a relay is draining (a GOAWAY, or an open
-refused as "draining") retires every carrier to that relay: no open is sent,
-or retried, on a sibling whose GOAWAY is still on its way.
+
+The decisions (which carrier an open goes on, which carriers a draining relay
+retires, when to redial, when the relay counts as unavailable) are pure code
+in fastrelay/protocol/carriers.py; this module carries them out.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ from collections.abc import Callable
 from picows import WSError
 
 from fastrelay.io.carrier import (
-    REJECTED_BACKOFF,
-    Backoff,
     Carrier,
     CarrierHandler,
     CarrierStats,
@@ -35,12 +32,12 @@ from fastrelay.io.carrier import (
 )
 from fastrelay.lifecycle import first_of, pause
 from fastrelay.logs import RateLimitedLog
+from fastrelay.protocol.carriers import REJECTED_BACKOFF, Backoff, CarrierChoice, DialHealth
 from fastrelay.protocol.messages import Members
 from fastrelay.protocol.rules import PushedRules
 
 log = logging.getLogger("fastrelay.pool")
 BACKOFF_INITIAL = 0.1
-FAILING_GRACE = 2.0  # dials failing this long (no success between) mean the relay is unavailable
 
 
 class CarrierPool:
@@ -58,70 +55,30 @@ class CarrierPool:
         self.stats = stats
         self.size = size
         self.carriers: list[Carrier] = []  # every live one, draining ones included
-        self.turn = 0
+        self.choice: CarrierChoice[Carrier] = CarrierChoice()
         self.dials = {"ok": 0, "error": 0}
         self.changed = asyncio.Event()  # a carrier became ready, was lost or got GOAWAY
         self.dial_log = RateLimitedLog(log, period=10.0, burst=3)
-        # Why the last dial of the relay failed; None once one succeeds. While
-        # the relay is `unavailable` and no carrier is ready, a request is
+        # While the relay is `unavailable` and no carrier is ready, a request is
         # answered within NOT_CONNECTED_WAIT rather than after the open timeout.
-        self.last_failure: str | None = None
-        self.failing_since: float | None = None  # the first failed dial since a success
-        self.rejected = False  # the last failure was the relay refusing the token
+        self.health = DialHealth()
         # Rules a relay pushed (RULES), for whoever set this; the link must ask for them.
         self.on_rules: Callable[[Carrier, PushedRules], None] | None = None
 
     # --- choosing ---
 
     def unavailable(self, now: float) -> bool:
-        """The relay refuses the token, or every dial has failed for
-        FAILING_GRACE seconds: a request should hear why rather than wait.
-        (One failed dial alone is not enough: in a rolling restart a dial may
-        land on a relay that is going away while the next one succeeds.)"""
-        if self.last_failure is None or self.failing_since is None:
-            return False
-        return self.rejected or now - self.failing_since >= FAILING_GRACE
+        """A request should hear why rather than wait (`DialHealth`)."""
+        return self.health.unavailable(now)
 
     @property
     def ready(self) -> list[Carrier]:
         return [c for c in self.carriers if c.ready]
 
     def pick(self, avoid: Carrier | None = None) -> Carrier | None:
-        """A ready carrier on the relay instance with the fewest of our
-        streams, then the least busy carrier there. Balancing by instance
-        first matters when carriers land unevenly (a balancer's hash, or
-        SO_REUSEPORT under --workers: 7 of 8 carriers on one worker happens).
-        With `avoid`, another instance if there is one, else another carrier."""
-        ready = [c for c in self.carriers if c.ready and not c.full]
-        if avoid is not None:
-            elsewhere = [c for c in ready if c.instance_id != avoid.instance_id]
-            ready = elsewhere or [c for c in ready if c is not avoid]
-        if not ready:
-            return None
-        # Ties rotate (instances, then carriers), so short sequential
-        # requests spread over every relay too.
-        self.turn += 1
-        turn = self.turn
-        first = ready[0].instance_id
-        candidates = ready
-        if any(c.instance_id != first for c in ready):
-            by_instance: dict[str, list[Carrier]] = {}
-            for carrier in ready:
-                by_instance.setdefault(carrier.instance_id, []).append(carrier)
-            instances = _rotated(sorted(by_instance), turn)
-            least = min(instances, key=lambda i: sum(len(c.streams) for c in by_instance[i]))
-            candidates = by_instance[least]
-        # The first of the fewest streams in the rotated order: one pass, no copies
-        # (with a single relay instance, the usual case, this is all of pick).
-        n = len(candidates)
-        start = turn % n
-        best = candidates[start]
-        fewest = len(best.streams)
-        for i in range(start + 1, start + n):
-            carrier = candidates[i % n]
-            if len(carrier.streams) < fewest:
-                best, fewest = carrier, len(carrier.streams)
-        return best
+        """The carrier for an open, or for a retry of one that went on `avoid`
+        (`CarrierChoice`)."""
+        return self.choice.pick(self.carriers, avoid)
 
     async def wait_pick(
         self, timeout: float, avoid: Carrier | None = None, failing_wait: float | None = None
@@ -171,29 +128,24 @@ class CarrierPool:
                 await carrier.open()
             except (TimeoutError, OSError, WSError, ConnectionError) as exc:
                 self.dials["error"] += 1
-                self.last_failure = describe_dial_error(exc, "client_a")
-                self.rejected = dial_rejected(exc)
-                if self.failing_since is None:
-                    self.failing_since = loop.time()
-                delay = backoff.next_delay()
-                if self.rejected:
+                rejected = dial_rejected(exc)
+                why = describe_dial_error(exc, "client_a")
+                self.health.failed(loop.time(), why, rejected)
+                delay = backoff.next_delay(loop.time())
+                if rejected:
                     self.dial_log.warning(
                         "the relay rejected the token: check --token-file or FASTRELAY_TOKEN",
                         url=self.link.url,
-                        error=self.last_failure,
+                        error=why,
                     )
                     delay = max(delay, min(self.link.reconnect_max, REJECTED_BACKOFF))
                 else:
-                    self.dial_log.warning(
-                        "cannot reach relay", url=self.link.url, error=self.last_failure
-                    )
+                    self.dial_log.warning("cannot reach relay", url=self.link.url, error=why)
                 carrier.close()
                 self.changed.set()  # requests waiting for a carrier hear why there is none
                 await pause(stop, delay)
                 continue
-            self.last_failure = None
-            self.failing_since = None
-            self.rejected = False
+            self.health.succeeded()
             hello_at = loop.time()
             backoff.connected()
             self.dials["ok"] += 1
@@ -207,26 +159,22 @@ class CarrierPool:
                 await first_of(stop.wait(), carrier.done, self.changed.wait())
             if stop.is_set():
                 return
-            backoff.ended(loop.time() - hello_at)
+            backoff.ended(loop.time() - hello_at, loop.time())
             # A GOAWAY after a healthy life is replaced at once; a loss, or a
             # flap (ended right after HELLO), waits its jittered backoff.
             if carrier.lost or backoff.flaps:
-                await pause(stop, backoff.next_delay())
+                await pause(stop, backoff.next_delay(loop.time()))
 
     # --- CarrierOwner ---
 
     def relay_draining(self, carrier: Carrier) -> None:
         """`carrier`'s relay is shutting down: it sent GOAWAY, or it refused an
         open as draining. Every carrier to that relay process is retired (no new
-        opens, closed once idle, its slot dials a replacement at once), so an open
-        or a retry never lands on a sibling whose GOAWAY is still in flight.
-        Instance ids name relay processes (a restarted relay keeps its id but
-        comes back on new carriers, dialled after this)."""
-        instance = carrier.instance_id
-        for other in self.carriers:
-            if other.ready and other.instance_id == instance:
-                other.session.retire("the relay is draining")
-                other.close_if_idle()
+        opens, closed once idle, its slot dials a replacement at once; see
+        `CarrierChoice.draining`)."""
+        for other in self.choice.draining(self.carriers, carrier):
+            other.session.retire("the relay is draining")
+            other.close_if_idle()
         self.changed.set()
 
     def carrier_goaway(self, carrier: Carrier) -> None:
@@ -239,8 +187,3 @@ class CarrierPool:
         if carrier in self.carriers:
             self.carriers.remove(carrier)
         self.changed.set()
-
-
-def _rotated(items: list, turn: int) -> list:
-    start = turn % len(items)
-    return items[start:] + items[:start]

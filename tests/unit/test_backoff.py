@@ -1,7 +1,7 @@
-"""The relay redial policy: `Backoff` (fastrelay/io/carrier.py) and how
-client_a's pool and the agent's mesh use it. Pure: the attempts are driven
-explicitly, and the redial loops run against fake carriers with `pause`
-replaced by a recorder, so nothing sleeps."""
+"""How client_a's pool and the agent's mesh use the redial policy (`Backoff`,
+fastrelay/protocol/carriers.py, whose own tests are tests/protocol/test_carriers.py):
+the redial loops run against fake carriers with `pause` replaced by a
+recorder, so nothing sleeps."""
 
 from __future__ import annotations
 
@@ -12,109 +12,11 @@ import pytest
 
 from agent import mesh as mesh_module
 from fastrelay.io import pool as pool_module
-from fastrelay.io.carrier import RECOVERY, Backoff, CarrierStats, RelayLink
+from fastrelay.io.carrier import CarrierStats, RelayLink
+from fastrelay.protocol.carriers import Backoff
 
 INITIAL = 0.1
 CAP = 10.0
-
-
-def failures(backoff: Backoff, n: int) -> list[float]:
-    """Drive `n` failed dials; the bound each delay was drawn from."""
-    bounds = []
-    for _ in range(n):
-        bound = backoff.bound()
-        delay = backoff.next_delay()
-        assert 0 <= delay <= bound
-        bounds.append(bound)
-    return bounds
-
-
-def test_failures_double_the_bound_up_to_the_cap() -> None:
-    backoff = Backoff(INITIAL, CAP)
-    assert failures(backoff, 9) == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0]
-
-
-def test_hello_resets_the_backoff() -> None:
-    backoff = Backoff(INITIAL, CAP)
-    failures(backoff, 7)  # a long outage
-    backoff.connected()
-    assert backoff.bound() == INITIAL
-
-
-def test_the_first_redial_after_a_healthy_connection_is_lost_is_prompt() -> None:
-    backoff = Backoff(INITIAL, CAP)
-    failures(backoff, 7)
-    backoff.connected()
-    backoff.ended(lived=3.0)  # well under the old 10 s, over `settle`
-    assert failures(backoff, 1) == [INITIAL]  # jittered in [0, 100 ms]
-    # ... and an outage after it grows from there again
-    assert failures(backoff, 3) == [0.2, 0.4, 0.8]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_a_restarting_relay_is_redialled_within_a_second_for_a_while() -> None:
-    clock = Clock()
-    backoff = Backoff(INITIAL, CAP, clock=clock)
-    backoff.connected()
-    backoff.ended(lived=60.0)  # a healthy connection lost: most likely a restart
-    assert failures(backoff, 8) == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
-    clock.now += RECOVERY  # a restart does not take this long: back to doubling
-    assert failures(backoff, 2) == [10.0, 10.0]
-
-
-def test_a_flap_gets_no_short_delays() -> None:
-    clock = Clock()
-    backoff = Backoff(INITIAL, CAP, clock=clock)
-    backoff.connected()
-    backoff.ended(lived=60.0)
-    backoff.connected()
-    backoff.ended(lived=0.01)  # then a relay that drops at once
-    assert failures(backoff, 6) == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4]
-
-
-def test_flaps_in_a_row_grow_the_delay_to_the_cap() -> None:
-    backoff = Backoff(INITIAL, CAP)
-    bounds = []
-    for _ in range(10):
-        backoff.connected()  # HELLO came...
-        backoff.ended(lived=0.01)  # ... and the connection ended at once
-        bounds += failures(backoff, 1)
-    assert bounds == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0, 10.0]
-
-
-def test_dial_failures_between_flaps_grow_the_delay_and_hello_keeps_the_flaps() -> None:
-    backoff = Backoff(INITIAL, CAP)
-    for _ in range(3):
-        backoff.connected()
-        backoff.ended(lived=0.0)
-    failures(backoff, 4)  # then the relay is down for a while
-    backoff.connected()  # back: the reset goes down to the flaps, not to zero
-    assert backoff.bound() == INITIAL * 2**3
-
-
-def test_a_connection_that_settles_clears_the_flaps() -> None:
-    backoff = Backoff(INITIAL, CAP, settle=1.0)
-    for _ in range(5):
-        backoff.connected()
-        backoff.ended(lived=0.5)
-    backoff.connected()
-    backoff.ended(lived=1.0)
-    assert backoff.flaps == 0
-    assert failures(backoff, 1) == [INITIAL]
-
-
-def test_settle_boundary_counts_as_healthy() -> None:
-    short, long = Backoff(INITIAL, CAP, settle=2.0), Backoff(INITIAL, CAP, settle=2.0)
-    short.ended(lived=1.999)
-    long.ended(lived=2.0)
-    assert short.flaps == 1 and long.flaps == 0
 
 
 # --- the redial loops, against fake carriers ---
@@ -125,9 +27,9 @@ class Recording(Backoff):
 
     log: list[tuple[float, float]]  # (initial, bound), set per test
 
-    def next_delay(self) -> float:
-        self.log.append((self.initial, self.bound()))
-        return super().next_delay()
+    def next_delay(self, now: float) -> float:
+        self.log.append((self.initial, self.bound(now)))
+        return super().next_delay(now)
 
 
 class Healthy(Recording):

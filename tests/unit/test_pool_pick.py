@@ -1,9 +1,10 @@
-"""client_a's choice of carrier (fastrelay/io/pool.py CarrierPool.pick)."""
+"""client_a's pool carries out the choice of carrier (fastrelay/io/pool.py; the choice
+itself, `CarrierChoice`, is tested in tests/protocol/test_carriers.py): a draining
+relay's carriers are retired, the idle ones closed, and opens go elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from types import SimpleNamespace
 
 from fastrelay.io.carrier import CarrierStats, RelayLink
@@ -24,79 +25,6 @@ def make_pool(carriers: list[SimpleNamespace]) -> CarrierPool:
         return pool
 
     return asyncio.run(build())
-
-
-def test_sequential_opens_spread_over_instances_not_carriers() -> None:
-    # 7 carriers landed on w0 and 1 on w1 (SO_REUSEPORT's hash does that).
-    carriers = [fake_carrier("w0") for _ in range(7)] + [fake_carrier("w1")]
-    pool = make_pool(carriers)
-    picks = Counter(pool.pick().instance_id for _ in range(100))  # type: ignore[union-attr]
-    assert picks == {"w0": 50, "w1": 50}
-
-
-def test_the_less_loaded_instance_wins() -> None:
-    carriers = [fake_carrier("a", 3), fake_carrier("a", 0), fake_carrier("b", 2)]
-    pool = make_pool(carriers)
-    assert pool.pick() is carriers[2]  # instance b has 2 streams, a has 3
-
-
-def test_avoid_prefers_another_instance_then_another_carrier() -> None:
-    a1, a2, b = fake_carrier("a"), fake_carrier("a"), fake_carrier("b", 9)
-    pool = make_pool([a1, a2, b])
-    assert pool.pick(avoid=a1) is b
-    only_a = make_pool([a1, a2])
-    assert only_a.pick(avoid=a1) is a2
-    assert make_pool([a1]).pick(avoid=a1) is None
-
-
-def test_carriers_that_are_not_ready_are_never_picked() -> None:
-    pool = make_pool([fake_carrier("a", ready=False), fake_carrier("b", 5)])
-    assert pool.pick().instance_id == "b"  # type: ignore[union-attr]
-    assert make_pool([fake_carrier("a", ready=False)]).pick() is None
-
-
-def _reference_pick(pool: CarrierPool, avoid: SimpleNamespace | None) -> SimpleNamespace | None:
-    """pick() as first written (sorted and rotated copies, a min per level): the
-    single-pass version must choose exactly the same carrier, turn by turn."""
-
-    def rotated(items: list, turn: int) -> list:
-        start = turn % len(items)
-        return items[start:] + items[:start]
-
-    ready = [c for c in pool.carriers if c.ready and not c.full]
-    if avoid is not None:
-        elsewhere = [c for c in ready if c.instance_id != avoid.instance_id]
-        ready = elsewhere or [c for c in ready if c is not avoid]
-    if not ready:
-        return None
-    by_instance: dict[str, list] = {}
-    for carrier in ready:
-        by_instance.setdefault(carrier.instance_id, []).append(carrier)
-    turn = pool.turn + 1
-    instances = rotated(sorted(by_instance), turn)
-    least = min(instances, key=lambda i: sum(len(c.streams) for c in by_instance[i]))
-    return min(rotated(by_instance[least], turn), key=lambda c: len(c.streams))  # type: ignore[no-any-return]
-
-
-def test_pick_chooses_as_the_reference_does() -> None:
-    import random
-
-    rng = random.Random(12)
-    for _ in range(300):
-        carriers = [
-            fake_carrier(rng.choice("ab" if rng.random() < 0.5 else "a"), rng.randrange(4))
-            for _ in range(rng.randrange(1, 6))
-        ]
-        for carrier in carriers:
-            carrier.ready = rng.random() < 0.9
-            carrier.full = rng.random() < 0.1
-        pool = make_pool(carriers)  # type: ignore[arg-type]
-        for _ in range(7):
-            avoid = rng.choice([None, *carriers])
-            want = _reference_pick(pool, avoid)
-            assert pool.pick(avoid) is want  # type: ignore[arg-type]
-            if want is not None:  # the pick's open lands on it
-                want.streams[len(want.streams)] = None
 
 
 class FakeSession:
