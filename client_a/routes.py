@@ -88,12 +88,16 @@ class RelayRoute(ResponseDeadline):
         self.request = request
         # The one retry after a retryable failure has its first try's "RELAY:REASON".
         self.first_try = first_try
-        self.retried = first_try is not None
         self.rule = rule  # the host's rule: its pool and its fallback
         self.stream: Stream | None = None
         self.result = ""  # why it failed, for the access log
         self.reason = ""  # the failure's precise reason word, for the access log
         self.response_started = False  # some of the response reached the browser
+
+    @property
+    def retried(self) -> bool:
+        """This open is the retry (there is only one)."""
+        return self.first_try is not None
 
     def opened(self, stream: Stream) -> None:
         """The agent answered 200."""

@@ -365,12 +365,16 @@ class Pair:
     """A switch, a clock and in-memory endpoints."""
 
     def __init__(
-        self, limits: Limits | None = None, now: float = 1000.0, open_timeout: float = 0.0
+        self,
+        limits: Limits | None = None,
+        now: float = 1000.0,
+        open_timeout: float = 0.0,
+        instance: str = "relay-test",
     ) -> None:
         self.limits = limits or Limits()
         self.open_timeout = open_timeout  # the clients' sessions expire opens after it
         self.now = now
-        self.switch = Switch(self.limits, "relay-test")
+        self.switch = Switch(self.limits, instance)  # `instance`: the relay's --instance-id
         self.endpoints: list[Endpoint] = []
 
     def _join(

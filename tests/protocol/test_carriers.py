@@ -20,6 +20,8 @@ from fastrelay.protocol.carriers import (
     DialHealth,
     Membership,
 )
+from fastrelay.protocol.pair import Pair
+from fastrelay.protocol.session import Session
 
 INITIAL = 0.1
 CAP = 10.0
@@ -254,10 +256,10 @@ def _reference_pick(carriers: list[Fake], avoid: Fake | None, turn: int) -> Fake
         start = turn % len(items)
         return items[start:] + items[:start]
 
-    ready = [c for c in carriers if c.ready and not c.full]
+    ready = list(filter(lambda c: c.ready and not c.full, carriers))
     if avoid is not None:
-        elsewhere = [c for c in ready if c.instance_id != avoid.instance_id]
-        ready = elsewhere or [c for c in ready if c is not avoid]
+        others = [c for c in ready if c.instance_id != avoid.instance_id]
+        ready = others if others else [c for c in ready if c is not avoid]
     if not ready:
         return None
     by_instance: dict[str, list[Fake]] = {}
@@ -395,3 +397,54 @@ def test_an_instance_is_dropped_exactly_when_no_held_relay_lists_it(
     listed = set(instances).union(*(v for k, v in views.items() if k != key))
     assert set(dropped) == {i for i in held if i not in listed}
     assert membership.missing(held) == sorted(listed - set(held))
+
+
+# --- the choice against real sessions and relays, in memory (fastrelay/protocol/pair.py) ---
+
+
+def test_a_retry_after_draining_waits_for_another_relay_not_a_sibling_still_unaware() -> None:
+    """The CI failure behind `draining`, in memory: client_a holds two carriers
+    to relay A and none (yet) to relay B. Relay A starts draining; an open sent
+    on a1 crosses the GOAWAY and is refused as draining, while a2's GOAWAY is
+    still on the wire. The retry must not go to a2 (it would be refused too):
+    once the relay's carriers are retired it waits, and lands on relay B's
+    carrier as soon as one is there."""
+    relay_a, relay_b = Pair(instance="relay-a"), Pair(instance="relay-b")
+    a1, a2 = relay_a.client(), relay_a.client()
+    relay_a.agent()
+    relay_b.agent()
+    for pair in (relay_a, relay_b):
+        pair.run()
+    choice: CarrierChoice[Session] = CarrierChoice()
+    carriers = [a1.session, a2.session]
+    assert {s.instance_id for s in carriers} == {"relay-a"} and all(s.ready for s in carriers)
+
+    relay_a.switch.start_draining()
+    a2.reading = False  # its GOAWAY is still on its way
+    sid = a1.open()  # sent before a1 read its GOAWAY: the relay refuses it
+    first_try = a1.streams[sid]
+    relay_a.run()
+    assert first_try.ended and a1.ended == [first_try] and first_try.response is not None
+    assert (first_try.response.status_code, first_try.response.reason) == (503, "draining")
+    assert not a1.session.ready and a2.session.ready
+
+    # Without the retirements the retry would pick the sibling, on the same relay.
+    assert CarrierChoice[Session]().pick(carriers, avoid=a1.session) is a2.session
+    for session in choice.draining(carriers, a1.session):
+        session.retire("the relay is draining")
+    assert not a2.session.ready
+    assert choice.pick(carriers, avoid=a1.session) is None  # wait for a carrier
+
+    b = relay_b.client()  # the slot's replacement lands on relay B
+    relay_b.run()
+    carriers.append(b.session)
+    retry_on = choice.pick(carriers, avoid=a1.session)
+    assert retry_on is b.session
+    retry = b.open()
+    relay_b.run()
+    assert b.streams[retry].response is not None and b.streams[retry].response.ok
+    assert b.streams[retry].stream.opened
+    # a2 hears its GOAWAY late, and nothing else: it never carried an open.
+    a2.reading = True
+    relay_a.run()
+    assert not a2.streams and not a2.ended and not a2.errors
