@@ -1,4 +1,4 @@
-"""Per-hop budget: CPU, run-queue wait, syscalls and hold time per round trip and per open.
+"""Per-hop budget: CPU, run-queue wait, syscalls and hold time per round trip, open or MB.
 
 `python -m bench.profile_hops [--mode round_trip setup] [--count N] [--repeats 3]
 [--strace] [--timeline] [--perf] [--pyspy DIR] [--out DIR]` starts the target, the one-hop
@@ -9,7 +9,9 @@ counters before and after the window:
 - **round_trip**: 1 KiB sent and echoed on one open tunnel, one at a time (scenario 2);
   one "op" is one round trip, so every hop forwards two messages (request and echo);
 - **setup**: CONNECT, 200, a 64-byte echo, close, `--concurrency` at a time
-  (scenario 3); one "op" is one open.
+  (scenario 3); one "op" is one open;
+- **bulk**: one tunnel downloads `count` MB (scenario 1, down); one "op" is one MB
+  (10^6 bytes), so CPU per op is µs per MB.
 
 Per process and op: on-CPU µs and run-queue wait µs (the summed
 /proc/PID/task/*/schedstat of every thread: ns on CPU, ns runnable but waiting for a
@@ -59,7 +61,11 @@ PY_SPY = str(Path(sys.executable).parent / "py-spy")
 MODES: dict[str, tuple[str, ...]] = {
     "round_trip": ("forwarder", "fastrelay"),
     "setup": ("connect_proxy", "fastrelay"),
+    "bulk": ("forwarder", "fastrelay"),
 }
+DEFAULT_COUNT = {"round_trip": 5000, "setup": 2000, "bulk": 2000}
+UNITS = {"round_trip": "round trip", "setup": "open", "bulk": "MB"}
+MB = 1_000_000
 
 
 @dataclass
@@ -136,6 +142,29 @@ def setup_runner(concurrency: int) -> Runner:
         return time.perf_counter() - start
 
     return run_setups
+
+
+async def run_bulk(topo: Topology, target_port: int, count: int) -> float:
+    """`count` MB down one tunnel; each MB's time is a latency sample (its p50 is µs per MB)."""
+    tunnel = await open_tunnel(topo, target_port)
+    start = time.perf_counter()
+    tunnel.request(b"D", count * MB)
+    last = start
+    for n in range(1, count + 1):
+        await tunnel.until_received(n * MB, timeout=60)
+        now = time.perf_counter()
+        LATENCIES.append(now - last)
+        last = now
+    elapsed = time.perf_counter() - start
+    tunnel.close()
+    return elapsed
+
+
+RUNNERS: dict[str, Callable[[int], Runner]] = {
+    "round_trip": lambda concurrency: run_round_trips,
+    "setup": setup_runner,
+    "bulk": lambda concurrency: run_bulk,
+}
 
 
 async def measure(
@@ -400,8 +429,19 @@ def perf_summary(path: Path, title: str, cpu_us: float) -> list[str]:
         for pct, dso in report("--no-children", "--sort", "dso")[:6]
     ]
     lines.append("\nsystem calls (kernel, inclusive), µs/op:\n")
-    calls = [(p, s) for p, s in report("--children", "--sort", "sym") if s.startswith("__x64_sys")]
-    lines += [f"- {pct / 100 * cpu_us:6.1f}  {sym}" for pct, sym in calls[:8]]
+    # A syscall's entry shows as __x64_sys_NAME, __sys_NAME or both (sendmsg has only the
+    # latter here); each is counted once, under its largest share.
+    calls: dict[str, float] = {}
+    for pct, sym in report("--children", "--sort", "sym"):
+        for prefix in ("__x64_sys_", "__sys_"):
+            if sym.startswith(prefix):
+                name = sym.removeprefix(prefix)
+                calls[name] = max(calls.get(name, 0.0), pct)
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:8]
+    lines += [f"- {pct / 100 * cpu_us:6.1f}  {name}" for name, pct in top]
+    lines.append("\nkernel copies to and from user space (inclusive), µs/op:\n")
+    copies = [(p, s) for p, s in report("--no-children", "--sort", "sym") if "copy_" in s]
+    lines += [f"- {pct / 100 * cpu_us:6.1f}  {sym}" for pct, sym in copies[:3]]
     return lines
 
 
@@ -446,7 +486,7 @@ def candidates(path: Path) -> dict[str, float]:
 
 
 def table(mode: str, windows: dict[str, list[Window]], calls: dict[str, dict]) -> str:
-    unit = "round trip" if mode == "round_trip" else "open"
+    unit = UNITS[mode]
     lines = [
         f"### {mode}: per {unit} (median of {len(next(iter(windows.values())))} repeats)",
         "",
@@ -502,10 +542,8 @@ async def main_async(args: argparse.Namespace) -> int:
         if "fastrelay" in needed:
             topos["fastrelay"] = chain(logs)
         for mode in args.mode:
-            runner: Runner = (
-                run_round_trips if mode == "round_trip" else setup_runner(args.concurrency)
-            )
-            count = args.count or (5000 if mode == "round_trip" else 2000)
+            runner = RUNNERS[mode](args.concurrency)
+            count = args.count or DEFAULT_COUNT[mode]
             windows: dict[str, list[Window]] = {t: [] for t in MODES[mode]}
             calls: dict[str, dict] = {}
             for topo_name in MODES[mode]:
@@ -605,7 +643,9 @@ async def main_async(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_hops", allow_abbrev=False)
     parser.add_argument("--mode", nargs="+", choices=list(MODES), default=list(MODES))
-    parser.add_argument("--count", type=int, default=0, help="ops per window (5000 / 2000)")
+    parser.add_argument(
+        "--count", type=int, default=0, help="ops per window (5000 / 2000 / 2000 MB)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=50, help="setup: opens at a time")
     parser.add_argument("--strace", action="store_true", help="a pass with strace -c -f")

@@ -113,11 +113,14 @@ def test_tune_gc_freezes_start_up_objects_and_raises_gen0(monkeypatch: pytest.Mo
         gc.set_threshold(*before)
 
 
-def test_run_tunes_the_collector_before_the_loop_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_tunes_the_collector_and_malloc_before_the_loop_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from fastrelay import lifecycle
 
     calls: list[str] = []
     monkeypatch.setattr(lifecycle, "tune_gc", lambda: calls.append("tune_gc"))
+    monkeypatch.setattr(lifecycle, "tune_malloc", lambda: calls.append("tune_malloc") or "x")
     monkeypatch.setattr(lifecycle, "raise_fd_limit", lambda: 1024)
 
     async def main(stop: asyncio.Event) -> int:
@@ -125,4 +128,75 @@ def test_run_tunes_the_collector_before_the_loop_starts(monkeypatch: pytest.Monk
         return 0
 
     assert lifecycle.run(main) == 0
-    assert calls == ["tune_gc", "main"]
+    assert calls == ["tune_gc", "tune_malloc", "main"]
+
+
+# A fresh interpreter allocates 4 MiB with malloc, frees it, and reports glibc's mallinfo2:
+# bytes in mmapped blocks while the block lived, and the heap's size before, while and after.
+_MALLOC_PROBE = """
+import ctypes, json, sys
+from fastrelay import lifecycle
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = (ctypes.c_void_p,)
+result = lifecycle.tune_malloc() if sys.argv[1] == "tune" else "untouched"
+before = libc.mallinfo2()
+block = libc.malloc(4 << 20)
+ctypes.memset(block, 1, 4 << 20)
+during = libc.mallinfo2()
+libc.free(block)
+after = libc.mallinfo2()
+print(json.dumps({"result": result, "mapped": during.hblkhd - before.hblkhd,
+                  "heap_grew": during.arena - before.arena,
+                  "heap_kept": after.arena - before.arena}))
+"""
+
+
+def _malloc_probe(mode: str, **env: str) -> dict[str, Any]:
+    import os
+    import subprocess
+    import sys
+
+    if not os.confstr("CS_GNU_LIBC_VERSION"):
+        pytest.skip("glibc only")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUN"))}
+    out = subprocess.run(
+        [sys.executable, "-c", _MALLOC_PROBE, mode],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def test_tune_malloc_keeps_large_blocks_in_a_heap_it_does_not_hand_back() -> None:
+    untouched = _malloc_probe("plain")
+    assert untouched["mapped"] >= 4 << 20  # glibc's default: a 4 MiB block is mmapped
+    tuned = _malloc_probe("tune")
+    assert tuned["result"] == "tuned"
+    assert tuned["mapped"] == 0 and tuned["heap_grew"] >= 4 << 20  # from the heap instead
+    assert tuned["heap_kept"] >= 4 << 20  # and freeing it does not shrink the heap
+
+
+def test_tune_malloc_leaves_an_operators_own_setting_alone() -> None:
+    from fastrelay import lifecycle
+
+    for env in (
+        {"MALLOC_TRIM_THRESHOLD_": "131072"},
+        {"MALLOC_MMAP_THRESHOLD_": "131072"},
+        {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"},
+    ):
+        assert lifecycle.tune_malloc(env) == "environment"
+        probe = _malloc_probe("tune", **env)
+        assert probe["result"] == "environment"
+        assert probe["mapped"] >= 4 << 20  # the operator's threshold still maps the block
+    assert lifecycle.tune_malloc({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}) != "environment"
