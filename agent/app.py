@@ -163,7 +163,7 @@ class Agent:
         yield metrics.F_RELAY_DIALS_AGENT.build(
             {("agent", r): n for r, n in self.mesh.dials.items()}
         )
-        wanted = self.mesh.membership.wanted(self.mesh.held)
+        wanted = self.mesh.wanted()
         yield metrics.F_CLUSTER_MEMBERS_AGENT.one(
             len(wanted) if wanted is not None else len(self.mesh.held)
         )

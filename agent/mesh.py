@@ -66,6 +66,9 @@ class AgentMesh:
     def ready(self) -> bool:
         return any(c.ready for c in self.held.values())
 
+    def wanted(self) -> set[str] | None:
+        return self.membership.wanted(self.held)
+
     def missing(self) -> list[str]:
         return self.membership.missing(self.held)
 

@@ -139,11 +139,12 @@ _EVENTS = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(events=_EVENTS, initial=st.floats(0.01, 1), cap=st.floats(1, 60))
-def test_every_delay_is_within_the_cap_and_time_only_moves_forward(
+def test_every_delay_is_within_the_cap_and_a_settled_connection_resets_it(
     events: list[tuple[str, float]], initial: float, cap: float
 ) -> None:
-    """Whatever happens, a delay is never negative and never over the cap,
-    and the bound after a settled connection is `initial` again."""
+    """Whatever happens (failures, HELLOs, connections ending, with the clock
+    moving forward between them), a delay is never negative and never over the
+    cap, and the bound after a settled connection is `initial` again."""
     backoff = Backoff(initial, cap, rng=random.Random(1))
     now = NOW
     for event, value in events:
