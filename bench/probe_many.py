@@ -8,6 +8,8 @@ Starts the target and one fastrelay chain exactly as `python -m bench` does
 `--seconds` (scenario 4's `steady_download`), and prints one line each for:
 
 - aggregate MB/s, Jain's index over the bytes each tunnel moved, tunnels that moved nothing;
+- the same by age: MB moved and tunnels that moved nothing, a tenth of the tunnels at a time
+  in the order they opened;
 - the kernel's TCP memory: peak pages against the `tcp_mem` pressure mark, and how often the
   stack entered pressure;
 - per program, seconds on a CPU and seconds runnable but waiting for one
@@ -49,14 +51,17 @@ def schedstat(pid: int) -> tuple[int, int, int]:
     return int(fields[0]), int(fields[1]), int(fields[2])
 
 
-def summarize_ss(text: str) -> list[str]:
-    """Receive queue, send queue and drops of every socket, summed by address pair."""
-    sums: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
+def summarize_ss(text: str, relay_port: int = 0) -> list[str]:
+    """Receive queue, send queue, drops and retransmitted share of every socket, summed
+    by address pair; the carriers (either end on `relay_port`) on a line of their own,
+    because one of them stalling stalls every tunnel it carries."""
+    sums: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0] * 6)
     pair: tuple[str, str] | None = None
     for line in text.splitlines():
-        head = re.match(r"^\S+\s+\d+\s+\d+\s+(\S+):\d+\s+(\S+):\d+", line)
+        head = re.match(r"^\S+\s+\d+\s+\d+\s+(\S+):(\d+)\s+(\S+):(\d+)", line)
         if head:
-            pair = (head.group(1), head.group(2))
+            carrier = relay_port and relay_port in (int(head.group(2)), int(head.group(4)))
+            pair = ("carriers", f"port {relay_port}") if carrier else (head[1], head[3])
             continue
         mem = re.search(r"skmem:\(r(\d+),rb\d+,t\d+,tb\d+,f\d+,w(\d+),o\d+,bl\d+,d(\d+)", line)
         if mem and pair is not None:
@@ -65,11 +70,15 @@ def summarize_ss(text: str) -> list[str]:
             row[1] += int(mem.group(2))
             row[2] += int(mem.group(3))
             row[3] += 1
+            for i, key in ((4, "bytes_sent"), (5, "bytes_retrans")):
+                found = re.search(rf"\b{key}:(\d+)", line)
+                row[i] += int(found.group(1)) if found else 0
             pair = None
     return [
         f"  {local} -> {remote}: {n} sockets, receive queues {r / 1e6:.1f} MB, "
-        f"send queues {w / 1e6:.1f} MB, drops {d}"
-        for (local, remote), (r, w, d, n) in sorted(
+        f"send queues {w / 1e6:.1f} MB, drops {d}, "
+        f"retransmitted {retrans / sent if sent else 0:.1%} of {sent / 1e6:.0f} MB sent"
+        for (local, remote), (r, w, d, n, sent, retrans) in sorted(
             sums.items(), key=lambda kv: -kv[1][0] - kv[1][1]
         )
     ]
@@ -138,6 +147,14 @@ async def probe(args: argparse.Namespace) -> None:
             f"Jain {jain([float(m) for m in moved]):.3f}, {sum(1 for m in moved if not m)} moved "
             f"nothing"
         )
+        step = max(1, len(moved) // 10)
+        tenths = [moved[i : i + step] for i in range(0, len(moved), step)]
+        print(  # fairness by age: a tenth of the tunnels at a time, in the order they opened
+            "by opening order, tenths: MB moved "
+            + " ".join(f"{sum(t) / 1e6:.0f}" for t in tenths)
+            + "; moved nothing "
+            + " ".join(str(sum(1 for m in t if not m)) for t in tenths)
+        )
         print(
             f"kernel TCP memory: peak {tcp.peak:,} pages, pressure mark {tcp.pressure_mark:,}, "
             f"entered pressure {tcp.pressures} times"
@@ -153,7 +170,8 @@ async def probe(args: argparse.Namespace) -> None:
                     print(f"  {line}")
         if args.ss:
             print(f"ss -tmni halfway ({args.ss}), by address pair:")
-            print("\n".join(summarize_ss(args.ss.read_text())))
+            relay_port = int(procs["relay"].ready["listen"].rsplit(":", 1)[1])
+            print("\n".join(summarize_ss(args.ss.read_text(), relay_port)))
         if args.pyspy:
             print(f"py-spy, {args.pyspy}, hottest lines:")
             print("\n".join(hottest(out / f"{args.pyspy}.pyspy.txt")))
