@@ -119,6 +119,26 @@ def rows(data: dict) -> list[Row]:
             "- (report)",
             None,
         )
+        # The same with the target's send buffers autotuned: its queues on this host too.
+        autotuned = f"4. {n} active tunnels, target's send buffers autotuned"
+        add(
+            autotuned,
+            "aggregate MB/s, ratio to scenario 1 down",
+            g("many_active", "fastrelay", f"autotuned_aggregate_MBps_{n}"),
+            g("bulk", "fastrelay", "down_MBps"),
+            "- (report)",
+            None,
+        )
+        jain = g("many_active", "fastrelay", f"autotuned_jain_{n}")
+        add(autotuned, "Jain's fairness index", jain, None, "- (report)", None, value=jain)
+        add(
+            autotuned,
+            "kernel TCP memory, peak pages (baseline: tcp_mem pressure mark)",
+            g("many_active", "fastrelay", f"autotuned_tcp_mem_peak_pages_{n}"),
+            g("many_active", "fastrelay", f"autotuned_tcp_mem_pressure_mark_pages_{n}"),
+            "- (report)",
+            None,
+        )
     for proc, limit in (("relay", 2048), ("client_a", 16384), ("agent", 16384)):
         per = g("many_idle", "fastrelay", f"bytes_per_tunnel_{proc}")
         add(

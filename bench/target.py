@@ -2,6 +2,9 @@
 
 A client opens with a 9-byte request, `mode (1 byte) + n (u64, big-endian)`:
   b"D" n: the server sends n bytes, then keeps the socket open until the client closes;
+  b"B" n: the same with this connection's send buffer fixed at BOUNDED_SNDBUF (256 KiB) rather
+          than autotuned, so that 1,000 downloads do not queue gigabytes in this host's kernel
+          (a real target's send queue is on its own host; scenario 4);
   b"U" n: the server reads n bytes, then answers b"K" (the upload is complete);
   b"E" 0: the server echoes everything until the client closes.
 Run as `python -m bench.target --bind 127.0.0.2`; prints a JSON ready line.
@@ -24,6 +27,7 @@ OK = b"K"
 
 
 SNDBUF = 0  # SO_SNDBUF of every connection (--sndbuf); 0: the kernel's autotuning
+BOUNDED_SNDBUF = 256 * 1024  # SO_SNDBUF of a b"B" download (the kernel doubles it)
 
 
 class TargetProtocol(asyncio.Protocol):
@@ -48,6 +52,10 @@ class TargetProtocol(asyncio.Protocol):
                 return
             mode, n = REQUEST.unpack_from(self.head)
             data = self.head[REQUEST.size :]
+            if mode == b"B":
+                sock = self.transport.get_extra_info("socket")  # type: ignore[union-attr]
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BOUNDED_SNDBUF)
+                mode = b"D"
             self.mode, self.remaining = mode, n
             if mode == b"D":
                 self.pump()

@@ -17,6 +17,9 @@ command -v redis-server >/dev/null || need+=(redis-server)
 # node: tests/unit/test_pac_file.py and bench/micro/test_pac_bench.py run client_a's PAC file
 # in V8, the engine of Chromium's PAC resolver.
 { command -v node || command -v nodejs; } >/dev/null || need+=(nodejs)
+# ss: tests/unit/test_bench_target.py reads the bench target's send buffers with it, as
+# bench/probe_many.py reads every socket's queues.
+command -v ss >/dev/null || need+=(iproute2)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "installing Debian packages: ${need[*]}"
