@@ -566,6 +566,10 @@ class Stream:
             self._unpause(PAUSED_LINK)
 
 
+def _bytes_out(stream: Stream) -> int:
+    return stream.bytes_out
+
+
 def _abort(socket: Socket) -> None:
     socket.abort()
 
@@ -712,12 +716,23 @@ class Session:
         every stream gets at most one read per pause cycle (fair with 1,000
         busy tunnels, where pausing every socket eagerly starved most of
         them), and only streams that actually read pay a pause and a resume.
+
+        When the link drains, the least served streams (fewest bytes sent)
+        resume first, ties in the order they queued. The event loop reads
+        sockets in the order they resumed, and the first to read take the
+        room the drained link has while the later ones get one small read
+        each before it fills again. Resuming in the order they queued gave
+        that room to the same streams every cycle: those whose sockets always
+        had bytes waiting, the oldest tunnels' (bench/README.md, scenario 4,
+        fourth look). Least served first also puts a new tunnel's first
+        bytes ahead of long downloads on a congested link.
         """
         self.paused = paused
         if paused:
             self.stats.backpressure_pauses += 1
             return
         waiting, self.waiting = self.waiting, []
+        waiting.sort(key=_bytes_out)  # stable: ties keep their queue order
         for stream in waiting:
             stream.link_paused(False)
 

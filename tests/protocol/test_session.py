@@ -271,6 +271,47 @@ def test_a_full_link_pauses_a_stream_after_its_read_and_resumes_it() -> None:
     assert session.stats.backpressure_pauses == 1
 
 
+class OrderedSocket(FakeSocket):
+    """A FakeSocket that also records, in a log shared with others, when it resumes."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        self.log.append(self.name)
+
+
+def waiting_streams(sent: list[int]) -> tuple[Session, list[Stream], list[str]]:
+    """Streams that sent `sent[i]` bytes each on a free link, then one more byte each (in
+    order) after the link filled, so all of them wait for it; the log is empty."""
+    session, _link, _events = make_session()
+    log: list[str] = []
+    streams = []
+    for i, n in enumerate(sent):
+        socket = OrderedSocket(f"s{i}", log)
+        stream = session.open(OpenStream(FrameType.CONNECT, f"s{i}", "t.test", 443), socket, NOW)
+        assert stream is not None
+        answer(session, stream, 1 << 20)
+        if n:
+            stream.send(b"x" * n)
+        streams.append(stream)
+    session.set_paused(True)
+    for stream in streams:
+        stream.send(b"y")
+    assert session.waiting == streams
+    log.clear()
+    return session, streams, log
+
+
+def test_a_drained_link_resumes_the_least_served_streams_first() -> None:
+    session, streams, log = waiting_streams([3000, 100, 2000, 100])
+    session.set_paused(False)
+    assert log == ["s1", "s3", "s2", "s0"]  # fewest bytes first; s1 and s3 tie: queue order
+    assert session.waiting == [] and all(not s.paused for s in streams)
+
+
 def test_a_full_read_goes_out_from_the_read_buffer_itself() -> None:
     stream, _session, link, _socket = client_stream(send_window=1 << 20)
     buf = bytearray(4 + 10 + 300)

@@ -22,7 +22,7 @@ from fastrelay.protocol.frames import FrameType, encode_frame, iter_frames
 from fastrelay.protocol.messages import ConnectResponse, GoAway, Hello, OpenStream, TunnelError
 from fastrelay.protocol.session import AGENT_SIDE, CLIENT_SIDE, End, Session, SessionStats
 from fastrelay.protocol.state import State
-from tests.protocol.test_session import BASE, NOW, Events, FakeSocket, Link
+from tests.protocol.test_session import BASE, NOW, Events, FakeSocket, Link, waiting_streams
 
 SIDS = [BASE, BASE + 1, BASE + 2, 7, 0]
 BYSTANDER = BASE + 40  # no generated frame names it
@@ -168,3 +168,17 @@ def test_arbitrary_relay_input_costs_only_the_streams_it_names(
             pass  # the socket itself was lost
         else:
             assert socket.closing
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=5000), min_size=1, max_size=12))
+def test_a_drained_link_resumes_every_waiting_stream_once_least_served_first(
+    sent: list[int],
+) -> None:
+    """Whatever each stream sent before the link filled, a drain resumes each waiting stream
+    exactly once, in the order of the bytes they sent, ties in the order they queued."""
+    session, streams, log = waiting_streams(sent)
+    session.set_paused(False)
+    expected = sorted(range(len(sent)), key=lambda i: sent[i])
+    assert log == [f"s{i}" for i in expected]
+    assert session.waiting == [] and not any(stream.paused for stream in streams)
