@@ -28,7 +28,10 @@ async def bulk(ctx: Context, topo: Topology) -> dict:
     await up.until_received(1)  # the target's "K": every byte arrived
     up_s = time.perf_counter() - start
     up.close()
-    return {"bytes": n, "down_MBps": n / down_s / MB, "up_MBps": n / up_s / MB}
+    # Each program's peak resident memory so far: a buffer that grows with a burst and never
+    # shrinks (picows' read buffer per WebSocket does) shows here.
+    peaks = {f"{p.name}_peak_MiB": p.peak_rss_kib() / 1024 for p in topo.processes}
+    return {"bytes": n, "down_MBps": n / down_s / MB, "up_MBps": n / up_s / MB, **peaks}
 
 
 async def round_trip(ctx: Context, topo: Topology) -> dict:

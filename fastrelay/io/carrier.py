@@ -33,7 +33,7 @@ from picows import (
 from prometheus_client.core import Metric
 
 from fastrelay import metrics
-from fastrelay.io.mux import FlushScheduler, MuxWriter
+from fastrelay.io.mux import FlushScheduler, MuxWriter, bound_reads
 from fastrelay.io.tunnel import abort_socket
 from fastrelay.lifecycle import format_address
 from fastrelay.protocol.errors import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, ProtocolError
@@ -368,6 +368,7 @@ class Carrier(Link):
 
     def connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        bound_reads(transport)
         # The 64 KiB default would pause every local socket after each 256 KiB
         # frame; per-stream credit already bounds what can queue here.
         transport.underlying_transport.set_write_buffer_limits(

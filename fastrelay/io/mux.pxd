@@ -3,6 +3,7 @@
 # Python's attribute look-ups. The .py file stays the whole implementation.
 
 cimport cython
+from aiofastnet.transport cimport Protocol as FastProtocol
 from picows cimport picows
 
 from fastrelay.protocol.output cimport Output
@@ -35,3 +36,10 @@ cdef class MuxWriter(Output):
     cpdef write_external(self, bytearray buf, Py_ssize_t offset)
     cpdef flush(self)
     cpdef close(self)
+
+
+cdef Py_ssize_t _WS_READ_SIZE
+
+
+cdef class BoundedReads(FastProtocol):
+    cdef public object ws

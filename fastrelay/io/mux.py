@@ -9,12 +9,17 @@ writes from anywhere else. A frame of `LARGE_FRAME` bytes
 or more is sent on its own straight from the caller's buffer: picows (server
 side) writes it with `writev` without a user-space copy, and aiofastnet copies
 only an unsent tail, so a view into another connection's read buffer is safe.
+
+`bound_reads` caps what one read of a WebSocket may take (`BoundedReads`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from aiofastnet.transport import Protocol as FastProtocol
+from aiofastnet.transport import Transport as FastTransport
 from picows import WSMsgType, WSTransport
 
 from fastrelay.protocol.output import Output
@@ -126,3 +131,60 @@ class MuxWriter(Output):
     def close(self) -> None:
         self.closed = True
         self.pending = bytearray()
+
+
+WS_READ_SIZE = 256 * 1024  # the most one read of a WebSocket takes
+_WS_READ_SIZE = WS_READ_SIZE
+
+
+class BoundedReads(FastProtocol):
+    """Between a WebSocket's transport and its picows protocol: every read
+    takes at most WS_READ_SIZE bytes; everything else passes straight on.
+
+    picows reads into one buffer per connection that it doubles whenever a
+    read leaves it nine tenths full and never shrinks, and it offers the
+    socket the whole free part. So a read after a busy moment takes whatever
+    the kernel queued (8 MB reads behind one bulk download here), and the
+    buffer stays at 16 MB for the connection's lifetime, whatever
+    `max_frame_size` says. Read at most WS_READ_SIZE at a time, the buffer
+    stays under 2.25 x (max_frame_size + WS_READ_SIZE): a partial frame plus
+    one read, doubled. aiofastnet reads again at once while a read fills
+    what it was offered, so a burst takes more reads, not more iterations.
+    A C extension type when compiled (mux.pxd), which aiofastnet's transports
+    call in C: the cost per read is one C call on top of picows' own.
+    """
+
+    def __init__(self, ws: Any) -> None:  # picows' WSProtocol, which has no stubs
+        self.ws = ws
+
+    def is_buffered_protocol(self) -> bool:
+        return True
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view: memoryview = self.ws.get_buffer(sizehint)
+        return view if len(view) <= _WS_READ_SIZE else view[:_WS_READ_SIZE]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.ws.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self.ws.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ws.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.ws.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.ws.resume_writing()
+
+
+def bound_reads(transport: WSTransport) -> None:
+    """Put `BoundedReads` in front of this WebSocket's picows protocol (an
+    aiofastnet transport, as picows makes by default; any other is left)."""
+    raw = transport.underlying_transport
+    if isinstance(raw, FastTransport):
+        ws = raw.get_protocol()
+        if not isinstance(ws, BoundedReads):
+            raw.set_protocol(BoundedReads(ws))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from picows import WSCloseCode, WSFrame, WSMsgType, WSTransport, picows
 
-from fastrelay.io.mux import MuxWriter
+from fastrelay.io.mux import MuxWriter, bound_reads
 from fastrelay.protocol.errors import ProtocolError
 from fastrelay.protocol.messages import DEFAULT_POOL
 from fastrelay.protocol.switch import Conn
@@ -59,6 +59,7 @@ class Peer(picows.WSListener):  # peer.pxd: a C extension type when compiled
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        bound_reads(transport)
         self.writer = MuxWriter(transport, self.relay.scheduler)
         # Past the budget, pause_writing() reports it and the switch cuts this
         # connection off; nothing else is ever paused for it.

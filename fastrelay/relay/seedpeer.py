@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from picows import WSFrame, WSMsgType, WSTransport
 
+from fastrelay.io.mux import bound_reads
 from fastrelay.protocol.errors import BudgetExceeded, ProtocolError
 from fastrelay.protocol.output import Output
 from fastrelay.protocol.seed import OP_BINARY, OP_CONTINUATION, OP_TEXT, SeedConnection, SeedError
@@ -92,6 +93,7 @@ class SeedPeer(Peer):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        bound_reads(transport)
         transport.underlying_transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         self.conn = Conn("client", SeedOut(self), self, self.token, self.remote)
         self.relay.seed_peers[self] = None

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Any
 
-import pytest
 from picows import WSMsgType, WSTransport
+from support.loops import Runner
 
 from fastrelay.io.mux import FLUSH_AT, LARGE_FRAME, FlushScheduler, MuxWriter
 from fastrelay.protocol.frames import FrameType, encode_frame
@@ -52,20 +51,6 @@ class FakeTransport(WSTransport):
 def frame(sid: int, size: int, fill: int = 0x61) -> bytes:
     """A TUNNEL_DATA frame of `size` bytes in all (header included)."""
     return encode_frame(FrameType.TUNNEL_DATA, sid, bytes([fill]) * (size - 10))
-
-
-Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Runner:
-    factory = None if request.param == "asyncio" else pytest.importorskip("uvloop").new_event_loop
-
-    def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(main())
-
-    return run
 
 
 async def next_iteration() -> None:
