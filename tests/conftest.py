@@ -21,11 +21,18 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from support.loops import LOOPS, Runner, runner
 from support.procs import ROOT, Chain, Proc
 
 LISTED = "127.0.0.2"
 UNLISTED = "127.0.0.3"
 DENIED = "127.0.0.4"  # listed, but the agent's egress policy refuses it
+
+
+@pytest.fixture(params=LOOPS)
+def run(request: pytest.FixtureRequest) -> Runner:
+    """`run(main)`: the test's coroutine on asyncio's loop, then on uvloop's."""
+    return runner(request.param)
 
 
 @pytest.fixture
