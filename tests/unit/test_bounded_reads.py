@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import socket
 import struct
@@ -201,3 +202,83 @@ def test_a_burst_behind_a_busy_loop_leaves_the_read_buffer_bounded(run: Runner) 
     assert (listener.frames, listener.bytes) == (FRAMES, FRAMES * FRAME)
     # A partial frame plus one read, doubled (BoundedReads' docstring).
     assert size <= 2.25 * (FRAME + 14 + WS_READ_SIZE)
+
+
+class _Foreign:
+    """A transport that is not aiofastnet's: bound_reads must leave it alone."""
+
+    def __init__(self) -> None:
+        self.protocol = object()
+        self.set_to: list[object] = []
+
+    def get_protocol(self) -> object:
+        return self.protocol
+
+    def set_protocol(self, protocol: object) -> None:
+        self.set_to.append(protocol)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return _NoSocket() if name == "socket" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        raise AssertionError("nothing is written here")
+
+
+class _NoSocket:
+    @staticmethod
+    def fileno() -> int:
+        return -1
+
+
+def test_a_transport_not_aiofastnets_is_left_as_it_is(run: Runner) -> None:
+    async def main() -> None:
+        foreign = _Foreign()
+        loop = asyncio.get_running_loop()
+        transport = WSTransport(False, foreign, logging.getLogger("test.bounded"), loop)
+        bound_reads(transport)
+        assert foreign.set_to == []
+
+    run(main)
+
+
+def test_bounding_twice_puts_one_wrapper_in_front(run: Runner) -> None:
+    async def main() -> None:
+        seen: list[object] = []
+
+        class Twice(WSListener):  # type: ignore[misc]
+            def on_ws_connected(self, transport: WSTransport) -> None:
+                bound_reads(transport)
+                bound_reads(transport)
+                reads = transport.underlying_transport.get_protocol()
+                seen.append(reads)
+                seen.append(reads.ws)
+                transport.disconnect()
+
+        server = await ws_create_server(lambda request: Twice(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await asyncio.wait_for(asyncio.to_thread(send_upgrade_only, port), timeout=30)
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert isinstance(seen[0], BoundedReads)
+        assert not isinstance(seen[1], BoundedReads)
+
+    run(main)
+
+
+def send_upgrade_only(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            (
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        while sock.recv(65536):  # the 101, then the server closes
+            pass
