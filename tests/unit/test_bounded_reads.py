@@ -118,19 +118,25 @@ class Counting(WSListener):  # type: ignore[misc]
             self.done.set_exception(ConnectionError(f"closed after {self.frames} frames"))
 
 
+def upgraded(port: int) -> socket.socket:
+    """A blocking connection to the server that has sent its upgrade request."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
 def send_frames(port: int, failures: list[BaseException]) -> None:
     """A blocking WebSocket client: the upgrade, then FRAMES binary frames as fast
     as the socket takes them (masked with the all-zero key, so no XOR here)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            key = base64.b64encode(os.urandom(16)).decode()
-            sock.sendall(
-                (
-                    f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                    "Sec-WebSocket-Version: 13\r\n\r\n"
-                ).encode()
-            )
+        with upgraded(port) as sock:
             head = b""
             while b"\r\n\r\n" not in head:
                 chunk = sock.recv(4096)
@@ -271,14 +277,6 @@ def test_bounding_twice_puts_one_wrapper_in_front(run: Runner) -> None:
 
 
 def send_upgrade_only(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall(
-            (
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+    with upgraded(port) as sock:
         while sock.recv(65536):  # the 101, then the server closes
             pass
