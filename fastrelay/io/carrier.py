@@ -305,6 +305,8 @@ class Carrier(Link):
     # --- the session's events ---
 
     def on_hello(self, session: Session, hello: Hello) -> None:
+        if self.writer is not None and hello.max_frame_size:
+            self.writer.peer_accepts(hello.max_frame_size)
         if hello.pool:
             log.info(
                 "connected to relay %s (%s), pool %s", hello.instance_id, self.link.url, hello.pool
@@ -374,7 +376,8 @@ class Carrier(Link):
         transport.underlying_transport.set_write_buffer_limits(
             high=WS_BUFFER_HIGH, low=WS_BUFFER_HIGH // 4
         )
-        writer = self.writer = MuxWriter(transport, self.scheduler)
+        # Until HELLO says what the relay accepts, what this program accepts.
+        writer = self.writer = MuxWriter(transport, self.scheduler, self.link.max_frame_size)
         session = self.session
         session.out = writer
         peer = transport.underlying_transport.get_extra_info("peername")

@@ -8,7 +8,7 @@ from picows cimport picows
 
 from fastrelay.protocol.output cimport Output
 
-cdef Py_ssize_t _LARGE_FRAME, _FLUSH_AT
+cdef Py_ssize_t _LARGE_FRAME
 cdef picows.WSMsgType _BINARY
 
 
@@ -26,12 +26,15 @@ cdef class FlushScheduler:
 
 
 cdef class MuxWriter(Output):
+    cdef public Py_ssize_t batch_limit
     cdef public bint closed
     cdef public Py_ssize_t messages
     cdef public bytearray pending
     cdef public FlushScheduler scheduler
     cdef public picows.WSTransport transport  # send() is a C call, not a Python one
 
+    cpdef peer_accepts(self, Py_ssize_t max_message)
+    @cython.locals(n=Py_ssize_t, size=Py_ssize_t, pending=bytearray)
     cpdef write(self, frames)
     cpdef write_external(self, bytearray buf, Py_ssize_t offset)
     cpdef flush(self)

@@ -5,10 +5,12 @@ small frame on its own tops out near 100k frames/s here. A `MuxWriter`
 appends frames under `LARGE_FRAME` bytes to a pending buffer and a
 `FlushScheduler` writes each dirty buffer once per read batch: right after the
 last frame of a WebSocket read, or at the end of the event-loop iteration for
-writes from anywhere else. A frame of `LARGE_FRAME` bytes
-or more is sent on its own straight from the caller's buffer: picows (server
-side) writes it with `writev` without a user-space copy, and aiofastnet copies
-only an unsent tail, so a view into another connection's read buffer is safe.
+writes from anywhere else. A batch is one WebSocket message, so it never grows
+past the largest message the peer accepts (its `--max-frame-size`), nor past
+`FLUSH_AT`. A frame of `LARGE_FRAME` bytes or more is sent on its own straight
+from the caller's buffer: picows (server side) writes it with `writev` without
+a user-space copy, and aiofastnet copies only an unsent tail, so a view into
+another connection's read buffer is safe.
 
 `bound_reads` caps what one read of a WebSocket may take (`BoundedReads`).
 """
@@ -25,11 +27,10 @@ from picows import WSMsgType, WSTransport
 from fastrelay.protocol.output import Output
 
 LARGE_FRAME = 8192  # picows memcpy()s server-side payloads up to 8 KiB anyway
-FLUSH_AT = 256 * 1024  # a pending batch this big goes out without waiting
+FLUSH_AT = 256 * 1024  # a pending batch this big goes out without waiting (at most)
 _BINARY = WSMsgType.BINARY
-# C integers when compiled (mux.pxd): `write` compares a length with each per frame.
+# A C integer when compiled (mux.pxd): `write` compares a length with it per frame.
 _LARGE_FRAME = LARGE_FRAME
-_FLUSH_AT = FLUSH_AT
 
 
 class FlushScheduler:
@@ -81,31 +82,48 @@ class FlushScheduler:
 class MuxWriter(Output):
     """The outgoing side of one WebSocket, in whole mux frames."""
 
-    __slots__ = ("closed", "messages", "pending", "scheduler", "transport")
+    __slots__ = ("batch_limit", "closed", "messages", "pending", "scheduler", "transport")
 
-    def __init__(self, transport: WSTransport, scheduler: FlushScheduler) -> None:
+    def __init__(self, transport: WSTransport, scheduler: FlushScheduler, max_message: int) -> None:
         self.transport = transport
         self.scheduler = scheduler
         self.pending = bytearray()
         self.closed = False
         self.messages = 0  # WebSocket messages written, for metrics and benchmarks
+        self.batch_limit = FLUSH_AT
+        self.peer_accepts(max_message)
+
+    def peer_accepts(self, max_message: int) -> None:
+        """The largest WebSocket message the peer takes: no batch of small
+        frames grows past it. The peer closes the connection (1009) on a larger
+        one, which would end every stream on it: with `--max-frame-size 64KiB`,
+        100 tunnels each writing 4 KB at once made client_a send a 160 KB
+        batch. A single frame is never larger (the endpoints' chunks follow the
+        relay's limit, and the relay forwards only frames that were within its
+        own, which the endpoints' limits are at least)."""
+        self.batch_limit = max(1, min(FLUSH_AT, max_message))
 
     def write(self, frames: bytes | bytearray | memoryview) -> None:
         """Queue one or more complete mux frames (header and payload)."""
         if self.closed:
             return
-        if len(frames) >= _LARGE_FRAME:
+        n = len(frames)
+        if n >= _LARGE_FRAME:
             if self.pending:
                 self.flush()
             self.messages += 1
             self.transport.send(_BINARY, frames)
             return
         pending = self.pending
-        was_empty = not pending
+        size = len(pending)
+        if size and size + n > self.batch_limit:
+            self.flush()  # this frame would take the batch past what the peer accepts
+            pending = self.pending
+            size = 0
         pending += frames
-        if len(pending) >= _FLUSH_AT:
+        if size + n >= self.batch_limit:
             self.flush()
-        elif was_empty:
+        elif not size:
             self.scheduler.mark(self)
 
     def write_external(self, buf: bytearray, offset: int) -> None:

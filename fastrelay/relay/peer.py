@@ -60,7 +60,8 @@ class Peer(picows.WSListener):  # peer.pxd: a C extension type when compiled
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         bound_reads(transport)
-        self.writer = MuxWriter(transport, self.relay.scheduler)
+        # The endpoints accept messages at least as large as this relay's (HELLO).
+        self.writer = MuxWriter(transport, self.relay.scheduler, self.relay.config.max_frame_size)
         # Past the budget, pause_writing() reports it and the switch cuts this
         # connection off; nothing else is ever paused for it.
         budget = self.relay.config.max_connection_buffer

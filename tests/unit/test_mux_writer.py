@@ -6,6 +6,8 @@ import asyncio
 import logging
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from picows import WSMsgType, WSTransport
 from support.loops import Runner
 
@@ -59,10 +61,14 @@ async def next_iteration() -> None:
         await asyncio.sleep(0)
 
 
-def make() -> tuple[FakeTransport, MuxWriter, FlushScheduler]:
+PEER_LIMIT = 1024 * 1024  # the programs' default --max-frame-size
+
+
+def make(max_message: int = PEER_LIMIT) -> tuple[FakeTransport, MuxWriter, FlushScheduler]:
     transport = FakeTransport()
     scheduler = FlushScheduler(asyncio.get_running_loop())
-    return transport, MuxWriter(transport, scheduler), scheduler  # type: ignore[arg-type]
+    writer = MuxWriter(transport, scheduler, max_message)  # type: ignore[arg-type]
+    return transport, writer, scheduler
 
 
 def test_small_frames_of_one_iteration_leave_in_one_send(run: Runner) -> None:
@@ -104,20 +110,89 @@ def test_large_frame_goes_alone_after_pending_small_frames(run: Runner) -> None:
 
 
 def test_batch_over_flush_at_is_flushed_immediately(run: Runner) -> None:
+    """A batch goes out, before the loop gets a turn, once it holds FLUSH_AT, and a
+    frame that would take it past FLUSH_AT starts the next one instead."""
+
     async def main() -> None:
         transport, writer, _ = make()
-        f = frame(7, LARGE_FRAME - 1)
-        count = -(-FLUSH_AT // len(f))  # the write that reaches FLUSH_AT
-        for _ in range(count - 1):
+        f = frame(7, 4096)  # FLUSH_AT holds 64 of them exactly
+        for _ in range(FLUSH_AT // 4096 - 1):
             writer.write(f)
         assert transport.sent == []
-        writer.write(f)
-        assert transport.sent == [f * count]  # before the loop got a turn
-        writer.write(f)
+        writer.write(f)  # reaches FLUSH_AT: out at once
+        assert transport.sent == [f * 64]
+        g = frame(8, 5000)
+        fit = FLUSH_AT // 5000
+        for _ in range(fit):
+            writer.write(g)
+        assert transport.sent == [f * 64]
+        writer.write(g)  # would pass FLUSH_AT: the batch leaves without it
+        assert transport.sent == [f * 64, g * fit]
         await next_iteration()
-        assert transport.sent == [f * count, f]
+        assert transport.sent == [f * 64, g * fit, g]
 
     run(main)
+
+
+def test_a_batch_never_outgrows_what_the_peer_accepts(run: Runner) -> None:
+    """A peer with a 64 KiB --max-frame-size closes the connection (1009) on a larger
+    message: batches stay within it, and within a smaller limit announced later."""
+
+    async def main() -> None:
+        transport, writer, _ = make(64 * 1024)
+        frames = [frame(sid, 4000, sid) for sid in range(1, 101)]
+        for f in frames:
+            writer.write(f)
+        await next_iteration()
+        assert max(map(len, transport.sent)) <= 64 * 1024
+        assert len(transport.sent) == -(-len(frames) // (64 * 1024 // 4000))
+        assert b"".join(transport.sent) == b"".join(frames)
+        writer.peer_accepts(10_000)  # HELLO from a relay that takes less
+        for f in frames[:10]:
+            writer.write(f)
+        await next_iteration()
+        assert [len(m) for m in transport.sent[-5:]] == [8000] * 5
+        writer.peer_accepts(64 * 1024 * 1024)  # more than FLUSH_AT: FLUSH_AT still holds
+        assert writer.batch_limit == FLUSH_AT
+
+    run(main)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.integers(min_value=16, max_value=FLUSH_AT + 4096),
+    sizes=st.lists(st.integers(min_value=10, max_value=2 * LARGE_FRAME), max_size=80),
+    flushes=st.sets(st.integers(min_value=0, max_value=80)),
+)
+def test_every_message_is_a_lone_frame_or_a_batch_within_the_limit(
+    limit: int, sizes: list[int], flushes: set[int]
+) -> None:
+    """Whatever the frames and the loop turns between them: the messages carry the
+    frames in order, each whole, and a message of more than one frame is at most
+    `limit` (and FLUSH_AT) bytes."""
+    sizes = [min(size, limit) for size in sizes]  # a frame never exceeds the peer's limit
+    frames = [frame(i + 1, max(size, 10), i % 250) for i, size in enumerate(sizes)]
+
+    async def main() -> list[bytes]:
+        transport, writer, _ = make(limit)
+        for i, f in enumerate(frames):
+            if i in flushes:
+                await next_iteration()
+            writer.write(f)
+        await next_iteration()
+        return transport.sent
+
+    sent = asyncio.run(main())
+    assert b"".join(sent) == b"".join(frames)
+    rest = list(frames)
+    for message in sent:  # whole frames, in order
+        count = size = 0
+        while size < len(message):
+            size += len(rest.pop(0))
+            count += 1
+        assert size == len(message), "a message split a frame"
+        if count > 1:
+            assert len(message) <= min(limit, FLUSH_AT), f"{count} frames in {len(message)} B"
 
 
 def test_nothing_is_sent_after_close(run: Runner) -> None:
@@ -165,8 +240,8 @@ def test_each_dirty_writer_flushes_once_per_iteration(run: Runner) -> None:
         loop = asyncio.get_running_loop()
         scheduler = FlushScheduler(loop)
         t1, t2 = FakeTransport(), FakeTransport()
-        w1 = MuxWriter(t1, scheduler)  # type: ignore[arg-type]
-        w2 = MuxWriter(t2, scheduler)  # type: ignore[arg-type]
+        w1 = MuxWriter(t1, scheduler, PEER_LIMIT)  # type: ignore[arg-type]
+        w2 = MuxWriter(t2, scheduler, PEER_LIMIT)  # type: ignore[arg-type]
         for i in range(10):
             w1.write(frame(1, 20 + i))
             w2.write(frame(2, 30 + i))
