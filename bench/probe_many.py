@@ -1,7 +1,7 @@
 """Probe one many-tunnel download: where the bytes, the CPU and the kernel's memory go.
 
 `python -m bench.probe_many [--tunnels 1000] [--seconds 4] [--target-sndbuf 256KiB]
-[--client-args "--carriers 8"] [--ss FILE] [--pyspy PROGRAM] [--out DIR]`
+[--client-args "--carriers 8"] [--ss FILE] [--pyspy PROGRAM] [--syscalls] [--out DIR]`
 
 Starts the target and one fastrelay chain exactly as `python -m bench` does
 (bench/topology.py), opens the tunnels 50 at a time, lets them all download for
@@ -19,7 +19,9 @@ Starts the target and one fastrelay chain exactly as `python -m bench` does
 
 `--ss FILE` saves `ss -tmni` halfway through (per-socket queues, windows, drops) with a summary
 by address pair; `--pyspy PROGRAM` records that program with py-spy for the window and prints
-its hottest lines (root needed). Used for bench/README.md's notes on scenario 4.
+its hottest lines (root needed); `--syscalls` counts every program's data and poll system calls
+for the window with `perf stat` (root needed) and prints them per MB moved, with the bytes each
+read and write carried on average. Used for bench/README.md's notes on scenario 4.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +48,13 @@ from fastrelay.config import size_bytes
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 WATCHED = re.compile(r"ws_write_buffer|stalls_total|pauses_total|growths_total")
+# The system calls `--syscalls` counts: how each program reads and writes its sockets
+# (uvloop's streams read with read(), aiofastnet's with recvfrom(); picows sends with send(),
+# aiofastnet's queued writes go out with sendmsg()) and how it polls.
+READS = ("read", "readv", "recvfrom", "recvmsg")
+WRITES = ("write", "writev", "sendto", "sendmsg")
+POLLS = ("epoll_pwait", "epoll_wait", "epoll_ctl")
+SYSCALLS = READS + WRITES + POLLS
 
 
 def schedstat(pid: int) -> tuple[int, int, int]:
@@ -97,6 +108,41 @@ def hottest(raw: Path, top: int = 15) -> list[str]:
     return [f"  {100 * n / max(1, total):5.1f} % {name}" for name, n in leaf.most_common(top)]
 
 
+def count_syscalls(pid: int, path: Path) -> subprocess.Popen[bytes]:
+    """`perf stat` counting SYSCALLS entered by `pid` (all its threads) until SIGINT."""
+    events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALLS)
+    return subprocess.Popen(
+        ["perf", "stat", "-x", ",", "-e", events, "-p", str(pid), "-o", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def parse_perf_stat(text: str) -> dict[str, int]:
+    """`perf stat -x ,` output: count by system call name (`<not counted>` as 0)."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) < 3 or not fields[2].startswith("syscalls:sys_enter_"):
+            continue
+        name = fields[2].removeprefix("syscalls:sys_enter_")
+        counts[name] = int(fields[0]) if fields[0].isdigit() else 0
+    return counts
+
+
+def syscall_line(name: str, counts: dict[str, int], moved: int) -> str:
+    """One program's calls per MB moved; reads and writes also as KB per call (every
+    program reads and writes each byte once, so `moved` is each one's traffic)."""
+    mb = max(moved, 1) / 1e6
+    reads = sum(counts.get(c, 0) for c in READS)
+    writes = sum(counts.get(c, 0) for c in WRITES)
+    detail = ", ".join(f"{c} {counts[c] / mb:.1f}" for c in SYSCALLS if counts.get(c))
+    return (
+        f"  {name}: reads {reads / mb:.1f} / MB ({moved / 1e3 / max(reads, 1):.1f} KB each), "
+        f"writes {writes / mb:.1f} / MB ({moved / 1e3 / max(writes, 1):.1f} KB each); {detail}"
+    )
+
+
 async def probe(args: argparse.Namespace) -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -125,11 +171,25 @@ async def probe(args: argparse.Namespace) -> None:
             args.ss.write_text(ss.stdout)
 
         snap = asyncio.ensure_future(snapshot()) if args.ss else None
+        counted = {name: p.pid for name, p in procs.items()}
+        counted.update({"target": target.pid, "load client": os.getpid()})
+        counters = {
+            name: count_syscalls(pid, out / f"{name.replace(' ', '_')}.perfstat.txt")
+            for name, pid in (counted.items() if args.syscalls else ())
+        }
+        if counters:
+            await asyncio.sleep(0.5)  # perf attaches before the window opens
         start = time.perf_counter()
-        with TcpMemorySampler() as tcp:
-            elapsed, moved = await steady_download(tunnels, args.seconds)
-        wall = time.perf_counter() - start
-        after = {name: schedstat(p.pid) for name, p in procs.items()}
+        try:
+            with TcpMemorySampler() as tcp:
+                elapsed, moved = await steady_download(tunnels, args.seconds)
+            wall = time.perf_counter() - start
+            after = {name: schedstat(p.pid) for name, p in procs.items()}
+        finally:
+            for counter in counters.values():
+                counter.send_signal(signal.SIGINT)
+            for counter in counters.values():
+                counter.wait(timeout=30)
         if snap is not None:
             await snap
         metrics = {
@@ -172,6 +232,11 @@ async def probe(args: argparse.Namespace) -> None:
             print(f"ss -tmni halfway ({args.ss}), by address pair:")
             relay_port = int(procs["relay"].ready["listen"].rsplit(":", 1)[1])
             print("\n".join(summarize_ss(args.ss.read_text(), relay_port)))
+        if counters:
+            print("system calls in the window, per MB moved:")
+            for name in counters:
+                path = out / f"{name.replace(' ', '_')}.perfstat.txt"
+                print(syscall_line(name, parse_perf_stat(path.read_text()), sum(moved)))
         if args.pyspy:
             print(f"py-spy, {args.pyspy}, hottest lines:")
             print("\n".join(hottest(out / f"{args.pyspy}.pyspy.txt")))
@@ -189,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-args", default="", help="extra options for client_a only")
     parser.add_argument("--ss", type=Path, help="save `ss -tmni` halfway to this file")
     parser.add_argument("--pyspy", choices=("relay", "agent", "client_a"))
+    parser.add_argument(
+        "--syscalls", action="store_true", help="count each program's system calls (perf stat)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/probe-many"))
     args = parser.parse_args(argv)
     raise_fd_limit()

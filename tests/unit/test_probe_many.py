@@ -4,7 +4,7 @@ drops and retransmissions and put the relay's carriers on a line of their own.""
 
 from __future__ import annotations
 
-from bench.probe_many import summarize_ss
+from bench.probe_many import parse_perf_stat, summarize_ss, syscall_line
 
 CARRIER = (
     "ESTAB 0       327415  127.0.0.1:35034 127.0.0.1:35427\n"
@@ -42,3 +42,39 @@ def test_without_the_relay_port_every_socket_is_summed_by_address_pair() -> None
     lines = summarize_ss(CARRIER + TUNNEL)
     assert not any("carriers" in line for line in lines)
     assert any(line.startswith("  127.0.0.1 -> 127.0.0.1: 1 sockets") for line in lines)
+
+
+PERF_STAT = """# started on Mon Nov 30 17:28:26 2026
+
+0,,syscalls:sys_enter_read,1501770522,100.00,,
+7404,,syscalls:sys_enter_recvfrom,1501770522,100.00,,
+2162,,syscalls:sys_enter_sendto,1501770522,100.00,,
+9210,,syscalls:sys_enter_sendmsg,1501770522,100.00,,
+6104,,syscalls:sys_enter_epoll_pwait,1501770522,100.00,,
+<not counted>,,syscalls:sys_enter_epoll_ctl,0,0.00,,
+"""
+
+
+def test_perf_stat_counts_are_read_by_system_call() -> None:
+    counts = parse_perf_stat(PERF_STAT)
+    assert counts == {
+        "read": 0,
+        "recvfrom": 7404,
+        "sendto": 2162,
+        "sendmsg": 9210,
+        "epoll_pwait": 6104,
+        "epoll_ctl": 0,  # not counted: no number to read
+    }
+
+
+def test_syscall_line_gives_calls_per_mb_and_bytes_per_read_and_write() -> None:
+    line = syscall_line("relay", parse_perf_stat(PERF_STAT), moved=740_400_000)
+    # 740.4 MB: reads 7,404 (10.0 per MB, 100 KB each); writes 2,162 + 9,210 = 11,372
+    assert line.startswith("  relay: reads 10.0 / MB (100.0 KB each), writes 15.4 / MB (65.1 KB ")
+    assert "recvfrom 10.0, sendto 2.9, sendmsg 12.4, epoll_pwait 8.2" in line
+    assert "read 0" not in line and "epoll_ctl" not in line  # calls never made are left out
+
+
+def test_a_program_that_made_no_call_does_not_divide_by_zero() -> None:
+    line = syscall_line("target", {}, moved=0)
+    assert "reads 0.0 / MB" in line and "writes 0.0 / MB" in line
