@@ -67,7 +67,7 @@ def filled(stream: Stream, n: int) -> None:
     """`n` bytes arrived in `read_buffer()`, behind room for the mux header: a
     full read leaves as its own frame from the buffer itself (picows sends the
     buffer to its end), a shorter one through the stream's writer: copied once,
-    header and all, into the coalesced batch, or sent on its own from 8 KiB.
+    header and all, into the coalesced batch, or sent on its own from 64 KiB.
     Without the credit for all of it (a read in flight when the credit
     ran out), the stream takes a copy and sends what it may."""
     if stream.send_in_place(_READ_BUF, WS_HEADROOM, n, n == READ_SIZE):

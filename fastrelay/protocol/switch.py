@@ -639,8 +639,8 @@ class Switch:
 
         Consecutive TUNNEL_DATA frames bound for the same connection leave as
         one slice of the message (one write, and no copy once the run reaches
-        8 KiB). A malformed frame closes `src` alone; the frames before it
-        were valid and are passed on.
+        the writer's `LARGE_FRAME`, 64 KiB). A malformed frame closes `src`
+        alone; the frames before it were valid and are passed on.
         """
         if src.failed:
             return  # closed already: nothing it still sends is routed
