@@ -14,6 +14,7 @@ from prometheus_client.core import Metric
 from agent.config import AgentConfig
 from agent.dialer import DIAL_RESULTS, DialFailure, dial
 from agent.mesh import AgentMesh
+from agent.resolver import LOOKUP_RESULTS, make_resolver
 from fastrelay import metrics
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.admin import Readiness, start_admin
@@ -83,6 +84,8 @@ class Agent:
         self.stats = CarrierStats()
         self.dials: Counter[str] = Counter({r: 0 for r in DIAL_RESULTS})
         self.dial_latency = metrics.Histogram()
+        self.resolver = make_resolver(config.resolver, config.dns_server, config.dns_cache)
+        self.resolver.counts.update({r: 0 for r in LOOKUP_RESULTS})
         self.access_log = access_log
         self.tasks: set[asyncio.Task[None]] = set()
         self.mesh = AgentMesh(RelayLink.from_config(config, "agent", config.pool), self, self.stats)
@@ -119,7 +122,7 @@ class Agent:
         try:
             sock = await within(
                 self.config.dial_timeout,
-                dial(stream, request.host, request.port, self.config.policy, self.dials),
+                dial(stream, request.host, request.port, self.config.policy, self.resolver),
             )
         except DialFailure as failure:
             self._refuse(stream, failure)
@@ -155,6 +158,8 @@ class Agent:
 
     def collect(self) -> Iterable[Metric]:
         yield metrics.F_AGENT_DIALS.build(by_label(self.dials))
+        yield metrics.F_AGENT_DNS_LOOKUPS.build(by_label(self.resolver.counts))
+        yield metrics.F_AGENT_DNS_CACHE.one(self.resolver.cached_names())
         yield metrics.F_STREAMS_ACTIVE_AGENT.one(sum(len(c.streams) for c in self.mesh.carriers))
         yield metrics.F_AGENT_DIAL.one(self.dial_latency)
         up, down = carrier_stream_bytes(self.stats, self.mesh.carriers)
@@ -204,4 +209,5 @@ class AgentService(Service):
 
     async def close(self) -> None:
         await cancel_all(self.agent.tasks)  # dials still in progress
+        await self.agent.resolver.close()
         self.admin.close()

@@ -6,18 +6,19 @@ directly, checked on the DOM and by the relay's and client_a's counters."""
 from __future__ import annotations
 
 import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import LISTED, UNLISTED, Chain, Target, curl_path
-from support.procs import AGENT_TOKEN, ROOT, Proc, is_ready, metric, wait_until
+from support import dns_server
+from support.procs import metric, wait_until
 from test_browser import chromium_dom
 
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
 # Chromium sends loopback hosts (127.0.0.0/8, their IPv4-mapped IPv6 forms, localhost) direct
 # before it asks a PAC, and no PAC can change that; so the browser test uses made-up names.
-# The agent resolves LISTED_NAME from a fixed table (tests/support/agent_with_names.py);
+# The agent resolves LISTED_NAME with a DNS server of the test's (tests/support/dns_server.py);
 # Chromium resolves UNLISTED_NAME with --host-resolver-rules, when the PAC says DIRECT.
 LISTED_NAME = "pac-listed.test"
 UNLISTED_NAME = "pac-unlisted.test"
@@ -115,27 +116,21 @@ def dump_dom(pac_url: str, certs: dict[str, Path], url: str, profile: Path) -> s
     )
 
 
+@pytest.fixture
+def pac_dns() -> Iterator[str]:
+    """A DNS server that resolves LISTED_NAME to LISTED: its address, for --dns-server."""
+    with dns_server.running({LISTED_NAME: [LISTED]}) as (_server, address):
+        yield address
+
+
 def test_chromium_with_the_pac_sends_listed_through_relay_and_unlisted_direct(
-    make_chain, target: Target, certs: dict[str, Path], tmp_path: Path
+    make_chain, target: Target, certs: dict[str, Path], tmp_path: Path, pac_dns: str
 ) -> None:
     rules = tmp_path / "rules.txt"
     rules.write_text(f"{LISTED_NAME}\n{LISTED}/32\n")
     chain = make_chain()
     relay = chain.start_relay()
-    agent = Proc(
-        "agent",
-        [
-            sys.executable,
-            str(ROOT / "tests/support/agent_with_names.py"),
-            *("--relay", chain.relay_url, "--admin", "127.0.0.1:0", "--reconnect-max", "1"),
-            *("--allow", "127.0.0.0/8"),
-        ],
-        {"FASTRELAY_TOKEN": AGENT_TOKEN, "FASTRELAY_TEST_NAMES": f"{LISTED_NAME}={LISTED}"},
-        chain.log_dir,
-    )
-    chain.procs.append(agent)
-    chain.agents.append(agent)
-    wait_until(lambda: is_ready(agent.ready["admin"]), what="agent connected")
+    agent = chain.start_agent("--allow", "127.0.0.0/8", "--dns-server", pac_dns)
     client = chain.start_client(rules)
     relay_admin, client_admin = relay.ready["admin"], client.ready["admin"]
     pac_url = client.ready["pac"]

@@ -373,3 +373,67 @@ def test_values_with_non_ascii_digits_or_a_bad_port_name_the_option(
     path = toml(tmp_path, f'{key} = "{value}"\n')
     with pytest.raises(ConfigError, match=f"{key}: {words}"):
         client_config.load(["--config", path], {"FASTRELAY_TOKEN": "t"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("192.0.2.53", "192.0.2.53:53"),
+        ("127.0.0.1:5353", "127.0.0.1:5353"),
+        ("2001:db8::53", "[2001:db8::53]:53"),
+        ("[2001:DB8::53]:5353", "[2001:db8::53]:5353"),
+        ("[::1]", "[::1]:53"),
+    ],
+)
+def test_dns_server_accepts_an_address_with_or_without_a_port(text: str, expected: str) -> None:
+    assert agent_config.dns_server(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dns.example", "expected IP, IP:PORT or [IPv6]:PORT, got 'dns.example'"),
+        ("192.0.2.53:0", "expected a port from 1 to 65535 in '192.0.2.53:0'"),
+        ("192.0.2.53:99999", "expected a port from 1 to 65535 in '192.0.2.53:99999'"),
+        ("[::1]x", "expected IP, IP:PORT or [IPv6]:PORT, got '[::1]x'"),
+        ("[::1", "expected IP, IP:PORT or [IPv6]:PORT, got '[::1'"),
+        ("1.2.3.4:\uff15\uff13", "expected a port from 1 to 65535 in '1.2.3.4:\uff15\uff13'"),
+    ],
+)
+def test_dns_server_refuses_a_name_or_a_bad_port(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        agent_config.dns_server(text)
+    assert str(info.value) == message
+
+
+def test_agent_resolver_options() -> None:
+    env = {"FASTRELAY_TOKEN": "t"}
+    conf = agent_config.load([], env)
+    assert (conf.resolver, conf.dns_server, conf.dns_cache) == ("cares", (), 10_000)
+    conf = agent_config.load(
+        ["--dns-server", "127.0.0.1:5353", "--dns-server", "::1", "--dns-cache", "0"], env
+    )
+    assert conf.dns_server == ("127.0.0.1:5353", "[::1]:53")
+    assert conf.dns_cache == 0
+    assert agent_config.load(["--resolver", "system"], env).resolver == "system"
+    with pytest.raises(ConfigError) as info:
+        agent_config.load(["--resolver", "system", "--dns-server", "127.0.0.1"], env)
+    assert "--dns-server" in str(info.value) and "--resolver cares" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--resolver", "bind"], "--resolver"),
+        (["--dns-server", "resolver.example"], "--dns-server"),
+        (["--dns-cache", "-1"], "--dns-cache"),
+        (["--dns-cache", "1000001"], "--dns-cache"),
+    ],
+)
+def test_agent_resolver_flags_out_of_range_exit_2_naming_the_flag(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        agent_config.load(argv, {"FASTRELAY_TOKEN": "t"})
+    assert info.value.code == 2
+    assert flag in capsys.readouterr().err

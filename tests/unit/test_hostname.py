@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 
 import pytest
 from hypothesis import given
@@ -145,10 +144,17 @@ def test_policy_fails_closed_on_bad_names(host: str, fragment: str) -> None:
     assert refusal is not None and not refusal.allowed
 
 
+class _NoLookups:
+    """A resolver the dial must not reach: these names are refused before any look-up."""
+
+    async def resolve(self, host: str) -> list[str]:
+        raise AssertionError(f"{host!r} was looked up")
+
+
 def _dial(host: str, policy: EgressPolicy) -> DialFailure:
     async def run() -> DialFailure:
         with pytest.raises(DialFailure) as info:
-            await dial(None, host, 443, policy, Counter())  # type: ignore[arg-type]
+            await dial(None, host, 443, policy, _NoLookups())  # type: ignore[arg-type]
         return info.value
 
     return asyncio.run(run())
