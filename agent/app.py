@@ -14,7 +14,6 @@ from prometheus_client.core import Metric
 from agent.config import AgentConfig
 from agent.dialer import DIAL_RESULTS, DialFailure, dial
 from agent.mesh import AgentMesh
-from agent.resolver import LOOKUP_RESULTS, make_resolver
 from fastrelay import metrics
 from fastrelay.accesslog import AccessLog
 from fastrelay.io.admin import Readiness, start_admin
@@ -31,6 +30,7 @@ from fastrelay.metrics import by_label
 from fastrelay.protocol.messages import OpenStream, format_authority
 from fastrelay.protocol.session import End, Stream
 from fastrelay.protocol.status import dial_timeout
+from fastrelay.resolver import make_resolver, resolver_metrics
 
 log = logging.getLogger("fastrelay.agent")
 T = TypeVar("T")
@@ -85,7 +85,6 @@ class Agent:
         self.dials: Counter[str] = Counter({r: 0 for r in DIAL_RESULTS})
         self.dial_latency = metrics.Histogram()
         self.resolver = make_resolver(config.resolver, config.dns_server, config.dns_cache)
-        self.resolver.counts.update({r: 0 for r in LOOKUP_RESULTS})
         self.access_log = access_log
         self.tasks: set[asyncio.Task[None]] = set()
         self.mesh = AgentMesh(RelayLink.from_config(config, "agent", config.pool), self, self.stats)
@@ -158,8 +157,7 @@ class Agent:
 
     def collect(self) -> Iterable[Metric]:
         yield metrics.F_AGENT_DIALS.build(by_label(self.dials))
-        yield metrics.F_AGENT_DNS_LOOKUPS.build(by_label(self.resolver.counts))
-        yield metrics.F_AGENT_DNS_CACHE.one(self.resolver.cached_names())
+        yield from resolver_metrics(self.resolver)
         yield metrics.F_STREAMS_ACTIVE_AGENT.one(sum(len(c.streams) for c in self.mesh.carriers))
         yield metrics.F_AGENT_DIAL.one(self.dial_latency)
         up, down = carrier_stream_bytes(self.stats, self.mesh.carriers)

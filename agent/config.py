@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,43 +11,14 @@ from fastrelay.config import (
     ConfigError,
     Option,
     carrier_options,
-    choice,
     host_port,
     load_options,
     load_token,
     positive_float,
+    resolver_options,
     text_value,
 )
 from fastrelay.protocol.messages import DEFAULT_POOL, pool_error
-from fastrelay.protocol.namecache import MAX_NAMES
-
-
-def dns_server(text: str) -> str:
-    """'192.0.2.53', '192.0.2.53:5353', '2001:db8::53', '[2001:db8::53]:5353' -> c-ares'
-    form (IP:PORT, [IPv6]:PORT). An address, not a name: the resolver cannot look up itself."""
-    raw = str(text).strip()
-    host, port = raw, "53"
-    if raw.startswith("["):
-        host, sep, rest = raw[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"expected IP, IP:PORT or [IPv6]:PORT, got {text!r}")
-        port = rest[1:] or "53"
-    elif raw.count(":") == 1:
-        host, _, port = raw.partition(":")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"expected IP, IP:PORT or [IPv6]:PORT, got {text!r}") from None
-    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise ValueError(f"expected a port from 1 to 65535 in {text!r}")
-    return f"{ip}:{int(port)}" if ip.version == 4 else f"[{ip}]:{int(port)}"
-
-
-def name_count(text: str) -> int:
-    raw = str(text).strip()
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > 1_000_000:
-        raise ValueError(f"expected a whole number from 0 to 1000000, got {text!r}")
-    return int(raw)
 
 
 def pool_name(text: str) -> str:
@@ -78,27 +48,6 @@ OPTIONS = [
     ),
     Option("dial_timeout", positive_float, 10.0, "seconds for DNS plus TCP connect"),
     Option(
-        "resolver",
-        choice("cares", "system"),
-        "cares",
-        "name look-ups: cares (c-ares: no thread pool, a TTL cache) or system (getaddrinfo)",
-    ),
-    Option(
-        "dns_server",
-        dns_server,
-        (),
-        "DNS server for --resolver cares; repeat for more (default: /etc/resolv.conf)",
-        repeat=True,
-        metavar="IP[:PORT]",
-    ),
-    Option(
-        "dns_cache",
-        name_count,
-        MAX_NAMES,
-        "names --resolver cares keeps for their TTL (at most 300 s); 0: none",
-        metavar="N",
-    ),
-    Option(
         "pool",
         pool_name,
         DEFAULT_POOL,
@@ -106,6 +55,7 @@ OPTIONS = [
         metavar="NAME",
     ),
     *carrier_options(),
+    *resolver_options(),
 ]
 
 

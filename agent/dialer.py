@@ -16,11 +16,11 @@ import asyncio
 from dataclasses import dataclass
 
 from agent.policy import EgressPolicy
-from agent.resolver import LookupFailure, Resolver
 from fastrelay.io.tunnel import LoopStreamSocket
 from fastrelay.protocol.hostname import HostnameError, normalize_hostname
 from fastrelay.protocol.session import Stream
 from fastrelay.protocol.status import Failure, dial_failure
+from fastrelay.resolver import LookupFailure, Resolver
 
 # The agent's dial results: ok, and the reason word of every dial failure.
 DIAL_FAILURES = (

@@ -5,7 +5,7 @@ Every part runs against tests/support/dns_server.py on loopback, where names und
 stall.test never get an answer:
 
 - ``stall``: how long a good name takes to resolve behind N look-ups that never end, for
-  c-ares (agent/resolver.py) in this process; with ``--system`` also for getaddrinfo, which
+  c-ares (fastrelay/resolver.py) in this process; with ``--system`` also for getaddrinfo, which
   reads /etc/resolv.conf, so that part re-runs this script in a mount and network namespace of
   its own (root, ``unshare -mn``) where resolv.conf names the test server on 127.0.0.1:53.
 - ``cost``: process CPU per resolve: the agent's cache, c-ares answering from its own cache,
@@ -36,13 +36,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.dns_server import DnsServer  # noqa: E402
 
-from agent.resolver import (  # noqa: E402
+from fastrelay import eventloop  # noqa: E402
+from fastrelay.resolver import (  # noqa: E402
     ROTATE_AFTER,
     CaresResolver,
     LookupFailure,
     SystemResolver,
 )
-from fastrelay import eventloop  # noqa: E402
 
 GOOD = {"good.test": ["192.0.2.1"]}
 

@@ -454,7 +454,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "orjson (loads/dumps)": ("orjson",),
     "dataclass __init__ (generated)": ("__create_fn__",),
     "messages.py encode/decode (orjson and dataclasses inside)": ("protocol/messages.py",),
-    "name look-ups (agent/resolver.py)": ("agent/resolver.py", "getaddrinfo", "pycares"),
+    "name look-ups (fastrelay/resolver.py)": ("fastrelay/resolver.py", "getaddrinfo", "pycares"),
     "thread-pool wake-up (pthread_cond_signal)": ("pthread_cond_signal",),
     "timers (call_later, wait_for, timeouts)": ("call_later", "call_at", "wait_for", "TimerHandle"),
     "metrics (fastrelay/metrics.py, prometheus_client)": ("fastrelay/metrics.py", "prometheus"),

@@ -28,6 +28,7 @@ from fastrelay.lifecycle import (
     serve_service,
 )
 from fastrelay.reload import FileReloader, load_at_start
+from fastrelay.resolver import resolver_metrics
 
 log = logging.getLogger("fastrelay.client")
 PAC_ROUTE = PAC_PATH.encode()
@@ -138,6 +139,7 @@ class ClientService(Service):
                 proxy.stats.collect(pool, watcher.sources, watcher.counts),
                 gate.collect(),
                 listener.collect(),
+                resolver_metrics(proxy.resolver),
             ),
             self.readiness.check,
         )
@@ -171,3 +173,4 @@ class ClientService(Service):
     async def close(self) -> None:
         self.admin.close()
         await cancel_all(self.proxy.tasks)  # opens still in progress
+        await self.proxy.resolver.close()

@@ -9,12 +9,14 @@ from pathlib import Path
 from fastrelay.config import (
     Option,
     carrier_options,
+    check_resolver,
     count_in,
     host_port,
     load_options,
     load_token,
     optional_file,
     positive_float,
+    resolver_options,
     size_bytes,
 )
 
@@ -51,6 +53,7 @@ OPTIONS = [
     Option("rules_poll", positive_float, 1.0, "seconds between checks of the rules file"),
     Option("carriers", count_in(1, 64), 2, "WebSockets kept to the relay (through the balancer)"),
     *carrier_options(),
+    *resolver_options(),
 ]
 
 
@@ -64,6 +67,9 @@ class ClientConfig:
     token: str
     open_timeout: float
     dial_timeout: float
+    resolver: str
+    dns_server: tuple[str, ...]
+    dns_cache: int
     response_timeout: float
     window: int
     max_window: int
@@ -86,4 +92,5 @@ class ClientConfig:
 def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ClientConfig:
     v = load_options("client", OPTIONS, argv, environ)
     token = load_token(v)
+    check_resolver(v)
     return ClientConfig(token=token, **v)

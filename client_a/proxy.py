@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import socket
 import time
 
 from client_a.browser import BrowserConnection
@@ -35,6 +34,7 @@ from fastrelay.protocol.http import OriginFormRequest, ProxyRequest
 from fastrelay.protocol.messages import OpenStream, format_authority, new_session_id
 from fastrelay.protocol.session import End, Stream
 from fastrelay.protocol.status import NO_RELAY_OR_AGENT, Failure, dial_failure, dial_timeout
+from fastrelay.resolver import LookupFailure, make_resolver
 
 log = logging.getLogger("fastrelay.client")
 
@@ -59,6 +59,7 @@ class Proxy:
         self.tasks: set[asyncio.Task[None]] = set()
         self.pool: CarrierPool | None = None
         self.pac = PacServer()  # its listen address is set once the proxy port is bound
+        self.resolver = make_resolver(config.resolver, config.dns_server, config.dns_cache)
 
     def serve_pac(self, method: str, headers: dict[str, str], local_host: str | None) -> bytes:
         """The response to a request for /proxy.pac (proxy port or admin port)."""
@@ -284,34 +285,22 @@ class Proxy:
     ) -> None:
         """Dial the target ourselves; `route` is "direct" (an unlisted host) or "fallback"
         (a fallback=direct rule's host that no relay or agent could take)."""
-        loop = asyncio.get_running_loop()
         try:
-            normalize_hostname(request.host)  # the resolver's IDNA codec would raise, uncaught
+            host = normalize_hostname(request.host)  # the name the resolver looks up
         except HostnameError as exc:
             self._direct_failed(browser, Failure.DNS, str(exc), route)
             return
         pipe = DirectPipe(self, browser, request, route)
         try:
-            # The loop's own transport, not aiofastnet's: on uvloop aiofastnet watches the
-            # socket with add_reader, which stops for good once the kernel reports an error,
-            # so a target's last bytes and its reset arriving together left the reset unseen
-            # and the browser waiting forever (tests/e2e/test_abort_resets.py). uvloop's
-            # transport reads on to the error; it also connects an IP literal in C.
             transport, upstream = await asyncio.wait_for(
-                loop.create_connection(lambda: DirectUpstream(pipe), request.host, request.port),
-                self.config.dial_timeout,
+                self._dial_direct(pipe, host, request.port), self.config.dial_timeout
             )
         except TimeoutError:
             failure, detail = dial_timeout(request.host, request.port, self.config.dial_timeout)
             self._direct_failed(browser, failure, detail, route)
             return
-        except socket.gaierror as exc:
-            detail = f"DNS lookup of {request.host} failed: {exc.strerror}"
-            self._direct_failed(browser, Failure.DNS, detail, route)
-            return
-        except UnicodeError as exc:  # a name the resolver's IDNA 2003 codec refuses
-            detail = f"invalid host {request.host!r}: {exc}"
-            self._direct_failed(browser, Failure.DNS, detail, route)
+        except LookupFailure as exc:
+            self._direct_failed(browser, Failure.DNS, str(exc), route)
             return
         except OSError as exc:
             self._direct_failed(browser, *dial_failure(exc, request.host, request.port), route)
@@ -330,6 +319,29 @@ class Proxy:
         browser.start(pipe)  # may answer 400 already: a malformed body in the held bytes
         if not browser.transport.is_closing():
             browser.transport.resume_reading()
+
+    async def _dial_direct(
+        self, pipe: DirectPipe, host: str, port: int
+    ) -> tuple[asyncio.Transport, DirectUpstream]:
+        """Connect the first of the host's addresses that answers, in the resolver's order.
+
+        The loop's own transport, not aiofastnet's: on uvloop aiofastnet watches the socket
+        with add_reader, which stops for good once the kernel reports an error, so a target's
+        last bytes and its reset arriving together left the reset unseen and the browser
+        waiting forever (tests/e2e/test_abort_resets.py). uvloop's transport reads on to the
+        error; it also connects an IP literal in C. The name is looked up by the resolver
+        (fastrelay/resolver.py), never by the loop: a name whose DNS never answers must not
+        hold up the others (libuv's thread pool would)."""
+        loop = asyncio.get_running_loop()
+        addresses = await self.resolver.resolve(host)
+        failed: OSError | None = None
+        for ip in addresses:
+            try:
+                return await loop.create_connection(lambda: DirectUpstream(pipe), ip, port)
+            except OSError as exc:
+                failed = exc
+        assert failed is not None  # the resolver gives at least one address
+        raise failed
 
     def _direct_failed(
         self, browser: BrowserConnection, failure: Failure, detail: str, route: str = "direct"

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fastrelay.protocol.namecache import MAX_NAMES
+
 ENV_PREFIX = "FASTRELAY_"
 
 
@@ -223,6 +225,70 @@ ENDPOINT_WINDOW = 4 * 1024 * 1024
 # 16 MiB, 372 growing to 32 MiB (0.62 of the chain's own 0 ms rate); the relay's
 # per-connection budget (3/4 of 64 MiB) bounds it anyway.
 ENDPOINT_MAX_WINDOW = 32 * 1024 * 1024
+
+
+def dns_server(text: str) -> str:
+    """'192.0.2.53', '192.0.2.53:5353', '2001:db8::53', '[2001:db8::53]:5353' -> c-ares'
+    form (IP:PORT, [IPv6]:PORT). An address, not a name: the resolver cannot look up itself."""
+    raw = str(text).strip()
+    host, port = raw, "53"
+    if raw.startswith("["):
+        host, sep, rest = raw[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"expected IP, IP:PORT or [IPv6]:PORT, got {text!r}")
+        port = rest[1:] or "53"
+    elif raw.count(":") == 1:
+        host, _, port = raw.partition(":")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"expected IP, IP:PORT or [IPv6]:PORT, got {text!r}") from None
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"expected a port from 1 to 65535 in {text!r}")
+    return f"{ip}:{int(port)}" if ip.version == 4 else f"[{ip}]:{int(port)}"
+
+
+def name_count(text: str) -> int:
+    raw = str(text).strip()
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 1_000_000:
+        raise ValueError(f"expected a whole number from 0 to 1000000, got {text!r}")
+    return int(raw)
+
+
+def resolver_options() -> list[Option]:
+    """How client_a (direct route) and the agent look up names (fastrelay/resolver.py)."""
+    return [
+        Option(
+            "resolver",
+            choice("cares", "system"),
+            "cares",
+            "name look-ups: cares (c-ares: no thread pool, a TTL cache) or system (getaddrinfo)",
+        ),
+        Option(
+            "dns_server",
+            dns_server,
+            (),
+            "DNS server for --resolver cares; repeat for more (default: /etc/resolv.conf)",
+            repeat=True,
+            metavar="IP[:PORT]",
+        ),
+        Option(
+            "dns_cache",
+            name_count,
+            MAX_NAMES,
+            "names --resolver cares keeps for their TTL (at most 300 s); 0: none",
+            metavar="N",
+        ),
+    ]
+
+
+def check_resolver(values: dict[str, Any]) -> None:
+    """--dns-server goes with c-ares only; the servers become a tuple."""
+    if values["dns_server"] and values["resolver"] == "system":
+        raise ConfigError(
+            "--dns-server: the system resolver reads /etc/resolv.conf; it needs --resolver cares"
+        )
+    values["dns_server"] = tuple(values["dns_server"])
 
 
 def carrier_options() -> list[Option]:

@@ -57,8 +57,8 @@ WS_WRITE_BUFFER = PREFIX + "ws_write_buffer_bytes"
 RELAY_CONNECTED = PREFIX + "relay_connected"
 CLIENT_REQUESTS = PREFIX + "client_requests"
 AGENT_DIALS = PREFIX + "agent_dials"
-AGENT_DNS_LOOKUPS = PREFIX + "agent_dns_lookups"
-AGENT_DNS_CACHE = PREFIX + "agent_dns_cache_names"
+DNS_LOOKUPS = PREFIX + "dns_lookups"
+DNS_CACHE = PREFIX + "dns_cache_names"
 LIMIT_HITS = PREFIX + "limit_hits"
 OPEN_RETRIES = PREFIX + "open_retries"
 AGENT_STALLS = PREFIX + "agent_stalls"
@@ -303,13 +303,13 @@ F_BACKPRESSURE_PAUSES = Family(
 # The agent.
 F_AGENT_DIALS = Family("counter", AGENT_DIALS, "Target dials by result", ("result",))
 F_STREAMS_ACTIVE_AGENT = Family("gauge", STREAMS_ACTIVE, "Streams open at this agent")
-F_AGENT_DNS_LOOKUPS = Family(
+F_DNS_LOOKUPS = Family(
     "counter",
-    AGENT_DNS_LOOKUPS,
+    DNS_LOOKUPS,
     "Name look-ups by result (cached: a cache hit; joined: shared a query in flight)",
     ("result",),
 )
-F_AGENT_DNS_CACHE = Family("gauge", AGENT_DNS_CACHE, "Names in the resolver's cache")
+F_DNS_CACHE = Family("gauge", DNS_CACHE, "Names in the resolver's cache")
 F_AGENT_DIAL = Family(
     "histogram", AGENT_DIAL, "DNS lookup plus TCP connect to the target, successful dials"
 )

@@ -1,9 +1,11 @@
-"""The agent's name look-ups, through the whole chain, against a real DNS server on loopback.
+"""Name look-ups, through the whole chain, against a real DNS server on loopback: the agent's
+(the relay route) and client_a's (the direct route).
 
 A tenant who opens tunnels to names whose authority never answers (their own zone, a dead
 server) must cost only those opens. Under getaddrinfo two such names took every thread libuv
-lets look-ups use, and every later open to a name, of every tenant, waited ~10 s behind them.
-The agent now asks c-ares on its event loop (agent/resolver.py).
+lets look-ups use, and every later open to a name, of every tenant, waited ~10 s behind them;
+on client_a, one dead site held up the browser's other direct connections the same way. Both
+now ask c-ares on their event loop (fastrelay/resolver.py).
 """
 
 from __future__ import annotations
@@ -25,25 +27,32 @@ STALLED = 20
 def dns_chain(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Chain, dns_server.DnsServer]]:
-    """client_a sends every .test name through the relay; the agent asks our DNS server, where
-    good.test is the target's address and every name under stall.test goes unanswered."""
+    """client_a sends every .test name through the relay and every .example name direct; both
+    the agent and client_a ask our DNS server, where good.* are the target's address and every
+    name under stall.* goes unanswered."""
     rules = tmp_path_factory.mktemp("dns") / "rules.txt"
     rules.write_text(f".test\n{LISTED}/32\n")
-    table = {"good.test": [LISTED], "other.test": [LISTED]}
-    with dns_server.running(table, stall=["stall.test"]) as (server, address):
+    table = {"good.test": [LISTED], "other.test": [LISTED], "good.example": [LISTED]}
+    with dns_server.running(table, stall=["stall.test", "stall.example"]) as (server, address):
         chain = Chain(tmp_path_factory.mktemp("chain-logs"))
         try:
             chain.start_relay("--connect-timeout", "30")
             chain.start_agent("--allow", "127.0.0.0/8", "--dns-server", address)
-            chain.start_client(rules)
+            chain.start_client(rules, "--dns-server", address)
             yield chain, server
         finally:
             chain.stop()
 
 
-def lookups(chain: Chain, result: str) -> float:
-    admin = chain.agents[0].ready["admin"]
-    return metric(admin, "fastrelay_agent_dns_lookups_total", result=result)
+def lookups(chain: Chain, result: str, route: str = "relay") -> float:
+    """The agent's look-ups (relay route) or client_a's (direct route)."""
+    admin = (chain.agents if route == "relay" else chain.clients)[0].ready["admin"]
+    return metric(admin, "fastrelay_dns_lookups_total", result=result)
+
+
+def requests(chain: Chain, route: str, result: str) -> float:
+    admin = chain.clients[0].ready["admin"]
+    return metric(admin, "fastrelay_client_requests_total", route=route, result=result)
 
 
 def curl_through(chain: Chain, url: str, *args: str) -> subprocess.Popen[bytes]:
@@ -85,26 +94,29 @@ def test_a_name_resolves_through_the_agents_dns_server_and_is_kept_for_its_ttl(
     assert server.questions["other.test"] == 2  # A and AAAA, once
 
 
+@pytest.mark.parametrize(("route", "suffix"), [("relay", "test"), ("direct", "example")])
 def test_names_whose_dns_never_answers_hold_up_no_other_open(
-    dns_chain: tuple[Chain, dns_server.DnsServer], target: Target
+    dns_chain: tuple[Chain, dns_server.DnsServer], target: Target, route: str, suffix: str
 ) -> None:
     chain, server = dns_chain
     port = target.port(LISTED, "http")
 
     def asked() -> int:
-        return sum(n for name, n in server.questions.items() if name.endswith(".stall.test"))
+        return sum(n for name, n in server.questions.items() if name.endswith(f".stall.{suffix}"))
 
-    before = asked()
-    stalled = [curl_through(chain, f"http://n{i}.stall.test:{port}/") for i in range(STALLED)]
+    before, ok = asked(), requests(chain, route, "ok")
+    stalled = [curl_through(chain, f"http://n{i}.stall.{suffix}:{port}/") for i in range(STALLED)]
     try:
         # Every stalled name has reached the DNS server, which will never answer it.
         wait_until(lambda: asked() >= before + STALLED, timeout=30, what="stalled questions")
-        out, _ = curl_through(chain, f"http://good.test:{port}/hello").communicate(timeout=90)
+        url = f"http://good.{suffix}:{port}/hello"
+        out, _ = curl_through(chain, url).communicate(timeout=90)
         still_waiting = sum(proc.poll() is None for proc in stalled)
         assert out.decode().rpartition("\n")[2] == "200", out
+        assert requests(chain, route, "ok") == ok + 1  # by the route under test
         assert still_waiting == STALLED
-        # Each stalled open is answered in the end: c-ares gives up on the name, or the
-        # agent's --dial-timeout (10 s) ends the open. Never a hang, never a 200.
+        # Each stalled open is answered in the end: c-ares gives up on the name (502), or
+        # --dial-timeout (10 s) ends the open (504). Never a hang, never a 200.
         statuses = []
         for proc in stalled:
             out, _ = proc.communicate(timeout=90)
@@ -115,28 +127,25 @@ def test_names_whose_dns_never_answers_hold_up_no_other_open(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-    assert (
-        lookups(chain, "timeout")
-        + metric(chain.agents[0].ready["admin"], "fastrelay_agent_dials_total", result="timeout")
-        >= STALLED
-    )
+    assert lookups(chain, "timeout", route) + requests(chain, route, "timeout") >= STALLED
 
 
+@pytest.mark.parametrize(("route", "suffix"), [("relay", "test"), ("direct", "example")])
 def test_a_name_that_does_not_exist_gets_502_dns_naming_it(
-    dns_chain: tuple[Chain, dns_server.DnsServer],
+    dns_chain: tuple[Chain, dns_server.DnsServer], route: str, suffix: str
 ) -> None:
     chain, _server = dns_chain
-    before = lookups(chain, "not_found")
-    status, body = connect(chain, "nowhere.test", 443)
+    before = lookups(chain, "not_found", route)
+    status, body = connect(chain, f"nowhere.{suffix}", 443)
     assert status == 502, body
-    assert "DNS lookup of nowhere.test failed: Domain name not found" in body
+    assert f"DNS lookup of nowhere.{suffix} failed: Domain name not found" in body
     assert body.rstrip().endswith("(dns)"), body
-    assert lookups(chain, "not_found") == before + 1
+    assert lookups(chain, "not_found", route) == before + 1
 
 
 def test_the_resolver_can_be_the_systems(tmp_path: Path) -> None:
     """--resolver system: getaddrinfo (NSS: the hosts file names localhost). The target is
-    the relay's own admin port, on 127.0.0.1."""
+    the relay's own admin port, on 127.0.0.1. client_a takes the option too."""
     rules = tmp_path / "rules.txt"
     rules.write_text("localhost\n")
     (tmp_path / "logs").mkdir()
@@ -144,7 +153,7 @@ def test_the_resolver_can_be_the_systems(tmp_path: Path) -> None:
     try:
         relay = chain.start_relay()
         chain.start_agent("--allow", "127.0.0.0/8", "--resolver", "system")
-        chain.start_client(rules)
+        chain.start_client(rules, "--resolver", "system")
         port = relay.ready["admin"].rpartition(":")[2]
         out, _ = curl_through(chain, f"http://localhost:{port}/healthz").communicate(timeout=90)
         assert out.decode().rpartition("\n")[2] == "200", out

@@ -386,7 +386,7 @@ def test_values_with_non_ascii_digits_or_a_bad_port_name_the_option(
     ],
 )
 def test_dns_server_accepts_an_address_with_or_without_a_port(text: str, expected: str) -> None:
-    assert agent_config.dns_server(text) == expected
+    assert cfg.dns_server(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -402,7 +402,7 @@ def test_dns_server_accepts_an_address_with_or_without_a_port(text: str, expecte
 )
 def test_dns_server_refuses_a_name_or_a_bad_port(text: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
-        agent_config.dns_server(text)
+        cfg.dns_server(text)
     assert str(info.value) == message
 
 

@@ -14,7 +14,7 @@ import pytest
 import uvloop
 from support.dns_server import DnsServer
 
-from agent.resolver import CaresResolver, LookupFailure, SystemResolver
+from fastrelay.resolver import CaresResolver, LookupFailure, SystemResolver
 
 T = TypeVar("T")
 TABLE = {
@@ -107,7 +107,7 @@ def test_an_answer_is_kept_for_its_ttl_and_asked_again_after(loop_name: str) -> 
             again = server.questions["both.test"]
             await asyncio.sleep(1.2)  # past the TTL (a wait, not an assertion on time)
             assert sorted(await resolver.resolve("both.test")) == BOTH
-            return asked, again, server.questions["both.test"], dict(resolver.counts)
+            return asked, again, server.questions["both.test"], dict(+resolver.counts)
         finally:
             await resolver.close()
             transport.close()
@@ -127,7 +127,7 @@ def test_a_zero_ttl_is_never_kept() -> None:
         try:
             for _ in range(3):
                 assert sorted(await resolver.resolve("both.test")) == BOTH
-            return server.questions["both.test"], resolver.cached_names(), dict(resolver.counts)
+            return server.questions["both.test"], resolver.cached_names(), dict(+resolver.counts)
         finally:
             await resolver.close()
             transport.close()
@@ -145,7 +145,7 @@ def test_with_no_cache_every_open_asks_c_ares() -> None:
         try:
             for _ in range(3):
                 assert await resolver.resolve("v4.test") == ["192.0.2.4"]
-            return resolver.cached_names(), dict(resolver.counts)
+            return resolver.cached_names(), dict(+resolver.counts)
         finally:
             await resolver.close()
             transport.close()
@@ -165,7 +165,7 @@ def test_the_cache_keeps_at_most_its_count_of_names() -> None:
             cached = resolver.cached_names()
             await resolver.resolve("two.test")  # the newest is kept
             await resolver.resolve("both.test")  # the oldest went first: asked again
-            return cached, dict(resolver.counts)
+            return cached, dict(+resolver.counts)
         finally:
             await resolver.close()
             transport.close()
@@ -222,7 +222,7 @@ def test_opens_of_one_name_share_one_query_and_a_waiter_leaving_ends_nothing(
             await asyncio.sleep(0)
             server.release()
             answers = await asyncio.gather(*waiters[1:])
-            return len(server.held), answers, dict(resolver.counts), resolver.cached_names()
+            return len(server.held), answers, dict(+resolver.counts), resolver.cached_names()
         finally:
             await resolver.close()
             transport.close()
@@ -284,7 +284,7 @@ def test_a_failed_look_up_says_why_and_is_counted(name: str, result: str, messag
         try:
             with pytest.raises(LookupFailure) as info:
                 await resolver.resolve(name)
-            return str(info.value), dict(resolver.counts), resolver.cached_names()
+            return str(info.value), dict(+resolver.counts), resolver.cached_names()
         finally:
             await resolver.close()
             transport.close()

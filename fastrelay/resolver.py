@@ -1,4 +1,4 @@
-"""Name look-ups for the agent's dials.
+"""Name look-ups for the agent's dials and client_a's direct ones.
 
 The default resolver is c-ares (pycares, on the event loop): every look-up is a query on a socket
 the event loop watches, so a name whose authority never answers costs one query and its timer,
@@ -12,8 +12,9 @@ With c-ares, answers are cached for their TTL (``NameCache``: at most ``--dns-ca
 never over 300 s), and one look-up per name is in flight: the dozens of opens a page makes
 to one host share its query. Both resolvers answer an IP literal without a look-up.
 
-How many look-ups are in flight is bounded upstream: each is a dial, and the relay keeps
-at most ``--max-opens-per-agent`` dials in flight per agent connection.
+How many look-ups are in flight is bounded by the opens: at the agent each is a dial, and the
+relay keeps at most ``--max-opens-per-agent`` dials in flight per agent connection; at client_a
+each is a browser connection (``--max-connections``).
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ import ipaddress
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import pycares
 import pycares.errno
+from prometheus_client.core import Metric
 
+from fastrelay import metrics
 from fastrelay.protocol.namecache import MAX_NAMES, NameCache
 
-# fastrelay_agent_dns_lookups_total{result}: a cache hit, a shared query, an answer, and why not.
+# fastrelay_dns_lookups_total{result}: a cache hit, a shared query, an answer, and why not.
 LOOKUP_RESULTS = ("cached", "joined", "ok", "not_found", "timeout", "error")
 _NOT_FOUND = (pycares.errno.ARES_ENODATA, pycares.errno.ARES_ENOTFOUND)
 
@@ -70,7 +73,7 @@ class SystemResolver:
     """getaddrinfo on the event loop's executor (libuv's thread pool under uvloop)."""
 
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter(dict.fromkeys(LOOKUP_RESULTS, 0))
 
     async def resolve(self, host: str) -> list[str]:
         address = ip_literal(host)
@@ -195,7 +198,7 @@ class CaresResolver:
         self.options = {k: v for k, v in (("timeout", timeout), ("tries", tries)) if v is not None}
         self.rotate_after = rotate_after
         self.cache = NameCache(cache_names)
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter(dict.fromkeys(LOOKUP_RESULTS, 0))
         self.channels = 0  # channels made, ever
         self._pending: dict[str, asyncio.Future[list[str]]] = {}
         self._channel: _Channel | None = None
@@ -292,6 +295,11 @@ def _unique(addresses: Any) -> list[str]:
         if address not in seen:
             seen.append(address)
     return seen
+
+
+def resolver_metrics(resolver: Resolver) -> Iterator[Metric]:
+    yield metrics.F_DNS_LOOKUPS.build(metrics.by_label(resolver.counts))
+    yield metrics.F_DNS_CACHE.one(resolver.cached_names())
 
 
 def make_resolver(kind: str, servers: Sequence[str], cache_names: int) -> Resolver:
