@@ -28,8 +28,17 @@ if TYPE_CHECKING:
 
 # Refusals that another relay (or carrier) may not share: retried once.
 RETRYABLE = frozenset(
-    {Failure.NO_AGENT, Failure.NO_POOL_AGENT, Failure.DRAINING, Failure.OPEN_LIMIT}
+    {
+        Failure.NO_AGENT,
+        Failure.NO_POOL_AGENT,
+        Failure.DRAINING,
+        Failure.OPEN_LIMIT,
+        Failure.TOKEN_SHARE,
+    }
 )
+# Counted by the relay across all of this token's connections: the same on every
+# carrier to that relay, so retried only on another relay.
+RELAY_WIDE = frozenset({Failure.TOKEN_SHARE})
 
 
 class ResponseDeadline:
@@ -125,10 +134,18 @@ class RelayRoute(ResponseDeadline):
             response = stream.response
             assert response is not None
             failure = failure_of(response.status_code, response.reason)
-            if failure is Failure.DRAINING and self.proxy.pool is not None:
+            pool = self.proxy.pool
+            if failure is Failure.DRAINING and pool is not None:
                 # Its relay is going away, over every carrier to it: not there.
-                self.proxy.pool.relay_draining(self.carrier)
-            if failure in RETRYABLE and not self.retried:
+                pool.relay_draining(self.carrier)
+            if (
+                failure in RETRYABLE
+                and not self.retried
+                and (
+                    failure not in RELAY_WIDE
+                    or (pool is not None and pool.another_relay(self.carrier))
+                )
+            ):
                 self.reason = failure.reason
                 self.retry_elsewhere()
                 return

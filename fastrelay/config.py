@@ -42,8 +42,9 @@ class Option:
 
     @property
     def secret(self) -> bool:
-        """A token option (the tokens or their file): its value is never echoed."""
-        return "token" in self.name
+        """A token option (the tokens or their file): its value is never echoed.
+        Limits that only name tokens (--max-connections-per-token) are not."""
+        return not self.flag or self.name.endswith(("token_file", "tokens_file"))
 
     @property
     def flag_name(self) -> str:
@@ -77,6 +78,19 @@ def positive_float(text: str) -> float:
         raise ValueError(f"expected a number of seconds, got {text!r}") from None
     if not 0 < value < float("inf"):  # also refuses nan
         raise ValueError(f"must be a finite number greater than 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """'0.5' or '50%': a share greater than 0 and at most 1."""
+    raw = str(text).strip()
+    percent = raw.endswith("%")
+    try:
+        value = float(raw[:-1] if percent else raw) / (100 if percent else 1)
+    except ValueError:
+        raise ValueError(f"expected a fraction such as 0.5 or 50%, got {text!r}") from None
+    if not 0 < value <= 1:  # also refuses nan
+        raise ValueError(f"must be greater than 0 and at most 1 (100%), got {text!r}")
     return value
 
 

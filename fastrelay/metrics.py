@@ -99,8 +99,8 @@ STREAM_RESULTS = (
 # last three are upgrade heads answered 431 (fastrelay/io/httphead.py).
 LIMITS = (
     "connections", "connections_per_token", "streams_per_connection", "streams_per_agent",
-    "opens_per_connection", "opens_per_agent", "connection_buffer", "pools",
-    "head_size", "head_line", "head_fields",
+    "opens_per_connection", "opens_per_agent", "token_streams", "token_opens",
+    "connection_buffer", "pools", "head_size", "head_line", "head_fields",
 )  # fmt: skip
 
 

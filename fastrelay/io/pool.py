@@ -80,6 +80,12 @@ class CarrierPool:
         (`CarrierChoice`)."""
         return self.choice.pick(self.carriers, avoid)
 
+    def another_relay(self, carrier: Carrier) -> bool:
+        """A carrier that could take an open, on another relay than `carrier`'s."""
+        return any(
+            c.ready and not c.full and c.instance_id != carrier.instance_id for c in self.carriers
+        )
+
     async def wait_pick(
         self, timeout: float, avoid: Carrier | None = None, failing_wait: float | None = None
     ) -> Carrier | None:

@@ -106,6 +106,8 @@ class Failure(enum.Enum):
     STREAM_LIMIT = ("stream_limit", 503, "limited", _S.GENERAL_FAILURE)
     OPEN_LIMIT = ("open_limit", 503, "limited", _S.GENERAL_FAILURE)
     AGENT_BUSY = ("agent_busy", 503, "limited", _S.GENERAL_FAILURE)
+    # The client's token holds its share of every agent (--max-token-share).
+    TOKEN_SHARE = ("token_share", 503, "limited", _S.GENERAL_FAILURE)
     OPEN_TIMEOUT = ("open_timeout", 504, "timeout", _S.TTL_EXPIRED)
     RELAY_LOST = ("relay_lost", 502, "error", _S.GENERAL_FAILURE)
     TUNNEL_ERROR = ("tunnel_error", 502, "error", _S.GENERAL_FAILURE)

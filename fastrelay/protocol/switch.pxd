@@ -33,6 +33,7 @@ cdef class Conn:
     cdef public str remote
     cdef public str role
     cdef public bint rules
+    cdef public dict shares
     cdef public bint stalled
     cdef public dict streams
     cdef public object token
@@ -47,6 +48,11 @@ cdef class Conn:
     high=object,
 )
 cpdef object _compact_session(str session_id)
+
+
+cdef class Share:
+    cdef public Py_ssize_t opens
+    cdef public Py_ssize_t streams
 
 
 cdef class Pending:
@@ -87,6 +93,9 @@ cdef class Switch:
     cdef public object turn
     cdef public object rules_frame
     cdef public dict targets
+    cdef public Py_ssize_t token_streams
+    cdef public Py_ssize_t token_opens
+    cdef public bint share_capped
     cdef dict __dict__
 
     @cython.locals(

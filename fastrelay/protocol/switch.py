@@ -31,6 +31,11 @@ What the switch decides:
   (`Limits.max_pools`): they label metrics, so the set must stay bounded.
 * **Limits.** Streams per connection, opens in flight per agent: an open over
   a limit gets CONNECT_RESPONSE 503 with a `reason`.
+* **Tenants.** A client token is a tenant, however many connections it holds.
+  At each agent it may hold at most `Limits.token_share` of the streams and of
+  the opens in flight (`Share`), so one tenant's dials that never answer, or
+  its idle tunnels, leave room at every agent for the others' opens
+  (`token_share`, 503).
 * **Agent health.** Opens in flight count as load; an agent that owes an
   answer and stays silent is probed with a ping and, if the probe goes
   unanswered, gets no new opens and its pending opens move to another agent
@@ -151,6 +156,9 @@ class Limits:
     probe_after: float = 0.5  # an agent that owes an answer and is this quiet gets a ping
     stall_timeout: float = 1.0  # an unanswered probe this old: the agent is stalled
     max_pools: int = 64  # distinct agent pools (the default one included)
+    # The largest share of one agent's streams, and of its opens in flight, that one
+    # client token may hold (1: no cap below the agent's own limits).
+    token_share: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 < self.connections < SLOT_COUNT:
@@ -163,6 +171,18 @@ class Limits:
             raise ValueError(f"max_message must be at most {MAX_PAYLOAD}")
         if self.max_pools < 1:
             raise ValueError("max_pools must be at least 1")
+        if not 0 < self.token_share <= 1:
+            raise ValueError("token_share must be greater than 0 and at most 1")
+
+    @property
+    def token_streams(self) -> int:
+        """Streams one client token may hold at one agent."""
+        return max(1, int(self.streams_per_agent * self.token_share))
+
+    @property
+    def token_opens(self) -> int:
+        """Opens in flight one client token may hold at one agent."""
+        return max(1, int(self.opens_per_agent * self.token_share))
 
 
 class Link(Protocol):
@@ -215,6 +235,7 @@ class Conn:
         "remote",
         "role",
         "rules",
+        "shares",
         "stalled",
         "streams",
         "token",
@@ -242,6 +263,7 @@ class Conn:
         # through their client_a's (`Switch.owners`): one entry per stream, not two.
         self.streams: dict[int, Stream] = {}
         self.carried = 0  # an agent: the streams it carries
+        self.shares: dict[object, Share] = {}  # an agent: client token -> what it holds here
         self.opening: dict[Stream, None] = {}  # opens sent (client_a) or given (agent), unanswered
         self.id_base = 0
         self.attached = False
@@ -328,6 +350,17 @@ class Stream:
     def live(self) -> bool:
         """Not ended yet (`Switch._end` takes it out of client_a's `streams`)."""
         return self.client.streams.get(self.sid) is self
+
+
+class Share:
+    """What one client token holds at one agent (`Conn.shares`): its streams
+    there, opens included, and its opens in flight. Dropped when both are 0."""
+
+    __slots__ = ("opens", "streams")
+
+    def __init__(self) -> None:
+        self.streams = 0
+        self.opens = 0
 
 
 class Pending:
@@ -437,6 +470,9 @@ class Switch:
         # metrics go on), up to Limits.max_pools; "default" is always one.
         self.pools: dict[str, list[Conn]] = {DEFAULT_POOL: []}
         self.per_token: Counter[tuple[str, int]] = Counter()
+        self.token_streams = limits.token_streams  # C integers when compiled: read per open
+        self.token_opens = limits.token_opens
+        self.share_capped = False  # the last `_pick` skipped an agent for the token's share
         self.slots = StreamIdSlots()
         # A stream-id range's index (sid >> SLOT_BITS) -> the client_a that holds it:
         # how a frame from an agent finds its stream (512 KiB, once per relay).
@@ -836,7 +872,7 @@ class Switch:
         else:
             pool = request.pool
             agents = self.pools.get(pool, ())
-            agent = self._pick(agents, None)
+            agent = self._pick(agents, None, src.token)
             if agent is None:
                 serving = [a for a in agents if not a.draining]
                 if not serving:
@@ -844,6 +880,8 @@ class Switch:
                         refusal, why = Failure.NO_AGENT, "no agent connected"
                     else:
                         refusal, why = Failure.NO_POOL_AGENT, f"no agent in pool {pool!r}"
+                elif self.share_capped:
+                    refusal, why = Failure.TOKEN_SHARE, self._share_refusal(serving, src.token)
                 else:
                     refusal, why = Failure.AGENT_BUSY, "every agent is busy or not answering"
                     if all(a.carried >= limits.streams_per_agent for a in serving):
@@ -876,6 +914,21 @@ class Switch:
         src.opening[stream] = None
         self._give(stream, agent, now)
 
+    def _share_refusal(self, serving: list[Conn], token: object) -> str:
+        """Count a `token_share` refusal; the reason the browser reads."""
+        limits = self.limits
+        capped = [a.shares[token] for a in serving if token in a.shares]
+        if any(share.streams >= self.token_streams for share in capped):
+            self.stats.limits["token_streams"] += 1
+            held = f"{self.token_streams} of each agent's {limits.streams_per_agent} streams"
+        else:
+            self.stats.limits["token_opens"] += 1
+            held = f"{self.token_opens} of each agent's {limits.opens_per_agent} opens in flight"
+        return (
+            f"this token holds its share of every agent that could take the open: "
+            f"{held} (--max-token-share {limits.token_share:g})"
+        )
+
     def _give(self, stream: Stream, agent: Conn, now: float) -> None:
         """Hand an open to `agent` (first or retried)."""
         pending = self.opening[stream]
@@ -883,7 +936,21 @@ class Switch:
         pending.sent_at = now
         agent.carried += 1
         agent.opening[stream] = None
+        token = stream.client.token
+        share = agent.shares.get(token)
+        if share is None:
+            share = agent.shares[token] = Share()
+        share.streams += 1
+        share.opens += 1
         self._send(agent, pending.frame)
+
+    def _unshare(self, agent: Conn, token: object, opens: int) -> None:
+        """One stream of `token` left `agent` (`opens` 1: it was still opening)."""
+        share = agent.shares[token]
+        share.streams -= 1
+        share.opens -= opens
+        if not share.streams:
+            del agent.shares[token]
 
     def _move(self, stream: Stream, now: float) -> bool:
         """Retry an unanswered open once on another agent; False if none can take it."""
@@ -891,13 +958,14 @@ class Switch:
         if pending is None:
             return False  # answered or ended meanwhile (a write in the caller's loop cut it off)
         old = stream.agent
-        new = self._pick(self.pools[old.pool], old)
+        new = self._pick(self.pools[old.pool], old, stream.client.token)
         if new is None:
             return False
         pending.retried = True
         self.stats.open_retries += 1
         old.carried -= 1
-        old.opening.pop(stream, None)
+        del old.opening[stream]
+        self._unshare(old, stream.client.token, 1)
         if not old.failed:
             old.probation = True
             self._send(
@@ -907,14 +975,16 @@ class Switch:
         self._give(stream, new, now)
         return True
 
-    def _pick(self, agents: Sequence[Conn], exclude: Conn | None) -> Conn | None:
-        """The agent for a new open, among `agents` (one pool's): the least
-        loaded of those that may take one, ties broken round-robin. Load is
-        streams plus opens in flight, weighted; stalled, draining, full and
-        (when busy) probation agents are skipped."""
+    def _pick(self, agents: Sequence[Conn], exclude: Conn | None, token: object) -> Conn | None:
+        """The agent for a new open of client `token`, among `agents` (one
+        pool's): the least loaded of those that may take one, ties broken
+        round-robin. Load is streams plus opens in flight, weighted; stalled,
+        draining, full and (when busy) probation agents are skipped, and so
+        are those where `token` holds its share (`share_capped` says so)."""
         limits = self.limits
         tied: list[Conn] = []
         least = 0
+        self.share_capped = False
         for agent in agents:
             if agent is exclude or agent.draining or agent.stalled or agent.failed:
                 continue
@@ -923,6 +993,12 @@ class Switch:
                 continue
             streams = agent.carried
             if streams >= limits.streams_per_agent:
+                continue
+            share = agent.shares.get(token)
+            if share is not None and (
+                share.opens >= self.token_opens or share.streams >= self.token_streams
+            ):
+                self.share_capped = True
                 continue
             load = streams + opening * (OPEN_WEIGHT - 1)
             if not tied or load < least:
@@ -954,7 +1030,10 @@ class Switch:
 
     def _answered(self, stream: Stream) -> None:
         self.opening.pop(stream, None)
-        stream.agent.opening.pop(stream, None)
+        agent = stream.agent
+        if stream in agent.opening:
+            del agent.opening[stream]
+            agent.shares[stream.client.token].opens -= 1
         stream.client.opening.pop(stream, None)
 
     def _abort(self, stream: Stream, exc: StreamError, now: float) -> None:
@@ -990,6 +1069,7 @@ class Switch:
         del client.streams[stream.sid]  # not live from here on
         if opening:
             self._answered(stream)
+        self._unshare(agent, client.token, 0)
         if not result:
             if opening:
                 result = "timeout" if event is _E_TIMEOUT else "error"

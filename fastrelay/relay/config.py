@@ -12,6 +12,7 @@ from fastrelay.config import (
     Option,
     boolean,
     count_in,
+    fraction,
     host_port,
     load_options,
     name_list,
@@ -88,6 +89,13 @@ OPTIONS = [
         "opens in flight (dials) per agent connection",
     ),
     Option(
+        "max_token_share",
+        fraction,
+        Limits.token_share,
+        "largest share of one agent's streams and opens in flight one client token may hold",
+        metavar="FRACTION",
+    ),
+    Option(
         "max_pools",
         count_in(1, 4096),
         Limits.max_pools,
@@ -156,6 +164,7 @@ class RelayConfig:
     max_connections: int
     max_connections_per_token: int
     max_opens_per_agent: int
+    max_token_share: float
     max_pools: int
     open_retry_after: float
     seed_window: int
@@ -186,6 +195,7 @@ class RelayConfig:
             connections=self.max_connections,
             connections_per_token=self.max_connections_per_token,
             opens_per_agent=self.max_opens_per_agent,
+            token_share=self.max_token_share,
             max_pools=self.max_pools,
             connect_timeout=self.connect_timeout,
             open_retry_after=self.open_retry_after,

@@ -631,7 +631,7 @@ OPEN_CAP = 2
 
 def test_opens_in_flight_per_agent_are_capped(make_chain, target: Target, rules_file: Path) -> None:
     chain = make_chain()
-    chain.start_relay("--max-opens-per-agent", str(OPEN_CAP))
+    chain.start_relay("--max-opens-per-agent", str(OPEN_CAP), "--max-token-share", "1")
     agent = chain.start_agent(*AGENT_ARGS)
     client = chain.start_client(rules_file)
     hits = limit_hits(chain, "opens_per_agent")
@@ -658,3 +658,62 @@ def test_opens_in_flight_per_agent_are_capped(make_chain, target: Target, rules_
     wait_until(lambda: streams_active(agent) == 0, timeout=30, what="the hanging dials ended")
     ok, detail = fetch(chain.proxy, target)
     assert ok, detail
+
+
+# --- 6. one tenant's share of an agent ---
+
+SHARED_CAP = 4  # --max-opens-per-agent; each token may hold half: 2
+
+
+def test_one_tenants_hanging_dials_leave_room_at_the_agent_for_another(
+    make_chain, target: Target, rules_file: Path, tmp_path: Path
+) -> None:
+    """Tenant A (its own token, both its carriers) sends opens whose dials never
+    answer. Without a per-token share they would fill the agent's open slots and
+    tenant B would get 503 agent_busy; with it, A is refused at half and B's
+    requests go through the same agent."""
+    tokens = tmp_path / "client-tokens"
+    tokens.write_text(TOKEN_A + "\n")
+    chain = make_chain()
+    chain.start_relay("--max-opens-per-agent", str(SHARED_CAP), "--client-tokens-file", str(tokens))
+    agent = chain.start_agent(*AGENT_ARGS)
+    tenant_b = chain.start_client(rules_file)
+    tenant_a = chain.start_client(rules_file, token=TOKEN_A)
+    echo = target.port(LISTED, "echo")
+    hole = Listener.blackhole()
+    hanging: list[socket.socket] = []
+    share = SHARED_CAP // 2
+    try:
+        for _ in range(share):
+            hanging.append(send_connect(tenant_a, LISTED, hole.port))
+        wait_until(
+            lambda: streams_active(agent) == share,
+            timeout=15,
+            what=f"tenant A's {share} dials hanging at the agent",
+        )
+        why = refusal(tenant_a, LISTED, echo)
+        assert " 503" in why and "(token_share)" in why, why
+        assert f"{share} of each agent's {SHARED_CAP} opens in flight" in why, why
+        # Once: every carrier of tenant A's client_a is on this relay, so no retry.
+        assert limit_hits(chain, "token_opens") == 1
+        assert limit_hits(chain, "opens_per_agent") == 0
+        assert streams_active(agent) == share, "the refused open reached the agent"
+
+        # Tenant B, on the same relay and agent, is untouched: a request, and dials
+        # of its own up to its share.
+        ok, detail = fetch(f"http://{tenant_b.ready['listen']}", target)
+        assert ok, detail
+        for _ in range(share):
+            hanging.append(send_connect(tenant_b, LISTED, hole.port))
+        wait_until(
+            lambda: streams_active(agent) == SHARED_CAP,
+            timeout=15,
+            what="tenant B's dials hanging at the agent too",
+        )
+    finally:
+        for sock in hanging:
+            sock.close()
+        hole.close()
+    # With the hanging dials gone, tenant A's share is free again.
+    wait_until(lambda: streams_active(agent) == 0, timeout=30, what="the hanging dials ended")
+    open_connect_via(tenant_a, LISTED, echo).close()

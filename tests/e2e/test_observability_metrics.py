@@ -281,6 +281,8 @@ def test_spec_label_values_are_preinitialised(pinged: Chain) -> None:
         "streams_per_agent",
         "opens_per_connection",
         "opens_per_agent",
+        "token_streams",  # one client token's share of an agent (--max-token-share)
+        "token_opens",
         "connection_buffer",
         "pools",  # an agent of one pool too many (--max-pools)
         "head_size",  # upgrade heads answered 431

@@ -218,7 +218,7 @@ def test_streams_per_connection_limit_refuses_with_503_and_a_reason() -> None:
 
 
 def test_opens_in_flight_per_agent_limit_refuses_with_agent_busy() -> None:
-    pair = Pair(Limits(opens_per_agent=2))
+    pair = Pair(Limits(opens_per_agent=2, token_share=1))
     client, agent = pair.client(), pair.agent()
     agent.answers = False
     client.open(), client.open()
@@ -458,7 +458,7 @@ def test_opens_go_to_the_least_loaded_agent_and_ties_rotate() -> None:
 
 def test_an_agent_connection_carries_more_streams_than_one_client_connection() -> None:
     pair = Pair(Limits(streams_per_connection=3, streams_per_agent=7))
-    clients = [pair.client() for _ in range(3)]
+    clients = [pair.client(token=token) for token in range(3)]  # three tenants
     agent = pair.agent()
     assert agent.hello is not None and agent.hello.max_streams == 7
     for client in clients[:2]:
@@ -492,6 +492,112 @@ def test_one_client_connection_cannot_hold_every_dial_of_an_agent() -> None:
     agent.answers = True
     kept = tunnel(pair, other)  # another client still gets through to the same agent
     assert other.streams[kept].state.state is State.TUNNELING
+
+
+# --- tenants: a client token's share of each agent ---
+
+
+def refused(client: Endpoint, sid: int) -> ConnectResponse:
+    end = client.ended[-1]
+    assert end.sid == sid and end.response is not None, end
+    return end.response
+
+
+def test_one_token_cannot_hold_every_dial_of_an_agent_however_many_connections() -> None:
+    pair = Pair(Limits(opens_per_agent=8, opens_per_connection=8))
+    greedy = [pair.client(token=1) for _ in range(3)]  # one tenant, three connections
+    other = pair.client(token=2)
+    agent = pair.agent()
+    agent.answers = False  # dials that hang
+    for i in range(4):
+        greedy[i % 3].open()
+    sid = greedy[1].open()
+    pair.run()
+    response = refused(greedy[1], sid)
+    assert (response.status_code, response.reason) == (503, "token_share")
+    assert response.error == (
+        "this token holds its share of every agent that could take the open: "
+        "4 of each agent's 8 opens in flight (--max-token-share 0.5)"
+    )
+    assert pair.switch.stats.limits == {"token_opens": 1}
+    assert len(agent.streams) == 4  # the refused open never reached the agent
+    # The other tenant gets the room that is left: its own share, all of it.
+    for _ in range(4):
+        other.open()
+    pair.run()
+    assert len(agent.streams) == 8 and not other.ended
+    # Opens that end (here: 504 after --connect-timeout) are the tenant's share again.
+    pair.advance(11.0)
+    assert [e.response.reason for e in other.ended if e.response] == ["open_timeout"] * 4
+    agent.answers = True
+    kept = tunnel(pair, greedy[2])
+    assert greedy[2].streams[kept].state.state is State.TUNNELING
+
+
+def test_one_token_cannot_hold_every_stream_of_an_agent() -> None:
+    pair = Pair(Limits(streams_per_connection=4, streams_per_agent=8, token_share=0.75))
+    greedy = [pair.client(token=1) for _ in range(2)]
+    other = pair.client(token=2)
+    agent = pair.agent()
+    for i in range(6):
+        tunnel(pair, greedy[i % 2])
+    sid = greedy[0].open()
+    pair.run()
+    response = refused(greedy[0], sid)
+    assert (response.status_code, response.reason) == (503, "token_share")
+    assert "6 of each agent's 8 streams (--max-token-share 0.75)" in (response.error or "")
+    assert pair.switch.stats.limits == {"token_streams": 1}
+    tunnel(pair, other), tunnel(pair, other)
+    assert len(agent.streams) == 8
+    # A stream that ends gives its place back to its tenant.
+    greedy[1].abort(next(iter(greedy[1].streams)))
+    pair.run()
+    tunnel(pair, greedy[0])
+
+
+def test_a_tokens_share_is_per_agent_and_opens_go_where_it_has_room() -> None:
+    pair = Pair(Limits(opens_per_agent=4))
+    client = pair.client(token=1)
+    first, second = pair.agent(), pair.agent()
+    first.answers = second.answers = False
+    for _ in range(4):
+        client.open()
+    pair.run()
+    assert (len(first.streams), len(second.streams)) == (2, 2)
+    sid = client.open()
+    pair.run()
+    assert refused(client, sid).reason == "token_share"
+    second.reading = False  # frozen: its opens would move, but only where the token has room
+    pair.advance(2.0)
+    assert second.conn.stalled and pair.switch.stats.open_retries == 0
+    assert len(first.streams) == 2 and len(client.ended) == 1
+
+
+def test_an_agent_full_with_several_tenants_is_agent_busy_not_token_share() -> None:
+    pair = Pair(Limits(opens_per_agent=4))
+    a, b = pair.client(token=1), pair.client(token=2)
+    agent = pair.agent()
+    agent.answers = False
+    a.open(), a.open(), b.open(), b.open()
+    sid = b.open()
+    pair.run()
+    assert refused(b, sid).reason == "agent_busy"
+    assert pair.switch.stats.limits == {"opens_per_agent": 1}
+
+
+def test_a_token_share_of_one_is_no_cap_and_the_share_is_checked() -> None:
+    pair = Pair(Limits(opens_per_agent=3, token_share=1))
+    client = pair.client(token=1)
+    agent = pair.agent()
+    agent.answers = False
+    for _ in range(3):
+        client.open()
+    pair.run()
+    assert len(agent.streams) == 3
+    assert Limits(opens_per_agent=3, token_share=0.1).token_opens == 1  # never 0
+    for bad in (0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="token_share"):
+            Limits(token_share=bad)
 
 
 def test_hello_announces_the_largest_message_the_relay_forwards() -> None:

@@ -8,10 +8,14 @@ arbitrary bytes and arbitrary well-formed frames. Whatever the sequence:
   illegal frame);
 * for every stream, the bytes in equal the bytes out until it ends;
 * every stream ends once its ends are done (or time passes);
-* what the relay queues for a connection stays within the budget.
+* what the relay queues for a connection stays within the budget;
+* no client token holds more than its share of any agent, and the switch's
+  count of what each holds is the truth.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,11 +29,13 @@ LIMITS = Limits(
     max_message=64 * KiB,
     connection_buffer=512 * KiB,
     streams_per_connection=6,
+    streams_per_agent=8,  # one token holds at most 4 of them, and 2 of the 4 opens
     opens_per_agent=4,
     connect_timeout=3.0,
     open_retry_after=1.0,
 )
 CLIENTS, AGENTS = 3, 2
+TOKENS = (1, 1, 2)  # the first two clients are one tenant's two connections
 
 frame_types = st.sampled_from([int(t) for t in FrameType] + [0, 0x7F])
 sids = st.one_of(
@@ -89,6 +95,15 @@ def check_books(pair: Pair) -> None:
         assert switch.owners[client.id_base >> SLOT_BITS] is client
     for i, owner in enumerate(switch.owners):
         assert owner is None or (owner.attached and owner.id_base == i << SLOT_BITS)
+    # What each token holds at each agent: as counted, and within its share.
+    for agent in switch.agents:
+        streams = Counter(s.client.token for s in live if s.agent is agent)
+        opens = Counter(s.client.token for s in agent.opening)
+        assert {t: (h.streams, h.opens) for t, h in agent.shares.items()} == {
+            t: (n, opens[t]) for t, n in streams.items()
+        }
+        assert all(h.streams <= LIMITS.token_streams for h in agent.shares.values())
+        assert all(h.opens <= LIMITS.token_opens for h in agent.shares.values())
 
 
 @settings(
@@ -99,7 +114,7 @@ def check_books(pair: Pair) -> None:
 @given(st.lists(action, max_size=40))
 def test_arbitrary_traffic_keeps_every_promise(actions: list[tuple]) -> None:
     pair = Pair(LIMITS)
-    ends = [pair.client(want=128 * KiB) for _ in range(CLIENTS)]
+    ends = [pair.client(want=128 * KiB, token=token) for token in TOKENS]
     ends += [pair.agent(want=128 * KiB) for _ in range(AGENTS)]
     hostile: set[int] = set()
     left: set[int] = set()
@@ -186,7 +201,7 @@ def test_arbitrary_traffic_keeps_every_promise(actions: list[tuple]) -> None:
     assert pair.switch.active_streams == 0
     assert not pair.switch.opening
     for conn in pair.switch.agents:
-        assert not conn.carried and not conn.opening
+        assert not conn.carried and not conn.opening and not conn.shares
     check_books(pair)
     for endpoint in ends:
         if endpoint.closed is None and not endpoint.is_client:

@@ -198,9 +198,11 @@ class Chain:
             wait_until(lambda: is_ready(proc.ready["admin"]), what="agent connected")
         return proc
 
-    def start_client(self, rules: Path, *args: str, wait: bool = True) -> Proc:
+    def start_client(
+        self, rules: Path, *args: str, token: str = CLIENT_TOKEN, wait: bool = True
+    ) -> Proc:
         argv = client_argv(self.relay_url, rules, *args)
-        proc = Proc("client", argv, {"FASTRELAY_TOKEN": CLIENT_TOKEN}, self.log_dir)
+        proc = Proc("client", argv, {"FASTRELAY_TOKEN": token}, self.log_dir)
         self.procs.append(proc)
         self.clients.append(proc)
         if wait:

@@ -298,6 +298,10 @@ def test_relay_limits_are_checked(argv: list[str], message: str) -> None:
             ["--max-streams-per-connection", "0"],
             "--max-streams-per-connection: expected a positive",
         ),
+        (["--max-token-share", "0"], "--max-token-share: must be greater than 0 and at most 1"),
+        (["--max-token-share", "150%"], "--max-token-share: must be greater than 0 and at most 1"),
+        (["--max-token-share", "nan"], "--max-token-share: must be greater than 0 and at most 1"),
+        (["--max-token-share", "half"], "expected a fraction such as 0.5 or 50%, got 'half'"),
     ],
 )
 def test_relay_limit_flags_out_of_range_exit_2_naming_the_flag(
@@ -317,6 +321,10 @@ def test_relay_limits_reach_the_switch() -> None:
     assert (limits.streams_per_connection, limits.opens_per_agent) == (10, 3)
     assert limits.max_message == conf.max_frame_size
     assert limits.connection_buffer == conf.max_connection_buffer == 64 * 1024 * 1024
+    assert limits.token_share == 0.5 and limits.token_opens == 1  # 3 x 0.5, never 0
+    assert relay_config.load(["--max-token-share", "25%"], RELAY_ENV).limits().token_share == 0.25
+    env = {**RELAY_ENV, "FASTRELAY_MAX_TOKEN_SHARE": "1"}
+    assert relay_config.load([], env).max_token_share == 1
 
 
 # Found by fuzz/fuzz_config.py (issue 10): each of these escaped as a traceback, not ConfigError.
