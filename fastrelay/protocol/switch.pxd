@@ -120,3 +120,17 @@ cdef class Switch:
         run_out=Output,
     )
     cpdef receive(self, Conn src, message, double now)
+
+    # The open path's helpers, called from compiled code as C functions, with
+    # the agents and shares they touch as C types.
+    @cython.locals(agent=Conn, share=Share, opening=Py_ssize_t, streams=Py_ssize_t)
+    cpdef object _pick(self, agents, Conn exclude, object token)
+
+    @cython.locals(pending=Pending, share=Share)
+    cpdef object _give(self, Stream stream, Conn agent, double now)
+
+    @cython.locals(agent=Conn)
+    cpdef object _answered(self, Stream stream)
+
+    @cython.locals(client=Conn, agent=Conn, share=Share)
+    cpdef object _end(self, Stream stream, object event, double now, str result=*)

@@ -354,7 +354,8 @@ class Stream:
 
 class Share:
     """What one client token holds at one agent (`Conn.shares`): its streams
-    there, opens included, and its opens in flight. Dropped when both are 0."""
+    there, opens included, and its opens in flight. Kept at 0 (not made and
+    dropped per open): there are at most as many as configured client tokens."""
 
     __slots__ = ("opens", "streams")
 
@@ -944,14 +945,6 @@ class Switch:
         share.opens += 1
         self._send(agent, pending.frame)
 
-    def _unshare(self, agent: Conn, token: object, opens: int) -> None:
-        """One stream of `token` left `agent` (`opens` 1: it was still opening)."""
-        share = agent.shares[token]
-        share.streams -= 1
-        share.opens -= opens
-        if not share.streams:
-            del agent.shares[token]
-
     def _move(self, stream: Stream, now: float) -> bool:
         """Retry an unanswered open once on another agent; False if none can take it."""
         pending = self.opening.get(stream)
@@ -965,7 +958,9 @@ class Switch:
         self.stats.open_retries += 1
         old.carried -= 1
         del old.opening[stream]
-        self._unshare(old, stream.client.token, 1)
+        share = old.shares[stream.client.token]
+        share.streams -= 1
+        share.opens -= 1
         if not old.failed:
             old.probation = True
             self._send(
@@ -1069,7 +1064,8 @@ class Switch:
         del client.streams[stream.sid]  # not live from here on
         if opening:
             self._answered(stream)
-        self._unshare(agent, client.token, 0)
+        share = agent.shares[client.token]
+        share.streams -= 1
         if not result:
             if opening:
                 result = "timeout" if event is _E_TIMEOUT else "error"
