@@ -70,6 +70,7 @@ bench-quick: $(STAMP) hotpath
 	$(BIN)/pytest -q bench/micro --benchmark-disable
 	$(BIN)/python -m bench --quick
 	$(BIN)/python -m bench.dns_probe --stalled 2 --names 2000 --rotate-after 500
+	$(BIN)/python -m bench.hol_probe --probes 3 --settle 1
 
 ## make fuzz: atheris over every parser, one harness after another (one core), each for at
 ## most RUNS inputs and FUZZ_SECONDS of wall clock; grows fuzz/corpus/<harness>/ (fuzz/README.md)

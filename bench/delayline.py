@@ -12,6 +12,11 @@ accepts, and for each direction:
   has not taken yet), enough for a bandwidth-delay product of several hundred MB/s at
   tens of ms, and pauses reading from the sender only past that cap (resuming at half).
 
+With `--rate BYTES_PER_S` each direction is also a link of that rate: a chunk leaves no
+sooner than the previous one has been sent at that rate, so the line queues what arrives
+faster (up to `--cap`, then it pushes back on the sender). That is the slow link to a
+remote agent behind which one tenant's upload can queue ahead of another's open.
+
 What it does not emulate: it splits each TCP connection in two, so the kernels on either
 side see a loopback round trip, and TCP's own window and congestion control do not feel
 the delay. What crosses it feels the latency: requests, responses, and any credit or
@@ -45,9 +50,11 @@ _CLOSE = None  # a queued marker: the sender's socket is gone, close the other o
 class Lane:
     """One direction: chunks from `src` held until due, then written to `dst`."""
 
-    def __init__(self, delay: float, cap: int) -> None:
+    def __init__(self, delay: float, cap: int, rate: float = 0.0) -> None:
         self.loop = asyncio.get_running_loop()
         self.delay, self.cap = delay, cap
+        self.rate = rate  # bytes per second (0: no limit)
+        self.link_free = 0.0  # when the link has sent everything queued so far
         self.queue: deque[tuple[float, bytes | None]] = deque()
         self.held = 0
         self.peak = 0
@@ -61,10 +68,14 @@ class Lane:
         return self.held + (self.dst.get_write_buffer_size() if self.dst else 0)
 
     def push(self, data: bytes) -> None:
-        self.queue.append((self.loop.time() + self.delay, data))
+        due = self.loop.time() + self.delay
+        if self.rate:
+            due = max(due, self.link_free)
+            self.link_free = due + len(data) / self.rate
+        self.queue.append((due, data))
         self.held += len(data)
         self.peak = max(self.peak, self.held)
-        if self.delay <= 0:
+        if self.delay <= 0 and not self.rate:
             self.release()
         elif self.timer is None:
             self.arm()
@@ -101,9 +112,9 @@ class Lane:
             self.src.resume_reading()
 
     def mark(self, marker: bytes | None) -> None:
-        self.queue.append((self.loop.time() + self.delay, marker))
+        self.queue.append((max(self.loop.time() + self.delay, self.link_free), marker))
         if self.timer is None:
-            self.arm() if self.delay > 0 else self.release()
+            self.arm() if self.delay > 0 or self.rate else self.release()
 
     def block(self) -> None:
         self.blocked = True
@@ -164,8 +175,8 @@ class Side(asyncio.Protocol):
 
 
 class Inbound(Side):
-    def __init__(self, target: tuple[str, int], delay: float, cap: int) -> None:
-        super().__init__(Lane(delay, cap), Lane(delay, cap))
+    def __init__(self, target: tuple[str, int], delay: float, cap: int, rate: float) -> None:
+        super().__init__(Lane(delay, cap, rate), Lane(delay, cap, rate))
         self.target = target
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -203,16 +214,21 @@ def _size(text: str) -> int:
     return int(low)
 
 
-async def serve(listen: tuple[str, int], to: tuple[str, int], rtt_ms: float, cap: int) -> None:
+async def serve(
+    listen: tuple[str, int], to: tuple[str, int], rtt_ms: float, cap: int, rate: float = 0.0
+) -> None:
     loop = asyncio.get_running_loop()
     delay = rtt_ms / 2000.0
-    server = await loop.create_server(lambda: Inbound(to, delay, cap), *listen, backlog=1024)
+    server = await loop.create_server(lambda: Inbound(to, delay, cap, rate), *listen, backlog=1024)
     host, port = server.sockets[0].getsockname()[:2]
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sys.stdout.write(
-        json.dumps({"event": "ready", "listen": f"{host}:{port}", "rtt_ms": rtt_ms, "cap": cap})
+        json.dumps(
+            {"event": "ready", "listen": f"{host}:{port}", "rtt_ms": rtt_ms, "cap": cap}
+            | {"rate": rate}
+        )
         + "\n"
     )
     sys.stdout.flush()
@@ -228,10 +244,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cap", type=_size, default=DEFAULT_CAP, help="bytes held per direction (64MiB)"
     )
+    parser.add_argument(
+        "--rate", type=_size, default=0, help="bytes per second each way (0: no limit)"
+    )
     args = parser.parse_args(argv)
     if args.cap < 256 * 1024:
         parser.error("--cap must be at least 256KiB")
-    eventloop.run_default(serve(_addr(args.listen), _addr(args.to), args.rtt_ms, args.cap))
+    eventloop.run_default(
+        serve(_addr(args.listen), _addr(args.to), args.rtt_ms, args.cap, float(args.rate))
+    )
 
 
 if __name__ == "__main__":

@@ -345,9 +345,11 @@ DELAY_HOST = "127.0.0.5"
 
 
 def delay_line(
-    to: str, rtt_ms: float, log_dir: Path, name: str = "delayline", cap: str = ""
+    to: str, rtt_ms: float, log_dir: Path, name: str = "delayline", cap: str = "", rate: int = 0
 ) -> Process:
-    """bench/delayline.py on DELAY_HOST, forwarding to `to` (HOST:PORT) with `rtt_ms` added."""
+    """bench/delayline.py on DELAY_HOST, forwarding to `to` (HOST:PORT) with `rtt_ms` added
+    (and at most `rate` bytes per second each way, if given)."""
     argv = [sys.executable, "-m", "bench.delayline", "--listen", f"{DELAY_HOST}:0"]
     argv += ["--to", to, "--rtt-ms", f"{rtt_ms:g}", *(["--cap", cap] if cap else [])]
+    argv += ["--rate", str(rate)] if rate else []
     return start(name, argv, log=log_dir / f"{name}.log")

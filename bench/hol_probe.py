@@ -1,0 +1,158 @@
+"""One tenant's upload and everyone else's opens, on an agent behind a slow link.
+
+An agent in another network reaches the relay over a link far slower than loopback. Every
+tenant's traffic to that agent shares its one WebSocket, and the relay writes to it in
+order. Whatever one tenant's upload has queued toward the agent (at most the credit the
+agent granted its streams) is ahead of another tenant's next open and next request.
+
+This puts bench/delayline.py between the relay and the agent (`--rtt-ms`, `--rate` bytes
+per second each way, 1 MiB held in the line) and measures, through client_a:
+
+- ``idle``: opens (CONNECT to 200) and 64-byte echo round trips, one at a time;
+- ``upload``: the same while another tunnel uploads as fast as its credit allows, with the
+  relay's queue toward the agent and the upload's rate.
+
+    .venv/bin/python -m bench.hol_probe [--rate 20MB] [--rtt-ms 10] [--probes 15]
+        [-- AGENT_AND_CLIENT_OPTIONS...]    (say: -- --window 512KiB --max-window 512KiB)
+
+Options after ``--`` go to both client_a and the agent. ``make bench-quick`` runs it small
+(``--probes 3 --settle 1``). Figures and what they mean: bench/README.md, "One tenant's
+upload on a slow agent link".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.load import CHUNK, PAYLOAD, Tunnel, open_tunnel, timed_open
+from bench.topology import Process, Topology, chain, delay_line, scrape, start_target
+from fastrelay import eventloop
+
+MB = 1_000_000
+QUEUE = "fastrelay_ws_write_buffer_bytes"
+
+
+async def probe(topo: Topology, port: int, count: int) -> tuple[list[float], list[float]]:
+    """`count` opens, each followed by one 64-byte echo round trip: seconds of each."""
+    opens: list[float] = []
+    trips: list[float] = []
+    for _ in range(count):
+        tunnel, opened = await timed_open(topo, port)
+        try:
+            tunnel.request(b"E", 0)
+            start = time.perf_counter()
+            await tunnel.send(64)
+            await tunnel.until_received(64, timeout=60)
+            trips.append(time.perf_counter() - start)
+            opens.append(opened)
+        finally:
+            tunnel.close()
+        await asyncio.sleep(0.05)
+    return opens, trips
+
+
+class Upload:
+    """One tunnel sending to the target's sink as fast as it may, counting what it sent."""
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        self.sent = 0
+
+    async def run(self) -> None:
+        tunnel = self.tunnel
+        assert tunnel.transport is not None
+        tunnel.request(b"U", 1 << 50)
+        while True:
+            await tunnel.can_write.wait()
+            tunnel.transport.write(PAYLOAD)
+            self.sent += CHUNK
+
+
+def queued(admin: str) -> float:
+    """Bytes the relay holds for its agent connection now."""
+    return scrape(admin).get((QUEUE, (("role", "agent"),)), 0.0)
+
+
+def line(name: str, opens: list[float], trips: list[float]) -> str:
+    def ms(xs: list[float]) -> str:
+        return f"p50 {statistics.median(xs) * 1000:7.1f} ms, max {max(xs) * 1000:7.1f} ms"
+
+    return f"{name:7s} open {ms(opens)} | round trip {ms(trips)}"
+
+
+async def measure(topo: Topology, port: int, args: argparse.Namespace) -> dict[str, float]:
+    relay_admin = topo.processes[0].ready["admin"]
+    idle = await probe(topo, port, args.probes)
+    print(line("idle", *idle), flush=True)
+    upload = Upload(await open_tunnel(topo, port))
+    task = asyncio.create_task(upload.run())
+    try:
+        await asyncio.sleep(args.settle)  # the queue builds up to what credit allows
+        sent, start = upload.sent, time.perf_counter()
+        peak = queued(relay_admin)
+        busy = await probe(topo, port, args.probes)
+        peak = max(peak, queued(relay_admin))
+        rate = (upload.sent - sent) / (time.perf_counter() - start)
+    finally:
+        task.cancel()
+        upload.tunnel.close()
+    print(line("upload", *busy), flush=True)
+    print(
+        f"upload {rate / MB:.1f} MB/s over the {args.rate / MB:g} MB/s link; the relay held "
+        f"up to {peak / 2**20:.1f} MiB for the agent in user space (more in the kernel)",
+        flush=True,
+    )
+    open_ratio = statistics.median(busy[0]) / statistics.median(idle[0])
+    trip_ratio = statistics.median(busy[1]) / statistics.median(idle[1])
+    print(f"during the upload: opens {open_ratio:.1f}x, round trips {trip_ratio:.1f}x idle")
+    return {"open_ratio": open_ratio, "trip_ratio": trip_ratio, "upload_rate": rate}
+
+
+def _rate(text: str) -> int:
+    low = text.strip().lower()
+    factor = MB if low.endswith("mb") else 1
+    return int(float(low.removesuffix("mb")) * factor)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(prog="python -m bench.hol_probe", allow_abbrev=False)
+    parser.add_argument("--rate", type=_rate, default=20 * MB, help="link bytes/s (20MB)")
+    parser.add_argument("--rtt-ms", type=float, default=10.0, help="link round trip (10)")
+    parser.add_argument("--probes", type=int, default=15, help="opens per phase (15)")
+    parser.add_argument("--settle", type=float, default=4.0, help="seconds of upload first (4)")
+    args = parser.parse_args(argv)
+    log = Path(tempfile.mkdtemp(prefix="fastrelay-hol-"))
+    target, port = start_target(log)
+
+    def slow_link(relay_listen: str) -> tuple[str, Process]:
+        proc = delay_line(relay_listen, args.rtt_ms, log, cap="1MiB", rate=args.rate)
+        return proc.ready["listen"], proc
+
+    try:
+        print(
+            f"agent behind a {args.rate / MB:g} MB/s, {args.rtt_ms:g} ms link; "
+            f"client_a and agent options: {' '.join(extra) or '(defaults)'}",
+            flush=True,
+        )
+        topo = chain(log, tuple(extra), agent_path=slow_link)
+        try:
+            eventloop.run_default(measure(topo, port, args))
+        finally:
+            topo.stop()
+    finally:
+        target.stop()
+
+
+if __name__ == "__main__":
+    main()
