@@ -14,6 +14,7 @@ import time
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
 from support.loops import Runner
+from support.nosocket import NoSocket
 
 from fastrelay.io.mux import WS_READ_SIZE, BoundedReads, bound_reads
 
@@ -224,19 +225,13 @@ class _Foreign:
         self.set_to.append(protocol)
 
     def get_extra_info(self, name: str, default: object = None) -> object:
-        return _NoSocket() if name == "socket" else default
+        return NoSocket() if name == "socket" else default
 
     def get_write_buffer_size(self) -> int:
         return 0
 
     def write(self, data: bytes) -> None:
         raise AssertionError("nothing is written here")
-
-
-class _NoSocket:
-    @staticmethod
-    def fileno() -> int:
-        return -1
 
 
 def test_a_transport_not_aiofastnets_is_left_as_it_is(run: Runner) -> None:

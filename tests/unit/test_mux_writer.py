@@ -10,22 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from picows import WSMsgType, WSTransport
 from support.loops import Runner
+from support.nosocket import NoSocket
 
 from fastrelay.io.mux import FLUSH_AT, LARGE_FRAME, FlushScheduler, MuxWriter
 from fastrelay.protocol.frames import FrameType, encode_frame
-
-
-class _NoSocket:
-    @staticmethod
-    def fileno() -> int:
-        return -1
 
 
 class _Underlying:
     """What picows' WSTransport asks of the socket transport under it."""
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return _NoSocket() if name == "socket" else default
+        return NoSocket() if name == "socket" else default
 
     def get_write_buffer_size(self) -> int:
         return 0
