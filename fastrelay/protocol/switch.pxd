@@ -96,6 +96,7 @@ cdef class Switch:
     cdef public Py_ssize_t token_streams
     cdef public Py_ssize_t token_opens
     cdef public bint share_capped
+    cdef public Py_ssize_t client_tokens
     cdef dict __dict__
 
     @cython.locals(
@@ -123,7 +124,9 @@ cdef class Switch:
 
     # The open path's helpers, called from compiled code as C functions, with
     # the agents and shares they touch as C types.
-    @cython.locals(agent=Conn, share=Share, opening=Py_ssize_t, streams=Py_ssize_t)
+    @cython.locals(
+        agent=Conn, share=Share, opening=Py_ssize_t, streams=Py_ssize_t, shared=bint
+    )
     cpdef object _pick(self, agents, Conn exclude, object token)
 
     @cython.locals(pending=Pending, share=Share)

@@ -32,10 +32,11 @@ What the switch decides:
 * **Limits.** Streams per connection, opens in flight per agent: an open over
   a limit gets CONNECT_RESPONSE 503 with a `reason`.
 * **Tenants.** A client token is a tenant, however many connections it holds.
-  At each agent it may hold at most `Limits.token_share` of the streams and of
-  the opens in flight (`Share`), so one tenant's dials that never answer, or
-  its idle tunnels, leave room at every agent for the others' opens
-  (`token_share`, 503).
+  While two or more client tokens are connected, each may hold at most
+  `Limits.token_share` of an agent's streams and of its opens in flight
+  (`Share`), so one tenant's dials that never answer, or its idle tunnels,
+  leave room at every agent for the others' opens (`token_share`, 503). A
+  token alone on the relay may use every agent in full.
 * **Agent health.** Opens in flight count as load; an agent that owes an
   answer and stays silent is probed with a ping and, if the probe goes
   unanswered, gets no new opens and its pending opens move to another agent
@@ -157,7 +158,8 @@ class Limits:
     stall_timeout: float = 1.0  # an unanswered probe this old: the agent is stalled
     max_pools: int = 64  # distinct agent pools (the default one included)
     # The largest share of one agent's streams, and of its opens in flight, that one
-    # client token may hold (1: no cap below the agent's own limits).
+    # client token may hold while another client token is connected too (1: no cap
+    # below the agent's own limits).
     token_share: float = 0.5
 
     def __post_init__(self) -> None:
@@ -474,6 +476,7 @@ class Switch:
         self.token_streams = limits.token_streams  # C integers when compiled: read per open
         self.token_opens = limits.token_opens
         self.share_capped = False  # the last `_pick` skipped an agent for the token's share
+        self.client_tokens = 0  # distinct client tokens connected: shares apply from 2
         self.slots = StreamIdSlots()
         # A stream-id range's index (sid >> SLOT_BITS) -> the client_a that holds it:
         # how a frame from an agent finds its stream (512 KiB, once per relay).
@@ -528,6 +531,8 @@ class Switch:
         conn.attached = True
         conn.last_rx = now
         self.per_token[conn.role, conn.token] += 1
+        if conn.is_client and self.per_token[conn.role, conn.token] == 1:
+            self.client_tokens += 1
         self.stats.connections_opened[conn.role] += 1
         limits = self.limits
         if conn.is_client:
@@ -574,6 +579,8 @@ class Switch:
         self.per_token[conn.role, conn.token] -= 1
         if not self.per_token[conn.role, conn.token]:
             del self.per_token[conn.role, conn.token]
+            if conn.is_client:
+                self.client_tokens -= 1
         self.stats.connections_closed[conn.role] += 1
         self.stats.closed_bytes[conn.role] += conn.data_bytes
         self.stats.closed_frames[conn.role] += conn.data_frames
@@ -975,11 +982,13 @@ class Switch:
         pool's): the least loaded of those that may take one, ties broken
         round-robin. Load is streams plus opens in flight, weighted; stalled,
         draining, full and (when busy) probation agents are skipped, and so
-        are those where `token` holds its share (`share_capped` says so)."""
+        are those where `token` holds its share while other tokens are
+        connected (`share_capped` says so)."""
         limits = self.limits
         tied: list[Conn] = []
         least = 0
         self.share_capped = False
+        shared = self.client_tokens > 1
         for agent in agents:
             if agent is exclude or agent.draining or agent.stalled or agent.failed:
                 continue
@@ -989,7 +998,7 @@ class Switch:
             streams = agent.carried
             if streams >= limits.streams_per_agent:
                 continue
-            share = agent.shares.get(token)
+            share = agent.shares.get(token) if shared else None
             if share is not None and (
                 share.opens >= self.token_opens or share.streams >= self.token_streams
             ):

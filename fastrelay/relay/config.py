@@ -92,7 +92,8 @@ OPTIONS = [
         "max_token_share",
         fraction,
         Limits.token_share,
-        "largest share of one agent's streams and opens in flight one client token may hold",
+        "share of one agent's streams and opens in flight one client token may hold "
+        "while other client tokens are connected",
         metavar="FRACTION",
     ),
     Option(

@@ -558,6 +558,7 @@ def test_one_token_cannot_hold_every_stream_of_an_agent() -> None:
 def test_a_tokens_share_is_per_agent_and_opens_go_where_it_has_room() -> None:
     pair = Pair(Limits(opens_per_agent=4))
     client = pair.client(token=1)
+    pair.client(token=2)  # another tenant, connected
     first, second = pair.agent(), pair.agent()
     first.answers = second.answers = False
     for _ in range(4):
@@ -571,6 +572,32 @@ def test_a_tokens_share_is_per_agent_and_opens_go_where_it_has_room() -> None:
     pair.advance(2.0)
     assert second.conn.stalled and pair.switch.stats.open_retries == 0
     assert len(first.streams) == 2 and len(client.ended) == 1
+
+
+def test_a_token_alone_uses_every_agent_in_full_and_is_held_at_its_share_once_another_comes() -> (
+    None
+):
+    pair = Pair(Limits(opens_per_agent=4))
+    alone = pair.client(token=1)
+    agent = pair.agent()
+    agent.answers = False
+    for _ in range(3):
+        alone.open()
+    pair.run()
+    assert len(agent.streams) == 3 and not alone.ended  # nobody else to leave room for
+    other = pair.client(token=2)
+    sid = alone.open()
+    pair.run()
+    assert refused(alone, sid).reason == "token_share"  # 3 held, over its 2: no more
+    other.open()
+    pair.run()
+    assert len(agent.streams) == 4 and not other.ended  # the room left is the newcomer's
+    pair.disconnect(other)  # alone again: the whole agent is its own
+    pair.run()
+    assert len(agent.streams) == 3
+    alone.open()
+    pair.run()
+    assert len(agent.streams) == 4 and len(alone.ended) == 1
 
 
 def test_an_agent_full_with_several_tenants_is_agent_busy_not_token_share() -> None:
