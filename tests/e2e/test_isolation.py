@@ -196,6 +196,16 @@ def send_connect(client: Proc, host: str, port: int) -> socket.socket:
     return sock
 
 
+def hang_dials(
+    client: Proc, agent: Proc, hole: Listener, count: int, held: list[socket.socket], what: str
+) -> None:
+    """`count` CONNECTs through `client` to `hole` (a blackhole), kept in `held`, and
+    a wait until the agent holds every dial in `held` (dials that never answer)."""
+    for _ in range(count):
+        held.append(send_connect(client, LISTED, hole.port))
+    wait_until(lambda: streams_active(agent) == len(held), timeout=15, what=what)
+
+
 def refusal(client: Proc, host: str, port: int) -> str:
     """client_a's answer to a CONNECT it must refuse: status line and reason."""
     with pytest.raises(AssertionError) as refused:
@@ -639,13 +649,7 @@ def test_opens_in_flight_per_agent_are_capped(make_chain, target: Target, rules_
     hole = Listener.blackhole()
     hanging: list[socket.socket] = []
     try:
-        for _ in range(OPEN_CAP):
-            hanging.append(send_connect(client, LISTED, hole.port))
-        wait_until(
-            lambda: streams_active(agent) == OPEN_CAP,
-            timeout=15,
-            what=f"{OPEN_CAP} dials hanging at the agent",
-        )
+        hang_dials(client, agent, hole, OPEN_CAP, hanging, f"{OPEN_CAP} dials hanging")
         why = refusal(client, LISTED, echo)
         assert " 503" in why and "(agent_busy)" in why, why
         assert limit_hits(chain, "opens_per_agent") == hits + 1
@@ -684,13 +688,7 @@ def test_one_tenants_hanging_dials_leave_room_at_the_agent_for_another(
     hanging: list[socket.socket] = []
     share = SHARED_CAP // 2
     try:
-        for _ in range(share):
-            hanging.append(send_connect(tenant_a, LISTED, hole.port))
-        wait_until(
-            lambda: streams_active(agent) == share,
-            timeout=15,
-            what=f"tenant A's {share} dials hanging at the agent",
-        )
+        hang_dials(tenant_a, agent, hole, share, hanging, f"tenant A's {share} dials hanging")
         why = refusal(tenant_a, LISTED, echo)
         assert " 503" in why and "(token_share)" in why, why
         assert f"{share} of each agent's {SHARED_CAP} opens in flight" in why, why
@@ -703,13 +701,8 @@ def test_one_tenants_hanging_dials_leave_room_at_the_agent_for_another(
         # of its own up to its share.
         ok, detail = fetch(f"http://{tenant_b.ready['listen']}", target)
         assert ok, detail
-        for _ in range(share):
-            hanging.append(send_connect(tenant_b, LISTED, hole.port))
-        wait_until(
-            lambda: streams_active(agent) == SHARED_CAP,
-            timeout=15,
-            what="tenant B's dials hanging at the agent too",
-        )
+        hang_dials(tenant_b, agent, hole, share, hanging, "tenant B's dials hanging too")
+        assert len(hanging) == SHARED_CAP
     finally:
         for sock in hanging:
             sock.close()
