@@ -41,9 +41,15 @@ from fastrelay import eventloop
 from fastrelay.config import size_bytes
 
 MB = 1_000_000
-# Where a stream waits: its sender out of credit, its receiver aiming the window higher,
+# Where a stream waits: its sender out of credit, its receiver aiming the window higher
+# (or cutting it: the round trip to the relay rose),
 # a whole connection paused for its write buffer.
-COUNTERS = ("flow_control_stalls", "window_growths", "backpressure_pauses")
+COUNTERS = (
+    "flow_control_stalls",
+    "window_growths",
+    "window_backoffs",
+    "backpressure_pauses",
+)
 
 
 def _cpu_times() -> list[int]:

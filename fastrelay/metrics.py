@@ -52,6 +52,7 @@ AUTH_FAILURES = PREFIX + "auth_failures"
 BACKPRESSURE_PAUSES = PREFIX + "backpressure_pauses"
 FLOW_CONTROL_STALLS = PREFIX + "flow_control_stalls"
 WINDOW_GROWTHS = PREFIX + "window_growths"
+WINDOW_BACKOFFS = PREFIX + "window_backoffs"
 RECONNECTS = PREFIX + "reconnects"
 WS_WRITE_BUFFER = PREFIX + "ws_write_buffer_bytes"
 RELAY_CONNECTED = PREFIX + "relay_connected"
@@ -295,6 +296,12 @@ F_WINDOW_GROWTHS = Family(
     WINDOW_GROWTHS,
     "Times a stream's receive window was aimed higher: its sender ran out of credit while this "
     "end kept up (a long path)",
+)
+F_WINDOW_BACKOFFS = Family(
+    "counter",
+    WINDOW_BACKOFFS,
+    "Times the receive windows of a relay connection were cut because the round trip to the "
+    "relay rose: this connection's data queues on the path (a slow link)",
 )
 F_BACKPRESSURE_PAUSES = Family(
     "counter", BACKPRESSURE_PAUSES, "Times the relay connection's backlog paused local sockets"

@@ -67,6 +67,9 @@ _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
 _PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
+# The payload of the session's probes (`Link.probe`), so their pongs are told
+# apart from the answers to picows' keep-alive pings, which are empty.
+PROBE = b"p"
 
 
 class CarrierStats(SessionStats):
@@ -292,6 +295,11 @@ class Carrier(Link):
         if self.writer is not None:
             self.writer.write_external(buf, offset)
 
+    def probe(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.send_ping(PROBE)
+
     def disconnect(self, code: int, reason: str) -> None:
         transport = self.transport
         if transport is not None:
@@ -418,15 +426,19 @@ class CarrierListener(picows.WSListener):  # carrier.pxd: a C extension type whe
         self.ping_sent_at = 0.0
 
     # picows' auto-ping calls these two; timing them gives the round trip.
-    # is_user_specific_pong runs for each frame only while a pong is due.
+    # is_user_specific_pong runs for each frame only while a pong is due; the
+    # session's probes (with a payload) go on to on_ws_frame.
     def send_user_specific_ping(self, transport: WSTransport) -> None:
-        self.ping_sent_at = time.monotonic()
+        self.ping_sent_at = _now()
         transport.send_ping()
 
     def is_user_specific_pong(self, frame: WSFrame) -> bool:
-        if frame.msg_type != _PONG:
+        if frame.msg_type != _PONG or frame.payload_size:
             return False
-        self.carrier.stats.ping_rtt.observe(time.monotonic() - self.ping_sent_at)
+        now = _now()
+        rtt = now - self.ping_sent_at
+        self.carrier.stats.ping_rtt.observe(rtt)
+        self.session.path.observe(rtt, now)  # mostly idle: a base for the queueing delay
         return True
 
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -442,7 +454,10 @@ class CarrierListener(picows.WSListener):  # carrier.pxd: a C extension type whe
             elif msg_type == _CLOSE:
                 transport.send_close(frame.get_close_code())
                 transport.disconnect()
-            elif msg_type != _PING and msg_type != _PONG:
+            elif msg_type == _PONG:
+                if frame.payload_size:  # a probe's answer (keep-alive ones are empty)
+                    self.session.probe_answered(_now())
+            elif msg_type != _PING:
                 name = WSMsgType(msg_type).name
                 raise ProtocolError(f"unexpected WebSocket {name} frame from the relay")
         except ProtocolError as exc:
@@ -504,6 +519,7 @@ def carrier_metrics(stats: CarrierStats, role: str, carriers: list[Carrier]) -> 
     yield metrics.frames_dropped(stats.dropped_unknown_stream)
     yield metrics.F_FLOW_CONTROL_STALLS.one(stats.flow_control_stalls)
     yield metrics.F_WINDOW_GROWTHS.one(stats.window_growths)
+    yield metrics.F_WINDOW_BACKOFFS.one(stats.window_backoffs)
     yield metrics.F_BACKPRESSURE_PAUSES.one(stats.backpressure_pauses)
     yield metrics.protocol_errors(stats.protocol_errors)
 

@@ -1,6 +1,8 @@
 # Cython declarations for flow.py when compiled (fastrelay/hotpath.py): the
 # credit windows as C extension types. flow.py stays the whole implementation.
 
+cimport cython
+
 cpdef Py_ssize_t update_threshold(Py_ssize_t window)
 
 
@@ -26,11 +28,34 @@ cdef class RecvWindow:
 
 cdef class CreditPool:
     cdef public Py_ssize_t budget
+    cdef public bint calm
+    cdef public Py_ssize_t cap
     cdef public Py_ssize_t floor
     cdef public Py_ssize_t granted
     cdef public Py_ssize_t max_streams
     cdef public Py_ssize_t max_window
+    cdef public Py_ssize_t peak
     cdef public Py_ssize_t streams
     cdef public Py_ssize_t want
 
+    @cython.locals(factor=double, peak=Py_ssize_t, cap=Py_ssize_t, cut=Py_ssize_t)
+    cpdef bint pace(self, double queueing, double base=*) except -1
     cpdef Py_ssize_t adjust(self, Py_ssize_t window, Py_ssize_t withheld, Py_ssize_t target=*) except? -1
+
+
+cdef class PathDelay:
+    cdef public double base
+    cdef public double bucket_end
+    cdef public bint cut
+    cdef public double last
+    cdef public list mins
+    cdef public double next_probe
+    cdef public double sent_at
+
+    @cython.locals(base=double)
+    cpdef sent(self, double now)
+    cpdef double answered(self, double now) except? -2
+    cpdef observe(self, double rtt, double now)
+    @cython.locals(late=double, base=double)
+    cpdef double late(self, double now) except? -2
+    cpdef double queueing(self, double now) except? -2

@@ -90,10 +90,14 @@ class RecvWindow:
     def grow(self, pool: CreditPool | None) -> None:
         """The sender ran out of credit while this end kept up: the window is
         below the path's bandwidth-delay product. Aim at twice it (up to the
-        pool's `max_window`); releases move the window there as the budget
-        allows, and back towards the fair share when other streams need it."""
-        limit = pool.max_window if pool is not None else self.window
-        self.target = min(limit, max(self.target, self.window) * 2)
+        pool's `max_window`), unless the path's round trip says a queue is
+        building (`CreditPool.pace`); releases move the window there as the
+        budget allows, and back towards the fair share when other streams
+        need it."""
+        if pool is None:
+            return
+        if pool.calm:  # growing into a queue on the path would only lengthen it
+            self.target = min(pool.max_window, max(self.target, self.window) * 2)
 
     def flush(self) -> int:
         """Return all unannounced credit (for when the batch must go now)."""
@@ -124,7 +128,18 @@ class CreditPool:
     so 100 busy streams on one connection move at about the same rate.
     """
 
-    __slots__ = ("budget", "floor", "granted", "max_streams", "max_window", "streams", "want")
+    __slots__ = (
+        "budget",
+        "calm",
+        "cap",
+        "floor",
+        "granted",
+        "max_streams",
+        "max_window",
+        "peak",
+        "streams",
+        "want",
+    )
 
     def __init__(self, budget: int, max_streams: int, want: int, max_window: int = 0) -> None:
         if budget < 1 or max_streams < 1 or want < 1:
@@ -137,6 +152,12 @@ class CreditPool:
         self.floor = max(1, min(MIN_WINDOW, want, budget // (2 * max_streams)))
         self.granted = 0  # the sum of the live streams' windows
         self.streams = 0
+        # What the path's queueing delay allows (`pace`): the largest window
+        # any stream may have (below `want` too; 0: no cut), and whether
+        # windows may grow.
+        self.cap = 0
+        self.calm = True
+        self.peak = 0  # the largest window `adjust` saw since the last `pace`
 
     @classmethod
     def for_relay(cls, budget: int, max_streams: int, want: int, max_window: int = 0) -> CreditPool:
@@ -162,7 +183,9 @@ class CreditPool:
         if self.full:
             return 0
         # The floor kept in reserve for this stream is spare to it too.
-        window = max(self.floor, min(self._share(self.streams + 1), self._spare() + self.floor))
+        cap = self.cap
+        share = self._share(self.streams + 1, cap if 0 < cap < self.want else self.want)
+        window = max(self.floor, min(share, self._spare() + self.floor))
         self.streams += 1
         self.granted += window
         return window
@@ -177,7 +200,12 @@ class CreditPool:
         most `want`, or its `target` if it grew past that): more while credit is spare, less (by
         at most `withheld`, credit it has not returned yet) when over the
         share. 0: it stays."""
-        share = self._share(self.streams, max(self.want, min(target, self.max_window)))
+        if window > self.peak:
+            self.peak = window
+        limit = max(self.want, min(target, self.max_window))
+        if 0 < self.cap < limit:
+            limit = self.cap
+        share = self._share(self.streams, limit)
         if window > share:
             change = -min(window - share, withheld)
         else:
@@ -186,3 +214,129 @@ class CreditPool:
             self.granted += change
             return change
         return 0
+
+    def pace(self, queueing: float, base: float = 0.0) -> bool:
+        """The path to the relay and back queued for `queueing` seconds over
+        its least round trip `base` (`PathDelay`). Above QUEUE_HIGH this
+        connection's own data is building the queue, and every window
+        shrinks: the cap drops to the largest window times (base +
+        QUEUE_LOW) / (base + queueing), the share of it that would leave a
+        QUEUE_LOW queue, but at most 3/4 and at least half of it (as far as
+        MIN_WINDOW: a cut to a quarter left a 20 MB/s link 10 % idle in
+        bench.hol_probe); releases withhold credit until windows are under it.
+        Below QUEUE_LOW windows may grow again, and the cap doubles until
+        `max_window` (no cut). In between, nothing changes. Returns whether
+        the cap dropped."""
+        peak, cap = self.peak, self.cap or self.max_window
+        self.peak = 0
+        if queueing > QUEUE_HIGH:
+            self.calm = False
+            factor = (base + QUEUE_LOW) / (base + queueing)
+            factor = 0.75 if factor > 0.75 else 0.5 if factor < 0.5 else factor
+            cut = max(MIN_WINDOW, int((peak if 0 < peak < cap else cap) * factor))
+            if cut < cap:
+                self.cap = cut
+                return True
+            return False
+        if queueing < QUEUE_LOW:
+            self.calm = True
+            if self.cap:
+                self.cap = 0 if self.cap * 2 >= self.max_window else self.cap * 2
+        return False
+
+
+# How often a connection whose windows are growing or shrinking times the path
+# (a WebSocket ping to the relay and its pong, which queue behind the data).
+PROBE_INTERVAL = 0.1
+# The queueing delay (the round trip above the least one seen) under which the
+# path has no standing queue, so windows may grow, and over which this
+# connection's data is queueing (on a slow link, in the relay's write buffer to
+# it) and windows shrink. Loopback and long fat paths stay far below both.
+QUEUE_LOW = 0.005
+QUEUE_HIGH = 0.020
+# The least round trip is the least of BASE_BUCKETS buckets of BASE_BUCKET
+# seconds: long enough that a queue kept at a few ms does not become the base,
+# short enough to follow a path that became longer (a new route).
+BASE_BUCKET = 30.0
+BASE_BUCKETS = 4
+_NONE = float("inf")
+
+
+class PathDelay:
+    """The round trip from an endpoint to the relay and back, from timed
+    probes, as queueing delay: the latest round trip above the least one
+    seen in the last two minutes, as LEDBAT and BBR read delay. A probe in
+    flight is `late` by how long it has been out past the least. The caller
+    sends probes (`sent`, then `answered`) and passes `now` in."""
+
+    __slots__ = ("base", "bucket_end", "cut", "last", "mins", "next_probe", "sent_at")
+
+    def __init__(self) -> None:
+        self.mins: list[float] = []  # each bucket's least round trip, newest last
+        self.bucket_end = 0.0
+        self.base = _NONE
+        self.last = _NONE  # the latest answered round trip
+        self.sent_at = -1.0  # when the probe in flight left (-1: none in flight)
+        # The probe in flight was late enough to cut windows already: its
+        # answer must not cut them again (once per round trip, as TCP does).
+        self.cut = False
+        self.next_probe = 0.0
+
+    @property
+    def in_flight(self) -> bool:
+        return self.sent_at >= 0.0
+
+    def sent(self, now: float) -> None:
+        """A probe left now. Until it is answered, `next_probe` is when it
+        would be late: past the least round trip by QUEUE_LOW."""
+        self.sent_at = now
+        self.cut = False
+        base = self.base
+        self.next_probe = now + (base + QUEUE_LOW if base != _NONE else PROBE_INTERVAL)
+
+    def late(self, now: float) -> float:
+        """How far the probe in flight is already past the least round trip
+        (0 without one, or without a base), and when to look again: as it
+        passes QUEUE_HIGH, then every PROBE_INTERVAL. Its answer will be at
+        least this late, so a long queue is seen before the answer comes."""
+        if self.sent_at < 0.0 or self.base == _NONE:
+            self.next_probe = now + PROBE_INTERVAL
+            return 0.0
+        late = now - self.sent_at - self.base
+        if late < QUEUE_HIGH:
+            self.next_probe = self.sent_at + self.base + QUEUE_HIGH + 1e-6
+        else:
+            self.next_probe = now + PROBE_INTERVAL
+        return late if late > 0.0 else 0.0
+
+    def answered(self, now: float) -> float:
+        """The probe's answer arrived: the queueing delay now, or -1 for an
+        answer to no probe (a stray pong)."""
+        if self.sent_at < 0.0:
+            return -1.0
+        rtt = max(0.0, now - self.sent_at)
+        self.sent_at = -1.0
+        self.next_probe = now + PROBE_INTERVAL
+        self.last = rtt
+        self.observe(rtt, now)
+        return self.queueing(now)
+
+    def observe(self, rtt: float, now: float) -> None:
+        """A round trip timed otherwise (a keep-alive ping, mostly on an idle
+        path): it counts towards the least one only."""
+        mins = self.mins
+        if not mins or now >= self.bucket_end:
+            mins.append(rtt)
+            if len(mins) > BASE_BUCKETS:
+                del mins[0]
+            self.bucket_end = now + BASE_BUCKET
+        elif rtt < mins[-1]:
+            mins[-1] = rtt
+        self.base = min(mins)
+
+    def queueing(self, now: float) -> float:
+        """How far the latest round trip is over the least: 0 until there is
+        a sample."""
+        if self.last == _NONE or self.base == _NONE:
+            return 0.0
+        return max(0.0, self.last - self.base)

@@ -53,7 +53,7 @@ class Wire(Output):
     reads it: the switch's `Output` and `Link` for that connection."""
 
     def __init__(self) -> None:
-        self.queue: deque[bytes] = deque()
+        self.queue: deque[bytes | None] = deque()  # None: a pong, behind what came before
         self.queued = 0  # bytes written and not read: what the relay holds
         self.peak = 0
         self.closed: tuple[int, str] | None = None
@@ -76,6 +76,12 @@ class Wire(Output):
 
     def ping(self) -> None:
         self.pings += 1
+
+    def pong(self) -> None:
+        """The relay answers an endpoint's probe (picows' auto-pong): it is read
+        after everything the relay queued before it, as on a real link."""
+        if self.closed is None:
+            self.queue.append(None)
 
 
 class Discard(Output):
@@ -182,6 +188,9 @@ class _EndpointLink(Link):
 
     def disconnect(self, code: int, reason: str) -> None:
         self.endpoint.disconnect(code, reason)
+
+    def probe(self) -> None:
+        self.endpoint.wire.pong()
 
 
 class Endpoint:
@@ -349,6 +358,9 @@ class Endpoint:
         taken = 0
         while wire.queue and (limit is None or taken < limit):
             message = wire.queue.popleft()
+            if message is None:
+                self.session.probe_answered(self.pair.now)
+                continue
             wire.queued -= len(message)
             taken += len(message)
             try:

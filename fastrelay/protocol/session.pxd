@@ -11,7 +11,7 @@ from fastrelay.protocol.output cimport Output
 cdef int T_CONNECT, T_CONNECT_RESPONSE, T_FIN, T_GOAWAY, T_HELLO, T_MEMBERS
 cdef int T_REQUEST, T_RULES, T_TUNNEL_DATA, T_TUNNEL_ERROR, T_WINDOW_UPDATE
 
-from fastrelay.protocol.flow cimport CreditPool, RecvWindow, SendWindow
+from fastrelay.protocol.flow cimport CreditPool, PathDelay, RecvWindow, SendWindow
 from fastrelay.protocol.state cimport StreamState
 
 
@@ -81,6 +81,8 @@ cdef class Session:
     cdef public list waiting
     cdef public object sid_cursor
     cdef public object expiry
+    cdef public PathDelay path
+    cdef public bint probing
 
     @cython.locals(
         streams=dict,
@@ -90,5 +92,6 @@ cdef class Session:
         frame_type=int,
         flags=int,
         stream=Stream,
+        path=PathDelay,
     )
     cpdef receive(self, message, double now)

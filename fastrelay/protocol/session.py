@@ -36,7 +36,14 @@ from fastrelay.protocol.errors import (
     ControlMessageError,
     StreamError,
 )
-from fastrelay.protocol.flow import CreditPool, RecvWindow, SendWindow
+from fastrelay.protocol.flow import (
+    QUEUE_HIGH,
+    QUEUE_LOW,
+    CreditPool,
+    PathDelay,
+    RecvWindow,
+    SendWindow,
+)
 from fastrelay.protocol.frames import (
     FLAG_BLOCKED,
     FRAME_TYPES,
@@ -140,6 +147,11 @@ class Link(Output):
         """Close the connection with this WebSocket close code."""
         raise NotImplementedError
 
+    def probe(self) -> None:
+        """Send a timed probe (a WebSocket ping the relay answers behind the
+        data it queued here); its answer is `Session.probe_answered`."""
+        raise NotImplementedError
+
 
 class Socket(Protocol):
     """One stream's local TCP side."""
@@ -196,6 +208,7 @@ class SessionStats:
         self.backpressure_pauses = 0
         self.protocol_errors: Counter[str] = Counter()
         self.window_growths = 0  # FLAG_BLOCKED from a sender this end kept up with
+        self.window_backoffs = 0  # the path's round trip rose: windows were cut
         # Bytes of streams that ended; live streams are summed at scrape time.
         self.ended_bytes_up = 0
         self.ended_bytes_down = 0
@@ -478,8 +491,10 @@ class Stream:
         (its socket took the `n` bytes without backing up): the window is what
         limits the stream. Aim it higher, and return what is owed now rather
         than at the batch mark. (A slow reader's window stays as it is.)"""
-        self.recv_window.grow(self.session.credit)
-        self.session.stats.window_growths += 1
+        session = self.session
+        self.recv_window.grow(session.credit)
+        session.stats.window_growths += 1
+        session.probing = True  # is the path queueing? (Session.receive times it)
         self._return_credit(n, now=True)
 
     def socket_paused_writing(self) -> None:
@@ -627,6 +642,10 @@ class Session:
         self.waiting: list[Stream] = []  # streams paused by a full link
         self.sid_cursor = 0
         self.expiry: deque[Stream] = deque()  # opens in the order they expire
+        # The round trip to the relay, timed while a sender is blocked on this
+        # end's windows, so they follow the path's queue (`CreditPool.pace`).
+        self.path = PathDelay()
+        self.probing = False  # a sender ran out of our credit since the last probe
 
     @property
     def ready(self) -> bool:
@@ -789,6 +808,37 @@ class Session:
                     self._crashed(stream, exc)
             else:
                 self._control(frame_type, sid, message[start:offset], now)
+        path = self.path
+        if (self.probing or path.sent_at >= 0.0) and now >= path.next_probe:
+            self._probe(now)
+
+    def _probe(self, now: float) -> None:
+        """Time the path: send a probe, or with one still out, judge by how
+        late it is already (a lower bound: it can say "queued", not "calm")."""
+        path = self.path
+        if path.in_flight:
+            late = path.late(now)
+            if late > QUEUE_LOW:
+                self.credit.calm = False  # no growth into a queue that is building
+            if late > QUEUE_HIGH and not path.cut:
+                path.cut = True
+                self._pace(late)
+            return
+        self.probing = False
+        path.sent(now)
+        self.link.probe()
+
+    def probe_answered(self, now: float) -> None:
+        """The answer to `Link.probe` arrived."""
+        path = self.path
+        cut = path.cut
+        queueing = path.answered(now)
+        if queueing >= 0.0 and not (cut and queueing > QUEUE_LOW):
+            self._pace(queueing)
+
+    def _pace(self, queueing: float) -> None:
+        if self.credit.pace(queueing, self.path.base):
+            self.stats.window_backoffs += 1
 
     def _control(self, frame_type: int, sid: int, payload: memoryview, now: float) -> None:
         if frame_type == T_HELLO:
@@ -867,6 +917,7 @@ class Session:
         self.credit = CreditPool.for_relay(
             hello.buffer_budget, hello.max_streams, self.want, self.max_window
         )
+        self.probing = True  # the first probe times the path while it is empty
         self.events.on_hello(self, hello)
 
     def _incoming_open(self, sid: int, request: OpenStream, now: float) -> None:

@@ -8,14 +8,16 @@ the others down, and per-stream flow control must bound what the relay holds.
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import LISTED, Chain, Proc, Target, curl_path
-from support.procs import metric, wait_until
+from support.procs import AGENT_TOKEN, ROOT, agent_argv, is_ready, metric, wait_until
 from support.target import pattern_bytes, pattern_sha256
 
 from fastrelay.config import ENDPOINT_WINDOW
@@ -148,3 +150,82 @@ def test_stalled_reader_does_not_block_other_tunnels(
         timeout=15,
         what="streams_active back to 0 at relay, agent and client_a",
     )
+
+
+# --- an agent behind a slow link: windows that follow the path's delay ---
+
+LINK_RATE = 10_000_000  # bytes per second each way between the relay and the agent
+UPLOAD = 30_000_000
+
+
+def test_an_upload_to_an_agent_behind_a_slow_link_cuts_the_agents_windows_and_arrives_whole(
+    make_chain, target: Target, rules_file: Path, tmp_path: Path
+) -> None:
+    """bench/delayline.py between the relay and the agent: 10 MB/s, 10 ms. The
+    agent's windows would grow to --max-window on an upload that never runs out of
+    data, and the relay would queue that much ahead of every other open to the
+    agent (bench/hol_probe). The agent's probes see the round trip rise and cut
+    them; the upload arrives whole and other requests still go through."""
+    chain = make_chain()
+    relay = chain.start_relay()
+    line = Proc(
+        "delayline",
+        [
+            *(sys.executable, "-m", "bench.delayline", "--listen", "127.0.0.1:0"),
+            *("--to", relay.ready["listen"], "--rtt-ms", "10", "--cap", "1MiB"),
+            *("--rate", str(LINK_RATE)),
+        ],
+        {"PYTHONPATH": str(ROOT)},
+        chain.log_dir,
+    )
+    chain.procs.append(line)
+    agent = Proc(
+        "agent",
+        agent_argv(f"ws://{line.ready['listen']}", "--allow", "127.0.0.0/8"),
+        {"FASTRELAY_TOKEN": AGENT_TOKEN},
+        chain.log_dir,
+    )
+    chain.procs.append(agent)
+    chain.agents.append(agent)
+    wait_until(lambda: is_ready(agent.ready["admin"]), what="agent connected through the line")
+    chain.start_client(rules_file)
+    body = tmp_path / "up.bin"
+    body.write_bytes(pattern_bytes(UPLOAD, seed=5))
+    upload = subprocess.Popen(
+        [
+            *(curl_path(), "-sS", "--max-time", "120", "--cacert", str(target.ca_pem)),
+            *("-x", chain.proxy, "--data-binary", f"@{body}"),
+            *("-H", "Content-Type: application/octet-stream", target.https(LISTED, "/sha256")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        admin = agent.ready["admin"]
+        wait_until(
+            lambda: (
+                metric(admin, "fastrelay_window_backoffs_total") >= 1 or upload.poll() is not None
+            ),
+            timeout=60,
+            what="the agent cut its windows",
+        )
+        # Another request through the same agent while the upload runs.
+        other = subprocess.run(
+            [
+                *(curl_path(), "-sS", "--max-time", "30", "--cacert", str(target.ca_pem)),
+                *("-x", chain.proxy, "-o", "/dev/null", "-w", "%{http_code}"),
+                target.https(LISTED, "/bytes/1000"),
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        assert other.stdout == b"200", other.stderr
+        out, err = upload.communicate(timeout=150)
+    finally:
+        if upload.poll() is None:
+            upload.kill()
+            upload.communicate()
+    assert upload.returncode == 0, err.decode(errors="replace")
+    assert json.loads(out) == {"sha256": pattern_sha256(UPLOAD, seed=5), "length": UPLOAD}
+    assert metric(agent.ready["admin"], "fastrelay_window_backoffs_total") >= 1
+    assert metric(agent.ready["admin"], "fastrelay_window_growths_total") >= 1

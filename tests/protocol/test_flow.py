@@ -10,8 +10,15 @@ from hypothesis import strategies as st
 
 from fastrelay.protocol.errors import FlowControlError
 from fastrelay.protocol.flow import (
+    BASE_BUCKET,
+    BASE_BUCKETS,
+    MIN_WINDOW,
+    PROBE_INTERVAL,
+    QUEUE_HIGH,
+    QUEUE_LOW,
     UPDATE_STEP,
     CreditPool,
+    PathDelay,
     RecvWindow,
     SendWindow,
     update_threshold,
@@ -254,7 +261,9 @@ def test_bytes_in_flight_never_exceed_the_window(size: int, ops: list[tuple[str,
     max_streams=st.integers(1, 64),
     want=st.integers(1, 1 << 22),
     ops=st.lists(
-        st.tuples(st.sampled_from(["open", "close", "adjust"]), st.integers(0, 63), st.booleans())
+        st.tuples(
+            st.sampled_from(["open", "close", "adjust", "pace"]), st.integers(0, 63), st.booleans()
+        )
     ),
 )
 def test_credit_pool_never_grants_past_its_budget(
@@ -268,13 +277,17 @@ def test_credit_pool_never_grants_past_its_budget(
             if len(windows) == max_streams:
                 assert window == 0
             else:
-                assert pool.floor <= window <= max(want, pool.floor)
+                limit = min(want, pool.cap) if pool.cap else want
+                assert pool.floor <= window <= max(limit, pool.floor)
                 windows.append(window)
+        elif op == "pace":  # the path queued for i ms over its least round trip of 10 ms
+            pool.pace(i / 1000, 0.01)
         elif windows and op == "close":
             pool.close(windows.pop(i % len(windows)))
         elif windows:
             j = i % len(windows)
-            share = pool._share(pool.streams)
+            cap = pool.cap
+            share = pool._share(pool.streams, cap if 0 < cap < want else want)
             withheld = windows[j] if all_withheld else 1
             change = pool.adjust(windows[j], withheld)
             assert abs(windows[j] + change - share) <= abs(windows[j] - share)  # towards it
@@ -366,3 +379,93 @@ def test_one_streams_window_grows_to_what_the_relays_budget_leaves_it(
     assert sizes[-1] == sizes[-2]  # it stopped growing
     assert abs(window.window - cap_mib * mib) < mib // 8
     assert pool.granted <= pool.budget
+
+
+# --- PathDelay and CreditPool.pace: windows that follow the path's queue ---
+
+
+def test_path_delay_reads_queueing_over_the_least_round_trip() -> None:
+    path = PathDelay()
+    assert path.queueing(0.0) == 0.0 and path.late(0.0) == 0.0  # nothing known yet
+    assert path.answered(1.0) == -1.0  # a pong to no probe is ignored
+    path.sent(1.0)
+    assert path.in_flight and path.next_probe == 1.0 + PROBE_INTERVAL  # no base yet
+    assert path.answered(1.010) == 0.0  # the first answer is the base
+    assert not path.in_flight and path.base == pytest.approx(0.010)
+    path.sent(2.0)
+    assert path.answered(2.050) == pytest.approx(0.040)  # 50 ms now, 10 at least
+    path.sent(3.0)
+    assert path.answered(3.008) == 0.0 and path.base == pytest.approx(0.008)
+
+
+def test_a_probe_in_flight_is_late_by_how_long_it_has_been_out() -> None:
+    path = PathDelay()
+    path.observe(0.010, 0.0)  # a keep-alive ping on the idle path: the base
+    path.sent(1.0)
+    # It would be late once past the base by QUEUE_LOW: look again then.
+    assert path.next_probe == pytest.approx(1.0 + 0.010 + QUEUE_LOW)
+    assert path.late(1.012) == pytest.approx(0.002)
+    assert path.next_probe == pytest.approx(1.0 + 0.010 + QUEUE_HIGH, abs=1e-5)
+    assert path.late(1.5) == pytest.approx(0.490)  # far past: every interval from now
+    assert path.next_probe == pytest.approx(1.5 + PROBE_INTERVAL)
+    assert path.answered(1.6) == pytest.approx(0.590)
+    assert path.late(1.7) == 0.0  # nothing in flight
+
+
+def test_the_least_round_trip_is_forgotten_after_the_buckets_pass() -> None:
+    """A path that became longer (a new route) is learned within
+    BASE_BUCKETS x BASE_BUCKET seconds; a queue held for less is not."""
+    path = PathDelay()
+    path.observe(0.010, 0.0)
+    now = 0.0
+    while now < BASE_BUCKET * (BASE_BUCKETS - 1):
+        now += 1.0
+        path.observe(0.030, now)
+        assert path.base == pytest.approx(0.010)
+    for _ in range(int(BASE_BUCKET) * 2):
+        now += 1.0
+        path.observe(0.030, now)
+    assert path.base == pytest.approx(0.030)
+
+
+def test_a_queue_on_the_path_cuts_the_windows_and_a_calm_one_lets_them_back() -> None:
+    pool = CreditPool(budget=256 << 20, max_streams=8, want=4 << 20, max_window=32 << 20)
+    window = pool.open()
+    assert window == 4 << 20 and pool.cap == 0 and pool.calm
+    assert not pool.pace(QUEUE_HIGH / 2, 0.010)  # between the marks: nothing changes
+    assert pool.cap == 0 and pool.calm
+    pool.adjust(window, 0, window)  # a release: the largest window is 4 MiB
+    # 200 ms over a 10 ms base: (10 + 5) / (10 + 200) of it would do, but half at least.
+    assert pool.pace(0.200, 0.010)
+    assert pool.cap == 2 << 20 and not pool.calm
+    withheld = 3 << 20
+    change = pool.adjust(window, withheld, window)
+    assert window + change == 2 << 20  # the release withholds the cut
+    window += change
+    assert pool.open() == 2 << 20  # a new stream opens within the cap, below --window
+    # A queue just over the mark on a longer path cuts less: (30 + 5) / (30 + 21).
+    pool.adjust(window, 0, window)
+    assert pool.pace(0.021, 0.030)
+    assert pool.cap == int((2 << 20) * 35 / 51)
+    # Calm again: growth is allowed, and the cap doubles until no cut is left.
+    caps = []
+    while pool.cap:
+        assert not pool.pace(0.001, 0.010)
+        assert pool.calm
+        caps.append(pool.cap)
+    assert caps[:3] == [int((2 << 20) * 35 / 51) * 2**k for k in (1, 2, 3)]
+    assert len(caps) < 8
+
+
+def test_cuts_stop_at_the_least_window_and_growth_waits_for_calm() -> None:
+    pool = CreditPool(budget=64 << 20, max_streams=4, want=1 << 20, max_window=8 << 20)
+    recv = RecvWindow(pool.open())
+    for _ in range(20):
+        pool.pace(5.0, 0.010)
+    assert pool.cap == MIN_WINDOW
+    assert not pool.pace(5.0, 0.010)  # nothing left to cut: not counted
+    recv.grow(pool)
+    assert recv.target == 1 << 20  # not calm: the window does not aim higher
+    pool.pace(0.0, 0.010)
+    recv.grow(pool)
+    assert recv.target == 2 << 20

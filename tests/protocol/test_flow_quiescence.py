@@ -26,7 +26,7 @@ from collections import deque
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastrelay.protocol.flow import CreditPool, RecvWindow, SendWindow
+from fastrelay.protocol.flow import MIN_WINDOW, CreditPool, RecvWindow, SendWindow
 
 actions = st.one_of(
     st.tuples(st.just("send"), st.one_of(st.integers(1, 4096), st.integers(1, 300_000))),
@@ -35,6 +35,8 @@ actions = st.one_of(
     st.tuples(st.just("grant"), st.just(0)),
     st.tuples(st.just("open"), st.just(0)),  # another stream opens on the pool
     st.tuples(st.just("close"), st.just(0)),  # ... or one of them closes
+    # The path's round trip was timed: this many ms over its least (CreditPool.pace).
+    st.tuples(st.just("pace"), st.one_of(st.integers(0, 30), st.integers(0, 2000))),
 )
 
 
@@ -101,6 +103,9 @@ def test_a_stalled_sender_gets_back_all_but_less_than_one_batch(
             others.append(pool.open())
         elif action == "close" and others:
             pool.close(others.pop())
+        elif action == "pace":
+            pool.pace(arg / 1000, 0.01)
+            assert pool.cap == 0 or MIN_WINDOW <= pool.cap < pool.max_window
         assert recv.window >= pool.floor
 
     # Quiescence: everything arrives and drains, every update comes back.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from fastrelay.protocol.errors import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, FrameError
+from fastrelay.protocol.flow import MIN_WINDOW, QUEUE_HIGH, QUEUE_LOW
 from fastrelay.protocol.frames import (
     FLAG_BLOCKED,
     FrameType,
@@ -55,6 +56,7 @@ class Link(SessionLink):
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.closed: tuple[int, str] | None = None
+        self.probes = 0
 
     def write(self, frames: bytes | bytearray | memoryview) -> None:
         self.sent.append(bytes(frames))
@@ -64,6 +66,9 @@ class Link(SessionLink):
 
     def disconnect(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
+
+    def probe(self) -> None:
+        self.probes += 1
 
     def frames(self, sid: int | None = None) -> list[tuple[FrameType, bytes]]:
         out = []
@@ -764,6 +769,66 @@ def test_a_blocked_sender_grows_the_window_of_a_receiver_that_keeps_up() -> None
     link.clear()
     session.receive(memoryview(encode_frame(DATA, stream.sid, b"y" * 8000, flags=1)), NOW)
     assert stream.recv_window.window == 16000 and window_updates(link) == [16000]
+
+
+def test_a_queue_on_the_path_stops_growth_cuts_the_window_once_per_probe_and_calm_lifts_it() -> (
+    None
+):
+    """The session times the path with probes while its senders are blocked:
+    a probe out for longer than the least round trip stops growth, one out
+    past QUEUE_HIGH cuts the windows (once for that probe, however late its
+    answer), and a calm answer lets them grow again."""
+    stream, session, link, _socket = client_stream(recv_window=64_000)
+    pool = session.credit
+    pool.max_window = 1 << 20
+    assert link.probes == 1  # sent right after HELLO, while the path is empty: the base
+    session.probe_answered(NOW + 0.010)
+    assert session.path.base == pytest.approx(0.010) and not session.path.in_flight
+
+    def data(at: float, n: int, blocked: bool = False) -> None:
+        frame = encode_frame(DATA, stream.sid, bytes(n), flags=FLAG_BLOCKED if blocked else 0)
+        session.receive(memoryview(frame), at)
+
+    t = NOW + 1.0
+    data(t, 64_000, blocked=True)  # the sender ran out of credit: grow, and time the path
+    assert stream.recv_window.target == 128_000 and link.probes == 2
+    data(t + 0.004, 100)
+    assert pool.calm  # not late yet
+    data(t + 0.010 + QUEUE_LOW + 0.001, 100)
+    assert not pool.calm  # out past the base: a queue is building
+    before = stream.recv_window.target
+    data(t + 0.017, 1000, blocked=True)
+    assert stream.recv_window.target == before  # no growth into it
+    assert session.stats.window_backoffs == 0
+    largest = stream.recv_window.window
+    data(t + 0.010 + QUEUE_HIGH + 0.010, 100)
+    assert session.stats.window_backoffs == 1
+    assert MIN_WINDOW <= pool.cap < largest
+    for k in range(1, 6):  # later and later, and answered late: still one cut
+        data(t + 0.1 * k, 100)
+    session.probe_answered(t + 0.6)
+    assert session.stats.window_backoffs == 1 and link.probes == 2
+    link.clear()
+    data(t + 0.7, 100)  # the sender was blocked meanwhile: the next probe
+    assert link.probes == 3
+    sent = 0
+    for k in range(20):  # the releases withhold what is over the cap
+        data(t + 0.7 + k * 0.0001, 16_000)
+        sent += 16_000
+    assert sum(window_updates(link)) < sent
+    assert stream.recv_window.window <= pool.cap
+    cap = pool.cap
+    session.probe_answered(t + 0.7 + 0.011)  # 1 ms over the base: calm
+    assert pool.calm and pool.cap in (0, 2 * cap)
+    assert session.stats.window_backoffs == 1
+
+
+def test_a_pong_to_no_probe_changes_nothing() -> None:
+    _stream, session, link, _socket = client_stream()
+    session.probe_answered(NOW + 0.010)
+    session.probe_answered(NOW + 5.0)  # a relay that answers twice, or a stale pong
+    assert session.path.base == pytest.approx(0.010) and session.path.last == session.path.base
+    assert session.credit.cap == 0 and session.credit.calm and link.probes == 1
 
 
 def test_a_slow_reader_does_not_grow_its_window() -> None:

@@ -1,0 +1,132 @@
+"""Windows that follow the path: one tenant's upload to an agent behind a slow link.
+
+The relay writes everything for one agent to that agent's one connection, in
+order. What an upload has queued there (at most the credit the agent granted
+it) is ahead of every other tenant's next open to that agent. The agent times
+the path with probes that queue behind the same bytes (`Session.probe`, the
+relay's pong) and cuts its windows when the round trip rises, so the queue
+stays a few tens of milliseconds deep and the upload keeps the link's rate.
+
+The link is modelled in the pair: the agent reads what the relay queued for it
+at `RATE` bytes per second, in whole messages, on a millisecond clock.
+"""
+
+from __future__ import annotations
+
+from fastrelay.protocol.flow import MIN_WINDOW
+from fastrelay.protocol.pair import Endpoint, Pair
+from fastrelay.protocol.switch import Limits
+
+MiB = 1024 * 1024
+RATE = 20_000_000  # bytes per second, relay to agent (bench.hol_probe's link)
+STEP = 0.001  # seconds
+
+
+class SlowLink:
+    """The relay's queue to `agent`, drained at RATE; everyone else reads at once."""
+
+    def __init__(self, pair: Pair, agent: Endpoint) -> None:
+        self.pair = pair
+        self.agent = agent
+        self.tokens = 0
+        self.moved = 0  # bytes the agent read
+
+    def step(self) -> None:
+        pair, agent = self.pair, self.agent
+        pair.now += STEP
+        pair.switch.tick(pair.now)
+        for endpoint in pair.endpoints:
+            if endpoint is not agent:
+                endpoint.read()
+        self.tokens += int(RATE * STEP)
+        queue = agent.wire.queue
+        # A pong (None) takes no time; a message goes once the link has carried it.
+        while queue and (queue[0] is None or len(queue[0]) <= self.tokens):
+            head = queue[0]
+            if head is not None:
+                self.tokens -= len(head)
+            self.moved += agent.read(limit=1)
+        if not queue:
+            self.tokens = min(self.tokens, int(RATE * STEP))  # an idle link saves nothing up
+
+
+def upload(pair: Pair, client: Endpoint, sid: int) -> None:
+    """Keep the stream's sender busy: it sends whenever it has credit, flagged
+    BLOCKED when it runs out (as client_a's pump does with a fast socket)."""
+    stream = client.streams[sid].stream
+    if stream.backlog is None:
+        stream.send(bytes(256 * 1024))
+
+
+def test_an_upload_on_a_slow_agent_link_keeps_the_queue_short_and_the_rate() -> None:
+    pair = Pair(Limits(connection_buffer=64 * MiB))
+    uploader, other = pair.client(token=1), pair.client(token=2)
+    agent = pair.agent(want=4 * MiB)  # the defaults: --window 4MiB --max-window 32MiB
+    agent.session.credit.max_window = 32 * MiB
+    link = SlowLink(pair, agent)
+    sid = uploader.open()
+    pair.run()
+    queued: list[int] = []
+    seconds = 6.0
+    for _ in range(int(seconds / STEP)):
+        upload(pair, uploader, sid)
+        link.step()
+        queued.append(agent.wire.queued)
+    settled = queued[len(queued) // 2 :]
+    # Without the probes, the window grows to 16 MiB (FLAG_BLOCKED: "the path
+    # is long") and the relay holds that much for the agent: 0.8 s of this link.
+    assert max(settled) < 2 * MiB  # 100 ms of the link at most
+    assert sum(settled) / len(settled) < 1 * MiB
+    assert link.moved / seconds > 0.9 * RATE  # and the upload still fills the link
+    assert agent.session.stats.window_backoffs >= 1
+    assert MIN_WINDOW <= agent.session.credit.cap < 4 * MiB
+
+    # Another tenant's open, behind the upload in the relay's queue to the agent:
+    # answered within a few tens of milliseconds, not the 0.8 s of a grown window.
+    opened_at = pair.now
+    other_sid = other.open()
+    waited = 0.0
+    while other.streams[other_sid].response is None and waited < 5.0:
+        upload(pair, uploader, sid)
+        link.step()
+        waited = pair.now - opened_at
+    response = other.streams[other_sid].response
+    assert response is not None and response.ok
+    assert waited < 0.1
+    assert not (uploader.errors or other.errors or agent.errors)
+    assert agent.closed is None and uploader.closed is None
+
+
+def test_every_byte_of_a_paced_upload_arrives_and_the_windows_grow_back_when_the_link_is_free() -> (
+    None
+):
+    pair = Pair(Limits(connection_buffer=64 * MiB))
+    client, agent = pair.client(), pair.agent(want=1 * MiB)
+    agent.session.credit.max_window = 8 * MiB
+    link = SlowLink(pair, agent)
+    sid = client.open()
+    pair.run()
+    total = 40 * MiB
+    stream = client.streams[sid].stream
+    sent = 0
+    for _ in range(20_000):
+        if stream.backlog is None and sent < total:
+            n = min(256 * 1024, total - sent)
+            stream.send(bytes(n))
+            sent += n
+        link.step()
+        if agent.streams[sid].received == total:
+            break
+    assert agent.streams[sid].received == total  # nothing lost, nothing extra
+    assert agent.session.stats.window_backoffs >= 1
+    assert agent.session.credit.cap  # cut while the link was full
+
+    # The link is free now (the agent reads at once): the sender, blocked on the
+    # cut window, gets the probes going, and calm answers lift the cap.
+    for _ in range(40):
+        if stream.backlog is None:
+            stream.send(bytes(16 * MiB))
+        pair.advance(0.1, step=0.1)
+    assert agent.session.credit.cap == 0 and agent.session.credit.calm
+    assert agent.streams[sid].stream.recv_window.window > 1 * MiB  # and grow past --window
+    assert not client.errors and not agent.errors
