@@ -15,7 +15,7 @@ Starts the target and one fastrelay chain exactly as `python -m bench` does
 - per program, seconds on a CPU and seconds runnable but waiting for one
   (/proc/PID/schedstat), and times scheduled in;
 - every program's `/metrics` lines that show where bytes wait (`ws_write_buffer_bytes`,
-  stalls, pauses, window growths).
+  stalls, pauses, window growths and cuts).
 
 `--ss FILE` saves `ss -tmni` halfway through (per-socket queues, windows, drops) with a summary
 by address pair; `--pyspy PROGRAM` records that program with py-spy for the window and prints
@@ -47,7 +47,7 @@ from fastrelay import eventloop
 from fastrelay.config import size_bytes
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
-WATCHED = re.compile(r"ws_write_buffer|stalls_total|pauses_total|growths_total")
+WATCHED = re.compile(r"ws_write_buffer|stalls_total|pauses_total|growths_total|backoffs_total")
 # The system calls `--syscalls` counts: how each program reads and writes its sockets
 # (uvloop's streams read with read(), aiofastnet's with recvfrom(); picows sends with send(),
 # aiofastnet's queued writes go out with sendmsg()) and how it polls.
