@@ -79,6 +79,7 @@ CLUSTER_ERRORS = PREFIX + "cluster_errors"
 RELAY_DIALS = PREFIX + "relay_dials"
 STREAM_DURATION = PREFIX + "stream_duration_seconds"
 PING_RTT = PREFIX + "ws_ping_rtt_seconds"
+PATH_QUEUEING = PREFIX + "path_queueing_seconds"
 RELAY_OPEN = PREFIX + "relay_open_seconds"
 CLIENT_CONNECT = PREFIX + "client_connect_seconds"
 CLIENT_FIRST_BYTE = PREFIX + "client_first_byte_seconds"
@@ -289,6 +290,13 @@ F_WS_WRITE_BUFFER_CARRIER = Family(
 F_RECONNECTS = Family("counter", RECONNECTS, "Relay redials by role", ("role",))
 F_PING_RTT_CARRIER = Family(
     "histogram", PING_RTT, "WebSocket ping round-trip time to the relay", ("role",)
+)
+F_PATH_QUEUEING = Family(
+    "histogram",
+    PATH_QUEUEING,
+    "Queueing delay on the path to the relay and back (each probe's round trip over the least "
+    "one), timed while senders are blocked on this program's windows",
+    ("role",),
 )
 F_FLOW_CONTROL_STALLS = Family("counter", FLOW_CONTROL_STALLS, "Times a stream waited for credit")
 F_WINDOW_GROWTHS = Family(

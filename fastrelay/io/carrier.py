@@ -79,6 +79,7 @@ class CarrierStats(SessionStats):
         super().__init__()
         self.reconnects = 0
         self.ping_rtt = metrics.Histogram()
+        self.path_queueing = metrics.Histogram()  # what each probe's answer measured
         self.stream_duration = metrics.Histogram(metrics.DURATION_BUCKETS)
 
 
@@ -456,7 +457,9 @@ class CarrierListener(picows.WSListener):  # carrier.pxd: a C extension type whe
                 transport.disconnect()
             elif msg_type == _PONG:
                 if frame.payload_size:  # a probe's answer (keep-alive ones are empty)
-                    self.session.probe_answered(_now())
+                    queueing = self.session.probe_answered(_now())
+                    if queueing >= 0.0:
+                        self.carrier.stats.path_queueing.observe(queueing)
             elif msg_type != _PING:
                 name = WSMsgType(msg_type).name
                 raise ProtocolError(f"unexpected WebSocket {name} frame from the relay")
@@ -516,6 +519,7 @@ def carrier_metrics(stats: CarrierStats, role: str, carriers: list[Carrier]) -> 
     )
     yield metrics.F_RECONNECTS.build({(role,): stats.reconnects})
     yield metrics.F_PING_RTT_CARRIER.build({(role,): stats.ping_rtt})
+    yield metrics.F_PATH_QUEUEING.build({(role,): stats.path_queueing})
     yield metrics.frames_dropped(stats.dropped_unknown_stream)
     yield metrics.F_FLOW_CONTROL_STALLS.one(stats.flow_control_stalls)
     yield metrics.F_WINDOW_GROWTHS.one(stats.window_growths)

@@ -828,13 +828,15 @@ class Session:
         path.sent(now)
         self.link.probe()
 
-    def probe_answered(self, now: float) -> None:
-        """The answer to `Link.probe` arrived."""
+    def probe_answered(self, now: float) -> float:
+        """The answer to `Link.probe` arrived: the queueing delay it measured
+        (-1: it answered no probe)."""
         path = self.path
         cut = path.cut
         queueing = path.answered(now)
         if queueing >= 0.0 and not (cut and queueing > QUEUE_LOW):
             self._pace(queueing)
+        return queueing
 
     def _pace(self, queueing: float) -> None:
         if self.credit.pace(queueing, self.path.base):

@@ -229,3 +229,9 @@ def test_an_upload_to_an_agent_behind_a_slow_link_cuts_the_agents_windows_and_ar
     assert json.loads(out) == {"sha256": pattern_sha256(UPLOAD, seed=5), "length": UPLOAD}
     assert metric(agent.ready["admin"], "fastrelay_window_backoffs_total") >= 1
     assert metric(agent.ready["admin"], "fastrelay_window_growths_total") >= 1
+    # Every probe's answer is in the histogram, and the slow link's queue showed in some.
+    timed = metric(agent.ready["admin"], "fastrelay_path_queueing_seconds_count", role="agent")
+    calm = metric(
+        agent.ready["admin"], "fastrelay_path_queueing_seconds_bucket", role="agent", le="0.025"
+    )
+    assert timed >= 2 and calm < timed
