@@ -96,7 +96,6 @@ class MuxWriter(Output):
         self.pending = bytearray()
         self.closed = False
         self.messages = 0  # WebSocket messages written, for metrics and benchmarks
-        self.batch_limit = FLUSH_AT
         self.peer_accepts(max_message)
 
     def peer_accepts(self, max_message: int) -> None:
