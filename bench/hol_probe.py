@@ -64,6 +64,10 @@ class Upload:
         self.tunnel = tunnel
         self.sent = 0
 
+    @property
+    def moved(self) -> int:
+        return self.sent
+
     async def run(self) -> None:
         tunnel = self.tunnel
         assert tunnel.transport is not None
@@ -74,8 +78,23 @@ class Upload:
             self.sent += CHUNK
 
 
+class Download:
+    """One tunnel the target sends to without end, as fast as the chain takes it."""
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+
+    @property
+    def moved(self) -> int:
+        return self.tunnel.received
+
+    async def run(self) -> None:
+        self.tunnel.request(b"D", 1 << 50)
+        await asyncio.Event().wait()  # until cancelled
+
+
 def queued(admin: str) -> float:
-    """Bytes the relay holds for its agent connection now."""
+    """Bytes the relay holds for its agent connection, or the agent for its relay, now."""
     return scrape(admin).get((QUEUE, (("role", "agent"),)), 0.0)
 
 
@@ -87,31 +106,41 @@ def line(name: str, opens: list[float], trips: list[float]) -> str:
 
 
 async def measure(topo: Topology, port: int, args: argparse.Namespace) -> dict[str, float]:
-    relay_admin = topo.processes[0].ready["admin"]
+    up = args.direction == "up"
+    # Where the bulk tunnel's bytes queue ahead of the others: uploads at the relay (its
+    # connection to the agent), downloads at the agent (its connection to the relay).
+    holder = next(p for p in topo.processes if p.name == ("relay" if up else "agent"))
+
+    def held() -> float:  # both label their agent connections role="agent"
+        return queued(holder.ready["admin"])
+
     idle = await probe(topo, port, args.probes)
     print(line("idle", *idle), flush=True)
-    upload = Upload(await open_tunnel(topo, port))
-    task = asyncio.create_task(upload.run())
+    tunnel = await open_tunnel(topo, port)
+    bulk: Upload | Download = Upload(tunnel) if up else Download(tunnel)
+    task = asyncio.create_task(bulk.run())
+    name = "upload" if up else "download"
     try:
         await asyncio.sleep(args.settle)  # the queue builds up to what credit allows
-        sent, start = upload.sent, time.perf_counter()
-        peak = queued(relay_admin)
+        moved, start = bulk.moved, time.perf_counter()
+        peak = held()
         busy = await probe(topo, port, args.probes)
-        peak = max(peak, queued(relay_admin))
-        rate = (upload.sent - sent) / (time.perf_counter() - start)
+        peak = max(peak, held())
+        rate = (bulk.moved - moved) / (time.perf_counter() - start)
     finally:
         task.cancel()
-        upload.tunnel.close()
-    print(line("upload", *busy), flush=True)
+        tunnel.close()
+    print(line(name, *busy), flush=True)
     print(
-        f"upload {rate / MB:.1f} MB/s over the {args.rate / MB:g} MB/s link; the relay held "
-        f"up to {peak / 2**20:.1f} MiB for the agent in user space (more in the kernel)",
+        f"{name} {rate / MB:.1f} MB/s over the {args.rate / MB:g} MB/s link; the "
+        f"{holder.name} held up to {peak / 2**20:.1f} MiB for the other side in user space "
+        "(more in the kernel)",
         flush=True,
     )
     open_ratio = statistics.median(busy[0]) / statistics.median(idle[0])
     trip_ratio = statistics.median(busy[1]) / statistics.median(idle[1])
-    print(f"during the upload: opens {open_ratio:.1f}x, round trips {trip_ratio:.1f}x idle")
-    return {"open_ratio": open_ratio, "trip_ratio": trip_ratio, "upload_rate": rate}
+    print(f"during the {name}: opens {open_ratio:.1f}x, round trips {trip_ratio:.1f}x idle")
+    return {"open_ratio": open_ratio, "trip_ratio": trip_ratio, "bulk_rate": rate}
 
 
 def _rate(text: str) -> int:
@@ -130,7 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=_rate, default=20 * MB, help="link bytes/s (20MB)")
     parser.add_argument("--rtt-ms", type=float, default=10.0, help="link round trip (10)")
     parser.add_argument("--probes", type=int, default=15, help="opens per phase (15)")
-    parser.add_argument("--settle", type=float, default=4.0, help="seconds of upload first (4)")
+    parser.add_argument("--settle", type=float, default=4.0, help="seconds of bulk first (4)")
+    parser.add_argument(
+        "--direction", choices=("up", "down"), default="up", help="the bulk tunnel's (up)"
+    )
     args = parser.parse_args(argv)
     log = Path(tempfile.mkdtemp(prefix="fastrelay-hol-"))
     target, port = start_target(log)

@@ -14,13 +14,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import LISTED, Chain, Proc, Target, curl_path
-from support.procs import AGENT_TOKEN, ROOT, agent_argv, is_ready, metric, wait_until
+from support.procs import (
+    AGENT_TOKEN,
+    CLIENT_TOKEN,
+    ROOT,
+    agent_argv,
+    is_ready,
+    metric,
+    wait_until,
+)
 from support.target import pattern_bytes, pattern_sha256
 
+from fastrelay import eventloop
 from fastrelay.config import ENDPOINT_WINDOW
+from fastrelay.io.carrier import (
+    NOTSENT_LOWAT,
+    TCP_NOTSENT_LOWAT,
+    Carrier,
+    CarrierStats,
+    RelayLink,
+)
 
 STALLED_SIZE = 200_000_000  # far more than the memory bound below
 SIZE = 20_000_000
@@ -235,3 +252,32 @@ def test_an_upload_to_an_agent_behind_a_slow_link_cuts_the_agents_windows_and_ar
         agent.ready["admin"], "fastrelay_path_queueing_seconds_bucket", role="agent", le="0.025"
     )
     assert timed >= 2 and calm < timed
+
+
+def test_a_relay_connection_keeps_little_unsent_data_in_the_kernel(make_chain) -> None:
+    """The carrier (client_a's and the agent's relay connection) caps the kernel's
+    unsent bytes with TCP_NOTSENT_LOWAT, so what waits for a slow link waits in user
+    space, where the streams are paused, and not in megabytes of socket buffer."""
+    chain = make_chain()
+    relay = chain.start_relay()
+
+    async def main() -> int:
+        stats = CarrierStats()
+        link = RelayLink(
+            f"ws://{relay.ready['listen']}/v1/client", "client", CLIENT_TOKEN, None, 20, 1 << 20, 1,
+            1 << 20,
+        )  # fmt: skip
+        owner = SimpleNamespace(
+            carrier_goaway=lambda c: None, carrier_members=lambda c, m: None,
+            carrier_lost=lambda c: None,
+        )  # fmt: skip
+        carrier = Carrier(link, handler=None, owner=owner, stats=stats)  # type: ignore[arg-type]
+        await carrier.open()
+        try:
+            assert carrier.transport is not None
+            sock = carrier.transport.underlying_transport.get_extra_info("socket")
+            return int(sock.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT))
+        finally:
+            await carrier.aclose()
+
+    assert eventloop.run(main()) == NOTSENT_LOWAT
