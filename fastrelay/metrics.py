@@ -53,6 +53,7 @@ BACKPRESSURE_PAUSES = PREFIX + "backpressure_pauses"
 FLOW_CONTROL_STALLS = PREFIX + "flow_control_stalls"
 WINDOW_GROWTHS = PREFIX + "window_growths"
 WINDOW_BACKOFFS = PREFIX + "window_backoffs"
+SEND_BACKOFFS = PREFIX + "send_backoffs"
 RECONNECTS = PREFIX + "reconnects"
 WS_WRITE_BUFFER = PREFIX + "ws_write_buffer_bytes"
 RELAY_CONNECTED = PREFIX + "relay_connected"
@@ -310,6 +311,12 @@ F_WINDOW_BACKOFFS = Family(
     WINDOW_BACKOFFS,
     "Times the receive windows of a relay connection were cut because the round trip to the "
     "relay rose: this connection's data queues on the path (a slow link)",
+)
+F_SEND_BACKOFFS = Family(
+    "counter",
+    SEND_BACKOFFS,
+    "Times what each stream of a relay connection may have unacknowledged was capped lower "
+    "because the round trip to the relay rose: what this program sends queues on the path",
 )
 F_BACKPRESSURE_PAUSES = Family(
     "counter", BACKPRESSURE_PAUSES, "Times the relay connection's backlog paused local sockets"

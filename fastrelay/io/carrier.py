@@ -537,6 +537,7 @@ def carrier_metrics(stats: CarrierStats, role: str, carriers: list[Carrier]) -> 
     yield metrics.F_FLOW_CONTROL_STALLS.one(stats.flow_control_stalls)
     yield metrics.F_WINDOW_GROWTHS.one(stats.window_growths)
     yield metrics.F_WINDOW_BACKOFFS.one(stats.window_backoffs)
+    yield metrics.F_SEND_BACKOFFS.one(stats.send_backoffs)
     yield metrics.F_BACKPRESSURE_PAUSES.one(stats.backpressure_pauses)
     yield metrics.protocol_errors(stats.protocol_errors)
 

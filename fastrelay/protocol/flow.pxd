@@ -4,13 +4,20 @@
 cimport cython
 
 cpdef Py_ssize_t update_threshold(Py_ssize_t window)
+@cython.locals(factor=double)
+cpdef double cut_factor(double queueing, double base)
 
 
 cdef class SendWindow:
     cdef public Py_ssize_t available
+    cdef public Py_ssize_t held
+    cdef public Py_ssize_t unacked
 
     cpdef consume(self, Py_ssize_t n)
-    cpdef grant(self, Py_ssize_t increment)
+    @cython.locals(total=Py_ssize_t, unacked=Py_ssize_t)
+    cpdef grant(self, Py_ssize_t increment, Py_ssize_t cap=*)
+    @cython.locals(total=Py_ssize_t, room=Py_ssize_t)
+    cpdef bint limit(self, Py_ssize_t cap) except -1
 
 
 cdef class RecvWindow:
@@ -35,11 +42,14 @@ cdef class CreditPool:
     cdef public Py_ssize_t max_streams
     cdef public Py_ssize_t max_window
     cdef public Py_ssize_t peak
+    cdef public Py_ssize_t send_cap
     cdef public Py_ssize_t streams
     cdef public Py_ssize_t want
 
-    @cython.locals(factor=double, peak=Py_ssize_t, cap=Py_ssize_t, cut=Py_ssize_t)
+    @cython.locals(peak=Py_ssize_t, cap=Py_ssize_t, cut=Py_ssize_t)
     cpdef bint pace(self, double queueing, double base=*) except -1
+    @cython.locals(cap=Py_ssize_t, cut=Py_ssize_t)
+    cpdef bint pace_send(self, double queueing, double base, Py_ssize_t largest) except -1
     cpdef Py_ssize_t adjust(self, Py_ssize_t window, Py_ssize_t withheld, Py_ssize_t target=*) except? -1
 
 

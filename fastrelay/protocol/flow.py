@@ -26,12 +26,23 @@ def update_threshold(window: int) -> int:
 
 
 class SendWindow:
-    """Credit this endpoint may still spend on one stream's outgoing data."""
+    """Credit this endpoint may still spend on one stream's outgoing data.
 
-    __slots__ = ("available",)
+    `available` is what may be sent now. With a send cap (`limit`, from the
+    connection's `CreditPool.send_cap`), credit that would take the stream's
+    unacknowledged bytes past the cap is `held` instead, until credit comes
+    back or the cap rises: the receiver's window still bounds the stream, the
+    cap bounds what it puts on a slow path at once."""
+
+    __slots__ = ("available", "held", "unacked")
 
     def __init__(self, initial: int) -> None:
         self.available = initial
+        self.held = 0
+        # Bytes sent whose credit has not come back. Senders add to it where
+        # they take from `available`; a grant takes its increment off (a
+        # receiver's growth too, so it errs low).
+        self.unacked = 0
 
     def consume(self, n: int) -> None:
         # The adapter never sends more than `available`; a bug here would
@@ -39,11 +50,33 @@ class SendWindow:
         if n > self.available:
             raise FlowControlError(f"sending {n} bytes with {self.available} bytes of credit")
         self.available -= n
+        self.unacked += n
 
-    def grant(self, increment: int) -> None:
-        if self.available + increment > 2**31 - 1:
+    def grant(self, increment: int, cap: int = 0) -> None:
+        total = self.available + self.held + increment
+        if total > 2**31 - 1:
             raise FlowControlError("WINDOW_UPDATE overflows the send window")
-        self.available += increment
+        unacked = self.unacked - increment
+        self.unacked = unacked if unacked > 0 else 0
+        self.available = total
+        self.held = 0
+        if cap:
+            self.limit(cap)
+
+    def limit(self, cap: int) -> bool:
+        """Hold back the credit that would take the unacknowledged bytes past
+        `cap` (0: no cap, all of it usable). Returns whether any is usable."""
+        total = self.available + self.held
+        room = total
+        if cap:
+            room = cap - self.unacked
+            if room < 0:
+                room = 0
+            elif room > total:
+                room = total
+        self.available = room
+        self.held = total - room
+        return room > 0
 
 
 class RecvWindow:
@@ -137,6 +170,7 @@ class CreditPool:
         "max_streams",
         "max_window",
         "peak",
+        "send_cap",
         "streams",
         "want",
     )
@@ -158,6 +192,9 @@ class CreditPool:
         self.cap = 0
         self.calm = True
         self.peak = 0  # the largest window `adjust` saw since the last `pace`
+        # The most any stream may have unacknowledged on this connection
+        # (`pace_send`; 0: no cap): the sender's side of the same rule.
+        self.send_cap = 0
 
     @classmethod
     def for_relay(cls, budget: int, max_streams: int, want: int, max_window: int = 0) -> CreditPool:
@@ -231,9 +268,9 @@ class CreditPool:
         self.peak = 0
         if queueing > QUEUE_HIGH:
             self.calm = False
-            factor = (base + QUEUE_LOW) / (base + queueing)
-            factor = 0.75 if factor > 0.75 else 0.5 if factor < 0.5 else factor
-            cut = max(MIN_WINDOW, int((peak if 0 < peak < cap else cap) * factor))
+            cut = max(
+                MIN_WINDOW, int((peak if 0 < peak < cap else cap) * cut_factor(queueing, base))
+            )
             if cut < cap:
                 self.cap = cut
                 return True
@@ -243,6 +280,37 @@ class CreditPool:
             if self.cap:
                 self.cap = 0 if self.cap * 2 >= self.max_window else self.cap * 2
         return False
+
+    def pace_send(self, queueing: float, base: float, largest: int) -> bool:
+        """`pace` for what this end sends: above QUEUE_HIGH, cap every
+        stream's unacknowledged bytes at the same share of the `largest`
+        any stream has now (nothing to cut with nothing in flight); below
+        QUEUE_LOW, double the cap until `max_window` (no cap). Returns
+        whether the cap changed (the session re-limits its streams)."""
+        if queueing > QUEUE_HIGH:
+            cap = self.send_cap
+            if not largest:
+                return False
+            cut = max(
+                MIN_WINDOW,
+                int((largest if not cap or largest < cap else cap) * cut_factor(queueing, base)),
+            )
+            if not cap or cut < cap:
+                self.send_cap = cut
+                return True
+            return False
+        if queueing < QUEUE_LOW and self.send_cap:
+            self.send_cap = 0 if self.send_cap * 2 >= self.max_window else self.send_cap * 2
+            return True
+        return False
+
+
+def cut_factor(queueing: float, base: float) -> float:
+    """The share of a window that would leave a QUEUE_LOW queue on a path
+    whose least round trip is `base` and whose queue is `queueing`: at most
+    3/4, at least half (a cut to a quarter left a 20 MB/s link 10 % idle)."""
+    factor = (base + QUEUE_LOW) / (base + queueing)
+    return 0.75 if factor > 0.75 else 0.5 if factor < 0.5 else factor
 
 
 # How often a connection whose windows are growing or shrinking times the path

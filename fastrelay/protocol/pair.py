@@ -190,7 +190,11 @@ class _EndpointLink(Link):
         self.endpoint.disconnect(code, reason)
 
     def probe(self) -> None:
-        self.endpoint.wire.pong()
+        endpoint = self.endpoint
+        if endpoint.outbox is not None:
+            endpoint.outbox.append(None)  # the ping waits behind what the endpoint sent
+        else:
+            endpoint.wire.pong()
 
 
 class Endpoint:
@@ -233,6 +237,9 @@ class Endpoint:
         self.opened: list[OpenStream] = []  # agents: every open that arrived
         self.refuse_with: int | None = None  # agents: answer opens with this status
         self.pongs = 0
+        # A slow link towards the relay (`slow_link_out`): what the endpoint sent and
+        # the relay has not read yet, None for a probe's ping; None: no such link.
+        self.outbox: deque[bytes | None] | None = None
         self.errors: list[Exception] = []  # what this endpoint's session raised
         self.pushed: list[PushedRules] = []  # clients: every RULES the relay sent
         self.rules_refused: list[str] = []  # clients: why a RULES frame was refused
@@ -307,8 +314,39 @@ class Endpoint:
 
     def send(self, frames: bytes) -> None:
         """Raw bytes, as one WebSocket message to the relay."""
-        if self.wire.closed is None:
+        if self.outbox is not None:
+            self.outbox.append(frames)
+        elif self.wire.closed is None:
             self.pair.switch.receive(self.conn, memoryview(frames), self.pair.now)
+
+    def slow_link_out(self) -> None:
+        """From now on what this endpoint sends waits in `outbox` until
+        `deliver` hands it to the relay (a slow link the test paces)."""
+        if self.outbox is None:
+            self.outbox = deque()
+
+    def deliver(self, limit: int) -> int:
+        """The relay reads the whole messages of `outbox` that fit in `limit`
+        bytes, in order, and answers the pings among them; the bytes read."""
+        outbox = self.outbox
+        taken = 0
+        while outbox:
+            head = outbox[0]
+            if head is not None and taken + len(head) > limit:
+                break
+            outbox.popleft()
+            if head is None:
+                self.wire.pong()
+                continue
+            taken += len(head)
+            if self.wire.closed is None:
+                self.pair.switch.receive(self.conn, memoryview(head), self.pair.now)
+        return taken
+
+    @property
+    def unsent(self) -> int:
+        """Bytes in `outbox`: what waits on this endpoint's slow link."""
+        return sum(len(m) for m in self.outbox or () if m is not None)
 
     def open(self, host: str = "target.test", port: int = 443, pool: str = DEFAULT_POOL) -> int:
         """client_a: a CONNECT on the next stream id (window from the credit

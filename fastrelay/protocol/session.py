@@ -209,6 +209,7 @@ class SessionStats:
         self.protocol_errors: Counter[str] = Counter()
         self.window_growths = 0  # FLAG_BLOCKED from a sender this end kept up with
         self.window_backoffs = 0  # the path's round trip rose: windows were cut
+        self.send_backoffs = 0  # ... and what this end's streams may have unacknowledged
         # Bytes of streams that ended; live streams are summed at scrape time.
         self.ended_bytes_up = 0
         self.ended_bytes_down = 0
@@ -336,7 +337,7 @@ class Stream:
         self.state.apply(_E_RESPONSE_OK)
         self.opened = True
         self.opened_at = now
-        self.send_window.grant(send_window)
+        self.send_window.grant(send_window, self.session.credit.send_cap)
         self._unpause(PAUSED_OPENING)
 
     def accept(self, send_window: int, now: float) -> None:
@@ -376,13 +377,16 @@ class Stream:
         # credit) most likely left more behind: FLAG_BLOCKED, as for a backlog,
         # and no more reads until a grant.
         blocked = 0
-        avail = self.send_window.available - n
+        window = self.send_window
+        avail = window.available - n
         if avail == 0:
             blocked = FLAG_BLOCKED
             session.stats.flow_control_stalls += 1
+            session.probing = True  # is the path queueing what this end sends?
             self._pause(PAUSED_CREDIT)
         write_header(buf, at, T_TUNNEL_DATA, blocked, self.sid, n)
-        self.send_window.available = avail
+        window.available = avail
+        window.unacked += n
         self.bytes_out += n
         if alone:
             session.out.write_external(buf, at)
@@ -413,12 +417,14 @@ class Stream:
             view = view[:avail]
             n = avail
             self.session.stats.flow_control_stalls += 1
+            self.session.probing = True
             blocked = FLAG_BLOCKED
             self._pause(PAUSED_CREDIT)
         elif n == avail and self.paused & PAUSED_CREDIT:
             blocked = FLAG_BLOCKED
         if n:
             self.send_window.available = avail - n  # n <= avail: checked above
+            self.send_window.unacked += n
             self.bytes_out += n
             session = self.session
             sid, out, size = self.sid, session.out, session.max_chunk
@@ -452,7 +458,11 @@ class Stream:
 
     def _grant(self, increment: int) -> None:
         self.state.apply(self.side.window_in)
-        self.send_window.grant(increment)
+        self.send_window.grant(increment, self.session.credit.send_cap)
+        self._may_send()
+
+    def _may_send(self) -> None:
+        """Credit arrived or was released: send the backlog, then read again."""
         if self.backlog is not None:
             backlog, self.backlog = self.backlog, None
             self._send_data(backlog)
@@ -749,6 +759,7 @@ class Session:
         self.paused = paused
         if paused:
             self.stats.backpressure_pauses += 1
+            self.probing = True  # a full link: is it a slow one?
             return
         waiting, self.waiting = self.waiting, []
         waiting.sort(key=_bytes_out)  # stable: ties keep their queue order
@@ -839,8 +850,29 @@ class Session:
         return queueing
 
     def _pace(self, queueing: float) -> None:
-        if self.credit.pace(queueing, self.path.base):
+        credit, base = self.credit, self.path.base
+        if credit.pace(queueing, base):
             self.stats.window_backoffs += 1
+        if queueing > QUEUE_HIGH:
+            largest = 0
+            for stream in self.streams.values():
+                if stream.send_window.unacked > largest:
+                    largest = stream.send_window.unacked
+            if credit.pace_send(queueing, base, largest):
+                self.stats.send_backoffs += 1
+                self._limit_senders()
+        elif credit.send_cap and credit.pace_send(queueing, base, 0):
+            self._limit_senders()
+
+    def _limit_senders(self) -> None:
+        """The send cap moved: every stream keeps back what is over it, and a
+        stream with credit usable again sends its backlog and reads on."""
+        cap = self.credit.send_cap
+        for stream in list(self.streams.values()):
+            window = stream.send_window
+            had = window.available
+            if window.limit(cap) and not had and stream.opened and stream.end is None:
+                stream._may_send()
 
     def _control(self, frame_type: int, sid: int, payload: memoryview, now: float) -> None:
         if frame_type == T_HELLO:

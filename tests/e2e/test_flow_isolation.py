@@ -175,15 +175,9 @@ LINK_RATE = 10_000_000  # bytes per second each way between the relay and the ag
 UPLOAD = 30_000_000
 
 
-def test_an_upload_to_an_agent_behind_a_slow_link_cuts_the_agents_windows_and_arrives_whole(
-    make_chain, target: Target, rules_file: Path, tmp_path: Path
-) -> None:
-    """bench/delayline.py between the relay and the agent: 10 MB/s, 10 ms. The
-    agent's windows would grow to --max-window on an upload that never runs out of
-    data, and the relay would queue that much ahead of every other open to the
-    agent (bench/hol_probe). The agent's probes see the round trip rise and cut
-    them; the upload arrives whole and other requests still go through."""
-    chain = make_chain()
+def start_slow_agent(chain: Chain) -> Proc:
+    """A relay, and an agent that reaches it through bench/delayline.py: LINK_RATE
+    each way, 10 ms, 1 MiB held in the line."""
     relay = chain.start_relay()
     line = Proc(
         "delayline",
@@ -205,6 +199,19 @@ def test_an_upload_to_an_agent_behind_a_slow_link_cuts_the_agents_windows_and_ar
     chain.procs.append(agent)
     chain.agents.append(agent)
     wait_until(lambda: is_ready(agent.ready["admin"]), what="agent connected through the line")
+    return agent
+
+
+def test_an_upload_to_an_agent_behind_a_slow_link_cuts_the_agents_windows_and_arrives_whole(
+    make_chain, target: Target, rules_file: Path, tmp_path: Path
+) -> None:
+    """bench/delayline.py between the relay and the agent: 10 MB/s, 10 ms. The
+    agent's windows would grow to --max-window on an upload that never runs out of
+    data, and the relay would queue that much ahead of every other open to the
+    agent (bench/hol_probe). The agent's probes see the round trip rise and cut
+    them; the upload arrives whole and other requests still go through."""
+    chain = make_chain()
+    agent = start_slow_agent(chain)
     chain.start_client(rules_file)
     body = tmp_path / "up.bin"
     body.write_bytes(pattern_bytes(UPLOAD, seed=5))
@@ -252,6 +259,57 @@ def test_an_upload_to_an_agent_behind_a_slow_link_cuts_the_agents_windows_and_ar
         agent.ready["admin"], "fastrelay_path_queueing_seconds_bucket", role="agent", le="0.025"
     )
     assert timed >= 2 and calm < timed
+
+
+def test_a_download_from_an_agent_behind_a_slow_link_caps_what_it_sends_and_arrives_whole(
+    make_chain, target: Target, rules_file: Path, tmp_path: Path
+) -> None:
+    """The other direction: client_a's window for a download grows (its own path
+    to the relay is fast), and the agent would queue all of it on the slow link
+    ahead of its answers to everyone else's opens. The agent's probes cross that
+    queue, so it caps what the stream has unacknowledged; the download arrives
+    whole and another request still goes through meanwhile."""
+    chain = make_chain()
+    agent = start_slow_agent(chain)
+    chain.start_client(rules_file)
+    out = tmp_path / "down.bin"
+    download = subprocess.Popen(
+        [
+            *(curl_path(), "-sS", "--max-time", "120", "--cacert", str(target.ca_pem)),
+            *("-x", chain.proxy, "-o", str(out)),
+            target.https(LISTED, f"/bytes/{UPLOAD}?seed=9"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    admin = agent.ready["admin"]
+    try:
+        wait_until(
+            lambda: (
+                metric(admin, "fastrelay_send_backoffs_total") >= 1 or download.poll() is not None
+            ),
+            timeout=60,
+            what="the agent capped what it sends",
+        )
+        other = subprocess.run(
+            [
+                *(curl_path(), "-sS", "--max-time", "30", "--cacert", str(target.ca_pem)),
+                *("-x", chain.proxy, "-o", "/dev/null", "-w", "%{http_code}"),
+                target.https(LISTED, "/bytes/1000"),
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        assert other.stdout == b"200", other.stderr
+        _, err = download.communicate(timeout=150)
+    finally:
+        if download.poll() is None:
+            download.kill()
+            download.communicate()
+    assert download.returncode == 0, err.decode(errors="replace")
+    assert out.stat().st_size == UPLOAD
+    assert file_sha256(out) == pattern_sha256(UPLOAD, seed=9)
+    assert metric(admin, "fastrelay_send_backoffs_total") >= 1
 
 
 def test_a_relay_connection_keeps_little_unsent_data_in_the_kernel(make_chain) -> None:

@@ -469,3 +469,40 @@ def test_cuts_stop_at_the_least_window_and_growth_waits_for_calm() -> None:
     pool.pace(0.0, 0.010)
     recv.grow(pool)
     assert recv.target == 2 << 20
+
+
+def test_a_send_cap_holds_credit_back_and_gives_it_all_back() -> None:
+    window = SendWindow(100_000)
+    window.consume(60_000)
+    assert window.unacked == 60_000 and window.available == 40_000
+    assert window.limit(70_000)  # 10,000 more may go out
+    assert (window.available, window.held) == (10_000, 30_000)
+    assert not window.limit(50_000)  # over the cap already: nothing usable
+    assert (window.available, window.held) == (0, 40_000)
+    window.grant(30_000, 50_000)  # 30,000 came back: 30,000 unacknowledged, 20,000 usable
+    assert (window.unacked, window.available, window.held) == (30_000, 20_000, 50_000)
+    assert window.limit(0)  # no cap: all of it
+    assert (window.available, window.held) == (70_000, 0)
+    window.grant(100_000)  # a receiver's growth takes unacked no lower than 0
+    assert window.unacked == 0 and window.available == 170_000
+    with pytest.raises(FlowControlError):
+        window.grant(2**31 - 170_000, 1)  # held credit counts towards the overflow
+
+
+def test_the_send_cap_follows_the_queue_like_the_windows() -> None:
+    pool = CreditPool(budget=64 << 20, max_streams=8, want=4 << 20, max_window=32 << 20)
+    assert not pool.pace_send(0.5, 0.010, 0)  # a queue, but nothing of ours in flight
+    assert pool.send_cap == 0
+    assert pool.pace_send(0.200, 0.010, 8 << 20)  # half of the 8 MiB in flight
+    assert pool.send_cap == 4 << 20
+    assert pool.pace_send(0.021, 0.030, 8 << 20)  # no more than the cap itself, cut again
+    assert pool.send_cap == int((4 << 20) * 35 / 51)
+    assert not pool.pace_send(0.010, 0.030, 8 << 20)  # in the band: it stays
+    caps = []
+    while pool.send_cap:
+        assert pool.pace_send(0.001, 0.030, 0)  # calm: it doubles until it is gone
+        caps.append(pool.send_cap)
+    assert caps[0] == 2 * int((4 << 20) * 35 / 51) and len(caps) < 6
+    for _ in range(30):
+        pool.pace_send(9.0, 0.010, 1 << 30)
+    assert pool.send_cap == MIN_WINDOW

@@ -37,6 +37,8 @@ actions = st.one_of(
     st.tuples(st.just("close"), st.just(0)),  # ... or one of them closes
     # The path's round trip was timed: this many ms over its least (CreditPool.pace).
     st.tuples(st.just("pace"), st.one_of(st.integers(0, 30), st.integers(0, 2000))),
+    # The sender's own cap on its unacknowledged bytes moved (CreditPool.send_cap; 0: none).
+    st.tuples(st.just("cap"), st.one_of(st.just(0), st.integers(1, 1 << 20))),
 )
 
 
@@ -54,6 +56,8 @@ def test_a_stalled_sender_gets_back_all_but_less_than_one_batch(
     pool = CreditPool(budget, max_streams, want, max_window)
     recv = RecvWindow(pool.open())
     send = SendWindow(recv.window)
+    plain = SendWindow(recv.window)  # the same credit with no send cap
+    cap = 0
     others: list[int] = []
     in_flight: deque[tuple[int, bool]] = deque()  # data frames: bytes, BLOCKED
     updates: deque[int] = deque()  # WINDOW_UPDATEs on their way back
@@ -92,13 +96,16 @@ def test_a_stalled_sender_gets_back_all_but_less_than_one_batch(
         if action == "send" and send.available:
             n = min(arg, send.available)
             send.consume(n)
+            plain.consume(n)
             in_flight.append((n, send.available == 0))
         elif action == "arrive" and in_flight:
             arrive(bool(arg))
         elif action == "drain":
             drain(arg)
         elif action == "grant" and updates:
-            send.grant(updates.popleft())
+            increment = updates.popleft()
+            send.grant(increment, cap)
+            plain.grant(increment)
         elif action == "open" and not pool.full:
             others.append(pool.open())
         elif action == "close" and others:
@@ -106,6 +113,13 @@ def test_a_stalled_sender_gets_back_all_but_less_than_one_batch(
         elif action == "pace":
             pool.pace(arg / 1000, 0.01)
             assert pool.cap == 0 or MIN_WINDOW <= pool.cap < pool.max_window
+        elif action == "cap":
+            cap = arg
+            send.limit(cap)
+        # The cap only holds credit back: none is lost or made up.
+        assert send.available + send.held == plain.available
+        assert send.unacked == plain.unacked
+        assert send.available <= (max(0, cap - send.unacked) if cap else plain.available)
         assert recv.window >= pool.floor
 
     # Quiescence: everything arrives and drains, every update comes back.
@@ -114,7 +128,8 @@ def test_a_stalled_sender_gets_back_all_but_less_than_one_batch(
             arrive(False)
         drain(undrained)
         while updates:
-            send.grant(updates.popleft())
+            send.grant(updates.popleft(), cap)
+    send.limit(0)  # the path is calm again: the cap goes, every byte of credit is usable
     assert send.available == recv.outstanding
     assert recv.window >= pool.floor
     assert recv.unreturned < recv.update_threshold or recv.update_threshold == 1

@@ -130,3 +130,61 @@ def test_every_byte_of_a_paced_upload_arrives_and_the_windows_grow_back_when_the
     assert agent.session.credit.cap == 0 and agent.session.credit.calm
     assert agent.streams[sid].stream.recv_window.window > 1 * MiB  # and grow past --window
     assert not client.errors and not agent.errors
+
+
+def test_a_download_from_an_agent_behind_a_slow_link_keeps_its_queue_short_and_the_rate() -> None:
+    """The other direction: the agent sends, and what it sent waits on its own slow
+    link to the relay. Its probes queue behind it too, so it caps what each of its
+    streams has unacknowledged, and another tenant's open (answered by the agent,
+    behind that queue) is quick again."""
+    pair = Pair(Limits(connection_buffer=64 * MiB))
+    downloader, other = pair.client(token=1), pair.client(token=2)
+    for client in (downloader, other):
+        client.session.credit.max_window = 32 * MiB  # client_a's defaults
+    agent = pair.agent()
+    agent.slow_link_out()
+    sid = downloader.open()
+    for _ in range(100):
+        pair.now += STEP
+        agent.deliver(1 << 30)  # the open's answer
+        pair.run()
+        if downloader.streams[sid].response is not None:
+            break
+    stream = agent.streams[sid].stream
+    tokens, moved, unsent = 0, 0, []
+    seconds = 6.0
+
+    def step() -> None:
+        nonlocal tokens, moved
+        if stream.backlog is None:
+            stream.send(bytes(256 * 1024))  # the target always has more
+        pair.now += STEP
+        pair.switch.tick(pair.now)
+        pair.run()
+        tokens += int(RATE * STEP)
+        took = agent.deliver(tokens)
+        tokens -= took
+        moved += took
+        if not agent.outbox:
+            tokens = min(tokens, int(RATE * STEP))
+
+    for _ in range(int(seconds / STEP)):
+        step()
+        unsent.append(agent.unsent)
+    settled = unsent[len(unsent) // 2 :]
+    # Without the send cap the agent sends whatever client_a's window allows (grown
+    # towards 32 MiB: client_a's own path is fast), all of it queued on the link.
+    assert max(settled) < 2 * MiB
+    assert moved / seconds > 0.9 * RATE
+    assert agent.session.stats.send_backoffs >= 1
+    assert MIN_WINDOW <= agent.session.credit.send_cap < 4 * MiB
+
+    opened_at = pair.now
+    other_sid = other.open()
+    while other.streams[other_sid].response is None and pair.now - opened_at < 5.0:
+        step()
+    response = other.streams[other_sid].response
+    assert response is not None and response.ok
+    assert pair.now - opened_at < 0.1
+    assert downloader.streams[sid].received > 0.9 * RATE * seconds
+    assert not (downloader.errors or other.errors or agent.errors)

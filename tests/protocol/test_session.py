@@ -823,6 +823,44 @@ def test_a_queue_on_the_path_stops_growth_cuts_the_window_once_per_probe_and_cal
     assert session.stats.window_backoffs == 1
 
 
+def test_a_queue_on_the_path_caps_what_a_sender_has_unacknowledged_until_it_is_calm() -> None:
+    """The sending side of the same rule: a stream that runs out of credit gets
+    the path timed; a late probe caps every stream's unacknowledged bytes (the
+    credit over it is held back, not lost), and a calm answer lets it all go."""
+    stream, session, link, socket = client_stream(send_window=100_000)
+    session.probe_answered(NOW + 0.010)  # the idle path: 10 ms
+    t = NOW + 1.0
+    stream.send(b"x" * 150_000)  # 100,000 go, 50,000 wait for credit
+    assert len(data_sent(link)) == 100_000 and session.probing
+    assert stream.send_window.unacked == 100_000
+    link.clear()
+
+    def tick(at: float) -> None:  # anything the relay sends lets the session look at the clock
+        session.receive(memoryview(encode_frame(DATA, stream.sid, b"y")), at)
+
+    tick(t)
+    assert link.probes == 2
+    tick(t + 0.010 + QUEUE_HIGH + 0.010)  # out 30 ms past the least: cut
+    assert session.stats.send_backoffs == 1
+    cap = session.credit.send_cap
+    assert cap == 50_000  # half of the 100,000 in flight (5 / 40 would be less)
+    session.receive(memoryview(encode_window_update(stream.sid, 60_000)), t + 0.05)
+    # 40,000 unacknowledged now: 10,000 may go, the other 50,000 of credit is held.
+    assert len(data_sent(link)) == 10_000
+    assert (stream.send_window.available, stream.send_window.held) == (0, 50_000)
+    assert socket.calls[-1] == "pause_reading"
+    link.clear()
+    session.probe_answered(t + 0.2)  # its answer: late, and cut for already
+    assert session.stats.send_backoffs == 1 and session.credit.send_cap == cap
+    tick(t + 0.3)  # still blocked: the next probe ...
+    assert link.probes == 3
+    session.probe_answered(t + 0.3 + 0.011)  # ... calm: no cap, the held credit goes out
+    assert session.credit.send_cap == 0
+    assert len(data_sent(link)) == 40_000  # the rest of the backlog
+    assert stream.send_window.held == 0 and stream.send_window.available == 10_000
+    assert socket.calls[-1] == "resume_reading"
+
+
 def test_a_pong_to_no_probe_changes_nothing() -> None:
     _stream, session, link, _socket = client_stream()
     session.probe_answered(NOW + 0.010)
