@@ -48,6 +48,7 @@ COUNTERS = (
     "flow_control_stalls",
     "window_growths",
     "window_backoffs",
+    "send_backoffs",
     "backpressure_pauses",
 )
 
