@@ -21,9 +21,16 @@ MAX_CREDIT = 2**31 - 1
 
 
 class _NoSocket:
+    """The socket under the fake transport: picows asks for its fileno, the carrier
+    sets TCP_NOTSENT_LOWAT on it."""
+
     @staticmethod
     def fileno() -> int:
         return -1
+
+    @staticmethod
+    def setsockopt(level: int, option: int, value: int) -> None:
+        pass
 
 
 class FakeUnderlying:
@@ -50,7 +57,7 @@ class RecordingWS(WSTransport):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(False, FakeUnderlying(), logging.getLogger("bench.micro"), loop)
         self.closed = False
-        self.sends = self.nbytes = self.external = 0
+        self.sends = self.nbytes = self.external = self.pings = 0
 
     def send(self, msg_type: Any, data: Any, *flags: bool) -> None:  # type: ignore[override]
         self.sends += 1
@@ -65,6 +72,9 @@ class RecordingWS(WSTransport):
 
     def send_close(self, code: Any = None, msg: bytes | None = None) -> None:  # type: ignore[override]
         self.closed = True
+
+    def send_ping(self, message: Any = None) -> None:  # type: ignore[override]
+        self.pings += 1  # the session's path probes (the first goes right after HELLO)
 
     def disconnect(self, graceful: bool = True) -> None:
         self.closed = True
