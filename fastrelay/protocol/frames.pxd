@@ -11,7 +11,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 ctypedef (int, int, unsigned int, Py_ssize_t) Header
 
 cdef bint _COMPILED
-cdef int _WINDOW_UPDATE, _FIN
+cdef int _WINDOW_UPDATE, _FIN, _PROBE
 
 
 cdef inline Header _header_in_place(object message, Py_ssize_t offset) except *:

@@ -8,7 +8,7 @@ A WebSocket binary message carries one or more mux frames back to back:
     +--------+--------+------------------+------------------+----------------+
 
 The header is 10 bytes. Stream id 0 is the connection itself (HELLO, GOAWAY,
-MEMBERS, RULES);
+MEMBERS, RULES, PROBE);
 every other frame names a stream. `docs/PROTOCOL.md` has the same layout with
 byte-exact test vectors, which `tests/protocol/test_vectors.py` checks.
 
@@ -36,6 +36,9 @@ HEADER_SIZE = HEADER.size  # 10
 # A payload length above this is malformed whatever the WebSocket limit is.
 MAX_PAYLOAD = 16 * 1024 * 1024
 WINDOW_UPDATE_BODY = struct.Struct("!I")
+# PROBE: an endpoint's 8 bytes, which the relay echoes with its clock (u64 us).
+PROBE_BODY = struct.Struct("!Q")
+PROBE_ANSWER_BODY = struct.Struct("!QQ")
 
 
 class FrameType(IntEnum):
@@ -50,6 +53,7 @@ class FrameType(IntEnum):
     GOAWAY = 0x09  # the sender opens and accepts no new streams (JSON), stream id 0
     MEMBERS = 0x0A  # the relay's live instance set, for an agent's mesh (JSON), stream id 0
     RULES = 0x0B  # rules the relay pushes to a client_a that asked for them (JSON), stream id 0
+    PROBE = 0x0C  # a timed probe (8 bytes) and the relay's stamped answer (16), stream id 0
 
 
 # The frame types as plain ints, for the code that compares a header's type:
@@ -68,6 +72,7 @@ T_HELLO = int(FrameType.HELLO)
 T_GOAWAY = int(FrameType.GOAWAY)
 T_MEMBERS = int(FrameType.MEMBERS)
 T_RULES = int(FrameType.RULES)
+T_PROBE = int(FrameType.PROBE)
 
 # TUNNEL_DATA flag: the sender has more to send than its credit allowed; this
 # frame (possibly empty) used the last of it. The receiver may grow the window.
@@ -75,7 +80,7 @@ FLAG_BLOCKED = 0x01
 
 # Frames that belong to the connection rather than to a stream.
 CONNECTION_FRAMES = frozenset(
-    {FrameType.HELLO, FrameType.GOAWAY, FrameType.MEMBERS, FrameType.RULES}
+    {FrameType.HELLO, FrameType.GOAWAY, FrameType.MEMBERS, FrameType.RULES, FrameType.PROBE}
 )
 OPEN_FRAMES = frozenset({FrameType.CONNECT, FrameType.REQUEST})
 # A frame type's member and its name by value (an int or a member): enum.py's
@@ -88,6 +93,7 @@ _CONNECTION_TYPES = frozenset(int(t) for t in CONNECTION_FRAMES)
 # globals are not importable, and the others import the T_ names above.
 _WINDOW_UPDATE = T_WINDOW_UPDATE
 _FIN = T_FIN
+_PROBE = T_PROBE
 _unpack_header = HEADER.unpack_from
 _pack_header_into = HEADER.pack_into
 
@@ -149,12 +155,14 @@ def check_header(frame_type: int, stream_id: int, length: int, available: int) -
     if (frame_type in _CONNECTION_TYPES) != (stream_id == 0):
         raise FrameError(
             f"{FrameType(frame_type).name} frame with stream id {stream_id}"
-            " (stream id 0 is for HELLO, GOAWAY, MEMBERS and RULES only)"
+            " (stream id 0 is for HELLO, GOAWAY, MEMBERS, RULES and PROBE only)"
         )
     if frame_type == _WINDOW_UPDATE and length != 4:
         raise FrameError(f"WINDOW_UPDATE payload must be 4 bytes, got {length}")
     if frame_type == _FIN and length != 0:
         raise FrameError(f"FIN payload must be empty, got {length} bytes")
+    if frame_type == _PROBE and length != 8 and length != 16:
+        raise FrameError(f"PROBE payload must be 8 or 16 bytes, got {length}")
 
 
 def read_frame(message: memoryview | bytes, offset: int) -> tuple[int, int, int, int, int]:
@@ -185,6 +193,31 @@ def iter_frames(message: memoryview | bytes) -> Iterator[tuple[int, int, int, in
         frame_type, flags, stream_id, start, end = read_frame(message, offset)
         yield frame_type, flags, stream_id, start, end - start
         offset = end
+
+
+def encode_probe(token: int) -> bytes:
+    """An endpoint's probe: 8 bytes the relay echoes (the endpoint's own token)."""
+    return HEADER.pack(_PROBE, 0, 0, 8) + PROBE_BODY.pack(token)
+
+
+def encode_probe_answer(probe: bytes | memoryview, stamp: int) -> bytes:
+    """The relay's answer to a probe's 8-byte payload: the same 8 bytes, then
+    the relay's clock when it read the probe, in microseconds (u64, its own origin)."""
+    if len(probe) != 8:
+        raise FrameError(f"PROBE to the relay must carry 8 bytes, got {len(probe)}")
+    return (
+        HEADER.pack(_PROBE, 0, 0, 16)
+        + bytes(probe)
+        + PROBE_BODY.pack(stamp & 0xFFFF_FFFF_FFFF_FFFF)
+    )
+
+
+def decode_probe_answer(payload: memoryview | bytes) -> tuple[int, int]:
+    """A relay's answer: (the endpoint's token, the relay's clock in us)."""
+    if len(payload) != 16:
+        raise FrameError(f"PROBE from the relay must carry 16 bytes, got {len(payload)}")
+    token, stamp = PROBE_ANSWER_BODY.unpack_from(payload)
+    return int(token), int(stamp)
 
 
 def decode_window_increment(payload: memoryview | bytes) -> int:

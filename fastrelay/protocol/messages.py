@@ -316,6 +316,9 @@ class Hello:
     # header ("": not announced, a relay without pools). An agent of another
     # pool than "default" hangs up on a relay that does not confirm its pool.
     pool: str = ""
+    # The relay answers PROBE frames, stamped with its clock (False: not
+    # announced, a relay that would close the connection on one).
+    probe: bool = False
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {
@@ -333,6 +336,8 @@ class Hello:
             body["maxFrameSize"] = self.max_frame_size
         if self.pool:
             body["pool"] = self.pool
+        if self.probe:
+            body["probe"] = True
         return encode_frame(FrameType.HELLO, 0, orjson.dumps(body))
 
     @classmethod
@@ -348,6 +353,7 @@ class Hello:
             max_streams=_field(doc, "maxStreams", int, kind, 0),
             max_frame_size=_field(doc, "maxFrameSize", int, kind, 0),
             pool=_field(doc, "pool", str, kind, ""),
+            probe=_field(doc, "probe", bool, kind, False),
         )
         if hello.version != PROTOCOL_VERSION:
             raise ControlMessageError(

@@ -9,7 +9,7 @@ from fastrelay.protocol.frames cimport read_frame, read_header
 from fastrelay.protocol.output cimport Output
 
 # Frame types and sizes as C integers: receive compares and adds them per frame.
-cdef int T_CONNECT, T_CONNECT_RESPONSE, T_GOAWAY, T_HELLO, T_MEMBERS, T_RULES
+cdef int T_CONNECT, T_CONNECT_RESPONSE, T_GOAWAY, T_HELLO, T_MEMBERS, T_PROBE, T_RULES
 cdef int T_TUNNEL_DATA, T_TUNNEL_ERROR, T_WINDOW_UPDATE
 cdef Py_ssize_t _HEADER_SIZE, _SLOT_BITS
 

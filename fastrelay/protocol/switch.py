@@ -80,12 +80,14 @@ from fastrelay.protocol.frames import (
     T_GOAWAY,
     T_HELLO,
     T_MEMBERS,
+    T_PROBE,
     T_RULES,
     T_TUNNEL_DATA,
     T_TUNNEL_ERROR,
     T_WINDOW_UPDATE,
     FrameType,
     decode_window_increment,
+    encode_probe_answer,
     read_frame,
     read_header,
 )
@@ -547,6 +549,7 @@ class Switch:
                 buffer_budget=limits.connection_buffer,
                 max_streams=limits.streams_per_connection,
                 max_frame_size=limits.max_message,
+                probe=True,
             )
             conn.out.write(hello.encode())
             if conn.rules and self.rules_frame is not None:
@@ -560,6 +563,7 @@ class Switch:
                 max_streams=limits.streams_per_agent,
                 max_frame_size=limits.max_message,
                 pool=conn.pool,
+                probe=True,
             )
             conn.out.write(hello.encode())
             conn.out.write(Members(self.members).encode())
@@ -795,6 +799,11 @@ class Switch:
             return end
         elif frame_type == T_RULES:
             PushedRules.decode(payload)  # as MEMBERS: only relays send it; nothing to do
+            return end
+        elif frame_type == T_PROBE:
+            # An endpoint times its path (docs/PROTOCOL.md §10): the answer queues
+            # behind what the relay holds for it, stamped with when the probe was read.
+            self._send(src, encode_probe_answer(payload, int(now * 1_000_000)))
             return end
         stream = self._stream(src, sid)
         if stream is None:

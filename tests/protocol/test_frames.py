@@ -65,6 +65,8 @@ def frames(draw: st.DrawFn) -> tuple[int, int, int, bytes]:
         payload = b""
     elif frame_type is FrameType.WINDOW_UPDATE:
         payload = draw(st.integers(min_value=1, max_value=U32)).to_bytes(4, "big")
+    elif frame_type is FrameType.PROBE:
+        payload = draw(st.binary(min_size=8, max_size=8) | st.binary(min_size=16, max_size=16))
     else:
         payload = draw(st.binary(max_size=300))
     return int(frame_type), draw(flags), stream_id, payload
@@ -108,12 +110,14 @@ def test_frame_type_codes_are_stable() -> None:
         "GOAWAY": 0x09,
         "MEMBERS": 0x0A,
         "RULES": 0x0B,
+        "PROBE": 0x0C,
     }
     assert {
         FrameType.HELLO,
         FrameType.GOAWAY,
         FrameType.MEMBERS,
         FrameType.RULES,
+        FrameType.PROBE,
     } == CONNECTION_FRAMES
     assert {FrameType.CONNECT, FrameType.REQUEST} == OPEN_FRAMES
 
@@ -201,10 +205,15 @@ VALID_HEADERS = [
     (FrameType.HELLO, 0, 10, 10),
     (FrameType.GOAWAY, 0, 0, 0),
     (FrameType.CONNECT, 1, 5, 6),
+    (FrameType.PROBE, 0, 8, 8),
+    (FrameType.PROBE, 0, 16, 20),
 ]
 BAD_HEADERS = [
     (0x00, 1, 0, 0, "unknown frame type 0x00"),
-    (0x0C, 1, 0, 0, "unknown frame type 0x0c"),
+    (0x0D, 1, 0, 0, "unknown frame type 0x0d"),
+    (FrameType.PROBE, 1, 8, 8, "PROBE frame with stream id 1"),
+    (FrameType.PROBE, 0, 0, 0, "PROBE payload must be 8 or 16 bytes, got 0"),
+    (FrameType.PROBE, 0, 12, 12, "PROBE payload must be 8 or 16 bytes, got 12"),
     (FrameType.RULES, 1, 0, 0, "RULES frame with stream id 1"),
     (0x7F, 1, 0, 0, "unknown frame type 0x7f"),
     (0xFF, 0, 0, 0, "unknown frame type 0xff"),

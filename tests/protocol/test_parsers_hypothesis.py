@@ -687,6 +687,8 @@ def valid_frames(draw: st.DrawFn) -> bytes:
         payload = b""
     elif frame_type is FrameType.WINDOW_UPDATE:
         payload = draw(increments).to_bytes(4, "big")
+    elif frame_type is FrameType.PROBE:
+        payload = draw(st.binary(min_size=8, max_size=8) | st.binary(min_size=16, max_size=16))
     else:
         payload = draw(payloads)
     return encode_frame(frame_type, stream_id, payload, flags=draw(frame_flags))
@@ -748,6 +750,7 @@ def test_check_header_matches_its_specification(
         and (frame_type in CONNECTION_TYPES) == (stream_id == 0)
         and (frame_type != FrameType.WINDOW_UPDATE or length == 4)
         and (frame_type != FrameType.FIN or length == 0)
+        and (frame_type != FrameType.PROBE or length in (8, 16))
     )
     try:
         check_header(frame_type, stream_id, length, available)

@@ -331,11 +331,11 @@ def test_bad_rules_frame_keeps_the_connection_and_the_old_rules(junk: bytes) -> 
 
 def test_unknown_frame_closes_an_old_receiver() -> None:
     """Why RULES goes only to client_a that ask: a receiver that does not know a frame type
-    closes the connection (1002), as before RULES existed for 0x0c today."""
+    closes the connection (1002), as before RULES existed for 0x0d today."""
     pair = Pair()
     client = pair.client()
     pair.run()
     with pytest.raises(Exception) as info:
-        client.session.receive(memoryview(bytes([0x0C, 0, 0, 0, 0, 0, 0, 0, 0, 0])), pair.now)
-    assert "unknown frame type 0x0c" in str(info.value)
+        client.session.receive(memoryview(bytes([0x0D, 0, 0, 0, 0, 0, 0, 0, 0, 0])), pair.now)
+    assert "unknown frame type 0x0d" in str(info.value)
     assert getattr(info.value, "close_code", None) == CLOSE_PROTOCOL_ERROR

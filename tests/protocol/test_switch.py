@@ -15,7 +15,15 @@ from fastrelay.protocol.errors import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_TRY_AGAIN_LATER,
 )
-from fastrelay.protocol.frames import FrameType, encode_frame, encode_window_update
+from fastrelay.protocol.frames import (
+    FrameType,
+    decode_probe_answer,
+    encode_frame,
+    encode_probe,
+    encode_probe_answer,
+    encode_window_update,
+    iter_frames,
+)
 from fastrelay.protocol.messages import ConnectResponse, GoAway, OpenStream
 from fastrelay.protocol.pair import Endpoint, Pair
 from fastrelay.protocol.state import State
@@ -52,7 +60,13 @@ def agent_of(pair: Pair, sid: int) -> Endpoint:
 # --- the wire format: every vector of docs/PROTOCOL.md, through the switch ---
 
 
-@pytest.mark.parametrize("vector", VALID, ids=lambda v: v.name)
+# What only the relay sends, and the relay refuses to receive (a probe's answer).
+RELAY_ONLY = {"probe_answer"}
+
+
+@pytest.mark.parametrize(
+    "vector", [v for v in VALID if v.name not in RELAY_ONLY], ids=lambda v: v.name
+)
 def test_valid_vectors_never_close_the_sender(vector: Vector) -> None:
     pair = Pair()
     client = pair.client()
@@ -73,6 +87,42 @@ def test_malformed_vectors_close_the_sender_with_their_code(vector: Vector) -> N
     assert vector.expected["reason"] in reason
     assert agent.closed is None  # the agent it shares a relay with is untouched
     assert sum(pair.switch.stats.protocol_errors.values()) == 1
+
+
+def test_the_relay_answers_a_probe_behind_what_it_queued_with_its_clock() -> None:
+    """docs/PROTOCOL.md §10: the answer crosses the relay's queue for the prober,
+    so its arrival times that queue, and the stamp says when the probe was read."""
+    pair = Pair()
+    client, agent = pair.client(), pair.agent()
+    sid = tunnel(pair, client)
+    assert client.hello is not None and client.hello.probe and agent.hello is not None
+    assert agent.hello.probe
+    agent.wire.queue.clear()
+    data = encode_frame(FrameType.TUNNEL_DATA, sid, b"x" * 100)
+    client.send(data)  # queued for the agent, not read yet
+    pair.now += 0.25
+    agent.send(encode_probe(7))
+    first, second = agent.wire.queue
+    assert first == data
+    assert decode_probe_answer(memoryview(second)[10:]) == (7, int(pair.now * 1_000_000))
+    heard = [f[0] for m in client.wire.queue if m is not None for f in iter_frames(m)]
+    assert FrameType.PROBE not in heard  # nobody else hears it
+    assert agent.closed is None and not pair.switch.stats.protocol_errors
+
+
+def test_a_stamped_probe_sent_to_the_relay_closes_that_connection_only() -> None:
+    pair = Pair()
+    client, agent = pair.client(), pair.agent()
+    tunnel(pair, client)
+    client.send(encode_probe_answer((1).to_bytes(8, "big"), 5))  # only the relay answers
+    assert client.closed is not None
+    assert client.closed[0] == CLOSE_PROTOCOL_ERROR
+    assert "PROBE to the relay must carry 8 bytes, got 16" in client.closed[1]
+    pair.run()
+    assert agent.closed is None and agent.ended[-1].error is not None  # its tunnel only
+    other = pair.client(token=2)
+    tunnel(pair, other)
+    assert other.closed is None and agent.closed is None
 
 
 def test_data_on_stream_0_closes_with_1002() -> None:

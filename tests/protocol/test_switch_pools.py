@@ -57,6 +57,7 @@ def test_the_agent_hears_its_pool_in_hello() -> None:
         max_streams=pair.limits.streams_per_agent,
         max_frame_size=pair.limits.max_message,
         pool="corp",
+        probe=True,
     )
     assert pair.agent().hello is not None and pair.agent().hello.pool == DEFAULT_POOL  # type: ignore[union-attr]
 

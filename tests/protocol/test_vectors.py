@@ -19,8 +19,11 @@ import pytest
 from fastrelay.protocol import errors, seed
 from fastrelay.protocol.frames import (
     FrameType,
+    decode_probe_answer,
     decode_window_increment,
     encode_frame,
+    encode_probe,
+    encode_probe_answer,
     encode_window_update,
     iter_frames,
 )
@@ -70,7 +73,8 @@ class Decoded:
     frame_type: FrameType
     flags: int
     stream_id: int
-    value: Message | bytes | int | None  # control message, data, increment, or None (FIN)
+    # control message, data, increment, a PROBE's (token, stamp or None), or None (FIN)
+    value: Message | bytes | int | tuple[int, int | None] | None
 
 
 def load_vectors() -> list[Vector]:
@@ -91,8 +95,14 @@ VALID = [v for v in VECTORS if v.valid]
 MALFORMED = [v for v in VECTORS if not v.valid]
 
 
-def decode_payload(frame_type: FrameType, payload: memoryview) -> Message | bytes | int | None:
+def decode_payload(
+    frame_type: FrameType, payload: memoryview
+) -> Message | bytes | int | tuple[int, int | None] | None:
     """What a receiver makes of one frame's payload; raises on malformed ones."""
+    if frame_type is FrameType.PROBE:
+        if len(payload) == 8:  # to the relay: a token only it does not read
+            return int.from_bytes(payload, "big"), None
+        return decode_probe_answer(payload)
     if frame_type in (FrameType.CONNECT, FrameType.REQUEST):
         return OpenStream.decode(frame_type, payload)
     if frame_type is FrameType.CONNECT_RESPONSE:
@@ -135,6 +145,12 @@ def encode(frame: Decoded) -> bytes:
     if frame.frame_type is FrameType.TUNNEL_DATA:
         assert isinstance(value, bytes)
         return encode_frame(FrameType.TUNNEL_DATA, frame.stream_id, value, flags=frame.flags)
+    if frame.frame_type is FrameType.PROBE:
+        assert isinstance(value, tuple)
+        token, stamp = value
+        if stamp is None:
+            return encode_probe(token)
+        return encode_probe_answer(encode_probe(token)[10:], stamp)
     assert frame.frame_type is FrameType.FIN
     return encode_frame(FrameType.FIN, frame.stream_id)
 
@@ -228,6 +244,9 @@ def test_doc_has_the_vectors_the_spec_promises() -> None:
         "connect_bad_pool",
         "rules_pushed",
         "rules_version_mismatch",
+        "probe",
+        "probe_answer",
+        "probe_short",
     } <= names
     # Every frame type appears in at least one valid vector.
     seen = {frame["type"] for v in VALID for frame in v.expected}
@@ -255,6 +274,8 @@ def test_valid_vector_decodes_as_documented(vector: Vector) -> None:
             assert frame.value == doc["increment"]
         elif frame.frame_type is FrameType.FIN:
             assert frame.value is None
+        elif frame.frame_type is FrameType.PROBE:
+            assert frame.value == (doc["token"], doc.get("stamp"))
         else:
             # The JSON on the wire, key order included, is what the doc shows.
             payload = control_payload(vector.data, index)
