@@ -295,9 +295,10 @@ F_PING_RTT_CARRIER = Family(
 F_PATH_QUEUEING = Family(
     "histogram",
     PATH_QUEUEING,
-    "Queueing delay on the path to the relay and back (each probe's round trip over the least "
-    "one), timed while senders are blocked on this program's windows",
-    ("role",),
+    "Queueing delay on the path to the relay (to_relay) and back (from_relay), from each "
+    "probe's one-way times over the least ones (round_trip: a relay that does not stamp "
+    "probes), timed while senders are blocked on this program's windows or credit",
+    ("role", "direction"),
 )
 F_FLOW_CONTROL_STALLS = Family("counter", FLOW_CONTROL_STALLS, "Times a stream waited for credit")
 F_WINDOW_GROWTHS = Family(

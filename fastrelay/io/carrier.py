@@ -88,8 +88,18 @@ class CarrierStats(SessionStats):
         super().__init__()
         self.reconnects = 0
         self.ping_rtt = metrics.Histogram()
-        self.path_queueing = metrics.Histogram()  # what each probe's answer measured
+        # What each probe's answer measured, by the metric's `direction` label.
+        self.path_to_relay = metrics.Histogram()
+        self.path_from_relay = metrics.Histogram()
+        self.path_round_trip = metrics.Histogram()  # a relay that does not stamp probes
         self.stream_duration = metrics.Histogram(metrics.DURATION_BUCKETS)
+
+    def path_measured(self, queue_out: float, queue_in: float, stamped: bool) -> None:
+        if stamped:
+            self.path_to_relay.observe(queue_out)
+            self.path_from_relay.observe(queue_in)
+        else:
+            self.path_round_trip.observe(queue_out)
 
 
 class CarrierHandler(Protocol):
@@ -470,9 +480,7 @@ class CarrierListener(picows.WSListener):  # carrier.pxd: a C extension type whe
                 transport.disconnect()
             elif msg_type == _PONG:
                 if frame.payload_size:  # a probe's answer (keep-alive ones are empty)
-                    queueing = self.session.probe_answered(_now())
-                    if queueing >= 0.0:
-                        self.carrier.stats.path_queueing.observe(queueing)
+                    self.session.probe_answered(_now())
             elif msg_type != _PING:
                 name = WSMsgType(msg_type).name
                 raise ProtocolError(f"unexpected WebSocket {name} frame from the relay")
@@ -532,7 +540,13 @@ def carrier_metrics(stats: CarrierStats, role: str, carriers: list[Carrier]) -> 
     )
     yield metrics.F_RECONNECTS.build({(role,): stats.reconnects})
     yield metrics.F_PING_RTT_CARRIER.build({(role,): stats.ping_rtt})
-    yield metrics.F_PATH_QUEUEING.build({(role,): stats.path_queueing})
+    yield metrics.F_PATH_QUEUEING.build(
+        {
+            (role, "to_relay"): stats.path_to_relay,
+            (role, "from_relay"): stats.path_from_relay,
+            (role, "round_trip"): stats.path_round_trip,
+        }
+    )
     yield metrics.frames_dropped(stats.dropped_unknown_stream)
     yield metrics.F_FLOW_CONTROL_STALLS.one(stats.flow_control_stalls)
     yield metrics.F_WINDOW_GROWTHS.one(stats.window_growths)

@@ -60,11 +60,21 @@ cdef class PathDelay:
     cdef public double last
     cdef public list mins
     cdef public double next_probe
+    cdef public double queue_in
+    cdef public double queue_out
     cdef public double sent_at
+    cdef public Py_ssize_t token
+    cdef public list ways
+    cdef public double ways_end
 
     @cython.locals(base=double)
     cpdef sent(self, double now)
     cpdef double answered(self, double now) except? -2
+    @cython.locals(
+        sent_at=double, queueing=double, out=double, back=double, least_out=double,
+        least_back=double, queue_out=double, queue_in=double, i=Py_ssize_t, ways=list,
+    )
+    cpdef double answered_stamped(self, double now, double stamp) except? -2
     cpdef observe(self, double rtt, double now)
     @cython.locals(late=double, base=double)
     cpdef double late(self, double now) except? -2

@@ -335,9 +335,30 @@ class PathDelay:
     probes, as queueing delay: the latest round trip above the least one
     seen in the last two minutes, as LEDBAT and BBR read delay. A probe in
     flight is `late` by how long it has been out past the least. The caller
-    sends probes (`sent`, then `answered`) and passes `now` in."""
+    sends probes (`sent`, then `answered`) and passes `now` in.
 
-    __slots__ = ("base", "bucket_end", "cut", "last", "mins", "next_probe", "sent_at")
+    A probe the relay stamps with its clock (a PROBE frame) also splits the
+    queueing by direction, `queue_out` (to the relay) and `queue_in` (back),
+    from the one-way times: each one's rise over its least of the last two
+    minutes. The two clocks' offset cancels there; their drift over two
+    minutes does not, so a split that does not add up to the round trip's
+    queueing is not trusted, and both directions get the whole of it, as an
+    answer without a stamp (a WebSocket pong) gives them."""
+
+    __slots__ = (
+        "base",
+        "bucket_end",
+        "cut",
+        "last",
+        "mins",
+        "next_probe",
+        "queue_in",
+        "queue_out",
+        "sent_at",
+        "token",
+        "ways",
+        "ways_end",
+    )
 
     def __init__(self) -> None:
         self.mins: list[float] = []  # each bucket's least round trip, newest last
@@ -349,6 +370,12 @@ class PathDelay:
         # answer must not cut them again (once per round trip, as TCP does).
         self.cut = False
         self.next_probe = 0.0
+        self.token = 0  # the PROBE frame in flight carries it; its answer echoes it
+        # Per bucket of stamped answers: its start, the least time out and back.
+        self.ways: list[float] = []
+        self.ways_end = 0.0
+        self.queue_out = 0.0  # the latest answer's queueing, to the relay
+        self.queue_in = 0.0  # and back from it
 
     @property
     def in_flight(self) -> bool:
@@ -387,7 +414,44 @@ class PathDelay:
         self.next_probe = now + PROBE_INTERVAL
         self.last = rtt
         self.observe(rtt, now)
-        return self.queueing(now)
+        queueing = self.queueing(now)
+        self.queue_out = self.queue_in = queueing  # no stamp: either way, as far as we know
+        return queueing
+
+    def answered_stamped(self, now: float, stamp: float) -> float:
+        """The answer to a PROBE frame, which the relay stamped when it read
+        the probe (`stamp`, seconds on the relay's clock): as `answered`, and
+        `queue_out` and `queue_in` are each direction's share."""
+        sent_at = self.sent_at
+        queueing = self.answered(now)
+        if queueing < 0.0:
+            return queueing
+        out = stamp - sent_at  # the way out, plus the clocks' offset
+        back = now - stamp  # the way back, less it
+        ways = self.ways
+        while ways and now - ways[0] >= BASE_BUCKET * BASE_BUCKETS:
+            del ways[:3]  # older than two minutes: the clocks may have drifted since
+        if not ways or now >= self.ways_end:
+            ways += (now, out, back)
+            self.ways_end = now + BASE_BUCKET
+        else:
+            if out < ways[-2]:
+                ways[-2] = out
+            if back < ways[-1]:
+                ways[-1] = back
+        least_out = least_back = _NONE
+        for i in range(0, len(ways), 3):
+            if ways[i + 1] < least_out:
+                least_out = ways[i + 1]
+            if ways[i + 2] < least_back:
+                least_back = ways[i + 2]
+        queue_out = min(max(0.0, out - least_out), queueing)
+        queue_in = min(max(0.0, back - least_back), queueing)
+        if queue_out + queue_in >= queueing - QUEUE_LOW:
+            self.queue_out, self.queue_in = queue_out, queue_in
+        # else the split does not explain the round trip (its least times were
+        # taken in a queue, or the clocks drifted): both get all of it, as above.
+        return queueing
 
     def observe(self, rtt: float, now: float) -> None:
         """A round trip timed otherwise (a keep-alive ping, mostly on an idle

@@ -9,7 +9,7 @@ from fastrelay.protocol.output cimport Output
 
 # Frame types as C integers for the comparisons in receive and the control path.
 cdef int T_CONNECT, T_CONNECT_RESPONSE, T_FIN, T_GOAWAY, T_HELLO, T_MEMBERS
-cdef int T_REQUEST, T_RULES, T_TUNNEL_DATA, T_TUNNEL_ERROR, T_WINDOW_UPDATE
+cdef int T_PROBE, T_REQUEST, T_RULES, T_TUNNEL_DATA, T_TUNNEL_ERROR, T_WINDOW_UPDATE
 
 from fastrelay.protocol.flow cimport CreditPool, PathDelay, RecvWindow, SendWindow
 from fastrelay.protocol.state cimport StreamState
@@ -83,6 +83,7 @@ cdef class Session:
     cdef public object expiry
     cdef public PathDelay path
     cdef public bint probing
+    cdef public bint probe_frames
 
     @cython.locals(
         streams=dict,

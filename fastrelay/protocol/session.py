@@ -55,13 +55,16 @@ from fastrelay.protocol.frames import (
     T_GOAWAY,
     T_HELLO,
     T_MEMBERS,
+    T_PROBE,
     T_REQUEST,
     T_RULES,
     T_TUNNEL_DATA,
     T_TUNNEL_ERROR,
     T_WINDOW_UPDATE,
+    decode_probe_answer,
     decode_window_increment,
     encode_frame,
+    encode_probe,
     encode_window_update,
     read_frame,
     write_header,
@@ -148,8 +151,9 @@ class Link(Output):
         raise NotImplementedError
 
     def probe(self) -> None:
-        """Send a timed probe (a WebSocket ping the relay answers behind the
-        data it queued here); its answer is `Session.probe_answered`."""
+        """Send a timed probe to a relay that does not answer PROBE frames (a
+        WebSocket ping it answers behind the data it queued here); its answer
+        is `Session.probe_answered`."""
         raise NotImplementedError
 
 
@@ -213,6 +217,11 @@ class SessionStats:
         # Bytes of streams that ended; live streams are summed at scrape time.
         self.ended_bytes_up = 0
         self.ended_bytes_down = 0
+
+    def path_measured(self, queue_out: float, queue_in: float, stamped: bool) -> None:
+        """A probe's answer measured this much queueing to the relay and back
+        (`stamped`: apart; else the round trip's, in both). For the adapter's
+        histograms; plain counters here."""
 
 
 class Side:
@@ -656,6 +665,7 @@ class Session:
         # end's windows, so they follow the path's queue (`CreditPool.pace`).
         self.path = PathDelay()
         self.probing = False  # a sender ran out of our credit since the last probe
+        self.probe_frames = False  # the relay answers PROBE frames (HELLO); else pings
 
     @property
     def ready(self) -> bool:
@@ -825,7 +835,11 @@ class Session:
 
     def _probe(self, now: float) -> None:
         """Time the path: send a probe, or with one still out, judge by how
-        late it is already (a lower bound: it can say "queued", not "calm")."""
+        late it is already (a lower bound: it can say "queued", not "calm").
+        Only an answer's stamp splits the two ways, so a late probe stops
+        growth and cuts on both; its answer lifts the way it finds calm.
+        (Taking the way out to hold what the last answer found there, and
+        the rest to be the way back's, let queues build: bench/README.md.)"""
         path = self.path
         if path.in_flight:
             late = path.late(now)
@@ -833,35 +847,51 @@ class Session:
                 self.credit.calm = False  # no growth into a queue that is building
             if late > QUEUE_HIGH and not path.cut:
                 path.cut = True
-                self._pace(late)
+                self._pace(late, late)
             return
         self.probing = False
         path.sent(now)
-        self.link.probe()
+        if self.probe_frames:
+            path.token += 1
+            self.out.write(encode_probe(path.token))  # behind what this end sent
+        else:
+            self.link.probe()
 
     def probe_answered(self, now: float) -> float:
-        """The answer to `Link.probe` arrived: the queueing delay it measured
-        (-1: it answered no probe)."""
-        path = self.path
-        cut = path.cut
-        queueing = path.answered(now)
-        if queueing >= 0.0 and not (cut and queueing > QUEUE_LOW):
-            self._pace(queueing)
+        """The answer to `Link.probe` (a pong) arrived: the queueing delay it
+        measured (-1: it answered no probe)."""
+        queueing = self.path.answered(now)
+        if queueing >= 0.0:
+            self._path_answered(False)
         return queueing
 
-    def _pace(self, queueing: float) -> None:
+    def _path_answered(self, stamped: bool) -> None:
+        path = self.path
+        queue_in, queue_out = path.queue_in, path.queue_out
+        self.stats.path_measured(queue_out, queue_in, stamped)
+        # What the late probe cut already is not cut again by its answer; a way
+        # the answer finds calm is lifted (`_probe` cut both, not knowing which).
+        cut = path.cut
+        self._pace(
+            -1.0 if cut and queue_in > QUEUE_LOW else queue_in,
+            -1.0 if cut and queue_out > QUEUE_LOW else queue_out,
+        )
+
+    def _pace(self, queue_in: float, queue_out: float) -> None:
+        """The windows this end grants follow the queue on the way in (what
+        it receives crosses it), the send cap the way out; -1 leaves one be."""
         credit, base = self.credit, self.path.base
-        if credit.pace(queueing, base):
+        if queue_in >= 0.0 and credit.pace(queue_in, base):
             self.stats.window_backoffs += 1
-        if queueing > QUEUE_HIGH:
+        if queue_out > QUEUE_HIGH:
             largest = 0
             for stream in self.streams.values():
                 if stream.send_window.unacked > largest:
                     largest = stream.send_window.unacked
-            if credit.pace_send(queueing, base, largest):
+            if credit.pace_send(queue_out, base, largest):
                 self.stats.send_backoffs += 1
                 self._limit_senders()
-        elif credit.send_cap and credit.pace_send(queueing, base, 0):
+        elif queue_out >= 0.0 and credit.send_cap and credit.pace_send(queue_out, base, 0):
             self._limit_senders()
 
     def _limit_senders(self) -> None:
@@ -889,6 +919,12 @@ class Session:
             return
         if frame_type == T_RULES:
             self._rules(payload)
+            return
+        if frame_type == T_PROBE:
+            token, stamp = decode_probe_answer(payload)
+            path = self.path
+            if token == path.token and path.answered_stamped(now, stamp * 1e-6) >= 0.0:
+                self._path_answered(True)
             return
         if frame_type in (T_CONNECT, T_REQUEST):
             self._incoming_open(sid, OpenStream.decode(FRAME_TYPES[frame_type], payload), now)
@@ -952,6 +988,7 @@ class Session:
             hello.buffer_budget, hello.max_streams, self.want, self.max_window
         )
         self.probing = True  # the first probe times the path while it is empty
+        self.probe_frames = hello.probe
         self.events.on_hello(self, hello)
 
     def _incoming_open(self, sid: int, request: OpenStream, now: float) -> None:

@@ -202,63 +202,84 @@ def start_slow_agent(chain: Chain) -> Proc:
     return agent
 
 
-def test_an_upload_to_an_agent_behind_a_slow_link_cuts_the_agents_windows_and_arrives_whole(
-    make_chain, target: Target, rules_file: Path, tmp_path: Path
-) -> None:
-    """bench/delayline.py between the relay and the agent: 10 MB/s, 10 ms. The
-    agent's windows would grow to --max-window on an upload that never runs out of
-    data, and the relay would queue that much ahead of every other open to the
-    agent (bench/hol_probe). The agent's probes see the round trip rise and cut
-    them; the upload arrives whole and other requests still go through."""
-    chain = make_chain()
-    agent = start_slow_agent(chain)
-    chain.start_client(rules_file)
-    body = tmp_path / "up.bin"
-    body.write_bytes(pattern_bytes(UPLOAD, seed=5))
-    upload = subprocess.Popen(
-        [
-            *(curl_path(), "-sS", "--max-time", "120", "--cacert", str(target.ca_pem)),
-            *("-x", chain.proxy, "--data-binary", f"@{body}"),
-            *("-H", "Content-Type: application/octet-stream", target.https(LISTED, "/sha256")),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+def bulk_beside_another_request(
+    chain: Chain, target: Target, agent: Proc, bulk: list[str], counter: str
+) -> tuple[bytes, bytes]:
+    """Run `bulk` (curl arguments after the proxy's) until the agent's `counter`
+    moves, then another request through the same agent, which must succeed
+    meanwhile; the bulk's stdout and stderr once it ends, which it must do well."""
+    curl = [*(curl_path(), "-sS", "--cacert", str(target.ca_pem), "-x", chain.proxy)]
+    transfer = subprocess.Popen(
+        [*curl, "--max-time", "120", *bulk], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    admin = agent.ready["admin"]
     try:
-        admin = agent.ready["admin"]
         wait_until(
-            lambda: (
-                metric(admin, "fastrelay_window_backoffs_total") >= 1 or upload.poll() is not None
-            ),
+            lambda: metric(admin, counter) >= 1 or transfer.poll() is not None,
             timeout=60,
-            what="the agent cut its windows",
+            what=f"the agent's {counter} to move",
         )
-        # Another request through the same agent while the upload runs.
         other = subprocess.run(
             [
-                *(curl_path(), "-sS", "--max-time", "30", "--cacert", str(target.ca_pem)),
-                *("-x", chain.proxy, "-o", "/dev/null", "-w", "%{http_code}"),
+                *(*curl, "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code}"),
                 target.https(LISTED, "/bytes/1000"),
             ],
             capture_output=True,
             timeout=60,
         )
         assert other.stdout == b"200", other.stderr
-        out, err = upload.communicate(timeout=150)
+        out, err = transfer.communicate(timeout=150)
     finally:
-        if upload.poll() is None:
-            upload.kill()
-            upload.communicate()
-    assert upload.returncode == 0, err.decode(errors="replace")
-    assert json.loads(out) == {"sha256": pattern_sha256(UPLOAD, seed=5), "length": UPLOAD}
-    assert metric(agent.ready["admin"], "fastrelay_window_backoffs_total") >= 1
-    assert metric(agent.ready["admin"], "fastrelay_window_growths_total") >= 1
-    # Every probe's answer is in the histogram, and the slow link's queue showed in some.
-    timed = metric(agent.ready["admin"], "fastrelay_path_queueing_seconds_count", role="agent")
-    calm = metric(
-        agent.ready["admin"], "fastrelay_path_queueing_seconds_bucket", role="agent", le="0.025"
+        if transfer.poll() is None:
+            transfer.kill()
+            transfer.communicate()
+    assert transfer.returncode == 0, err.decode(errors="replace")
+    return out, err
+
+
+def queued_answers(admin: str, direction: str) -> tuple[float, float]:
+    """The agent's probe answers in one direction: how many, and how many timed
+    more than 25 ms of queue (fastrelay_path_queueing_seconds)."""
+    name = "fastrelay_path_queueing_seconds"
+    timed = metric(admin, f"{name}_count", role="agent", direction=direction)
+    calm = metric(admin, f"{name}_bucket", role="agent", direction=direction, le="0.025")
+    return timed, timed - calm
+
+
+def test_an_upload_to_an_agent_behind_a_slow_link_cuts_the_agents_windows_and_arrives_whole(
+    make_chain, target: Target, rules_file: Path, tmp_path: Path
+) -> None:
+    """bench/delayline.py between the relay and the agent: 10 MB/s, 10 ms. The
+    agent's windows would grow to --max-window on an upload that never runs out of
+    data, and the relay would queue that much ahead of every other open to the
+    agent (bench/hol_probe). The agent's probes see the way from the relay queue
+    and cut them; the upload arrives whole and other requests still go through."""
+    chain = make_chain()
+    agent = start_slow_agent(chain)
+    chain.start_client(rules_file)
+    body = tmp_path / "up.bin"
+    body.write_bytes(pattern_bytes(UPLOAD, seed=5))
+    out, _ = bulk_beside_another_request(
+        chain,
+        target,
+        agent,
+        [
+            *("--data-binary", f"@{body}", "-H", "Content-Type: application/octet-stream"),
+            target.https(LISTED, "/sha256"),
+        ],
+        "fastrelay_window_backoffs_total",
     )
-    assert timed >= 2 and calm < timed
+    assert json.loads(out) == {"sha256": pattern_sha256(UPLOAD, seed=5), "length": UPLOAD}
+    admin = agent.ready["admin"]
+    assert metric(admin, "fastrelay_window_backoffs_total") >= 1
+    assert metric(admin, "fastrelay_window_growths_total") >= 1
+    # Every probe's answer is in the histograms, by direction (the relay stamps
+    # them): the queue showed on the way from the relay, more than on the way to it.
+    timed, queued = queued_answers(admin, "from_relay")
+    assert timed >= 2 and queued >= 1
+    quiet_timed, quiet_queued = queued_answers(admin, "to_relay")
+    assert quiet_timed == timed and quiet_queued < queued
+    assert queued_answers(admin, "round_trip") == (0, 0)
 
 
 def test_a_download_from_an_agent_behind_a_slow_link_caps_what_it_sends_and_arrives_whole(
@@ -273,43 +294,21 @@ def test_a_download_from_an_agent_behind_a_slow_link_caps_what_it_sends_and_arri
     agent = start_slow_agent(chain)
     chain.start_client(rules_file)
     out = tmp_path / "down.bin"
-    download = subprocess.Popen(
-        [
-            *(curl_path(), "-sS", "--max-time", "120", "--cacert", str(target.ca_pem)),
-            *("-x", chain.proxy, "-o", str(out)),
-            target.https(LISTED, f"/bytes/{UPLOAD}?seed=9"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    bulk_beside_another_request(
+        chain,
+        target,
+        agent,
+        ["-o", str(out), target.https(LISTED, f"/bytes/{UPLOAD}?seed=9")],
+        "fastrelay_send_backoffs_total",
     )
-    admin = agent.ready["admin"]
-    try:
-        wait_until(
-            lambda: (
-                metric(admin, "fastrelay_send_backoffs_total") >= 1 or download.poll() is not None
-            ),
-            timeout=60,
-            what="the agent capped what it sends",
-        )
-        other = subprocess.run(
-            [
-                *(curl_path(), "-sS", "--max-time", "30", "--cacert", str(target.ca_pem)),
-                *("-x", chain.proxy, "-o", "/dev/null", "-w", "%{http_code}"),
-                target.https(LISTED, "/bytes/1000"),
-            ],
-            capture_output=True,
-            timeout=60,
-        )
-        assert other.stdout == b"200", other.stderr
-        _, err = download.communicate(timeout=150)
-    finally:
-        if download.poll() is None:
-            download.kill()
-            download.communicate()
-    assert download.returncode == 0, err.decode(errors="replace")
     assert out.stat().st_size == UPLOAD
     assert file_sha256(out) == pattern_sha256(UPLOAD, seed=9)
+    admin = agent.ready["admin"]
     assert metric(admin, "fastrelay_send_backoffs_total") >= 1
+    timed, queued = queued_answers(admin, "to_relay")
+    assert timed >= 2 and queued >= 1
+    quiet_timed, quiet_queued = queued_answers(admin, "from_relay")
+    assert quiet_timed == timed and quiet_queued < queued
 
 
 def test_a_relay_connection_keeps_little_unsent_data_in_the_kernel(make_chain) -> None:

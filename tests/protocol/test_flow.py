@@ -428,6 +428,49 @@ def test_the_least_round_trip_is_forgotten_after_the_buckets_pass() -> None:
     assert path.base == pytest.approx(0.030)
 
 
+def test_a_stamped_answer_splits_the_queueing_by_direction_whatever_the_clocks_offset() -> None:
+    path = PathDelay()
+    offset = -123_456.789  # the relay's clock against ours: it cancels
+    assert path.answered_stamped(1.0, 0.5 + offset) == -1.0  # an answer to no probe
+
+    def probe(at: float, out: float, back: float) -> float:
+        path.sent(at)
+        return path.answered_stamped(at + out + back, at + out + offset)
+
+    assert probe(1.0, 0.004, 0.006) == 0.0  # the first: the least times
+    assert probe(2.0, 0.034, 0.006) == pytest.approx(0.030)
+    assert (path.queue_out, path.queue_in) == pytest.approx((0.030, 0.0))
+    assert probe(3.0, 0.004, 0.026) == pytest.approx(0.020)
+    assert (path.queue_out, path.queue_in) == pytest.approx((0.0, 0.020))
+    assert probe(4.0, 0.014, 0.016) == pytest.approx(0.020)
+    assert (path.queue_out, path.queue_in) == pytest.approx((0.010, 0.010))
+    # An answer without a stamp (a pong) cannot tell: both ways get the rise.
+    path.sent(5.0)
+    assert path.answered(5.030) == pytest.approx(0.020)
+    assert (path.queue_out, path.queue_in) == pytest.approx((0.020, 0.020))
+
+
+def test_one_way_times_older_than_the_buckets_are_dropped() -> None:
+    """Two clocks drift apart (NTP slews each at up to 500 ppm): a least one-way
+    time from long ago would read the drift as queueing. The round trip has no
+    such problem, so its rise bounds each direction, and a split that does not
+    add up to it is not used."""
+    path = PathDelay()
+    path.sent(0.0)
+    path.answered_stamped(0.010, 0.005)
+    drift = 0.015  # the relay's clock runs this much faster, some minutes on
+    at = BASE_BUCKET * BASE_BUCKETS + 1.0
+    path.sent(at)
+    path.answered_stamped(at + 0.010, at + 0.005 + drift)
+    assert (path.queue_out, path.queue_in) == pytest.approx((0.0, 0.0), abs=1e-9)  # old: gone
+    assert len(path.ways) == 3
+    # Within the buckets the same drift again reads as 15 ms out and -15 back:
+    # each direction is clamped to what the round trip rose by, none here.
+    path.sent(at + 1.0)
+    path.answered_stamped(at + 1.010, at + 1.005 + 2 * drift)
+    assert (path.queue_out, path.queue_in) == pytest.approx((0.0, 0.0), abs=1e-9)
+
+
 def test_a_queue_on_the_path_cuts_the_windows_and_a_calm_one_lets_them_back() -> None:
     pool = CreditPool(budget=256 << 20, max_streams=8, want=4 << 20, max_window=32 << 20)
     window = pool.open()

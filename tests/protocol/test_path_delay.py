@@ -188,3 +188,57 @@ def test_a_download_from_an_agent_behind_a_slow_link_keeps_its_queue_short_and_t
     assert pair.now - opened_at < 0.1
     assert downloader.streams[sid].received > 0.9 * RATE * seconds
     assert not (downloader.errors or other.errors or agent.errors)
+
+
+def test_a_download_queued_on_the_agents_link_does_not_cut_another_tenants_upload() -> None:
+    """The two directions apart: one tenant downloads from an agent whose own link
+    to the relay is slow, so the agent's probes leave behind a queue. Their
+    answers, stamped by the relay, put that queue on the way out: the agent caps
+    what its download has unacknowledged, and leaves alone the windows it grants
+    another tenant's upload, whose bytes come in over a free path. Timed by the
+    round trip alone, the agent cut those windows to an eighth (512 KiB) and the
+    upload moved ~26 MB/s, its cut window per round trip."""
+    pair = Pair(Limits(connection_buffer=64 * MiB))
+    downloader, uploader = pair.client(token=1), pair.client(token=2)
+    for client in (downloader, uploader):
+        client.session.credit.max_window = 32 * MiB
+    agent = pair.agent()
+    agent.session.credit.max_window = 32 * MiB
+    agent.slow_link_out()
+    down_sid, up_sid = downloader.open(), uploader.open()
+    for _ in range(100):
+        pair.now += STEP
+        agent.deliver(1 << 30)  # the opens' answers
+        pair.run()
+    assert downloader.streams[down_sid].response is not None
+    assert uploader.streams[up_sid].response is not None
+    sending = agent.streams[down_sid].stream
+    tokens = moved = 0
+    unsent, caps = [], []
+    seconds = 4.0
+    for _ in range(int(seconds / STEP)):
+        if sending.backlog is None:
+            sending.send(bytes(256 * 1024))  # the target always has more
+        upload(pair, uploader, up_sid)
+        pair.now += STEP
+        pair.switch.tick(pair.now)
+        pair.run()
+        tokens += int(RATE * STEP)
+        took = agent.deliver(tokens)
+        tokens -= took
+        moved += took
+        if not agent.outbox:
+            tokens = min(tokens, int(RATE * STEP))
+        unsent.append(agent.unsent)
+        caps.append(agent.session.credit.cap)
+    settled = len(unsent) // 2
+    # The way out is paced as before ...
+    assert max(unsent[settled:]) < 2 * MiB
+    assert moved / seconds > 0.9 * RATE
+    assert agent.session.stats.send_backoffs >= 1
+    # ... and the way in is not: no cut windows once settled, and the upload
+    # moves many times the slow link's rate (its window per round trip).
+    assert set(caps[settled:]) == {0}
+    assert agent.session.path.queue_in < 0.005 < agent.session.path.queue_out
+    assert agent.streams[up_sid].received > 5 * RATE * seconds
+    assert not (downloader.errors or uploader.errors or agent.errors)

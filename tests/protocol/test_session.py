@@ -13,6 +13,8 @@ from fastrelay.protocol.frames import (
     FrameType,
     decode_window_increment,
     encode_frame,
+    encode_probe,
+    encode_probe_answer,
     encode_window_update,
     iter_frames,
 )
@@ -183,10 +185,16 @@ def make_session(
 
 
 def client_stream(
-    send_window: int = 1000, recv_window: int = 4000, open_it: bool = True, connect: bool = True
+    send_window: int = 1000,
+    recv_window: int = 4000,
+    open_it: bool = True,
+    connect: bool = True,
+    probe: bool = False,
 ) -> tuple[Stream, Session, Link, FakeSocket]:
-    """A client_a stream, opened and answered 200 with `send_window`."""
-    session, link, _events = make_session(window=recv_window)
+    """A client_a stream, opened and answered 200 with `send_window` (`probe`:
+    the relay's HELLO says it answers PROBE frames)."""
+    session, link, _events = make_session(window=recv_window, probe=probe)
+    link.clear()  # the first probe, if it is a frame
     socket = FakeSocket()
     kind = FrameType.CONNECT if connect else FrameType.REQUEST
     stream = session.open(OpenStream(kind, "sess", "target.test", 443), socket, NOW)
@@ -867,6 +875,124 @@ def test_a_pong_to_no_probe_changes_nothing() -> None:
     session.probe_answered(NOW + 5.0)  # a relay that answers twice, or a stale pong
     assert session.path.base == pytest.approx(0.010) and session.path.last == session.path.base
     assert session.credit.cap == 0 and session.credit.calm and link.probes == 1
+
+
+# --- PROBE frames: the relay's stamp splits the queue by direction ---
+
+RELAY_CLOCK = 5_000.0  # the relay's clock is another: this far ahead of the endpoint's
+
+
+def probe_tokens(link: Link) -> list[int]:
+    return [int.from_bytes(p, "big") for t, p in link.frames() if t is FrameType.PROBE]
+
+
+def stamp_answer(session: Session, sent: float, out: float, back: float) -> None:
+    """The relay answers the probe in flight (sent at `sent`): it read it `out`
+    seconds later, and its answer took `back` to arrive."""
+    token = session.path.token  # the one in flight (what the link sent: probe_tokens)
+    read_at = sent + out
+    answer = encode_probe_answer(token.to_bytes(8, "big"), int((read_at + RELAY_CLOCK) * 1e6))
+    session.receive(memoryview(answer), read_at + back)
+
+
+def test_a_relay_that_stamps_probes_is_probed_with_frames_not_pings() -> None:
+    session, link, _events = make_session(probe=True)
+    assert probe_tokens(link) == [1] and link.probes == 0  # right after HELLO, as a frame
+    stamp_answer(session, NOW, 0.005, 0.005)
+    path = session.path
+    assert not path.in_flight and path.base == pytest.approx(0.010, abs=1e-5)
+    assert (path.queue_out, path.queue_in) == (0.0, 0.0)
+    # Without `probe` in HELLO, a ping: an older relay closes on an unknown frame type.
+    _session, old_link, _events = make_session()
+    assert old_link.probes == 1 and probe_tokens(old_link) == []
+
+
+def test_the_queue_on_the_way_out_caps_the_senders_and_leaves_the_windows_alone() -> None:
+    """A stream that sends more than the path carries: its probes queue on the
+    way out. The send cap is cut, the windows this end grants are not (what it
+    receives comes the other way), and growth goes on."""
+    stream, session, link, _socket = client_stream(send_window=100_000, probe=True)
+    session.credit.max_window = 1 << 20
+    stamp_answer(session, NOW, 0.005, 0.005)  # the idle path: 10 ms
+    t = NOW + 1.0
+    stream.send(b"x" * 150_000)  # out of credit: time the path
+    session.receive(memoryview(encode_frame(DATA, stream.sid, b"y")), t)
+    assert probe_tokens(link) == [2] and link.probes == 0
+    stamp_answer(session, t, 0.005 + 0.040, 0.005)  # 40 ms queued on the way out
+    assert session.path.queue_out == pytest.approx(0.040, abs=1e-5)
+    assert session.path.queue_in == pytest.approx(0.0, abs=1e-5)
+    assert session.stats.send_backoffs == 1 and session.credit.send_cap == 50_000
+    assert session.stats.window_backoffs == 0 and session.credit.cap == 0
+    assert session.credit.calm  # the windows may still grow
+    before = stream.recv_window.target
+    room = stream.recv_window.outstanding
+    blocked = encode_frame(DATA, stream.sid, bytes(room), flags=FLAG_BLOCKED)
+    session.receive(memoryview(blocked), t + 0.06)
+    assert stream.recv_window.target == 2 * before
+
+    # A probe still out past QUEUE_HIGH cannot say which way it queued: it cuts
+    # both, and its answer lifts the way it finds calm.
+    t2 = t + 0.2
+    session.receive(memoryview(encode_frame(DATA, stream.sid, b"y")), t2)
+    assert probe_tokens(link)[-1] == 3
+    late = t2 + 0.010 + QUEUE_HIGH + 0.01
+    session.receive(memoryview(encode_frame(DATA, stream.sid, b"y")), late)
+    assert session.stats.send_backoffs == 2 and session.stats.window_backoffs == 1
+    cut = session.credit.cap
+    assert cut and not session.credit.calm
+    stamp_answer(session, t2, 0.005 + 0.040, 0.005)  # out again, and back calm
+    assert session.stats.send_backoffs == 2  # not cut twice for one probe
+    assert session.credit.calm and session.credit.cap in (0, 2 * cut)
+
+
+def test_the_queue_on_the_way_in_cuts_the_windows_and_lifts_the_send_cap() -> None:
+    stream, session, link, _socket = client_stream(
+        send_window=100_000, recv_window=64_000, probe=True
+    )
+    stamp_answer(session, NOW, 0.005, 0.005)
+    t = NOW + 1.0
+    stream.send(b"x" * 150_000)
+    session.receive(memoryview(encode_frame(DATA, stream.sid, b"y")), t)
+    stamp_answer(session, t, 0.045, 0.005)  # the way out first: send cap cut
+    cap = session.credit.send_cap
+    assert cap and session.credit.cap == 0
+    t2 = t + 0.2
+    room = stream.recv_window.outstanding
+    blocked = encode_frame(DATA, stream.sid, bytes(room), flags=FLAG_BLOCKED)
+    session.receive(memoryview(blocked), t2)  # a sender blocked on our windows: probe
+    assert probe_tokens(link)[-1] == 3
+    stamp_answer(session, t2, 0.005, 0.005 + 0.040)  # now 40 ms on the way back
+    assert session.path.queue_in == pytest.approx(0.040, abs=1e-5)
+    assert session.stats.window_backoffs == 1 and session.credit.cap >= MIN_WINDOW
+    assert not session.credit.calm
+    assert session.credit.send_cap in (0, 2 * cap)  # the way out is calm: the cap doubles back
+
+
+def test_a_split_that_does_not_explain_the_round_trip_counts_for_both_ways() -> None:
+    """The least one-way times came from a probe that queued (its answer was the
+    first): the round trip has risen over the least one (keep-alive pings keep
+    it), the split says nothing did. Both ways get the whole rise."""
+    _stream, session, _link, _socket = client_stream(recv_window=64_000, probe=True)
+    session.path.observe(0.010, NOW)  # a keep-alive ping on the idle path
+    stamp_answer(session, NOW, 0.030, 0.030)  # 50 ms of queue, one way or the other
+    path = session.path
+    assert path.queue_out == path.queue_in == pytest.approx(0.050, abs=1e-5)
+    assert session.stats.window_backoffs == 1 and session.stats.send_backoffs == 0  # no unacked
+
+
+def test_a_probe_answer_that_echoes_another_token_is_ignored() -> None:
+    session, _link, _events = make_session(probe=True)
+    answer = encode_probe_answer((99).to_bytes(8, "big"), 123)
+    session.receive(memoryview(answer), NOW + 0.010)
+    assert session.path.in_flight and session.path.base == float("inf")
+    stamp_answer(session, NOW, 0.005, 0.005)
+    assert not session.path.in_flight
+
+
+def test_a_probe_from_the_relay_without_a_stamp_is_a_protocol_error() -> None:
+    session, _link, _events = make_session(probe=True)
+    with pytest.raises(FrameError, match="PROBE from the relay must carry 16 bytes, got 8"):
+        session.receive(memoryview(encode_probe(1)), NOW)
 
 
 def test_a_slow_reader_does_not_grow_its_window() -> None:
