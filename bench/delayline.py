@@ -16,6 +16,8 @@ With `--rate BYTES_PER_S` each direction is also a link of that rate: a chunk le
 sooner than the previous one has been sent at that rate, so the line queues what arrives
 faster (up to `--cap`, then it pushes back on the sender). That is the slow link to a
 remote agent behind which one tenant's upload can queue ahead of another's open.
+`--rate-back` sets the rate from `--to` back to the connecting side apart (an asymmetric
+link: an agent whose own uplink is the slow way).
 
 What it does not emulate: it splits each TCP connection in two, so the kernels on either
 side see a loopback round trip, and TCP's own window and congestion control do not feel
@@ -175,8 +177,10 @@ class Side(asyncio.Protocol):
 
 
 class Inbound(Side):
-    def __init__(self, target: tuple[str, int], delay: float, cap: int, rate: float) -> None:
-        super().__init__(Lane(delay, cap, rate), Lane(delay, cap, rate))
+    def __init__(
+        self, target: tuple[str, int], delay: float, cap: int, rate: float, rate_back: float
+    ) -> None:
+        super().__init__(Lane(delay, cap, rate), Lane(delay, cap, rate_back))
         self.target = target
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -215,11 +219,19 @@ def _size(text: str) -> int:
 
 
 async def serve(
-    listen: tuple[str, int], to: tuple[str, int], rtt_ms: float, cap: int, rate: float = 0.0
+    listen: tuple[str, int],
+    to: tuple[str, int],
+    rtt_ms: float,
+    cap: int,
+    rate: float = 0.0,
+    rate_back: float | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     delay = rtt_ms / 2000.0
-    server = await loop.create_server(lambda: Inbound(to, delay, cap, rate), *listen, backlog=1024)
+    back = rate if rate_back is None else rate_back
+    server = await loop.create_server(
+        lambda: Inbound(to, delay, cap, rate, back), *listen, backlog=1024
+    )
     host, port = server.sockets[0].getsockname()[:2]
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -227,7 +239,7 @@ async def serve(
     sys.stdout.write(
         json.dumps(
             {"event": "ready", "listen": f"{host}:{port}", "rtt_ms": rtt_ms, "cap": cap}
-            | {"rate": rate}
+            | {"rate": rate, "rate_back": back}
         )
         + "\n"
     )
@@ -247,11 +259,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rate", type=_size, default=0, help="bytes per second each way (0: no limit)"
     )
+    parser.add_argument(
+        "--rate-back",
+        type=_size,
+        default=None,
+        help="bytes per second from --to back to the connecting side (default: --rate)",
+    )
     args = parser.parse_args(argv)
     if args.cap < 256 * 1024:
         parser.error("--cap must be at least 256KiB")
     eventloop.run_default(
-        serve(_addr(args.listen), _addr(args.to), args.rtt_ms, args.cap, float(args.rate))
+        serve(
+            _addr(args.listen),
+            _addr(args.to),
+            args.rtt_ms,
+            args.cap,
+            float(args.rate),
+            None if args.rate_back is None else float(args.rate_back),
+        )
     )
 
 

@@ -10,9 +10,12 @@ per second each way, 1 MiB held in the line) and measures, through client_a:
 
 - ``idle``: opens (CONNECT to 200) and 64-byte echo round trips, one at a time;
 - ``upload``: the same while another tunnel uploads as fast as its credit allows, with the
-  relay's queue toward the agent and the upload's rate.
+  relay's queue toward the agent and the upload's rate (``--direction down``: a download,
+  and the agent's queue toward the relay; ``both``: a download and an upload at once, each
+  one's rate).
 
-    .venv/bin/python -m bench.hol_probe [--rate 20MB] [--rtt-ms 10] [--probes 15]
+    .venv/bin/python -m bench.hol_probe [--rate 20MB] [--rate-to-agent RATE] [--rtt-ms 10]
+        [--probes 15] [--direction up|down|both]
         [-- AGENT_AND_CLIENT_OPTIONS...]    (say: -- --window 512KiB --max-window 512KiB)
 
 Options after ``--`` go to both client_a and the agent. ``make bench-quick`` runs it small
@@ -106,41 +109,60 @@ def line(name: str, opens: list[float], trips: list[float]) -> str:
 
 
 async def measure(topo: Topology, port: int, args: argparse.Namespace) -> dict[str, float]:
-    up = args.direction == "up"
-    # Where the bulk tunnel's bytes queue ahead of the others: uploads at the relay (its
+    ways = ("up", "down") if args.direction == "both" else (args.direction,)
+    # Where a bulk tunnel's bytes queue ahead of the others: uploads at the relay (its
     # connection to the agent), downloads at the agent (its connection to the relay).
-    holder = next(p for p in topo.processes if p.name == ("relay" if up else "agent"))
+    holders = [
+        next(p for p in topo.processes if p.name == ("relay" if way == "up" else "agent"))
+        for way in ways
+    ]
 
     def held() -> float:  # both label their agent connections role="agent"
-        return queued(holder.ready["admin"])
+        return max(queued(holder.ready["admin"]) for holder in holders)
 
     idle = await probe(topo, port, args.probes)
     print(line("idle", *idle), flush=True)
-    tunnel = await open_tunnel(topo, port)
-    bulk: Upload | Download = Upload(tunnel) if up else Download(tunnel)
-    task = asyncio.create_task(bulk.run())
-    name = "upload" if up else "download"
+    bulks: list[Upload | Download] = []
+    tasks: list[asyncio.Task[None]] = []
+    name = "upload" if ways == ("up",) else "download" if ways == ("down",) else "both"
     try:
+        for way in ways:
+            tunnel = await open_tunnel(topo, port)
+            bulk: Upload | Download = Upload(tunnel) if way == "up" else Download(tunnel)
+            bulks.append(bulk)
+            tasks.append(asyncio.create_task(bulk.run()))
         await asyncio.sleep(args.settle)  # the queue builds up to what credit allows
-        moved, start = bulk.moved, time.perf_counter()
+        moved, start = [b.moved for b in bulks], time.perf_counter()
         peak = held()
         busy = await probe(topo, port, args.probes)
         peak = max(peak, held())
-        rate = (bulk.moved - moved) / (time.perf_counter() - start)
+        took = time.perf_counter() - start
+        rates = [(b.moved - m) / took for b, m in zip(bulks, moved, strict=True)]
     finally:
-        task.cancel()
-        tunnel.close()
+        for task in tasks:
+            task.cancel()
+        for bulk in bulks:
+            bulk.tunnel.close()
     print(line(name, *busy), flush=True)
+    links = {"up": args.rate_to_agent, "down": args.rate}
+    for way, rate in zip(ways, rates, strict=True):
+        print(
+            f"{'upload' if way == 'up' else 'download'} {rate / MB:.1f} MB/s over the "
+            f"{links[way] / MB:g} MB/s link",
+            flush=True,
+        )
     print(
-        f"{name} {rate / MB:.1f} MB/s over the {args.rate / MB:g} MB/s link; the "
-        f"{holder.name} held up to {peak / 2**20:.1f} MiB for the other side in user space "
-        "(more in the kernel)",
+        f"the {' and '.join(h.name for h in holders)} held up to {peak / 2**20:.1f} MiB for "
+        "the other side in user space (more in the kernel)",
         flush=True,
     )
     open_ratio = statistics.median(busy[0]) / statistics.median(idle[0])
     trip_ratio = statistics.median(busy[1]) / statistics.median(idle[1])
     print(f"during the {name}: opens {open_ratio:.1f}x, round trips {trip_ratio:.1f}x idle")
-    return {"open_ratio": open_ratio, "trip_ratio": trip_ratio, "bulk_rate": rate}
+    result = {"open_ratio": open_ratio, "trip_ratio": trip_ratio}
+    for way, rate in zip(ways, rates, strict=True):
+        result[f"{way}_rate"] = rate
+    return result
 
 
 def _rate(text: str) -> int:
@@ -156,24 +178,37 @@ def main(argv: list[str] | None = None) -> None:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(prog="python -m bench.hol_probe", allow_abbrev=False)
-    parser.add_argument("--rate", type=_rate, default=20 * MB, help="link bytes/s (20MB)")
+    parser.add_argument(
+        "--rate", type=_rate, default=20 * MB, help="link bytes/s, the agent's way out (20MB)"
+    )
+    parser.add_argument(
+        "--rate-to-agent", type=_rate, default=None, help="link bytes/s to the agent (--rate)"
+    )
     parser.add_argument("--rtt-ms", type=float, default=10.0, help="link round trip (10)")
     parser.add_argument("--probes", type=int, default=15, help="opens per phase (15)")
     parser.add_argument("--settle", type=float, default=4.0, help="seconds of bulk first (4)")
     parser.add_argument(
-        "--direction", choices=("up", "down"), default="up", help="the bulk tunnel's (up)"
+        "--direction",
+        choices=("up", "down", "both"),
+        default="up",
+        help="the bulk tunnel's, or a tunnel each way (up)",
     )
     args = parser.parse_args(argv)
+    if args.rate_to_agent is None:
+        args.rate_to_agent = args.rate
     log = Path(tempfile.mkdtemp(prefix="fastrelay-hol-"))
     target, port = start_target(log)
 
     def slow_link(relay_listen: str) -> tuple[str, Process]:
-        proc = delay_line(relay_listen, args.rtt_ms, log, cap="1MiB", rate=args.rate)
+        proc = delay_line(
+            relay_listen, args.rtt_ms, log, cap="1MiB", rate=args.rate, rate_back=args.rate_to_agent
+        )
         return proc.ready["listen"], proc
 
     try:
         print(
-            f"agent behind a {args.rate / MB:g} MB/s, {args.rtt_ms:g} ms link; "
+            f"agent behind a {args.rate / MB:g} MB/s ({args.rate_to_agent / MB:g} MB/s to it), "
+            f"{args.rtt_ms:g} ms link; "
             f"client_a and agent options: {' '.join(extra) or '(defaults)'}",
             flush=True,
         )

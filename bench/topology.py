@@ -345,11 +345,18 @@ DELAY_HOST = "127.0.0.5"
 
 
 def delay_line(
-    to: str, rtt_ms: float, log_dir: Path, name: str = "delayline", cap: str = "", rate: int = 0
+    to: str,
+    rtt_ms: float,
+    log_dir: Path,
+    name: str = "delayline",
+    cap: str = "",
+    rate: int = 0,
+    rate_back: int | None = None,
 ) -> Process:
     """bench/delayline.py on DELAY_HOST, forwarding to `to` (HOST:PORT) with `rtt_ms` added
-    (and at most `rate` bytes per second each way, if given)."""
+    (and at most `rate` bytes per second each way, if given; `rate_back` from `to` back)."""
     argv = [sys.executable, "-m", "bench.delayline", "--listen", f"{DELAY_HOST}:0"]
     argv += ["--to", to, "--rtt-ms", f"{rtt_ms:g}", *(["--cap", cap] if cap else [])]
     argv += ["--rate", str(rate)] if rate else []
+    argv += ["--rate-back", str(rate_back)] if rate_back is not None else []
     return start(name, argv, log=log_dir / f"{name}.log")
