@@ -13,7 +13,9 @@ at `RATE` bytes per second, in whole messages, on a millisecond clock.
 
 from __future__ import annotations
 
-from fastrelay.protocol.flow import MIN_WINDOW
+from collections import deque
+
+from fastrelay.protocol.flow import MIN_WINDOW, PathDelay
 from fastrelay.protocol.pair import Endpoint, Pair
 from fastrelay.protocol.switch import Limits
 
@@ -242,3 +244,107 @@ def test_a_download_queued_on_the_agents_link_does_not_cut_another_tenants_uploa
     assert agent.session.path.queue_in < 0.005 < agent.session.path.queue_out
     assert agent.streams[up_sid].received > 5 * RATE * seconds
     assert not (downloader.errors or uploader.errors or agent.errors)
+
+
+class AsymmetricLink:
+    """The agent's link to the relay: `out` bytes per second from the agent,
+    `into` to it, and `one_way` seconds of propagation each way."""
+
+    def __init__(
+        self, pair: Pair, agent: Endpoint, out: float, into: float, one_way: float
+    ) -> None:
+        self.pair, self.agent = pair, agent
+        self.rate = {"in": into, "out": out}
+        self.tokens = {"in": 0.0, "out": 0.0}
+        self.one_way = one_way
+        self.flying_in: deque[tuple[float, bytes | None]] = deque()
+        self.flying_out: deque[tuple[float, bytes | None]] = deque()
+        agent.slow_link_out()
+        agent.reading = False  # it reads what crosses the link, below
+        # It joined on an instant path: time the modelled one from scratch.
+        agent.session.path = PathDelay()
+        agent.session.probing = True
+
+    def _send(
+        self, way: str, queue: deque[bytes | None], flying: deque[tuple[float, bytes | None]]
+    ) -> int:
+        """Put what the link's rate allows of `queue` on the wire; bytes taken."""
+        rate = self.rate[way]
+        self.tokens[way] += rate * STEP
+        taken = 0
+        while queue and (queue[0] is None or len(queue[0]) <= self.tokens[way]):
+            message = queue.popleft()
+            if message is not None:
+                self.tokens[way] -= len(message)
+                taken += len(message)
+            flying.append((self.pair.now + self.one_way, message))
+        if not queue:
+            self.tokens[way] = min(self.tokens[way], rate * STEP)  # an idle link saves nothing
+        return taken
+
+    def step(self) -> None:
+        pair, agent, now = self.pair, self.agent, self.pair.now + STEP
+        pair.now = now
+        pair.switch.tick(now)
+        for endpoint in pair.endpoints:
+            if endpoint is not agent:
+                endpoint.read()
+        agent.wire.queued -= self._send("in", agent.wire.queue, self.flying_in)
+        while self.flying_in and self.flying_in[0][0] <= now:
+            message = self.flying_in.popleft()[1]
+            if message is None:
+                agent.session.probe_answered(now)
+            else:
+                agent.session.receive(memoryview(message), now)
+        assert agent.outbox is not None
+        self._send("out", agent.outbox, self.flying_out)
+        while self.flying_out and self.flying_out[0][0] <= now:
+            message = self.flying_out.popleft()[1]
+            if message is None:
+                agent.wire.pong()
+            else:
+                pair.switch.receive(agent.conn, memoryview(message), now)
+
+
+def test_on_an_asymmetric_link_a_download_an_upload_and_the_others_opens_all_go() -> None:
+    """5 MB/s out of the agent, 20 MB/s into it, 5 ms each way (bench.hol_probe
+    --direction both --rate 5MB --rate-to-agent 20MB). Timed by the round trip
+    alone, the download's queue on the way out held the upload's windows down:
+    3.4 MB/s of its 20. Split by the relay's stamp, the upload moves 13 MB/s and
+    the download keeps most of its link; the others' opens cross both ways' queues."""
+    pair = Pair(Limits(connection_buffer=64 * MiB))
+    downloader, uploader, other = (pair.client(token=n) for n in (1, 2, 3))
+    for client in (downloader, uploader, other):
+        client.session.credit.max_window = 32 * MiB
+    agent = pair.agent()
+    agent.session.credit.max_window = 32 * MiB
+    link = AsymmetricLink(pair, agent, out=5e6, into=20e6, one_way=0.005)
+    down_sid, up_sid = downloader.open(), uploader.open()
+    for _ in range(100):
+        link.step()
+    sending = agent.streams[down_sid].stream
+    seconds, opens, waiting = 6.0, [], None
+    down_from, up_from = downloader.streams[down_sid].received, agent.streams[up_sid].received
+    relay_queue = []
+    for i in range(int(seconds / STEP)):
+        if sending.backlog is None:
+            sending.send(bytes(256 * 1024))
+        upload(pair, uploader, up_sid)
+        if i >= 2000 and waiting is None and i % 200 == 0:  # once settled, an open at a time
+            waiting = (other.open(), pair.now)
+        if waiting is not None and other.streams[waiting[0]].response is not None:
+            assert other.streams[waiting[0]].response.ok  # type: ignore[union-attr]
+            opens.append(pair.now - waiting[1])
+            other.abort(waiting[0])
+            waiting = None
+        link.step()
+        relay_queue.append(agent.wire.queued)
+    down = (downloader.streams[down_sid].received - down_from) / seconds
+    up = (agent.streams[up_sid].received - up_from) / seconds
+    # The way out stays well used (its credit now returns behind the upload's
+    # queue, ~4 MB/s), and the way in is used, not held down by the other's queue.
+    assert down > 0.7 * 5e6
+    assert up > 0.5 * 20e6
+    assert len(opens) >= 15 and max(opens) < 0.1
+    assert max(relay_queue[2000:]) < 2 * MiB
+    assert not (downloader.errors or uploader.errors or other.errors or agent.errors)
