@@ -52,6 +52,30 @@ class SlowLink:
             self.tokens = min(self.tokens, int(RATE * STEP))  # an idle link saves nothing up
 
 
+class SlowUplink:
+    """The agent's own link to the relay, carrying RATE; the relay's writes are
+    read at once (everyone reads in `pair.run`)."""
+
+    def __init__(self, pair: Pair, agent: Endpoint) -> None:
+        self.pair = pair
+        self.agent = agent
+        self.tokens = 0
+        self.moved = 0  # bytes the relay read from the agent
+        agent.slow_link_out()
+
+    def step(self) -> None:
+        pair, agent = self.pair, self.agent
+        pair.now += STEP
+        pair.switch.tick(pair.now)
+        pair.run()
+        self.tokens += int(RATE * STEP)
+        took = agent.deliver(self.tokens)
+        self.tokens -= took
+        self.moved += took
+        if not agent.outbox:
+            self.tokens = min(self.tokens, int(RATE * STEP))  # an idle link saves nothing up
+
+
 def upload(pair: Pair, client: Endpoint, sid: int) -> None:
     """Keep the stream's sender busy: it sends whenever it has credit, flagged
     BLOCKED when it runs out (as client_a's pump does with a fast socket)."""
@@ -144,7 +168,7 @@ def test_a_download_from_an_agent_behind_a_slow_link_keeps_its_queue_short_and_t
     for client in (downloader, other):
         client.session.credit.max_window = 32 * MiB  # client_a's defaults
     agent = pair.agent()
-    agent.slow_link_out()
+    link = SlowUplink(pair, agent)
     sid = downloader.open()
     for _ in range(100):
         pair.now += STEP
@@ -153,22 +177,13 @@ def test_a_download_from_an_agent_behind_a_slow_link_keeps_its_queue_short_and_t
         if downloader.streams[sid].response is not None:
             break
     stream = agent.streams[sid].stream
-    tokens, moved, unsent = 0, 0, []
+    unsent: list[int] = []
     seconds = 6.0
 
     def step() -> None:
-        nonlocal tokens, moved
         if stream.backlog is None:
             stream.send(bytes(256 * 1024))  # the target always has more
-        pair.now += STEP
-        pair.switch.tick(pair.now)
-        pair.run()
-        tokens += int(RATE * STEP)
-        took = agent.deliver(tokens)
-        tokens -= took
-        moved += took
-        if not agent.outbox:
-            tokens = min(tokens, int(RATE * STEP))
+        link.step()
 
     for _ in range(int(seconds / STEP)):
         step()
@@ -177,7 +192,7 @@ def test_a_download_from_an_agent_behind_a_slow_link_keeps_its_queue_short_and_t
     # Without the send cap the agent sends whatever client_a's window allows (grown
     # towards 32 MiB: client_a's own path is fast), all of it queued on the link.
     assert max(settled) < 2 * MiB
-    assert moved / seconds > 0.9 * RATE
+    assert link.moved / seconds > 0.9 * RATE
     assert agent.session.stats.send_backoffs >= 1
     assert MIN_WINDOW <= agent.session.credit.send_cap < 4 * MiB
 
@@ -206,7 +221,7 @@ def test_a_download_queued_on_the_agents_link_does_not_cut_another_tenants_uploa
         client.session.credit.max_window = 32 * MiB
     agent = pair.agent()
     agent.session.credit.max_window = 32 * MiB
-    agent.slow_link_out()
+    link = SlowUplink(pair, agent)
     down_sid, up_sid = downloader.open(), uploader.open()
     for _ in range(100):
         pair.now += STEP
@@ -215,28 +230,19 @@ def test_a_download_queued_on_the_agents_link_does_not_cut_another_tenants_uploa
     assert downloader.streams[down_sid].response is not None
     assert uploader.streams[up_sid].response is not None
     sending = agent.streams[down_sid].stream
-    tokens = moved = 0
     unsent, caps = [], []
     seconds = 4.0
     for _ in range(int(seconds / STEP)):
         if sending.backlog is None:
             sending.send(bytes(256 * 1024))  # the target always has more
         upload(pair, uploader, up_sid)
-        pair.now += STEP
-        pair.switch.tick(pair.now)
-        pair.run()
-        tokens += int(RATE * STEP)
-        took = agent.deliver(tokens)
-        tokens -= took
-        moved += took
-        if not agent.outbox:
-            tokens = min(tokens, int(RATE * STEP))
+        link.step()
         unsent.append(agent.unsent)
         caps.append(agent.session.credit.cap)
     settled = len(unsent) // 2
     # The way out is paced as before ...
     assert max(unsent[settled:]) < 2 * MiB
-    assert moved / seconds > 0.9 * RATE
+    assert link.moved / seconds > 0.9 * RATE
     assert agent.session.stats.send_backoffs >= 1
     # ... and the way in is not: no cut windows once settled, and the upload
     # moves many times the slow link's rate (its window per round trip).
