@@ -29,6 +29,7 @@ cdef class RecvWindow:
 
     cpdef received(self, Py_ssize_t n)
     cpdef Py_ssize_t release(self, Py_ssize_t n, CreditPool pool=*, bint now=*) except -1
+    @cython.locals(largest=Py_ssize_t)
     cpdef grow(self, CreditPool pool)
     cpdef Py_ssize_t flush(self) except -1
 
@@ -39,6 +40,7 @@ cdef class CreditPool:
     cdef public Py_ssize_t cap
     cdef public Py_ssize_t floor
     cdef public Py_ssize_t granted
+    cdef public bint growing
     cdef public Py_ssize_t max_streams
     cdef public Py_ssize_t max_window
     cdef public Py_ssize_t peak

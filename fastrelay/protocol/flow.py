@@ -126,11 +126,15 @@ class RecvWindow:
         pool's `max_window`), unless the path's round trip says a queue is
         building (`CreditPool.pace`); releases move the window there as the
         budget allows, and back towards the fair share when other streams
-        need it."""
-        if pool is None:
+        need it. A doubling sets the pool's `growing`: the session times the
+        path again at once, not a PROBE_INTERVAL later, so a queue the growth
+        builds is seen within a round trip."""
+        if pool is None or not pool.calm:  # growing into a queue would only lengthen it
             return
-        if pool.calm:  # growing into a queue on the path would only lengthen it
-            self.target = min(pool.max_window, max(self.target, self.window) * 2)
+        largest = max(self.target, self.window)
+        if largest < pool.max_window:
+            self.target = min(pool.max_window, largest * 2)
+            pool.growing = True
 
     def flush(self) -> int:
         """Return all unannounced credit (for when the batch must go now)."""
@@ -167,6 +171,7 @@ class CreditPool:
         "cap",
         "floor",
         "granted",
+        "growing",
         "max_streams",
         "max_window",
         "peak",
@@ -191,6 +196,7 @@ class CreditPool:
         # windows may grow.
         self.cap = 0
         self.calm = True
+        self.growing = False  # a window doubled since the last probe's answer
         self.peak = 0  # the largest window `adjust` saw since the last `pace`
         # The most any stream may have unacknowledged on this connection
         # (`pace_send`; 0: no cap): the sender's side of the same rule.

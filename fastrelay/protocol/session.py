@@ -89,6 +89,9 @@ from fastrelay.protocol.state import (
 )
 
 MAX_CHUNK = 256 * 1024  # the largest TUNNEL_DATA payload an endpoint sends in one frame
+# A message from the relay this long is bulk data arriving: time the path
+# (at most every PROBE_INTERVAL), as for a sender out of credit.
+BULK_MESSAGE = 64 * 1024
 _pack = HEADER.pack
 
 
@@ -511,9 +514,14 @@ class Stream:
         limits the stream. Aim it higher, and return what is owed now rather
         than at the batch mark. (A slow reader's window stays as it is.)"""
         session = self.session
-        self.recv_window.grow(session.credit)
+        credit = session.credit
+        self.recv_window.grow(credit)
         session.stats.window_growths += 1
         session.probing = True  # is the path queueing? (Session.receive times it)
+        if credit.growing and session.path.sent_at < 0.0:
+            # A window doubled: time the path now, not a PROBE_INTERVAL
+            # later, so a queue the growth builds is seen within a round trip.
+            session.path.next_probe = 0.0
         self._return_credit(n, now=True)
 
     def socket_paused_writing(self) -> None:
@@ -830,7 +838,12 @@ class Session:
             else:
                 self._control(frame_type, sid, message[start:offset], now)
         path = self.path
-        if (self.probing or path.sent_at >= 0.0) and now >= path.next_probe:
+        # A bulk message times the path too: a window's first burst queues on
+        # a slow link before its sender is ever BLOCKED, and a window that
+        # grows on the BLOCKED behind it must not grow on a stale "calm".
+        if (self.probing or total >= BULK_MESSAGE or path.sent_at >= 0.0) and (
+            now >= path.next_probe
+        ):
             self._probe(now)
 
     def _probe(self, now: float) -> None:
@@ -869,6 +882,7 @@ class Session:
         path = self.path
         queue_in, queue_out = path.queue_in, path.queue_out
         self.stats.path_measured(queue_out, queue_in, stamped)
+        self.credit.growing = False  # the next doubling times the path again
         # What the late probe cut already is not cut again by its answer; a way
         # the answer finds calm is lifted (`_probe` cut both, not knowing which).
         cut = path.cut

@@ -514,6 +514,20 @@ def test_cuts_stop_at_the_least_window_and_growth_waits_for_calm() -> None:
     assert recv.target == 2 << 20
 
 
+def test_a_doubling_marks_the_pool_growing_and_a_refused_one_does_not() -> None:
+    pool = CreditPool(budget=64 << 20, max_streams=4, want=1 << 20, max_window=2 << 20)
+    recv = RecvWindow(pool.open())
+    pool.pace(5.0, 0.010)  # a queue: no growth
+    recv.grow(pool)
+    assert recv.target == 1 << 20 and not pool.growing
+    pool.pace(0.0, 0.010)
+    recv.grow(pool)
+    assert recv.target == 2 << 20 and pool.growing  # the session times the path at once
+    pool.growing = False
+    recv.grow(pool)
+    assert recv.target == 2 << 20 and not pool.growing  # at max_window: nothing to time
+
+
 def test_a_send_cap_holds_credit_back_and_gives_it_all_back() -> None:
     window = SendWindow(100_000)
     window.consume(60_000)

@@ -312,45 +312,94 @@ class AsymmetricLink:
                 pair.switch.receive(agent.conn, memoryview(message), now)
 
 
+class Tenants:
+    """An agent behind an `AsymmetricLink` (5 ms each way), a downloader, an
+    uploader and another tenant whose opens go one at a time, driven a
+    millisecond at a time (`python -m bench.pair_links` measures the same)."""
+
+    def __init__(self, out: float, into: float, one_way: float = 0.005) -> None:
+        self.pair = pair = Pair(Limits(connection_buffer=64 * MiB))
+        self.downloader, self.uploader, self.other = (pair.client(token=n) for n in (1, 2, 3))
+        for client in (self.downloader, self.uploader, self.other):
+            client.session.credit.max_window = 32 * MiB
+        self.agent = agent = pair.agent()
+        agent.session.credit.max_window = 32 * MiB
+        self.link = AsymmetricLink(pair, agent, out=out, into=into, one_way=one_way)
+        self.down_sid, self.up_sid = self.downloader.open(), self.uploader.open()
+        for _ in range(100):
+            self.link.step()
+        self.sending = agent.streams[self.down_sid].stream
+        self.opens: list[float] = []  # seconds from each open to its answer
+        self.waiting: tuple[int, float] | None = None
+        self.relay_queue: list[int] = []  # what the relay held for the agent, per step
+        self.started = pair.now
+        self.down_from = self.downloader.streams[self.down_sid].received
+        self.up_from = agent.streams[self.up_sid].received
+
+    def step(self, down: bool, up: bool, open_one: bool) -> None:
+        """A millisecond: the bulk streams asked for send as their credit allows, and
+        with `open_one` the other tenant opens a stream unless one is still waiting."""
+        if down and self.sending.backlog is None:
+            self.sending.send(bytes(256 * 1024))  # the target always has more
+        if up:
+            upload(self.pair, self.uploader, self.up_sid)
+        other, waiting = self.other, self.waiting
+        if open_one and waiting is None:
+            self.waiting = (other.open(), self.pair.now)
+        elif waiting is not None and (response := other.streams[waiting[0]].response) is not None:
+            assert response.ok
+            self.opens.append(self.pair.now - waiting[1])
+            other.abort(waiting[0])
+            self.waiting = None
+        self.link.step()
+        self.relay_queue.append(self.agent.wire.queued)
+
+    def rates(self) -> tuple[float, float]:
+        """Bytes per second since the start, down and up."""
+        seconds = self.pair.now - self.started
+        down = self.downloader.streams[self.down_sid].received - self.down_from
+        up = self.agent.streams[self.up_sid].received - self.up_from
+        return down / seconds, up / seconds
+
+    @property
+    def errors(self) -> bool:
+        return any(e.errors for e in (self.downloader, self.uploader, self.other, self.agent))
+
+
 def test_on_an_asymmetric_link_a_download_an_upload_and_the_others_opens_all_go() -> None:
     """5 MB/s out of the agent, 20 MB/s into it, 5 ms each way (bench.hol_probe
     --direction both --rate 5MB --rate-to-agent 20MB). Timed by the round trip
     alone, the download's queue on the way out held the upload's windows down:
     3.4 MB/s of its 20. Split by the relay's stamp, the upload moves 13 MB/s and
     the download keeps most of its link; the others' opens cross both ways' queues."""
-    pair = Pair(Limits(connection_buffer=64 * MiB))
-    downloader, uploader, other = (pair.client(token=n) for n in (1, 2, 3))
-    for client in (downloader, uploader, other):
-        client.session.credit.max_window = 32 * MiB
-    agent = pair.agent()
-    agent.session.credit.max_window = 32 * MiB
-    link = AsymmetricLink(pair, agent, out=5e6, into=20e6, one_way=0.005)
-    down_sid, up_sid = downloader.open(), uploader.open()
-    for _ in range(100):
-        link.step()
-    sending = agent.streams[down_sid].stream
-    seconds, opens, waiting = 6.0, [], None
-    down_from, up_from = downloader.streams[down_sid].received, agent.streams[up_sid].received
-    relay_queue = []
-    for i in range(int(seconds / STEP)):
-        if sending.backlog is None:
-            sending.send(bytes(256 * 1024))
-        upload(pair, uploader, up_sid)
-        if i >= 2000 and waiting is None and i % 200 == 0:  # once settled, an open at a time
-            waiting = (other.open(), pair.now)
-        if waiting is not None and other.streams[waiting[0]].response is not None:
-            assert other.streams[waiting[0]].response.ok  # type: ignore[union-attr]
-            opens.append(pair.now - waiting[1])
-            other.abort(waiting[0])
-            waiting = None
-        link.step()
-        relay_queue.append(agent.wire.queued)
-    down = (downloader.streams[down_sid].received - down_from) / seconds
-    up = (agent.streams[up_sid].received - up_from) / seconds
+    tenants = Tenants(out=5e6, into=20e6)
+    for i in range(6000):
+        tenants.step(down=True, up=True, open_one=i >= 2000 and i % 200 == 0)  # once settled
+    down, up = tenants.rates()
     # The way out stays well used (its credit now returns behind the upload's
     # queue, ~4 MB/s), and the way in is used, not held down by the other's queue.
     assert down > 0.7 * 5e6
     assert up > 0.5 * 20e6
-    assert len(opens) >= 15 and max(opens) < 0.1
-    assert max(relay_queue[2000:]) < 2 * MiB
-    assert not (downloader.errors or uploader.errors or other.errors or agent.errors)
+    assert len(tenants.opens) >= 15 and max(tenants.opens) < 0.1
+    assert max(tenants.relay_queue[2000:]) < 2 * MiB
+    assert not tenants.errors
+
+
+def test_the_start_of_an_upload_on_a_slow_link_does_not_queue_a_second_ahead_of_the_others() -> (
+    None
+):
+    """20 MB/s into the agent, 5 ms each way, an upload from its first byte. The agent
+    used to time the path only once a sender was out of credit: the upload's first
+    window queued unseen, and the BLOCKED at its end doubled the window on a calm
+    reading from before it, again and again, until 12 MB (0.6 s of the link) waited in
+    the relay ahead of the others' opens. A bulk message now times the path as it
+    arrives, so the queue is seen, and the window cut, within a round trip of it."""
+    tenants = Tenants(out=20e6, into=20e6)
+    for i in range(3000):
+        tenants.step(down=False, up=True, open_one=i % 50 == 20)
+    _, up = tenants.rates()
+    assert up > 0.9 * 20e6  # the upload still fills the link from its start
+    assert max(tenants.relay_queue) < 2 * MiB  # 12 MB before
+    assert len(tenants.opens) >= 40 and max(tenants.opens) < 0.15  # 0.6 s before
+    assert tenants.agent.session.stats.window_backoffs >= 1
+    assert not tenants.errors

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from fastrelay.protocol.errors import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, FrameError
-from fastrelay.protocol.flow import MIN_WINDOW, QUEUE_HIGH, QUEUE_LOW
+from fastrelay.protocol.flow import MIN_WINDOW, PROBE_INTERVAL, QUEUE_HIGH, QUEUE_LOW
 from fastrelay.protocol.frames import (
     FLAG_BLOCKED,
+    HEADER_SIZE,
     FrameType,
     decode_window_increment,
     encode_frame,
@@ -29,6 +30,7 @@ from fastrelay.protocol.messages import (
 from fastrelay.protocol.rules import PushedRules
 from fastrelay.protocol.session import (
     AGENT_SIDE,
+    BULK_MESSAGE,
     CLIENT_SIDE,
     MAX_CHUNK,
     End,
@@ -777,6 +779,45 @@ def test_a_blocked_sender_grows_the_window_of_a_receiver_that_keeps_up() -> None
     link.clear()
     session.receive(memoryview(encode_frame(DATA, stream.sid, b"y" * 8000, flags=1)), NOW)
     assert stream.recv_window.window == 16000 and window_updates(link) == [16000]
+
+
+def test_a_bulk_message_times_the_path_and_a_small_one_does_not() -> None:
+    """A window's first burst queues on a slow link before its sender is BLOCKED: a
+    message of BULK_MESSAGE bytes or more starts a probe (at most once per
+    PROBE_INTERVAL), so the queue is seen while it builds; smaller ones do not."""
+    stream, session, link, _socket = client_stream(recv_window=1 << 20)
+    path = session.path
+    session.probe_answered(NOW + 0.001)  # the first probe, sent after HELLO
+    assert not path.in_flight and link.probes == 1
+    t = NOW + 1.0
+    small = encode_frame(DATA, stream.sid, bytes(BULK_MESSAGE - HEADER_SIZE - 1))
+    session.receive(memoryview(small), t)
+    assert not path.in_flight and link.probes == 1
+    bulk = encode_frame(DATA, stream.sid, bytes(BULK_MESSAGE - HEADER_SIZE))
+    session.receive(memoryview(bulk), t + 0.001)
+    assert path.in_flight and link.probes == 2
+    session.probe_answered(t + 0.011)
+    session.receive(memoryview(bulk), t + 0.012)
+    assert not path.in_flight and link.probes == 2  # within PROBE_INTERVAL of the answer
+    session.receive(memoryview(bulk), t + 0.011 + PROBE_INTERVAL)
+    assert path.in_flight and link.probes == 3
+
+
+def test_a_window_that_doubles_times_the_path_at_once() -> None:
+    """A doubling does not wait PROBE_INTERVAL for the next probe: the queue it may
+    build is seen within a round trip. A BLOCKED that cannot double (at max_window)
+    waits as before."""
+    stream, session, link, _socket = client_stream(recv_window=4000)
+    session.credit.max_window = 8000
+    path = session.path
+    session.probe_answered(NOW + 0.001)
+    assert link.probes == 1 and path.next_probe > NOW + 0.05
+    session.receive(memoryview(encode_frame(DATA, stream.sid, bytes(4000), flags=1)), NOW + 0.002)
+    assert stream.recv_window.target == 8000 and link.probes == 2  # doubled: timed at once
+    session.probe_answered(NOW + 0.003)
+    assert not session.credit.growing
+    session.receive(memoryview(encode_frame(DATA, stream.sid, bytes(8000), flags=1)), NOW + 0.004)
+    assert stream.recv_window.target == 8000 and link.probes == 2  # at max_window: no probe
 
 
 def test_a_queue_on_the_path_stops_growth_cuts_the_window_once_per_probe_and_calm_lifts_it() -> (
