@@ -71,6 +71,7 @@ bench-quick: $(STAMP) hotpath
 	$(BIN)/python -m bench --quick
 	$(BIN)/python -m bench.dns_probe --stalled 2 --names 2000 --rotate-after 500
 	$(BIN)/python -m bench.hol_probe --probes 3 --settle 1
+	$(BIN)/python -m bench.pair_links
 
 ## make fuzz: atheris over every parser, one harness after another (one core), each for at
 ## most RUNS inputs and FUZZ_SECONDS of wall clock; grows fuzz/corpus/<harness>/ (fuzz/README.md)

@@ -6,7 +6,8 @@ order. Whatever one tenant's upload has queued toward the agent (at most the cre
 agent granted its streams) is ahead of another tenant's next open and next request.
 
 This puts bench/delayline.py between the relay and the agent (`--rtt-ms`, `--rate` bytes
-per second each way, 1 MiB held in the line) and measures, through client_a:
+per second each way, `--line-buffer` held in the line: the bottleneck's buffer, 1 MiB by
+default) and measures, through client_a:
 
 - ``idle``: opens (CONNECT to 200) and 64-byte echo round trips, one at a time;
 - ``upload``: the same while another tunnel uploads as fast as its credit allows, with the
@@ -188,6 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probes", type=int, default=15, help="opens per phase (15)")
     parser.add_argument("--settle", type=float, default=4.0, help="seconds of bulk first (4)")
     parser.add_argument(
+        "--line-buffer",
+        default="1MiB",
+        help="what the link holds before it pushes back: the bottleneck's buffer (1MiB)",
+    )
+    parser.add_argument(
         "--direction",
         choices=("up", "down", "both"),
         default="up",
@@ -201,7 +207,12 @@ def main(argv: list[str] | None = None) -> None:
 
     def slow_link(relay_listen: str) -> tuple[str, Process]:
         proc = delay_line(
-            relay_listen, args.rtt_ms, log, cap="1MiB", rate=args.rate, rate_back=args.rate_to_agent
+            relay_listen,
+            args.rtt_ms,
+            log,
+            cap=args.line_buffer,
+            rate=args.rate,
+            rate_back=args.rate_to_agent,
         )
         return proc.ready["listen"], proc
 
